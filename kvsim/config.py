@@ -1,0 +1,329 @@
+"""The one configuration schema of kvsim: replay, tune and serve all load it.
+
+A config (YAML or JSON) lists storages, instance groups and instances, plus
+replay options. Every problem is reported with the file and the dotted path of
+the field (``cfg.yaml: instance_groups[0].eviction.policy: unknown policy 'lrx'``).
+
+Example:
+    >>> cfg = KVSimConfig.from_dict({
+    ...     "instance_groups": [{"name": "g", "quota": {"blocks": 100},
+    ...                          "eviction": {"policy": "lru"}}],
+    ...     "instances": [{"instance_id": "i0", "group": "g", "block_size": 16}]})
+    >>> cfg.groups[0].quota_blocks, cfg.instances[0].block_size
+    (100, 16)
+    >>> KVSimConfig.single_cache(capacity_blocks=5859, policy="lru").groups[0].quota_blocks
+    5859
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kvsim.core.policies import POLICIES
+from kvsim.core.spec import (
+    EVICTION_MODES,
+    STORAGE_TYPES,
+    EvictionSpec,
+    GroupSpec,
+    InstanceSpec,
+    LocationSpec,
+    StorageSpec,
+)
+
+
+class ConfigError(ValueError):
+    """A config problem; the message names the file and the field."""
+
+
+@dataclass(frozen=True)
+class ReplayOptions:
+    """How a trace is replayed.
+
+    Attributes:
+        match: ``prefix`` (the contract) or ``batch`` (each block on its own, as a
+            flattened block stream).
+        tail: ``drop`` (only full blocks, the contract) or ``keep``.
+        default_group: group for trace instances the config does not list.
+        block_size: tokens per block for trace instances the config does not list
+            (0 = the trace's own block size).
+    """
+
+    match: str = "prefix"
+    tail: str = "drop"
+    default_group: str = "default"
+    block_size: int = 0
+
+
+@dataclass(frozen=True)
+class KVSimConfig:
+    """Storages, groups, instances and replay options."""
+
+    storages: tuple[StorageSpec, ...] = ()
+    groups: tuple[GroupSpec, ...] = ()
+    instances: tuple[InstanceSpec, ...] = ()
+    replay: ReplayOptions = field(default_factory=ReplayOptions)
+    source: str = "<config>"
+
+    # ------------------------------------------------------------ constructors
+    @staticmethod
+    def single_cache(
+        *,
+        capacity_blocks: int = 0,
+        capacity_bytes: int = 0,
+        policy: str = "lru",
+        params: dict[str, Any] | None = None,
+        mode: str = "instance_precise",
+        batch_size: int = 1,
+        used_percentage: float = 1.0,
+        match: str = "prefix",
+        tail: str = "drop",
+        block_size: int = 0,
+    ) -> KVSimConfig:
+        """One group ``default`` that every trace instance writes into."""
+        cfg = KVSimConfig.from_dict({
+            "instance_groups": [{
+                "name": "default",
+                "quota": {"blocks": capacity_blocks, "bytes": capacity_bytes},
+                "used_percentage": used_percentage,
+                "eviction": {"policy": policy, "params": params or {}, "mode": mode,
+                             "batch_size": batch_size},
+            }],
+            "replay": {"match": match, "tail": tail, "block_size": block_size},
+        }, source="<flags>")
+        return cfg
+
+    @staticmethod
+    def load(path: str | os.PathLike[str]) -> KVSimConfig:
+        """Read a YAML or JSON file."""
+        p = Path(path)
+        try:
+            text = p.read_text()
+        except OSError as e:
+            raise ConfigError(f"{p}: cannot read: {e.strerror}") from None
+        try:
+            data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+        except (json.JSONDecodeError, yaml.YAMLError) as e:
+            raise ConfigError(f"{p}: not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {e}"
+                              ) from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping")
+        return KVSimConfig.from_dict(data, source=str(p))
+
+    @staticmethod
+    def from_dict(data: dict[str, Any], source: str = "<config>") -> KVSimConfig:
+        """Validate and build from a mapping; errors name ``source`` and the field."""
+        r = _Reader(source)
+        r.known(data, "", {"storages", "instance_groups", "instances", "replay"})
+        storages = tuple(r.storage(s, f"storages[{i}]")
+                         for i, s in enumerate(r.list_of(data, "storages", "")))
+        groups = tuple(r.group(g, f"instance_groups[{i}]")
+                       for i, g in enumerate(r.list_of(data, "instance_groups", "")))
+        instances = tuple(r.instance(s, f"instances[{i}]")
+                          for i, s in enumerate(r.list_of(data, "instances", "")))
+        replay = r.replay(data.get("replay") or {}, "replay")
+        names = [g.name for g in groups]
+        for i, n in enumerate(names):
+            if names.index(n) != i:
+                raise ConfigError(f"{source}: instance_groups[{i}].name: duplicate group {n!r}")
+        snames = {s.name for s in storages}
+        for i, g in enumerate(groups):
+            for j, c in enumerate(g.storage_candidates):
+                if c not in snames:
+                    raise ConfigError(f"{source}: instance_groups[{i}].storage_candidates[{j}]: "
+                                      f"unknown storage {c!r}")
+        for i, s in enumerate(instances):
+            if s.group not in names:
+                raise ConfigError(f"{source}: instances[{i}].group: unknown group {s.group!r}")
+        if groups and replay.default_group not in names:
+            raise ConfigError(
+                f"{source}: replay.default_group: unknown group {replay.default_group!r}"
+            )
+        return KVSimConfig(storages, groups, instances, replay, source)
+
+    # ------------------------------------------------------------ output
+    def to_dict(self) -> dict[str, Any]:
+        """The config as the mapping :meth:`from_dict` reads."""
+        return {
+            "storages": [
+                {"name": s.name, "type": s.type, "capacity_bytes": s.capacity_bytes,
+                 "available": s.available, "uri": s.uri} for s in self.storages
+            ],
+            "instance_groups": [
+                {
+                    "name": g.name,
+                    "quota": {"blocks": g.quota_blocks, "bytes": g.quota_bytes},
+                    "used_percentage": g.used_percentage,
+                    "storage_candidates": list(g.storage_candidates),
+                    "eviction": asdict(g.eviction),
+                    "delay_before_delete_ms": g.delay_before_delete_ms,
+                    "max_instance_count": g.max_instance_count,
+                } for g in self.groups
+            ],
+            "instances": [
+                {"instance_id": s.instance_id, "group": s.group, "block_size": s.block_size,
+                 "location_spec_infos": [{"name": x.name, "size": x.size}
+                                         for x in s.location_specs],
+                 "model_name": s.model_name, "dtype": s.dtype} for s in self.instances
+            ],
+            "replay": asdict(self.replay),
+        }
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write YAML (or JSON for a ``.json`` path) atomically."""
+        p = Path(path)
+        text = (json.dumps(self.to_dict(), indent=2) if p.suffix == ".json"
+                else yaml.safe_dump(self.to_dict(), sort_keys=False))
+        atomic_write_text(p, text)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to a temp file beside ``path`` and rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class _Reader:
+    """Field-by-field validation with error paths."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, path: str, msg: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {path}: {msg}" if path else f"{self.source}: {msg}")
+
+    def known(self, d: Any, path: str, names: set[str]) -> None:
+        if not isinstance(d, dict):
+            raise self.fail(path, "expected a mapping")
+        extra = sorted(set(d) - names)
+        if extra:
+            where = f"{path}." if path else ""
+            raise self.fail(f"{where}{extra[0]}", f"unknown field (known: {', '.join(sorted(names))})")
+
+    def list_of(self, d: dict[str, Any], name: str, path: str) -> list[Any]:
+        v = d.get(name) or []
+        if not isinstance(v, list):
+            raise self.fail(f"{path}{name}", "expected a list")
+        return v
+
+    def num(self, d: dict[str, Any], name: str, path: str, default: float, *, integer: bool,
+            low: float | None = None, high: float | None = None) -> Any:
+        v = d.get(name, default)
+        ok = isinstance(v, int | float) and not isinstance(v, bool)
+        if ok and integer and isinstance(v, float):
+            ok = v.is_integer()
+            v = int(v) if ok else v
+        if not ok:
+            kind = "an integer" if integer else "a number"
+            raise self.fail(f"{path}.{name}", f"expected {kind}, got {v!r}")
+        if low is not None and v < low or high is not None and v > high:
+            raise self.fail(f"{path}.{name}", f"{v} is outside [{low}, {high}]")
+        return int(v) if integer else float(v)
+
+    def text(self, d: dict[str, Any], name: str, path: str, default: str | None = None) -> str:
+        v = d.get(name, default)
+        if not isinstance(v, str) or not v and default is None:
+            raise self.fail(f"{path}.{name}", f"expected a non-empty string, got {v!r}")
+        return v
+
+    def choice(self, d: dict[str, Any], name: str, path: str, default: str,
+               choices: list[str]) -> str:
+        v = self.text(d, name, path, default)
+        if v not in choices:
+            raise self.fail(f"{path}.{name}", f"{v!r} is not one of {', '.join(choices)}")
+        return v
+
+    def storage(self, d: Any, path: str) -> StorageSpec:
+        self.known(d, path, {"name", "type", "capacity_bytes", "available", "uri"})
+        return StorageSpec(
+            name=self.text(d, "name", path),
+            type=self.choice(d, "type", path, "file", list(STORAGE_TYPES)),
+            capacity_bytes=self.num(d, "capacity_bytes", path, 0, integer=True, low=0),
+            available=bool(d.get("available", True)),
+            uri=self.text(d, "uri", path, ""),
+        )
+
+    def group(self, d: Any, path: str) -> GroupSpec:
+        self.known(d, path, {"name", "quota", "used_percentage", "storage_candidates",
+                             "eviction", "delay_before_delete_ms", "max_instance_count",
+                             "user_data", "version"})
+        quota = d.get("quota") or {}
+        self.known(quota, f"{path}.quota", {"blocks", "bytes"})
+        blocks = self.num(quota, "blocks", f"{path}.quota", 0, integer=True, low=0)
+        nbytes = self.num(quota, "bytes", f"{path}.quota", 0, integer=True, low=0)
+        if blocks and nbytes:
+            raise self.fail(f"{path}.quota", "give blocks or bytes, not both")
+        ev = d.get("eviction") or {}
+        self.known(ev, f"{path}.eviction", {"policy", "params", "mode", "batch_size"})
+        policy = self.choice(ev, "policy", f"{path}.eviction", "lru", sorted(POLICIES))
+        params = ev.get("params") or {}
+        if not isinstance(params, dict):
+            raise self.fail(f"{path}.eviction.params", "expected a mapping")
+        try:
+            POLICIES[policy].params_cls.from_dict(params)
+        except (TypeError, ValueError) as e:
+            raise self.fail(f"{path}.eviction.params", str(e)) from None
+        cands = d.get("storage_candidates") or []
+        if not isinstance(cands, list) or not all(isinstance(c, str) for c in cands):
+            raise self.fail(f"{path}.storage_candidates", "expected a list of storage names")
+        return GroupSpec(
+            name=self.text(d, "name", path),
+            quota_blocks=blocks,
+            quota_bytes=nbytes,
+            used_percentage=self.num(d, "used_percentage", path, 1.0, integer=False,
+                                     low=1e-9, high=1.0),
+            storage_candidates=tuple(cands),
+            eviction=EvictionSpec(
+                policy=policy,
+                params=dict(params),
+                mode=self.choice(ev, "mode", f"{path}.eviction", "instance_precise",
+                                 list(EVICTION_MODES)),
+                batch_size=self.num(ev, "batch_size", f"{path}.eviction", 100, integer=True,
+                                    low=1),
+            ),
+            delay_before_delete_ms=self.num(d, "delay_before_delete_ms", path, 0, integer=True,
+                                            low=0),
+            max_instance_count=self.num(d, "max_instance_count", path, 0, integer=True, low=0),
+            user_data=str(d.get("user_data", "")),
+            version=self.num(d, "version", path, 1, integer=True, low=0),
+        )
+
+    def instance(self, d: Any, path: str) -> InstanceSpec:
+        self.known(d, path, {"instance_id", "group", "block_size", "location_spec_infos",
+                             "model_name", "dtype"})
+        specs = []
+        for j, s in enumerate(self.list_of(d, "location_spec_infos", f"{path}.")):
+            sp = f"{path}.location_spec_infos[{j}]"
+            self.known(s, sp, {"name", "size"})
+            specs.append(LocationSpec(self.text(s, "name", sp),
+                                      self.num(s, "size", sp, 0, integer=True, low=1)))
+        return InstanceSpec(
+            instance_id=self.text(d, "instance_id", path),
+            group=self.text(d, "group", path, "default"),
+            block_size=self.num(d, "block_size", path, 16, integer=True, low=1),
+            location_specs=tuple(specs),
+            model_name=self.text(d, "model_name", path, ""),
+            dtype=self.text(d, "dtype", path, ""),
+        )
+
+    def replay(self, d: Any, path: str) -> ReplayOptions:
+        self.known(d, path, {"match", "tail", "default_group", "block_size"})
+        return ReplayOptions(
+            match=self.choice(d, "match", path, "prefix", ["prefix", "batch"]),
+            tail=self.choice(d, "tail", path, "drop", ["drop", "keep"]),
+            default_group=self.text(d, "default_group", path, "default"),
+            block_size=self.num(d, "block_size", path, 0, integer=True, low=0),
+        )

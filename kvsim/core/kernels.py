@@ -1,0 +1,594 @@
+"""Numba kernels of the core: matching, writes, eviction and batch replay.
+
+Every function here is a module-level ``@kernel`` function over the
+:class:`~kvsim.core.table.Tables` arrays, so compiled code is cached on disk and a
+second process starts fast. :mod:`kvsim.core.reference` holds plain-Python twins
+used by differential tests.
+
+Match semantics (``keys`` of one instance, ``mask`` True = held by the engine):
+
+* prefix: masked blocks are internal reads and hits; the unmasked ones are
+  walked left to right (masked ones skipped) and the run of SERVING blocks up to
+  the first miss are the external hits.
+* batch: every block independently.
+* reverse-roll sliding window: the right-most run of ``w`` consecutive available
+  blocks (masked or SERVING).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kvsim.core._jit import kernel
+from kvsim.core.events import (
+    EV_EVICTED,
+    EV_READ,
+    EV_REMOVED,
+    EV_STORED,
+    EV_WRITE_FAILED,
+    EventArrays,
+    emit,
+)
+from kvsim.core.policies import dispatch
+from kvsim.core.table import (
+    DELETING,
+    M_HWM,
+    M_USED,
+    SERVING,
+    WRITING,
+    Tables,
+    alloc_row,
+    free_row,
+    lookup,
+)
+
+MODE_GROUP_ROUGH = 1
+MODE_INSTANCE_ROUGH = 2
+MODE_INSTANCE_PRECISE = 3
+
+MASKED = -2  # row placeholder for a masked key in match outputs
+# t_access sentinel marking rows already resolved within the request being written
+_SEEN = np.iinfo(np.int64).min
+
+KIND_REQUEST = 0
+KIND_READ = 1
+KIND_WRITE = 2
+
+
+# ---------------------------------------------------------------- matching
+@kernel
+def match_prefix(
+    t: Tables, i: int, keys: np.ndarray, mask: np.ndarray, has_mask: bool, out: np.ndarray
+) -> int:
+    """Longest available prefix; ``out[j]`` = row (or ``MASKED``) for j < result."""
+    n = keys.shape[0]
+    for j in range(n):
+        if has_mask and mask[j]:
+            out[j] = MASKED
+            continue
+        r = lookup(t, i, keys[j])
+        if r < 0 or t.state[r] != SERVING:
+            return j
+        out[j] = r
+    return n
+
+
+@kernel
+def match_batch(
+    t: Tables, i: int, keys: np.ndarray, mask: np.ndarray, has_mask: bool, out: np.ndarray
+) -> int:
+    """Per-block lookup; ``out[j]`` = row, ``MASKED`` or -1; returns available blocks."""
+    hits = 0
+    for j in range(keys.shape[0]):
+        if has_mask and mask[j]:
+            out[j] = MASKED
+            hits += 1
+            continue
+        r = lookup(t, i, keys[j])
+        if r >= 0 and t.state[r] == SERVING:
+            out[j] = r
+            hits += 1
+        else:
+            out[j] = -1
+    return hits
+
+
+@kernel
+def match_sliding_window(
+    t: Tables, i: int, keys: np.ndarray, mask: np.ndarray, has_mask: bool, w: int,
+    out: np.ndarray,
+) -> int:
+    """Start of the right-most window of ``w`` available blocks, or -1.
+
+    ``out`` gets the rows of the window's blocks (``MASKED`` for masked ones) and -1
+    elsewhere.
+    """
+    n = keys.shape[0]
+    for j in range(n):
+        out[j] = -1
+    run = 0
+    for j in range(n - 1, -1, -1):
+        if has_mask and mask[j]:
+            run += 1
+        else:
+            r = lookup(t, i, keys[j])
+            if r >= 0 and t.state[r] == SERVING:
+                run += 1
+            else:
+                run = 0
+        if run == w:
+            for k in range(j, j + w):
+                if has_mask and mask[k]:
+                    out[k] = MASKED
+                else:
+                    out[k] = lookup(t, i, keys[k])
+            return j
+    return -1
+
+
+# ---------------------------------------------------------------- leaves
+@kernel
+def _orphan_children(t: Tables, r: int) -> None:
+    hwm = t.meta[M_HWM]
+    for c in range(hwm):
+        if t.parent[c] == r and t.state[c] != 0:
+            t.parent[c] = -1
+    t.nchild[r] = 0
+
+
+@kernel
+def _detach(t: Tables, r: int) -> None:
+    """Leaf bookkeeping for a row leaving the cache (leaf-tracking policies)."""
+    p = t.parent[r]
+    if p >= 0:
+        t.nchild[p] -= 1
+        t.parent[r] = -1
+    if t.nchild[r] > 0:
+        _orphan_children(t, r)
+
+
+# ---------------------------------------------------------------- touch / write
+@kernel
+def touch_rows(t: Tables, rows: np.ndarray, n: int, now: int) -> None:
+    """Refresh the recency of SERVING ``rows[:n]`` in the policy's commit order."""
+    if n <= 0:
+        return
+    g0 = -1
+    code = 0
+    for jj in range(n):
+        r = rows[jj]
+        if r < 0:
+            continue
+        g0 = t.i_group[t.inst[r]]
+        code = t.g_policy[g0]
+        break
+    if g0 < 0:
+        return
+    tf = dispatch.tail_first(code)
+    for jj in range(n):
+        j = n - 1 - jj if tf else jj
+        r = rows[j]
+        if r < 0 or t.state[r] != SERVING:
+            continue
+        dispatch.hit(t, code, g0, r, now)
+        t.count[r] += 1
+        t.t_access[r] = now
+
+
+@kernel
+def _link_parent(t: Tables, r: int, prev: int) -> None:
+    if prev >= 0 and t.parent[r] < 0:
+        t.parent[r] = prev
+        t.nchild[prev] += 1
+
+
+@kernel
+def write_serving(
+    t: Tables, ev: EventArrays, i: int, keys: np.ndarray, now: int,
+    rows: np.ndarray, isnew: np.ndarray,
+) -> int:
+    """Insert (or touch) every key as SERVING, in the policy's commit order.
+
+    The caller guarantees ``len(keys)`` free rows. Returns the number of new
+    blocks. Rows that are being written by a session (WRITING) are left alone.
+    """
+    g = t.i_group[i]
+    code = t.g_policy[g]
+    leaves = dispatch.tracks_leaves(code)
+    cost = t.i_cost[i]
+    n = keys.shape[0]
+    n_new = 0
+    prev = -1
+    for j in range(n):
+        k = keys[j]
+        r = lookup(t, i, k)
+        isnew[j] = False
+        if r >= 0 and t.t_access[r] == _SEEN:
+            rows[j] = -1  # the same key earlier in this request
+            continue
+        if r < 0:
+            r = alloc_row(t, i, k, SERVING, now)
+            isnew[j] = True
+        elif t.state[r] == DELETING:
+            t.state[r] = SERVING
+            t.count[r] = 1
+            t.t_write[r] = now
+            isnew[j] = True
+        elif t.state[r] != SERVING:
+            rows[j] = -1
+            prev = r
+            continue
+        if isnew[j]:
+            n_new += 1
+            t.i_blocks[i] += 1
+            t.g_used[g] += cost
+            if leaves:
+                _link_parent(t, r, prev)
+            emit(ev, EV_STORED, i, k, now, 0)
+        rows[j] = r
+        t.t_access[r] = _SEEN
+        prev = r
+    tf = dispatch.tail_first(code)
+    for jj in range(n):
+        j = n - 1 - jj if tf else jj
+        r = rows[j]
+        if r < 0:
+            continue
+        if isnew[j]:
+            t.t_access[r] = now
+            dispatch.commit(t, code, g, r, now)
+        else:
+            dispatch.hit(t, code, g, r, now)
+            t.count[r] += 1
+            t.t_access[r] = now
+    return n_new
+
+
+# ---------------------------------------------------------------- eviction
+@kernel
+def evict_row(t: Tables, ev: EventArrays, r: int, now: int, delete_now: bool) -> None:
+    """Take SERVING row ``r`` out of the cache (freed now, or marked DELETING)."""
+    i = t.inst[r]
+    g = t.i_group[i]
+    code = t.g_policy[g]
+    dispatch.remove(t, code, g, r)
+    if dispatch.tracks_leaves(code):
+        _detach(t, r)
+    t.i_blocks[i] -= 1
+    t.g_used[g] -= t.i_cost[i]
+    emit(ev, EV_EVICTED, i, t.key[r], now, 0)
+    if delete_now:
+        free_row(t, r)
+    else:
+        t.state[r] = DELETING
+        t.t_access[r] = now
+
+
+@kernel
+def _evict_from(
+    t: Tables, ev: EventArrays, g: int, i: int, limit: int, target: int, now: int,
+    delete_now: bool, stop_at_target: bool,
+) -> int:
+    code = t.g_policy[g]
+    n = 0
+    while n < limit:
+        if stop_at_target and t.g_used[g] <= target:
+            break
+        v = dispatch.victim(t, code, g, i)
+        if v < 0:
+            break
+        evict_row(t, ev, v, now, delete_now)
+        n += 1
+    return n
+
+
+@kernel
+def evict_to(
+    t: Tables, ev: EventArrays, g: int, writer: int, target: int, now: int, delete_now: bool
+) -> int:
+    """Evict from group ``g`` until its usage is at most ``target``.
+
+    Modes: ``instance_precise`` evicts one block at a time from the writing
+    instance (then the others, round robin) and stops exactly at the target;
+    ``instance_rough`` evicts whole batches from the writer first;
+    ``group_rough`` takes a batch from each instance of the group in turn.
+    Returns the number of blocks evicted.
+    """
+    if t.g_used[g] <= target:
+        return 0
+    mode = t.g_mode[g]
+    batch = t.g_batch[g]
+    if batch < 1:
+        batch = 1
+    total = 0
+    precise = mode == MODE_INSTANCE_PRECISE
+    if writer >= 0 and mode != MODE_GROUP_ROUGH:
+        lim = 1 << 62 if precise else batch
+        while t.g_used[g] > target:
+            n = _evict_from(t, ev, g, writer, lim, target, now, delete_now, precise)
+            total += n
+            if n == 0 or precise:
+                break
+    n_inst = t.i_group.shape[0]
+    while t.g_used[g] > target:
+        progressed = 0
+        for step in range(n_inst):
+            i = (t.g_rr[g] + step) % n_inst
+            if t.i_group[i] != g:
+                continue
+            n = _evict_from(t, ev, g, i, batch, target, now, delete_now, precise)
+            progressed += n
+            total += n
+            if t.g_used[g] <= target:
+                t.g_rr[g] = (i + 1) % n_inst
+                break
+        if progressed == 0:
+            break
+    t.g_evicted[g] += total
+    return total
+
+
+# ---------------------------------------------------------------- two-phase writes
+@kernel
+def start_write(
+    t: Tables, ev: EventArrays, i: int, keys: np.ndarray, now: int, rows: np.ndarray,
+    isnew: np.ndarray, delete_now: bool,
+) -> int:
+    """Allocate WRITING rows for keys with no block; returns new count, or -1 over quota.
+
+    Keys that already have a block (WRITING or SERVING) get ``isnew = False``. When
+    the new blocks would push the group past its hard quota the kernel first
+    evicts; if that cannot make room nothing is allocated and -1 is returned.
+    The caller guarantees ``len(keys)`` free rows.
+    """
+    g = t.i_group[i]
+    cost = t.i_cost[i]
+    n = keys.shape[0]
+    n_new = 0
+    for j in range(n):
+        r = lookup(t, i, keys[j])
+        fresh = r < 0 or t.state[r] == DELETING
+        if fresh:
+            # a key listed twice in one call is new once
+            for k in range(j):
+                if keys[k] == keys[j] and isnew[k]:
+                    fresh = False
+                    break
+        isnew[j] = fresh
+        if fresh:
+            n_new += 1
+    need = n_new * cost
+    if t.g_quota[g] > 0 and t.g_used[g] + need > t.g_quota[g]:
+        evict_to(t, ev, g, i, t.g_quota[g] - need, now, delete_now)
+        if t.g_used[g] + need > t.g_quota[g]:
+            return -1
+    leaves = dispatch.tracks_leaves(t.g_policy[g])
+    prev = -1
+    for j in range(n):
+        if not isnew[j]:
+            r = lookup(t, i, keys[j])
+            rows[j] = r
+            prev = r
+            continue
+        r = lookup(t, i, keys[j])
+        if r >= 0:  # resurrect a DELETING row
+            t.state[r] = WRITING
+            t.t_write[r] = now
+            t.t_access[r] = now
+            t.count[r] = 1
+        else:
+            r = alloc_row(t, i, keys[j], WRITING, now)
+        rows[j] = r
+        t.i_pending[i] += 1
+        t.g_used[g] += cost
+        if leaves:
+            _link_parent(t, r, prev)
+        prev = r
+    return n_new
+
+
+@kernel
+def finish_write(
+    t: Tables, ev: EventArrays, i: int, rows: np.ndarray, keys: np.ndarray,
+    success: np.ndarray, now: int,
+) -> int:
+    """Commit (success) or drop (failure) the WRITING ``rows``; returns committed count.
+
+    ``keys`` guards against a row reused since the session started: only rows that
+    still hold the same key in state WRITING are touched.
+    """
+    g = t.i_group[i]
+    code = t.g_policy[g]
+    cost = t.i_cost[i]
+    n = rows.shape[0]
+    tf = dispatch.tail_first(code)
+    leaves = dispatch.tracks_leaves(code)
+    done = 0
+    for jj in range(n):
+        j = n - 1 - jj if tf else jj
+        r = rows[j]
+        if r < 0 or t.state[r] != WRITING or t.key[r] != keys[j] or t.inst[r] != i:
+            continue
+        t.i_pending[i] -= 1
+        if success[j]:
+            t.state[r] = SERVING
+            t.t_write[r] = now
+            t.t_access[r] = now
+            t.i_blocks[i] += 1
+            dispatch.commit(t, code, g, r, now)
+            emit(ev, EV_STORED, i, keys[j], now, 0)
+            done += 1
+        else:
+            t.g_used[g] -= cost
+            if leaves:
+                _detach(t, r)
+            emit(ev, EV_WRITE_FAILED, i, keys[j], now, 0)
+            free_row(t, r)
+    return done
+
+
+# ---------------------------------------------------------------- removal
+@kernel
+def remove_row(t: Tables, ev: EventArrays, r: int, now: int) -> None:
+    """Remove SERVING row ``r`` at once (removeCache / trimCache)."""
+    i = t.inst[r]
+    g = t.i_group[i]
+    code = t.g_policy[g]
+    dispatch.remove(t, code, g, r)
+    if dispatch.tracks_leaves(code):
+        _detach(t, r)
+    t.i_blocks[i] -= 1
+    t.g_used[g] -= t.i_cost[i]
+    emit(ev, EV_REMOVED, i, t.key[r], now, 0)
+    free_row(t, r)
+
+
+@kernel
+def remove_keys(
+    t: Tables, ev: EventArrays, i: int, keys: np.ndarray, mask: np.ndarray, has_mask: bool,
+    now: int,
+) -> int:
+    """Remove the SERVING blocks of ``keys`` (skipping masked ones); returns removed."""
+    n = 0
+    for j in range(keys.shape[0]):
+        if has_mask and mask[j]:
+            continue
+        r = lookup(t, i, keys[j])
+        if r >= 0 and t.state[r] == SERVING:
+            remove_row(t, ev, r, now)
+            n += 1
+    return n
+
+
+@kernel
+def trim(t: Tables, ev: EventArrays, i: int, lo: int, hi: int, now: int) -> int:
+    """Remove SERVING blocks of instance ``i`` (-1 = all) written in ``[lo, hi)``."""
+    n = 0
+    hwm = t.meta[M_HWM]
+    for r in range(hwm):
+        if t.state[r] != SERVING:
+            continue
+        if i >= 0 and t.inst[r] != i:
+            continue
+        w = t.t_write[r]
+        if w < lo or w >= hi:
+            continue
+        remove_row(t, ev, r, now)
+        n += 1
+    return n
+
+
+@kernel
+def reap_deleting(t: Tables, evicted_before: int) -> int:
+    """Free DELETING rows evicted at or before ``evicted_before`` (delayed deletion).
+
+    An evicted row keeps its eviction time in ``t_access`` while DELETING.
+    """
+    freed = 0
+    for r in range(t.meta[M_HWM]):
+        if t.state[r] == DELETING and t.t_access[r] <= evicted_before:
+            free_row(t, r)
+            freed += 1
+    return freed
+
+
+# ---------------------------------------------------------------- replay
+@kernel
+def replay_requests(
+    t: Tables,
+    ev: EventArrays,
+    req_inst: np.ndarray,
+    ts: np.ndarray,
+    offsets: np.ndarray,
+    keys: np.ndarray,
+    mask: np.ndarray,
+    has_mask: bool,
+    kind: np.ndarray,
+    start: int,
+    end: int,
+    batch_mode: bool,
+    out_hit: np.ndarray,
+    out_ihit: np.ndarray,
+    out_iread: np.ndarray,
+    out_cached: np.ndarray,
+    out_used: np.ndarray,
+    out_evicted: np.ndarray,
+    tmp_rows: np.ndarray,
+    tmp_new: np.ndarray,
+) -> int:
+    """Replay requests ``[start, end)`` through the cache; returns where it stopped.
+
+    Stops early (returning the request index) when the table has fewer free rows
+    than the next request has keys, so the caller can grow it and resume.
+    Combined requests (``KIND_REQUEST``) follow the replay contract: read on the
+    cache as it was, write every key in commit order, then evict to capacity. In
+    ``batch_mode`` a request is its flattened block stream: each block in commit
+    order is read, written and followed by eviction, as a block cache would.
+    """
+    rows_total = t.key.shape[0]
+    for q in range(start, end):
+        a = offsets[q]
+        b = offsets[q + 1]
+        n = b - a
+        if t.meta[M_USED] + n > rows_total:
+            return q
+        if n > tmp_rows.shape[0]:
+            return q
+        i = req_inst[q]
+        g = t.i_group[i]
+        now = ts[q]
+        k = kind[q]
+        ev0 = t.g_evicted[g]
+        ihit = 0
+        iread = 0
+        hits = 0
+        if has_mask:
+            for j in range(a, b):
+                if mask[j]:
+                    iread += 1
+        if batch_mode:
+            code = t.g_policy[g]
+            tf = dispatch.tail_first(code)
+            for jj in range(n):
+                j = b - 1 - jj if tf else a + jj
+                if has_mask and mask[j]:
+                    ihit += 1
+                    hits += 1
+                r = lookup(t, i, keys[j])
+                served = r >= 0 and t.state[r] == SERVING
+                if served and not (has_mask and mask[j]):
+                    hits += 1
+                if k == KIND_READ:
+                    if served:
+                        dispatch.hit(t, code, g, r, now)
+                        t.count[r] += 1
+                        t.t_access[r] = now
+                    continue
+                write_serving(t, ev, i, keys[j : j + 1], now, tmp_rows, tmp_new)
+                evict_to(t, ev, g, i, t.g_cap[g], now, True)
+        else:
+            if k != KIND_WRITE:
+                for j in range(a, b):
+                    if has_mask and mask[j]:
+                        continue
+                    r = lookup(t, i, keys[j])
+                    if r < 0 or t.state[r] != SERVING:
+                        break
+                    tmp_rows[hits] = r
+                    hits += 1
+                if k == KIND_READ:
+                    touch_rows(t, tmp_rows, hits, now)
+                ihit = iread
+                hits += ihit
+            if k != KIND_READ:
+                write_serving(t, ev, i, keys[a:b], now, tmp_rows, tmp_new)
+                evict_to(t, ev, g, i, t.g_cap[g], now, True)
+        if k != KIND_WRITE:
+            emit(ev, EV_READ, i, hits, now, n)
+        out_hit[q] = hits
+        out_ihit[q] = ihit
+        out_iread[q] = iread
+        out_cached[q] = t.i_blocks[i]
+        out_used[q] = t.g_used[g]
+        out_evicted[q] = t.g_evicted[g] - ev0
+    return end

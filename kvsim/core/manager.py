@@ -1,0 +1,612 @@
+"""The KV-cache metadata manager: the one core behind the simulator and the server.
+
+:class:`CacheManager` owns the block table, the registry of groups, instances and
+storages, the write sessions and the event buffer. Every call is a thin Python
+layer over the numba kernels of :mod:`kvsim.core.kernels`; time comes from an
+injected :class:`~kvsim.core.clock.Clock` and calls return small frozen results.
+
+Example:
+    >>> from kvsim.core.clock import ManualClock
+    >>> from kvsim.core.spec import GroupSpec, InstanceSpec
+    >>> m = CacheManager(ManualClock())
+    >>> m.create_group(GroupSpec("g", quota_blocks=2))
+    >>> m.register_instance(InstanceSpec("i0", "g"))
+    >>> w = m.start_write("i0", [1, 2, 3])
+    Traceback (most recent call last):
+    ...
+    kvsim.core.errors.QuotaExceeded: group 'g': writing 3 blocks would pass its quota of 2
+    >>> w = m.start_write("i0", [1, 2]); m.finish_write(w.session_id, [True, True]).committed
+    2
+    >>> m.match("i0", [1, 2, 9]).hit_blocks
+    2
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from kvsim.core import kernels as K
+from kvsim.core.clock import Clock
+from kvsim.core.errors import (
+    DuplicateEntity,
+    InstanceNotFound,
+    InvalidArgument,
+    NotFound,
+    QuotaExceeded,
+)
+from kvsim.core.events import EV_EXPIRED, EV_WRITE_STARTED, Event, EventBuffer, emit
+from kvsim.core.policies import get_policy
+from kvsim.core.spec import EVICTION_MODES, GroupSpec, InstanceSpec, StorageSpec
+from kvsim.core.table import M_HWM, SERVING, WRITING, BlockTable, lookup
+
+QUERY_PREFIX = "prefix"
+QUERY_BATCH = "batch"
+QUERY_SW = "sw"
+
+_UNLIMITED = np.iinfo(np.int64).max // 4
+
+
+@dataclass(frozen=True)
+class MatchResult:
+    """Outcome of a read.
+
+    Attributes:
+        hit_blocks: blocks available to the engine (masked ones included).
+        found: bool per key: available (masked or SERVING, within the match rule).
+        rows: per key, the table row (or -2 masked, -1 absent) - for adapters that
+            build locations.
+        window_start: for sliding-window reads, the first block of the window (-1 none).
+    """
+
+    hit_blocks: int
+    found: np.ndarray
+    rows: np.ndarray
+    window_start: int = -1
+
+
+@dataclass(frozen=True)
+class WriteStart:
+    """Outcome of ``start_write``: the session and which keys it must write."""
+
+    session_id: int
+    is_new: np.ndarray  # bool per requested key
+    new_keys: np.ndarray  # int64, the keys of this session, in order
+    deadline_ns: int
+    storage: str
+
+
+@dataclass(frozen=True)
+class WriteFinish:
+    """Outcome of ``finish_write``."""
+
+    committed: int
+    failed: int
+
+
+@dataclass(frozen=True)
+class AccessResult:
+    """Outcome of one combined read+write request (the replay unit)."""
+
+    hit_blocks: int
+    internal_hits: int
+    internal_reads: int
+    evicted: int
+    cached_blocks: int
+
+
+@dataclass
+class _Session:
+    inst: int
+    rows: np.ndarray
+    keys: np.ndarray
+    deadline_ns: int
+
+
+@dataclass(frozen=True)
+class GroupUsage:
+    """Usage of one group in its unit (blocks or bytes)."""
+
+    name: str
+    unit: str
+    used: int
+    capacity: int
+    quota: int
+    serving_blocks: int
+    pending_blocks: int
+    evicted_blocks: int
+
+
+class CacheManager:
+    """KV-cache metadata manager over the numba block table.
+
+    Args:
+        clock: the time source (``ManualClock`` in simulation and tests, a monotonic
+            clock when serving).
+        rows: initial block rows (the table doubles as needed).
+        event_level: 0 records nothing, 1 per-call events, 2 also per-block events.
+    """
+
+    def __init__(self, clock: Clock, *, rows: int = 1024, event_level: int = 1) -> None:
+        self.clock = clock
+        self.table = BlockTable.create(rows=rows)
+        self.events = EventBuffer(level=event_level)
+        self._groups: dict[str, tuple[int, GroupSpec]] = {}
+        self._instances: dict[str, tuple[int, InstanceSpec]] = {}
+        self._inst_names: list[str] = []
+        self._storages: dict[str, StorageSpec] = {}
+        self._sessions: dict[int, _Session] = {}
+        self._session_ids = itertools.count(1)
+        self._free_group_slots: list[int] = []
+        self._n_group_slots = 0
+
+    # ================================================================ registry
+    def add_storage(self, spec: StorageSpec) -> None:
+        """Add a storage; an existing name with a different definition is a duplicate."""
+        old = self._storages.get(spec.name)
+        if old is not None and old != spec:
+            raise DuplicateEntity(f"storage {spec.name!r} exists with a different definition")
+        self._storages[spec.name] = spec
+
+    def update_storage(self, spec: StorageSpec) -> None:
+        """Replace a storage's definition."""
+        self._need_storage(spec.name)
+        self._storages[spec.name] = spec
+
+    def set_storage_available(self, name: str, available: bool) -> None:
+        """Enable or disable a storage (writes avoid unavailable storages)."""
+        self._storages[name] = replace(self._need_storage(name), available=available)
+
+    def remove_storage(self, name: str) -> None:
+        """Remove a storage."""
+        self._need_storage(name)
+        del self._storages[name]
+
+    def storages(self) -> list[StorageSpec]:
+        """All storages."""
+        return list(self._storages.values())
+
+    def _need_storage(self, name: str) -> StorageSpec:
+        try:
+            return self._storages[name]
+        except KeyError:
+            raise NotFound(f"storage {name!r} does not exist") from None
+
+    def create_group(self, spec: GroupSpec) -> None:
+        """Create an instance group (idempotent for an identical spec)."""
+        old = self._groups.get(spec.name)
+        if old is not None:
+            if old[1] == spec:
+                return
+            raise DuplicateEntity(f"instance group {spec.name!r} exists")
+        self._validate_group(spec)
+        if self._free_group_slots:
+            gi = self._free_group_slots.pop()
+        else:
+            gi = self._n_group_slots
+            self._n_group_slots += 1
+            self.table.ensure_groups(self._n_group_slots)
+        t = self.table.t
+        t.g_used[gi] = 0
+        t.g_rr[gi] = 0
+        t.g_evicted[gi] = 0
+        self._groups[spec.name] = (gi, spec)
+        self._apply_group(gi, spec)
+
+    def update_group(self, spec: GroupSpec) -> None:
+        """Change a group's quota or eviction settings in place.
+
+        The policy may change only while the group holds no blocks (its order
+        structures belong to the old policy).
+        """
+        gi, old = self._need_group(spec.name)
+        self._validate_group(spec)
+        if old.unit != spec.unit and self._group_blocks(gi) > 0:
+            raise InvalidArgument(f"group {spec.name!r}: cannot change quota unit while in use")
+        if old.eviction.policy != spec.eviction.policy and self._group_blocks(gi) > 0:
+            raise InvalidArgument(
+                f"group {spec.name!r}: cannot change policy while it holds blocks; trim first"
+            )
+        self._groups[spec.name] = (gi, spec)
+        self._apply_group(gi, spec)
+
+    def remove_group(self, name: str) -> None:
+        """Remove a group that has no instances."""
+        gi, _ = self._need_group(name)
+        users = [i for i, (_, s) in self._instances.items() if s.group == name]
+        if users:
+            raise InvalidArgument(f"group {name!r} still has instances: {users}")
+        del self._groups[name]
+        self._free_group_slots.append(gi)
+
+    def group(self, name: str) -> GroupSpec:
+        """The spec of group ``name``."""
+        return self._need_group(name)[1]
+
+    def groups(self) -> list[GroupSpec]:
+        """All groups."""
+        return [s for _, s in self._groups.values()]
+
+    def _validate_group(self, spec: GroupSpec) -> None:
+        pol = get_policy(spec.eviction.policy)
+        try:
+            pol.params_cls.from_dict(spec.eviction.params)
+        except (TypeError, ValueError) as e:
+            raise InvalidArgument(f"group {spec.name!r}: eviction.params: {e}") from None
+        if spec.eviction.mode not in EVICTION_MODES:
+            raise InvalidArgument(
+                f"group {spec.name!r}: eviction.mode {spec.eviction.mode!r} is not one of "
+                f"{sorted(EVICTION_MODES)}"
+            )
+        if not 0 < spec.used_percentage <= 1:
+            raise InvalidArgument(f"group {spec.name!r}: used_percentage must be in (0, 1]")
+        if spec.quota_blocks < 0 or spec.quota_bytes < 0:
+            raise InvalidArgument(f"group {spec.name!r}: quota must be >= 0")
+
+    def _apply_group(self, gi: int, spec: GroupSpec) -> None:
+        t = self.table.t
+        pol = get_policy(spec.eviction.policy)
+        params = pol.params_cls.from_dict(spec.eviction.params)
+        quota = spec.quota_units()
+        t.g_quota[gi] = quota if quota > 0 else _UNLIMITED
+        cap = spec.capacity_units()
+        t.g_cap[gi] = cap if quota > 0 else _UNLIMITED
+        t.g_policy[gi] = pol.code
+        t.g_mode[gi] = spec.eviction.mode_code
+        t.g_batch[gi] = max(1, spec.eviction.batch_size)
+        t.g_params[gi] = params.to_vector()
+        seed = int(spec.eviction.params.get("seed", 0))
+        t.g_rng[gi] = np.uint64((seed * 0x9E3779B97F4A7C15 + 0x2545F4914F6CDD1D) % (1 << 64))
+        for name, (ii, ispec) in self._instances.items():
+            if ispec.group == spec.name:
+                t.i_cost[ii] = self._cost(ispec, spec, name)
+
+    def _group_blocks(self, gi: int) -> int:
+        t = self.table.t
+        return int(sum(t.i_blocks[ii] + t.i_pending[ii] for ii, s in self._instances.values()
+                       if self._groups[s.group][0] == gi))
+
+    def _need_group(self, name: str) -> tuple[int, GroupSpec]:
+        try:
+            return self._groups[name]
+        except KeyError:
+            raise NotFound(f"instance group {name!r} does not exist") from None
+
+    @staticmethod
+    def _cost(ispec: InstanceSpec, gspec: GroupSpec, name: str) -> int:
+        if gspec.unit == "bytes":
+            if ispec.block_bytes <= 0:
+                raise InvalidArgument(
+                    f"instance {name!r}: group {gspec.name!r} has a byte quota, so the instance "
+                    "needs location_spec_infos with sizes"
+                )
+            return ispec.block_bytes
+        return 1
+
+    def register_instance(self, spec: InstanceSpec) -> int:
+        """Register an instance; idempotent for an identical spec. Returns its index."""
+        old = self._instances.get(spec.instance_id)
+        if old is not None:
+            if old[1] == spec:
+                return old[0]
+            raise DuplicateEntity(
+                f"instance {spec.instance_id!r} is registered with a different deployment"
+            )
+        if spec.block_size <= 0:
+            raise InvalidArgument(f"instance {spec.instance_id!r}: block_size must be > 0")
+        gi, gspec = self._need_group(spec.group)
+        if gspec.max_instance_count and sum(
+            1 for _, s in self._instances.values() if s.group == spec.group
+        ) >= gspec.max_instance_count:
+            raise QuotaExceeded(f"group {spec.group!r} has its maximum number of instances")
+        cost = self._cost(spec, gspec, spec.instance_id)
+        ii = len(self._inst_names)
+        self.table.ensure_instances(ii + 1)
+        t = self.table.t
+        t.i_group[ii] = gi
+        t.i_cost[ii] = cost
+        self._instances[spec.instance_id] = (ii, spec)
+        self._inst_names.append(spec.instance_id)
+        return ii
+
+    def remove_instance(self, instance_id: str) -> None:
+        """Remove an instance and all its blocks."""
+        ii, _ = self._need_instance(instance_id)
+        self.trim(instance_id)
+        if self.table.t.i_pending[ii] > 0:
+            for sid in [s for s, ses in self._sessions.items() if ses.inst == ii]:
+                self._finish(sid, np.zeros(self._sessions[sid].keys.shape[0], dtype=bool))
+        self.table.t.i_group[ii] = -1
+        del self._instances[instance_id]
+
+    def instance(self, instance_id: str) -> InstanceSpec:
+        """The spec of a registered instance."""
+        return self._need_instance(instance_id)[1]
+
+    def instances(self) -> list[InstanceSpec]:
+        """All registered instances."""
+        return [s for _, s in self._instances.values()]
+
+    def instance_index(self, instance_id: str) -> int:
+        """The table index of an instance."""
+        return self._need_instance(instance_id)[0]
+
+    def _need_instance(self, instance_id: str) -> tuple[int, InstanceSpec]:
+        try:
+            return self._instances[instance_id]
+        except KeyError:
+            raise InstanceNotFound(f"instance {instance_id!r} is not registered") from None
+
+    # ================================================================ reads
+    def match(
+        self,
+        instance_id: str,
+        keys: Sequence[int] | np.ndarray,
+        *,
+        query: str = QUERY_PREFIX,
+        mask: np.ndarray | None = None,
+        sw_size: int = 0,
+        touch: bool = True,
+    ) -> MatchResult:
+        """Find which keys are cached; a hit refreshes recency unless ``touch=False``."""
+        ii, _ = self._need_instance(instance_id)
+        k = _keys(keys)
+        m, has = _mask(mask, k.shape[0])
+        rows = np.full(k.shape[0], -1, dtype=np.int32)
+        t = self.table.t
+        start = -1
+        if query == QUERY_PREFIX:
+            n = K.match_prefix(t, ii, k, m, has, rows)
+            rows[n:] = -1
+            found = np.zeros(k.shape[0], dtype=bool)
+            found[:n] = True
+            hit = int(np.count_nonzero(found))
+        elif query == QUERY_BATCH:
+            hit = int(K.match_batch(t, ii, k, m, has, rows))
+            found = rows != -1
+        elif query == QUERY_SW:
+            if not 1 <= sw_size <= k.shape[0]:
+                raise InvalidArgument(
+                    f"sw_size must be in 1..{k.shape[0]} (the number of keys), got {sw_size}"
+                )
+            start = int(K.match_sliding_window(t, ii, k, m, has, int(sw_size), rows))
+            found = rows != -1
+            hit = int(np.count_nonzero(found))
+        else:
+            raise InvalidArgument(f"unknown query type {query!r}")
+        if touch:
+            sel = rows[rows >= 0].astype(np.int32)
+            K.touch_rows(t, sel, sel.shape[0], self.clock.now_ns())
+        return MatchResult(hit_blocks=hit, found=found, rows=rows, window_start=start)
+
+    def block_info(self, instance_id: str, keys: Sequence[int] | np.ndarray) -> list[dict]:
+        """Per key: state and, when present, write time, last access and access count."""
+        ii, _ = self._need_instance(instance_id)
+        t = self.table.t
+        out = []
+        for key in _keys(keys):
+            r = lookup(t, ii, int(key))
+            if r < 0:
+                out.append({"key": int(key), "status": "not_found"})
+                continue
+            st = int(t.state[r])
+            out.append({
+                "key": int(key),
+                "status": {1: "writing", 2: "serving", 3: "deleting"}.get(st, "not_found"),
+                "row": int(r),
+                "write_time_ns": int(t.t_write[r]),
+                "last_access_ns": int(t.t_access[r]),
+                "access_count": int(t.count[r]),
+            })
+        return out
+
+    # ================================================================ writes
+    def start_write(
+        self,
+        instance_id: str,
+        keys: Sequence[int] | np.ndarray,
+        *,
+        timeout_s: float = 30.0,
+    ) -> WriteStart:
+        """Phase one: reserve WRITING blocks for the keys that have none.
+
+        Raises:
+            QuotaExceeded: the new blocks would pass the group's quota even after
+                evicting everything evictable.
+        """
+        ii, ispec = self._need_instance(instance_id)
+        if timeout_s <= 0:
+            raise InvalidArgument("write_timeout_seconds must be > 0")
+        k = _keys(keys)
+        storage = self._pick_storage(ispec)
+        self.table.ensure_rows(k.shape[0])
+        self.events.reserve(2 * k.shape[0] + 16)
+        rows = np.full(k.shape[0], -1, dtype=np.int32)
+        isnew = np.zeros(k.shape[0], dtype=bool)
+        now = self.clock.now_ns()
+        gspec = self._groups[ispec.group][1]
+        n_new = K.start_write(self.table.t, self.events.arrays, ii, k, now, rows, isnew,
+                              gspec.delay_before_delete_ms == 0)
+        if n_new < 0:
+            raise QuotaExceeded(
+                f"group {gspec.name!r}: writing {int(np.count_nonzero(isnew))} blocks would pass "
+                f"its quota of {gspec.quota_units()}"
+            )
+        sid = next(self._session_ids)
+        deadline = now + int(timeout_s * 1e9)
+        self._sessions[sid] = _Session(ii, rows[isnew].copy(), k[isnew].copy(), deadline)
+        emit(self.events.arrays, EV_WRITE_STARTED, ii, n_new, now, sid)
+        return WriteStart(sid, isnew, k[isnew].copy(), deadline, storage)
+
+    def _pick_storage(self, ispec: InstanceSpec) -> str:
+        gspec = self._groups[ispec.group][1]
+        names = gspec.storage_candidates or tuple(self._storages)
+        if not names:
+            return ""
+        for name in names:
+            s = self._storages.get(name)
+            if s is not None and s.available:
+                return name
+        raise QuotaExceeded(f"group {gspec.name!r}: no available storage among {list(names)}")
+
+    def finish_write(
+        self, session_id: int, success: Sequence[bool] | np.ndarray
+    ) -> WriteFinish:
+        """Phase two: commit the successful blocks of a session, drop the others."""
+        ses = self._sessions.get(int(session_id))
+        if ses is None:
+            raise NotFound(f"write session {session_id} is unknown, finished or expired")
+        ok = np.asarray(success, dtype=bool)
+        if ok.shape != ses.keys.shape:
+            raise InvalidArgument(
+                f"success_blocks has {ok.shape[0] if ok.ndim else 0} entries; the session "
+                f"wrote {ses.keys.shape[0]} new blocks"
+            )
+        return self._finish(int(session_id), ok)
+
+    def _finish(self, sid: int, ok: np.ndarray) -> WriteFinish:
+        ses = self._sessions.pop(sid)
+        self.events.reserve(ses.keys.shape[0] + 4)
+        done = K.finish_write(self.table.t, self.events.arrays, ses.inst, ses.rows, ses.keys, ok,
+                              self.clock.now_ns())
+        return WriteFinish(committed=int(done), failed=int(ses.keys.shape[0] - done))
+
+    def pending_sessions(self) -> int:
+        """Write sessions not yet finished."""
+        return len(self._sessions)
+
+    def expire_sessions(self) -> int:
+        """Finish every session past its deadline as all-failed; returns how many."""
+        now = self.clock.now_ns()
+        late = [sid for sid, s in self._sessions.items() if s.deadline_ns <= now]
+        for sid in late:
+            ses = self._sessions[sid]
+            emit(self.events.arrays, EV_EXPIRED, ses.inst, ses.keys.shape[0], now, sid)
+            self._finish(sid, np.zeros(ses.keys.shape[0], dtype=bool))
+        return len(late)
+
+    # ================================================================ removal
+    def remove(
+        self, instance_id: str, keys: Sequence[int] | np.ndarray, *, mask: np.ndarray | None = None
+    ) -> int:
+        """Delete the keys' blocks (masked keys are kept); returns the number removed."""
+        ii, _ = self._need_instance(instance_id)
+        k = _keys(keys)
+        m, has = _mask(mask, k.shape[0])
+        self.events.reserve(k.shape[0] + 4)
+        return int(K.remove_keys(self.table.t, self.events.arrays, ii, k, m, has,
+                                 self.clock.now_ns()))
+
+    def trim(
+        self,
+        instance_id: str | None = None,
+        *,
+        begin_ns: int | None = None,
+        end_ns: int | None = None,
+    ) -> int:
+        """Remove blocks (of one instance, or all) written in ``[begin_ns, end_ns)``."""
+        ii = -1 if instance_id is None else self._need_instance(instance_id)[0]
+        lo = np.iinfo(np.int64).min if begin_ns is None else int(begin_ns)
+        hi = np.iinfo(np.int64).max if end_ns is None else int(end_ns)
+        self.events.reserve(int(self.table.t.meta[M_HWM]) + 4)
+        return int(K.trim(self.table.t, self.events.arrays, ii, lo, hi, self.clock.now_ns()))
+
+    # ================================================================ reclaim
+    def reclaim(self, group: str | None = None) -> int:
+        """Evict every group (or one) down to quota x used_percentage; returns blocks."""
+        names = [group] if group is not None else list(self._groups)
+        total = 0
+        now = self.clock.now_ns()
+        for name in names:
+            gi, spec = self._need_group(name)
+            self.events.reserve(int(self.table.used_rows) + 4)
+            n = K.evict_to(self.table.t, self.events.arrays, gi, -1, int(self.table.t.g_cap[gi]),
+                           now, spec.delay_before_delete_ms == 0)
+            total += int(n)
+        return total
+
+    def reap(self) -> int:
+        """Free blocks whose delayed deletion is due (``delay_before_delete_ms``)."""
+        now = self.clock.now_ns()
+        delays = [s.delay_before_delete_ms for _, s in self._groups.values()]
+        if not delays or max(delays) == 0:
+            return 0
+        return int(K.reap_deleting(self.table.t, now - min(d for d in delays) * 1_000_000))
+
+    # ================================================================ combined access
+    def access(
+        self,
+        instance_id: str,
+        keys: Sequence[int] | np.ndarray,
+        *,
+        mask: np.ndarray | None = None,
+        batch: bool = False,
+    ) -> AccessResult:
+        """One combined read+write request, exactly as the replay contract defines it."""
+        ii, _ = self._need_instance(instance_id)
+        k = _keys(keys)
+        m, has = _mask(mask, k.shape[0])
+        self.table.ensure_rows(k.shape[0])
+        self.events.reserve(3 * k.shape[0] + 16)
+        out = [np.zeros(1, dtype=np.int64) for _ in range(6)]
+        K.replay_requests(
+            self.table.t, self.events.arrays,
+            np.array([ii], dtype=np.int32), np.array([self.clock.now_ns()], dtype=np.int64),
+            np.array([0, k.shape[0]], dtype=np.int64), k, m, has, np.zeros(1, dtype=np.int8),
+            0, 1, batch, *out,
+            np.zeros(max(1, k.shape[0]), dtype=np.int32), np.zeros(max(1, k.shape[0]), dtype=bool),
+        )
+        return AccessResult(int(out[0][0]), int(out[1][0]), int(out[2][0]), int(out[5][0]),
+                            int(out[3][0]))
+
+    # ================================================================ state
+    def usage(self) -> list[GroupUsage]:
+        """Per-group usage."""
+        t = self.table.t
+        out = []
+        for name, (gi, spec) in self._groups.items():
+            members = [ii for ii, s in self._instances.values() if s.group == name]
+            quota = spec.quota_units()
+            out.append(GroupUsage(
+                name=name, unit=spec.unit, used=int(t.g_used[gi]),
+                capacity=spec.capacity_units(), quota=quota,
+                serving_blocks=int(sum(t.i_blocks[i] for i in members)),
+                pending_blocks=int(sum(t.i_pending[i] for i in members)),
+                evicted_blocks=int(t.g_evicted[gi]),
+            ))
+        return out
+
+    def cached_keys(self, instance_id: str, *, serving_only: bool = True) -> np.ndarray:
+        """Sorted keys the instance holds (SERVING, or also WRITING)."""
+        ii, _ = self._need_instance(instance_id)
+        t = self.table.t
+        hwm = int(t.meta[M_HWM])
+        st = t.state[:hwm]
+        sel = (t.inst[:hwm] == ii) & ((st == SERVING) | (~np.bool_(serving_only) & (st == WRITING)))
+        return np.sort(t.key[:hwm][sel])
+
+    def drain_events(self) -> list[Event]:
+        """Recorded events since the last drain."""
+        return self.events.drain()
+
+
+def _keys(keys: Sequence[int] | np.ndarray) -> np.ndarray:
+    try:
+        k = np.asarray(keys, dtype=np.int64)
+    except (OverflowError, ValueError, TypeError) as e:
+        raise InvalidArgument(f"block_keys must be int64 values: {e}") from None
+    if k.ndim != 1:
+        raise InvalidArgument("block_keys must be a flat list")
+    return np.ascontiguousarray(k)
+
+
+def _mask(mask: np.ndarray | None, n: int) -> tuple[np.ndarray, bool]:
+    if mask is None:
+        return np.zeros(0, dtype=bool), False
+    m = np.asarray(mask, dtype=bool)
+    if m.shape != (n,):
+        raise InvalidArgument(f"block_mask has {m.shape[0] if m.ndim else 0} entries, keys {n}")
+    return m, True

@@ -1,0 +1,92 @@
+"""Numba dispatch from a group's policy code to the policy module's functions.
+
+The one place that lists every policy's kernels; a new policy adds its module to
+:data:`kvsim.core.policies.POLICIES` and one branch to each function here.
+"""
+
+from __future__ import annotations
+
+from kvsim.core._jit import inline_kernel
+from kvsim.core.policies import fifo, leaf_aware_lru, lfu, lru, random_lru
+from kvsim.core.table import Tables
+
+# codes (kept equal to each module's SPEC.code; checked by a test)
+LRU = 1
+LRU_HEAD_FIRST = 2
+RANDOM_LRU = 3
+LEAF_AWARE_LRU = 4
+FIFO = 5
+LFU = 6
+
+
+@inline_kernel
+def tail_first(code: int) -> bool:
+    """Whether the policy commits a request's blocks from the last to the first."""
+    return not (code == LRU_HEAD_FIRST or code == LEAF_AWARE_LRU)
+
+
+@inline_kernel
+def tracks_leaves(code: int) -> bool:
+    """Whether the core maintains parent/child counts for the policy."""
+    return code == LEAF_AWARE_LRU
+
+
+@inline_kernel
+def commit(t: Tables, code: int, g: int, r: int, now: int) -> None:
+    """Row ``r`` became SERVING."""
+    if code == LRU or code == LRU_HEAD_FIRST:
+        lru.commit(t, g, r, now)
+    elif code == RANDOM_LRU:
+        random_lru.commit(t, g, r, now)
+    elif code == LEAF_AWARE_LRU:
+        leaf_aware_lru.commit(t, g, r, now)
+    elif code == FIFO:
+        fifo.commit(t, g, r, now)
+    elif code == LFU:
+        lfu.commit(t, g, r, now)
+
+
+@inline_kernel
+def hit(t: Tables, code: int, g: int, r: int, now: int) -> None:
+    """Row ``r`` was accessed."""
+    if code == LRU or code == LRU_HEAD_FIRST:
+        lru.hit(t, g, r, now)
+    elif code == RANDOM_LRU:
+        random_lru.hit(t, g, r, now)
+    elif code == LEAF_AWARE_LRU:
+        leaf_aware_lru.hit(t, g, r, now)
+    elif code == FIFO:
+        fifo.hit(t, g, r, now)
+    elif code == LFU:
+        lfu.hit(t, g, r, now)
+
+
+@inline_kernel
+def victim(t: Tables, code: int, g: int, i: int) -> int:
+    """Next row to evict from instance ``i``, or -1."""
+    if code == LRU or code == LRU_HEAD_FIRST:
+        return lru.victim(t, g, i)
+    if code == RANDOM_LRU:
+        return random_lru.victim(t, g, i)
+    if code == LEAF_AWARE_LRU:
+        return leaf_aware_lru.victim(t, g, i)
+    if code == FIFO:
+        return fifo.victim(t, g, i)
+    if code == LFU:
+        return lfu.victim(t, g, i)
+    return -1
+
+
+@inline_kernel
+def remove(t: Tables, code: int, g: int, r: int) -> None:
+    """Row ``r`` leaves the policy's structures."""
+    if code == LRU or code == LRU_HEAD_FIRST:
+        lru.remove(t, g, r)
+    elif code == RANDOM_LRU:
+        random_lru.remove(t, g, r)
+    elif code == LEAF_AWARE_LRU:
+        leaf_aware_lru.remove(t, g, r)
+    elif code == FIFO:
+        fifo.remove(t, g, r)
+    elif code == LFU:
+        lfu.remove(t, g, r)

@@ -1,0 +1,53 @@
+"""``fifo``: first in, first out; hits do not change the order.
+
+Blocks are committed tail first, so within one request the prefix head is the
+newest and leaves the cache last.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kvsim.core._jit import inline_kernel
+from kvsim.core.policies import _dlist
+from kvsim.core.policies.base import PolicyParams, PolicySpec
+from kvsim.core.table import Tables
+
+
+@dataclass(frozen=True)
+class FIFOParams(PolicyParams):
+    """No parameters."""
+
+
+@inline_kernel
+def commit(t: Tables, g: int, r: int, now: int) -> None:
+    """Link a new row at the newest end."""
+    _dlist.push_head(t, r)
+
+
+@inline_kernel
+def hit(t: Tables, g: int, r: int, now: int) -> None:
+    """Hits leave FIFO order unchanged."""
+
+
+@inline_kernel
+def victim(t: Tables, g: int, i: int) -> int:
+    """The oldest inserted row of instance ``i``."""
+    return t.i_tail[i]
+
+
+@inline_kernel
+def remove(t: Tables, g: int, r: int) -> None:
+    """Unlink a leaving row."""
+    _dlist.unlink(t, r)
+
+
+SPEC = PolicySpec(
+    name="fifo",
+    code=5,
+    params_cls=FIFOParams,
+    tail_first=True,
+    tracks_leaves=False,
+    prefix_closed=False,
+    summary="first in, first out (insertion order; hits ignored)",
+)

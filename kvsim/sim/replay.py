@@ -1,0 +1,380 @@
+"""Trace replay through the core in virtual time.
+
+:func:`replay` registers the config's groups and the trace's instances in a
+:class:`~kvsim.core.manager.CacheManager` on a :class:`ManualClock` and feeds the
+whole trace to the core's batch kernel in chunks (so a progress callback can
+report). The per-request outcome arrays are the metrics: every rate, table and
+time series in :class:`ReplayResult` derives from them, per the replay contract.
+
+Example:
+    >>> from kvsim.trace.model import Trace
+    >>> from kvsim.config import KVSimConfig
+    >>> t = Trace.from_lists(ts_ns=[0, 1, 2], keys=[[1, 2], [1, 2, 3], [4]], block_size=16)
+    >>> r = replay(t, KVSimConfig.single_cache(capacity_blocks=3))
+    >>> r.summary()["hit_blocks"], r.summary()["block_hit_rate"]
+    (2, 0.3333333333333333)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from kvsim.config import ConfigError, KVSimConfig
+from kvsim.core import kernels as K
+from kvsim.core.clock import ManualClock
+from kvsim.core.manager import CacheManager
+from kvsim.core.spec import InstanceSpec
+from kvsim.trace.model import KIND_WRITE, Trace
+
+ProgressFn = Callable[[int, int], None]
+
+CHUNK_KEYS = 1 << 20
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    """Per-request outcomes of one replay, and everything derived from them.
+
+    Attributes:
+        label: a name for tables and plots (e.g. ``"lru@5859"``).
+        trace: the replayed trace.
+        config: the configuration it ran with.
+        group_of_instance: group name per trace instance (index = trace instance).
+        hit_blocks: int64[n] available blocks per request (internal + external).
+        internal_hits: int64[n] masked blocks (held by the engine) per request.
+        internal_reads: int64[n] masked blocks per request.
+        cached_blocks: int64[n] the request's instance's SERVING blocks after it.
+        group_used: int64[n] the request's group usage (its unit) after it.
+        evicted: int64[n] blocks evicted by the request.
+        elapsed_s: wall time of the kernel loop.
+        capacity_units: eviction target per group name (0 = unbounded).
+    """
+
+    label: str
+    trace: Trace
+    config: KVSimConfig
+    group_of_instance: tuple[str, ...]
+    hit_blocks: np.ndarray
+    internal_hits: np.ndarray
+    internal_reads: np.ndarray
+    cached_blocks: np.ndarray
+    group_used: np.ndarray
+    evicted: np.ndarray
+    elapsed_s: float
+    capacity_units: dict[str, int] = field(default_factory=dict)
+
+    # ------------------------------------------------------------ basic columns
+    @property
+    def reads(self) -> np.ndarray:
+        """bool[n]: rows that are reads (combined requests or read-only events)."""
+        return self.trace.kind != KIND_WRITE
+
+    @property
+    def read_blocks(self) -> np.ndarray:
+        """int64[n] keys read per request (0 for write-only rows)."""
+        return np.where(self.reads, self.trace.key_counts(), 0)
+
+    @property
+    def input_tokens(self) -> np.ndarray:
+        """int64[n] the hit-rate denominator per request (0 for write-only rows)."""
+        return np.where(self.reads, self.trace.input_len, 0)
+
+    @property
+    def hit_tokens(self) -> np.ndarray:
+        """int64[n] ``min(hit_blocks * block_size, input_len)`` per the contract."""
+        return np.minimum(self.hit_blocks * self.trace.block_size, self.input_tokens)
+
+    @property
+    def internal_hit_tokens(self) -> np.ndarray:
+        """int64[n] tokens of internal (masked) hits."""
+        return np.minimum(self.internal_hits * self.trace.block_size, self.input_tokens)
+
+    # ------------------------------------------------------------ summaries
+    def summary(self) -> dict[str, Any]:
+        """Totals and rates over the whole trace (sums of integers, never averages)."""
+        return _rates(
+            read_blocks=int(self.read_blocks.sum()),
+            hit_blocks=int(self.hit_blocks.sum()),
+            input_tokens=int(self.input_tokens.sum()),
+            hit_tokens=int(self.hit_tokens.sum()),
+            internal_reads=int(self.internal_reads.sum()),
+            internal_hits=int(self.internal_hits.sum()),
+            internal_hit_tokens=int(self.internal_hit_tokens.sum()),
+        ) | {
+            "label": self.label,
+            "requests": self.trace.n_requests,
+            "evicted_blocks": int(self.evicted.sum()),
+            "peak_cached_blocks": int(_peak_total_cached(self)),
+            "elapsed_s": self.elapsed_s,
+        }
+
+    def frame(self) -> pl.DataFrame:
+        """One row per request with every outcome column."""
+        t = self.trace
+        return pl.DataFrame({
+            "ts_ns": t.ts_ns,
+            "instance": pl.Series(np.asarray(t.instances, dtype=object)[t.instance],
+                                  dtype=pl.Utf8),
+            "group": pl.Series(np.asarray(self.group_of_instance, dtype=object)[t.instance],
+                               dtype=pl.Utf8),
+            "read_blocks": self.read_blocks,
+            "hit_blocks": self.hit_blocks,
+            "input_tokens": self.input_tokens,
+            "hit_tokens": self.hit_tokens,
+            "internal_reads": self.internal_reads,
+            "internal_hits": self.internal_hits,
+            "internal_hit_tokens": self.internal_hit_tokens,
+            "cached_blocks": self.cached_blocks,
+            "group_used": self.group_used,
+            "evicted": self.evicted,
+        })
+
+    def by(self, column: str) -> pl.DataFrame:
+        """Totals and rates per ``"instance"`` or ``"group"``."""
+        agg = (
+            self.frame()
+            .group_by(column, maintain_order=True)
+            .agg(
+                pl.len().alias("requests"),
+                pl.col("read_blocks").sum(),
+                pl.col("hit_blocks").sum(),
+                pl.col("input_tokens").sum(),
+                pl.col("hit_tokens").sum(),
+                pl.col("internal_reads").sum(),
+                pl.col("internal_hits").sum(),
+                pl.col("internal_hit_tokens").sum(),
+                pl.col("evicted").sum().alias("evicted_blocks"),
+                pl.col("cached_blocks").max().alias("peak_cached_blocks"),
+            )
+        )
+        return _add_rate_columns(agg)
+
+    def timeseries(self, window_ns: int | None = None, *, points: int = 200) -> pl.DataFrame:
+        """Per-window and cumulative rates, and cached blocks per instance at window end.
+
+        Args:
+            window_ns: window length; by default the trace span split into ``points``.
+            points: number of windows when ``window_ns`` is not given.
+        """
+        t = self.trace
+        if t.n_requests == 0:
+            return pl.DataFrame()
+        t0 = int(t.ts_ns[0])
+        span = max(1, int(t.ts_ns[-1]) - t0)
+        if window_ns is None:
+            window_ns = max(1, -(-span // points))
+        f = self.frame().with_columns(
+            ((pl.col("ts_ns") - t0) // window_ns).alias("window")
+        )
+        w = (
+            f.group_by("window", maintain_order=True)
+            .agg(
+                pl.len().alias("requests"),
+                pl.col("read_blocks").sum(),
+                pl.col("hit_blocks").sum(),
+                pl.col("input_tokens").sum(),
+                pl.col("hit_tokens").sum(),
+                pl.col("evicted").sum().alias("evicted_blocks"),
+            )
+            .sort("window")
+        )
+        w = w.with_columns(
+            (pl.col("window") * window_ns + t0 + window_ns).alias("end_ns"),
+            _safe_div("hit_tokens", "input_tokens").alias("token_hit_rate"),
+            _safe_div("hit_blocks", "read_blocks").alias("block_hit_rate"),
+            (pl.col("hit_tokens").cum_sum() / pl.col("input_tokens").cum_sum().clip(1))
+            .alias("cum_token_hit_rate"),
+            (pl.col("hit_blocks").cum_sum() / pl.col("read_blocks").cum_sum().clip(1))
+            .alias("cum_block_hit_rate"),
+        )
+        # cached blocks per instance at the end of each window (last observation carried)
+        per_inst = (
+            f.group_by(["window", "instance"], maintain_order=True)
+            .agg(pl.col("cached_blocks").last())
+            .pivot(on="instance", index="window", values="cached_blocks")
+            .sort("window")
+        )
+        inst_cols = [c for c in per_inst.columns if c != "window"]
+        per_inst = per_inst.with_columns(pl.col(c).forward_fill().fill_null(0) for c in inst_cols)
+        per_inst = per_inst.rename({c: f"cached_blocks[{c}]" for c in inst_cols})
+        out = w.join(per_inst, on="window", how="left")
+        return out.with_columns(
+            pl.sum_horizontal([f"cached_blocks[{c}]" for c in inst_cols]).alias("cached_blocks")
+        )
+
+
+def _peak_total_cached(r: ReplayResult) -> int:
+    """Peak of the sum over instances of SERVING blocks."""
+    t = r.trace
+    if t.n_requests == 0:
+        return 0
+    n_inst = len(t.instances)
+    if n_inst == 1:
+        return int(r.cached_blocks.max())
+    cur = np.zeros(n_inst, dtype=np.int64)
+    return int(_peak_kernel(t.instance, r.cached_blocks, cur))
+
+
+def _peak_kernel(inst: np.ndarray, cached: np.ndarray, cur: np.ndarray) -> int:
+    total = 0
+    peak = 0
+    for q in range(inst.shape[0]):
+        i = inst[q]
+        total += int(cached[q]) - int(cur[i])
+        cur[i] = cached[q]
+        peak = max(peak, total)
+    return peak
+
+
+def _safe_div(a: str, b: str) -> pl.Expr:
+    return pl.when(pl.col(b) > 0).then(pl.col(a) / pl.col(b)).otherwise(None)
+
+
+def _add_rate_columns(df: pl.DataFrame) -> pl.DataFrame:
+    return df.with_columns(
+        _safe_div("hit_tokens", "input_tokens").alias("token_hit_rate"),
+        _safe_div("hit_blocks", "read_blocks").alias("block_hit_rate"),
+        _safe_div("internal_hit_tokens", "input_tokens").alias("internal_token_hit_rate"),
+        ((pl.col("hit_tokens") - pl.col("internal_hit_tokens"))
+         / pl.col("input_tokens").clip(1)).alias("external_token_hit_rate"),
+    )
+
+
+def _rates(
+    *, read_blocks: int, hit_blocks: int, input_tokens: int, hit_tokens: int,
+    internal_reads: int, internal_hits: int, internal_hit_tokens: int,
+) -> dict[str, Any]:
+    def div(a: int, b: int) -> float:
+        return a / b if b else 0.0
+
+    ext_reads = read_blocks - internal_reads
+    ext_hits = hit_blocks - internal_hits
+    return {
+        "read_blocks": read_blocks,
+        "hit_blocks": hit_blocks,
+        "input_tokens": input_tokens,
+        "hit_tokens": hit_tokens,
+        "block_hit_rate": div(hit_blocks, read_blocks),
+        "token_hit_rate": div(hit_tokens, input_tokens),
+        "internal_reads": internal_reads,
+        "internal_hits": internal_hits,
+        "external_reads": ext_reads,
+        "external_hits": ext_hits,
+        "internal_token_hit_rate": div(internal_hit_tokens, input_tokens),
+        "external_token_hit_rate": div(hit_tokens - internal_hit_tokens, input_tokens),
+        "external_block_hit_rate": div(ext_hits, ext_reads),
+    }
+
+
+def ideal(trace: Trace) -> dict[str, Any]:
+    """Rates with an unbounded cache (only first-time keys miss), per the contract."""
+    cfg = KVSimConfig.single_cache(capacity_blocks=0)
+    r = replay(trace, cfg, label="ideal")
+    s = r.summary()
+    return {k: s[k] for k in ("hit_blocks", "hit_tokens", "block_hit_rate", "token_hit_rate")}
+
+
+def build_manager(trace: Trace, config: KVSimConfig, *, rows: int, event_level: int = 0
+                  ) -> tuple[CacheManager, np.ndarray, tuple[str, ...]]:
+    """A manager with the config's registry and every trace instance registered.
+
+    Returns the manager, the core instance index per trace instance, and the group
+    name per trace instance.
+    """
+    if not config.groups:
+        raise ConfigError(f"{config.source}: instance_groups: at least one group is needed")
+    mgr = CacheManager(ManualClock(int(trace.ts_ns[0]) if trace.n_requests else 0), rows=rows,
+                       event_level=event_level)
+    for s in config.storages:
+        mgr.add_storage(s)
+    for g in config.groups:
+        mgr.create_group(g)
+    listed = {s.instance_id: s for s in config.instances}
+    for s in config.instances:
+        mgr.register_instance(s)
+    core_idx = np.zeros(len(trace.instances), dtype=np.int32)
+    groups = []
+    bs = config.replay.block_size or trace.block_size
+    for j, name in enumerate(trace.instances):
+        spec = listed.get(name)
+        if spec is None:
+            spec = InstanceSpec(name, config.replay.default_group, block_size=bs)
+            mgr.register_instance(spec)
+        core_idx[j] = mgr.instance_index(name)
+        groups.append(spec.group)
+    return mgr, core_idx, tuple(groups)
+
+
+def replay(
+    trace: Trace,
+    config: KVSimConfig,
+    *,
+    label: str | None = None,
+    progress: ProgressFn | None = None,
+) -> ReplayResult:
+    """Replay ``trace`` through the core configured by ``config``.
+
+    Args:
+        trace: requests in timestamp order.
+        config: groups, instances and replay options.
+        label: a name for the result (default: policy@capacity of the first group).
+        progress: called as ``progress(done_requests, total_requests)``.
+
+    Returns:
+        The per-request outcomes as a :class:`ReplayResult`.
+    """
+    n = trace.n_requests
+    counts = trace.key_counts()
+    max_len = int(counts.max()) if n else 0
+    caps = [g.quota_units() for g in config.groups]
+    bounded = all(c > 0 for c in caps) and all(g.unit == "blocks" for g in config.groups)
+    rows = min(trace.n_keys, sum(caps) + 2 * max_len) if bounded else trace.n_keys
+    mgr, core_idx, group_of = build_manager(trace, config, rows=max(rows, 16) + 16)
+    table = mgr.table
+    req_inst = core_idx[trace.instance]
+    has_mask = trace.mask is not None
+    mask = trace.mask if trace.mask is not None else np.zeros(0, dtype=bool)
+    outs = [np.zeros(n, dtype=np.int64) for _ in range(6)]
+    tmp_rows = np.zeros(max(1, max_len), dtype=np.int32)
+    tmp_new = np.zeros(max(1, max_len), dtype=bool)
+    batch = config.replay.match == "batch"
+    t0 = time.perf_counter()
+    q = 0
+    # chunk boundaries by keys, for an even progress bar
+    bounds = np.searchsorted(trace.offsets, np.arange(0, trace.n_keys + CHUNK_KEYS, CHUNK_KEYS))
+    bounds = np.unique(np.clip(np.append(bounds, n), 0, n))
+    for end in bounds[1:]:
+        while q < end:
+            q = K.replay_requests(
+                table.t, mgr.events.arrays, req_inst, trace.ts_ns, trace.offsets, trace.keys,
+                mask, has_mask, trace.kind, q, int(end), batch, *outs, tmp_rows, tmp_new,
+            )
+            if q < end:
+                table.ensure_rows(table.rows + max_len)
+        if progress is not None:
+            progress(int(q), n)
+    elapsed = time.perf_counter() - t0
+    if label is None:
+        g0 = config.groups[0]
+        cap = g0.capacity_units()
+        label = f"{g0.eviction.policy}@{cap if cap else 'inf'}"
+    return ReplayResult(
+        label=label,
+        trace=trace,
+        config=config,
+        group_of_instance=group_of,
+        hit_blocks=outs[0],
+        internal_hits=outs[1],
+        internal_reads=outs[2],
+        cached_blocks=outs[3],
+        group_used=outs[4],
+        evicted=outs[5],
+        elapsed_s=elapsed,
+        capacity_units={g.name: g.capacity_units() for g in config.groups},
+    )

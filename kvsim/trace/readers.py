@@ -1,0 +1,946 @@
+"""Trace readers: Mooncake, Qwen-Bailian, Tair KVCM optimizer schema, kvsim parquet.
+
+Every reader returns a :class:`~kvsim.trace.model.Trace` whose requests are sorted
+by time (stably: ties keep file order) and whose keys follow the replay contract:
+
+* ``tail="drop"`` (default) keeps only full blocks of formats that list a key for a
+  partial last block (Mooncake, Bailian): ``keys = hash_ids[: input_length // block_size]``.
+* ``chain="auto"`` checks the prefix property on the first
+  :data:`CHAIN_CHECK_ROWS` requests of ``hash_ids`` formats and chains the ids with
+  :func:`~kvsim.trace.hashing.chain_ids` only when it fails; ``"on"`` always chains,
+  ``"off"`` never. The keys of the kvcm and parquet formats are block keys already,
+  so for them ``"auto"`` means ``"off"``.
+
+JSONL is parsed one line at a time with orjson; a bad line raises
+:class:`~kvsim.trace.model.TraceError` naming the file, the 1-based line number and
+the field. Out-of-order timestamps are sorted with a :class:`TraceWarning`, or
+rejected with ``strict=True``.
+
+Example:
+    >>> import os, tempfile
+    >>> d = tempfile.mkdtemp()
+    >>> p = os.path.join(d, "t.jsonl")
+    >>> with open(p, "w") as f:
+    ...     _ = f.write('{"timestamp": 0, "input_length": 1100, "output_length": 5, '
+    ...                 '"hash_ids": [1, 2, 3]}\\n')
+    >>> t = read_trace(p)
+    >>> t.block_size, t.request_keys(0).tolist()
+    (512, [1, 2])
+"""
+
+from __future__ import annotations
+
+import gzip
+import sys
+import warnings
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from kvsim.trace.hashing import MASK64, as_uint64, chain_ids, is_prefix_chained
+from kvsim.trace.model import (
+    KIND_READ,
+    KIND_REQUEST,
+    KIND_WRITE,
+    QT_BATCH,
+    QT_PREFIX,
+    QT_SW,
+    Trace,
+    TraceError,
+    _gather_index,
+)
+
+__all__ = [
+    "CHAIN_CHECK_ROWS",
+    "DEFAULT_BLOCK_SIZE",
+    "FORMATS",
+    "TraceWarning",
+    "detect_format",
+    "parse_query_type",
+    "read_bailian",
+    "read_kvcm",
+    "read_mooncake",
+    "read_parquet",
+    "read_trace",
+]
+
+FORMATS = ("mooncake", "bailian", "kvcm", "parquet")
+DEFAULT_BLOCK_SIZE = {"mooncake": 512, "bailian": 16, "kvcm": 16, "parquet": 16}
+CHAIN_CHECK_ROWS = 1000
+_CHUNK = 1 << 20  # flush collected keys to numpy every ~1M ids (bounded memory)
+
+Tail = Literal["drop", "keep"]
+Chain = Literal["auto", "on", "off"]
+PathLike = str | Path
+
+_QT_NAMES: dict[Any, int] = {
+    "prefix": QT_PREFIX,
+    "prefix_match": QT_PREFIX,
+    "qt_prefix_match": QT_PREFIX,
+    "batch": QT_BATCH,
+    "batch_get": QT_BATCH,
+    "qt_batch_get": QT_BATCH,
+    "sw": QT_SW,
+    "sw_match": QT_SW,
+    "reverse_roll_sw_match": QT_SW,
+    "qt_reverse_roll_sw_match": QT_SW,
+    QT_PREFIX: QT_PREFIX,
+    QT_BATCH: QT_BATCH,
+    QT_SW: QT_SW,
+}
+_KIND_NAMES = {
+    "request": KIND_REQUEST,
+    "get": KIND_READ,
+    "read": KIND_READ,
+    "write": KIND_WRITE,
+}
+
+
+class TraceWarning(UserWarning):
+    """Something in a trace was repaired while reading it (e.g. unsorted timestamps)."""
+
+
+def parse_query_type(value: Any) -> int:
+    """The ``QT_*`` code of a query type given as a name (any case) or an int.
+
+    Raises:
+        ValueError: unknown query type.
+
+    Example:
+        >>> parse_query_type("QT_BATCH_GET"), parse_query_type("prefix_match")
+        (1, 0)
+    """
+    key = value.lower() if isinstance(value, str) else value
+    if isinstance(key, bool) or key not in _QT_NAMES:
+        raise ValueError(f"unknown query type {value!r}")
+    return _QT_NAMES[key]
+
+
+# ---------------------------------------------------------------------- entry
+def read_trace(
+    path: PathLike,
+    fmt: str = "auto",
+    *,
+    block_size: int | None = None,
+    tail: Tail = "drop",
+    chain: Chain = "auto",
+    strict: bool = False,
+    instance: str | None = None,
+) -> Trace:
+    """Read a trace file in any supported format.
+
+    Args:
+        path: the file (``.jsonl``, ``.jsonl.gz`` or ``.parquet``).
+        fmt: ``"auto"`` (by extension, then by the fields of the first record),
+            ``"mooncake"``, ``"bailian"``, ``"kvcm"`` or ``"parquet"``.
+        block_size: tokens per key; ``None`` = the format's default
+            (:data:`DEFAULT_BLOCK_SIZE`; parquet: the file's metadata).
+        tail: ``"drop"`` keeps full blocks only (the contract); ``"keep"`` keeps every id.
+        chain: ``"auto"``, ``"on"`` or ``"off"`` (see the module docstring).
+        strict: raise on out-of-order timestamps instead of sorting with a warning.
+        instance: formats without instance ids put every request on this instance
+            (default ``"default"``); kvcm and parquet keep only this instance's requests.
+
+    Returns:
+        The trace, sorted by time.
+
+    Raises:
+        TraceError: unreadable, empty, unrecognised or malformed trace.
+
+    Example:
+        >>> t = read_trace("../shared/traces/mooncake_conversation.jsonl")  # doctest: +SKIP
+        >>> t.n_requests, t.n_keys  # doctest: +SKIP
+        (12031, 276491)
+    """
+    if tail not in ("drop", "keep"):
+        raise ValueError(f"tail must be 'drop' or 'keep', got {tail!r}")
+    if chain not in ("auto", "on", "off"):
+        raise ValueError(f"chain must be 'auto', 'on' or 'off', got {chain!r}")
+    if fmt == "auto":
+        fmt = detect_format(path)
+    if fmt == "mooncake":
+        return read_mooncake(
+            path, block_size=block_size, tail=tail, chain=chain, strict=strict, instance=instance
+        )
+    if fmt == "bailian":
+        return read_bailian(
+            path, block_size=block_size, tail=tail, chain=chain, strict=strict, instance=instance
+        )
+    if fmt == "kvcm":
+        return read_kvcm(path, block_size=block_size, chain=chain, strict=strict, instance=instance)
+    if fmt == "parquet":
+        return read_parquet(
+            path, block_size=block_size, chain=chain, strict=strict, instance=instance
+        )
+    raise TraceError(f"{path}: unknown trace format {fmt!r} (choose from {', '.join(FORMATS)})")
+
+
+def detect_format(path: PathLike) -> str:
+    """Guess a trace's format from its extension and first record.
+
+    ``.parquet``/``.pq`` (or the parquet magic bytes) is parquet. For JSONL, the first
+    non-blank record decides: ``chat_id``/``parent_chat_id`` -> bailian,
+    ``hash_ids`` + ``input_length`` -> mooncake, ``instance_id``/``keys`` -> kvcm.
+
+    Raises:
+        TraceError: missing, empty or unrecognised file.
+    """
+    p = Path(path)
+    if p.suffix.lower() in (".parquet", ".pq"):
+        return "parquet"
+    try:
+        with _open(p) as f:
+            if f.read(4) == b"PAR1":
+                return "parquet"
+    except OSError as e:
+        raise TraceError(f"{path}: cannot read: {e.strerror or e}") from None
+    for lineno, obj in _iter_objects(p):
+        if "chat_id" in obj or "parent_chat_id" in obj:
+            return "bailian"
+        if "hash_ids" in obj and "input_length" in obj:
+            return "mooncake"
+        if "instance_id" in obj or "keys" in obj:
+            return "kvcm"
+        fields = ", ".join(sorted(obj)) or "none"
+        raise TraceError(
+            f"{path}:{lineno}: unrecognised trace format (fields: {fields}); expected "
+            "mooncake (hash_ids, input_length), bailian (chat_id, parent_chat_id, ...) "
+            "or kvcm (instance_id, keys, ...)"
+        )
+    raise TraceError(f"{path}: empty trace (no records)")
+
+
+# ---------------------------------------------------------------------- JSONL plumbing
+def _open(path: Path) -> Any:
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def _block_size(block_size: int | None, fmt: str) -> int:
+    if block_size is None:
+        return DEFAULT_BLOCK_SIZE[fmt]
+    if block_size <= 0:
+        raise ValueError(f"block_size must be positive, got {block_size}")
+    return block_size
+
+
+def _iter_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(1-based line number, object) for every non-blank line."""
+    loads = orjson.loads
+    try:
+        f = _open(path)
+    except OSError as e:
+        raise TraceError(f"{path}: cannot read: {e.strerror or e}") from None
+    with f:
+        for lineno, line in enumerate(f, 1):
+            try:
+                obj = loads(line)
+            except orjson.JSONDecodeError as e:
+                if not line.strip():
+                    continue
+                raise TraceError(f"{path}:{lineno}: invalid JSON: {e}") from None
+            if type(obj) is not dict:
+                raise TraceError(f"{path}:{lineno}: expected a JSON object, got {_show(obj)}")
+            yield lineno, obj
+
+
+def _show(v: Any) -> str:
+    s = orjson.dumps(v).decode()
+    return s if len(s) <= 60 else s[:57] + "..."
+
+
+def _field_error(path: Path, line: int, field: str, expected: str, got: Any) -> TraceError:
+    return TraceError(f"{path}:{line}: field {field!r}: expected {expected}, got {_show(got)}")
+
+
+def _missing(path: Path, line: int, field: str) -> TraceError:
+    return TraceError(f"{path}:{line}: missing field {field!r}")
+
+
+class _Rows:
+    """Line numbers and per-row id lists, flushed to numpy in chunks."""
+
+    def __init__(self, path: Path, field: str) -> None:
+        self.path = path
+        self.field = field
+        self.lines: list[int] = []
+        self.lens: list[int] = []
+        self._flat: list[Any] = []
+        self._chunks: list[np.ndarray] = []
+        self._flushed = 0  # ids already in _chunks
+
+    def add(self, lineno: int, ids: Any) -> None:
+        if type(ids) is not list:
+            raise _field_error(self.path, lineno, self.field, "a list of integers", ids)
+        self.lines.append(lineno)
+        self.lens.append(len(ids))
+        self._flat.extend(ids)
+        if len(self._flat) >= _CHUNK:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._flat:
+            return
+        self._chunks.append(self._to_int64(self._flat, self._flushed))
+        self._flushed += len(self._flat)
+        self._flat = []
+
+    def _to_int64(self, flat: list[Any], base: int) -> np.ndarray:
+        arr = np.array(flat)
+        if arr.dtype.kind == "i":
+            return arr.astype(np.int64, copy=False)
+        if arr.dtype == np.uint64:
+            return arr.view(np.int64)
+        for i, v in enumerate(flat):
+            if type(v) is not int or not -(1 << 63) <= v <= MASK64:
+                row = int(np.searchsorted(np.cumsum(self.lens), base + i, side="right"))
+                raise _field_error(
+                    self.path, self.lines[row], self.field, "integer ids in [-2**63, 2**64)", v
+                )
+        # All ints, some beyond int64 (numpy may have promoted them to float64).
+        return as_uint64(np.array(flat, dtype=object)).view(np.int64)
+
+    def offsets(self) -> np.ndarray:
+        return _csr_offsets(np.asarray(self.lens, dtype=np.int64))
+
+    def keys(self) -> np.ndarray:
+        self._flush()
+        if not self._chunks:
+            return np.zeros(0, dtype=np.int64)
+        return np.concatenate(self._chunks) if len(self._chunks) > 1 else self._chunks[0]
+
+
+def _int_array(
+    values: list[Any], lines: list[int], path: Path, field: str, *, nonneg: bool = True
+) -> np.ndarray:
+    """int64 column from JSON values; the first bad value raises, naming its line."""
+    arr = np.array(values) if values else np.zeros(0, dtype=np.int64)
+    if arr.dtype.kind == "i" and (not nonneg or arr.size == 0 or arr.min() >= 0):
+        return arr.astype(np.int64, copy=False)
+    expected = "a non-negative integer" if nonneg else "an integer"
+    for i, v in enumerate(values):
+        if type(v) is not int or not ((0 if nonneg else -(1 << 63)) <= v < (1 << 63)):
+            raise _field_error(path, lines[i], field, expected, v)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _time_ns(values: list[Any], lines: list[int], path: Path, field: str, scale: int) -> np.ndarray:
+    """Timestamps in units of ``scale`` ns to int64 ns (ints exact, floats rounded)."""
+    arr = np.array(values) if values else np.zeros(0, dtype=np.int64)
+    if arr.dtype.kind == "i":
+        return arr.astype(np.int64, copy=False) * np.int64(scale)
+    if arr.dtype.kind == "f" and np.all(np.isfinite(arr)):
+        return np.rint(arr * scale).astype(np.int64)
+    for i, v in enumerate(values):
+        if type(v) not in (int, float) or v != v or v in (float("inf"), float("-inf")):
+            raise _field_error(path, lines[i], field, "a number", v)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+# ---------------------------------------------------------------------- Mooncake
+def read_mooncake(
+    path: PathLike,
+    *,
+    block_size: int | None = None,
+    tail: Tail = "drop",
+    chain: Chain = "auto",
+    strict: bool = False,
+    instance: str | None = None,
+) -> Trace:
+    """Read a Mooncake JSONL trace (``timestamp`` ms, ``input_length``,
+    ``output_length``, ``hash_ids``; 512-token blocks by default).
+
+    Args:
+        path: the JSONL file.
+        block_size: tokens per hash id (default 512).
+        tail: ``"drop"``: ``keys = hash_ids[: input_length // block_size]``; ``"keep"``.
+        chain: ``"auto"``, ``"on"`` or ``"off"``.
+        strict: raise on out-of-order timestamps.
+        instance: the instance name (default ``"default"``).
+
+    Returns:
+        The trace.
+
+    Raises:
+        TraceError: malformed or empty file.
+    """
+    p = Path(path)
+    bs = _block_size(block_size, "mooncake")
+    ts: list[Any] = []
+    il: list[Any] = []
+    ol: list[Any] = []
+    rows = _Rows(p, "hash_ids")
+    for lineno, obj in _iter_objects(p):
+        try:
+            t, a, b, h = (
+                obj["timestamp"],
+                obj["input_length"],
+                obj["output_length"],
+                obj["hash_ids"],
+            )
+        except KeyError as e:
+            raise _missing(p, lineno, e.args[0]) from None
+        rows.add(lineno, h)
+        ts.append(t)
+        il.append(a)
+        ol.append(b)
+    lines = rows.lines
+    return _finish(
+        p,
+        rows,
+        ts_ns=_time_ns(ts, lines, p, "timestamp", 1_000_000),
+        input_len=_int_array(il, lines, p, "input_length"),
+        output_len=_int_array(ol, lines, p, "output_length"),
+        block_size=bs,
+        tail=tail,
+        chain=chain,
+        check_chain=True,
+        strict=strict,
+        instance_name=instance or "default",
+    )
+
+
+# ---------------------------------------------------------------------- Bailian
+def read_bailian(
+    path: PathLike,
+    *,
+    block_size: int | None = None,
+    tail: Tail = "drop",
+    chain: Chain = "auto",
+    strict: bool = False,
+    instance: str | None = None,
+) -> Trace:
+    """Read a Qwen-Bailian JSONL trace.
+
+    Fields: ``chat_id``, ``parent_chat_id`` (-1 = root), ``timestamp`` (float
+    seconds), ``input_length``, ``output_length``, ``type``, ``turn``, ``hash_ids``
+    (16-token blocks by default). ``session`` is the root chat id of each chat's
+    parent chain (a parent missing from the file makes the chat its own root).
+
+    Args:
+        path: the JSONL file.
+        block_size: tokens per hash id (default 16).
+        tail: ``"drop"`` (full blocks only) or ``"keep"``.
+        chain: ``"auto"`` (chain when the ids are not prefix-chained), ``"on"``, ``"off"``.
+        strict: raise on out-of-order timestamps.
+        instance: the instance name (default ``"default"``).
+
+    Returns:
+        The trace, with ``session``, ``turn`` and ``type_code``/``type_names``.
+
+    Raises:
+        TraceError: malformed or empty file.
+    """
+    p = Path(path)
+    bs = _block_size(block_size, "bailian")
+    chat: list[Any] = []
+    parent: list[Any] = []
+    ts: list[Any] = []
+    il: list[Any] = []
+    ol: list[Any] = []
+    turn: list[Any] = []
+    tcode: list[int] = []
+    tnames: dict[str, int] = {}
+    rows = _Rows(p, "hash_ids")
+    for lineno, obj in _iter_objects(p):
+        try:
+            c, pa_, t = obj["chat_id"], obj["parent_chat_id"], obj["timestamp"]
+            a, b, ty, tu, h = (
+                obj["input_length"],
+                obj["output_length"],
+                obj["type"],
+                obj["turn"],
+                obj["hash_ids"],
+            )
+        except KeyError as e:
+            raise _missing(p, lineno, e.args[0]) from None
+        if type(ty) is not str:
+            raise _field_error(p, lineno, "type", "a string", ty)
+        rows.add(lineno, h)
+        chat.append(c)
+        parent.append(pa_)
+        ts.append(t)
+        il.append(a)
+        ol.append(b)
+        turn.append(tu)
+        tcode.append(tnames.setdefault(ty, len(tnames)))
+    lines = rows.lines
+    chat_ids = _int_array(chat, lines, p, "chat_id", nonneg=False)
+    parents = _int_array(parent, lines, p, "parent_chat_id", nonneg=False)
+    turns = _int_array(turn, lines, p, "turn")
+    if turns.size and turns.max() > np.iinfo(np.int32).max:
+        i = int(np.argmax(turns))
+        raise _field_error(p, lines[i], "turn", "a 32-bit integer", turn[i])
+    return _finish(
+        p,
+        rows,
+        ts_ns=_time_ns(ts, lines, p, "timestamp", 1_000_000_000),
+        input_len=_int_array(il, lines, p, "input_length"),
+        output_len=_int_array(ol, lines, p, "output_length"),
+        block_size=bs,
+        tail=tail,
+        chain=chain,
+        check_chain=True,
+        strict=strict,
+        instance_name=instance or "default",
+        session=session_roots(chat_ids, parents),
+        turn=turns.astype(np.int32),
+        type_code=np.asarray(tcode, dtype=np.int16),
+        type_names=tuple(tnames),
+    )
+
+
+def session_roots(chat_ids: np.ndarray, parent_ids: np.ndarray) -> np.ndarray:
+    """The root chat id of every chat (follow ``parent`` links; -1 or unknown = root).
+
+    Vectorised pointer jumping: O(n log depth). A duplicated chat id resolves to its
+    first row; a cycle resolves to some member of the cycle.
+
+    Example:
+        >>> session_roots(np.array([5, 6, 7, 9]), np.array([-1, 5, 6, 42])).tolist()
+        [5, 5, 5, 9]
+    """
+    n = chat_ids.shape[0]
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    uniq, first = np.unique(chat_ids, return_index=True)
+    pos = np.clip(np.searchsorted(uniq, parent_ids), 0, uniq.shape[0] - 1)
+    found = (uniq[pos] == parent_ids) & (parent_ids != -1)
+    up = np.where(found, first[pos], np.arange(n))
+    for _ in range(64):
+        nxt = up[up]
+        if np.array_equal(nxt, up):
+            break
+        up = nxt
+    return chat_ids[up].astype(np.int64)
+
+
+# ---------------------------------------------------------------------- KVCM
+def read_kvcm(
+    path: PathLike,
+    *,
+    block_size: int | None = None,
+    chain: Chain = "auto",
+    strict: bool = False,
+    instance: str | None = None,
+) -> Trace:
+    """Read a Tair KVCM optimizer-schema JSONL trace.
+
+    Fields: ``instance_id``, ``trace_id`` (ignored), ``timestamp_us`` or
+    ``timestamp_ns``, ``keys`` (full blocks; unsigned values above ``2**63 - 1`` map
+    to int64 by two's complement), ``query_type`` (a name such as ``prefix_match``,
+    ``QT_BATCH_GET`` or ``QT_REVERSE_ROLL_SW_MATCH``, or an int; default prefix),
+    ``block_mask`` (a bool list, an int offset, ``{"offset": n}`` or
+    ``{"bool_masks": {"values": [...]}}``), ``sw_size``, ``input_len`` (default
+    ``len(keys) * block_size``), ``output_len`` (default 0), ``total_keys`` (ignored)
+    and ``type`` (``"get"`` -> read, ``"write"`` -> write, ``"request"`` or absent ->
+    combined request).
+
+    Args:
+        path: the JSONL file.
+        block_size: tokens per key (default 16).
+        chain: ``"on"`` re-chains the keys; ``"auto"``/``"off"`` keep them.
+        strict: raise on out-of-order timestamps.
+        instance: keep only this instance's requests.
+
+    Returns:
+        The trace; ``mask`` is ``None`` when no record has a block mask.
+
+    Raises:
+        TraceError: malformed or empty file, or no request of ``instance``.
+    """
+    p = Path(path)
+    bs = _block_size(block_size, "kvcm")
+    inst_codes: list[int] = []
+    inst_names: dict[str, int] = {}
+    ts: list[int] = []
+    il: list[Any] = []
+    ol: list[Any] = []
+    sw: list[Any] = []
+    qt: list[int] = []
+    kind: list[int] = []
+    # masks: moff[i] = n (first n masked), -1 = a bool list, collected in mbool.
+    moff: list[Any] = []
+    mbool_rows: list[int] = []
+    mbool: list[Any] = []
+    any_mask = False
+    rows = _Rows(p, "keys")
+    get = dict.get
+    for lineno, obj in _iter_objects(p):
+        if "keys" not in obj:
+            raise _missing(p, lineno, "keys")
+        keys = obj["keys"]
+        rows.add(lineno, keys)
+        n_keys = len(keys)
+        name = get(obj, "instance_id", "")
+        if type(name) is not str:
+            raise _field_error(p, lineno, "instance_id", "a string", name)
+        inst_codes.append(inst_names.setdefault(name, len(inst_names)))
+        ts_field, scale = ("timestamp_ns", 1) if "timestamp_ns" in obj else ("timestamp_us", 1000)
+        t = get(obj, ts_field)
+        if type(t) is not int or not -(1 << 63) <= t * scale < (1 << 63):
+            if t is None:
+                raise _missing(p, lineno, ts_field)
+            raise _field_error(p, lineno, ts_field, "an integer", t)
+        ts.append(t * scale)
+        il.append(get(obj, "input_len", n_keys * bs))
+        ol.append(get(obj, "output_len", 0))
+        sw.append(get(obj, "sw_size", 0))
+        q = get(obj, "query_type", QT_PREFIX)
+        try:
+            qt.append(parse_query_type(q))
+        except (ValueError, TypeError):
+            raise _field_error(
+                p, lineno, "query_type", "prefix_match, batch_get, sw_match or 0..2", q
+            ) from None
+        k = get(obj, "type", "request")
+        kcode = _KIND_NAMES.get(k.lower()) if type(k) is str else None
+        if kcode is None:
+            raise _field_error(p, lineno, "type", '"request", "get" or "write"', k)
+        kind.append(kcode)
+        m = get(obj, "block_mask")
+        if m is None:
+            moff.append(0)
+            continue
+        any_mask = True
+        if type(m) is dict:
+            if "offset" in m:
+                m = m["offset"]
+            elif type(m.get("bool_masks")) is dict and "values" in m["bool_masks"]:
+                m = m["bool_masks"]["values"]
+            else:
+                raise _field_error(
+                    p, lineno, "block_mask", '{"offset": n} or {"bool_masks": {"values": [...]}}', m
+                )
+        if type(m) is list:
+            if len(m) != n_keys or any(type(v) is not bool for v in m):
+                raise _field_error(p, lineno, "block_mask", f"{n_keys} booleans (one per key)", m)
+            moff.append(-1)
+            mbool_rows.append(len(moff) - 1)
+            mbool.extend(m)
+        elif type(m) is int and m >= 0:
+            moff.append(min(m, n_keys))
+        else:
+            raise _field_error(p, lineno, "block_mask", "a non-negative offset or booleans", m)
+    lines = rows.lines
+    ts_ns = np.asarray(ts, dtype=np.int64)
+    offsets = rows.offsets()
+    mask = None
+    if any_mask:
+        mask = _prefix_mask(offsets, np.asarray(moff, dtype=np.int64))
+        if mbool_rows:
+            idx = _gather_index(offsets, np.asarray(mbool_rows, dtype=np.int64), len(mbool))
+            mask[idx] = np.asarray(mbool, dtype=bool)
+    sw_arr = _int_array(sw, lines, p, "sw_size")
+    if sw_arr.size and sw_arr.max() > np.iinfo(np.int32).max:
+        i = int(np.argmax(sw_arr))
+        raise _field_error(p, lines[i], "sw_size", "a 32-bit integer", sw[i])
+    trace = _finish(
+        p,
+        rows,
+        ts_ns=ts_ns,
+        input_len=_int_array(il, lines, p, "input_len"),
+        output_len=_int_array(ol, lines, p, "output_len"),
+        block_size=bs,
+        tail="keep",
+        chain=chain,
+        check_chain=False,
+        strict=strict,
+        instance_codes=np.asarray(inst_codes, dtype=np.int32),
+        instances=tuple(inst_names),
+        kind=np.asarray(kind, dtype=np.int8),
+        query_type=np.asarray(qt, dtype=np.int8),
+        sw_size=sw_arr.astype(np.int32),
+        mask=mask,
+        offsets=offsets,
+    )
+    return _only_instance(trace, instance)
+
+
+def _prefix_mask(offsets: np.ndarray, first_n: np.ndarray) -> np.ndarray:
+    """bool[total]: True on the first ``first_n[i]`` keys of each row."""
+    lens = np.diff(offsets)
+    pos = np.arange(int(offsets[-1]), dtype=np.int64) - np.repeat(offsets[:-1], lens)
+    return pos < np.repeat(first_n, lens)
+
+
+# ---------------------------------------------------------------------- parquet
+def read_parquet(
+    path: PathLike,
+    *,
+    block_size: int | None = None,
+    chain: Chain = "auto",
+    strict: bool = False,
+    instance: str | None = None,
+) -> Trace:
+    """Read a kvsim native parquet trace (see :func:`kvsim.trace.writers.write_parquet`).
+
+    Columns: ``ts_ns`` int64, ``instance`` string, ``keys`` list<int64>, ``input_len``,
+    ``output_len`` int64; optional ``session`` int64, ``turn`` int32, ``type`` string,
+    ``mask`` list<bool>, ``query_type`` int8, ``kind`` int8, ``sw_size`` int32.
+    File metadata ``kvsim.block_size`` gives the block size. CSR arrays come straight
+    from the list columns' lengths and values (no per-row Python loop).
+
+    Args:
+        path: the parquet file.
+        block_size: overrides the file's block size (default: metadata, else 16).
+        chain: ``"on"`` re-chains the keys; ``"auto"``/``"off"`` keep them.
+        strict: raise on out-of-order timestamps.
+        instance: keep only this instance's requests.
+
+    Returns:
+        The trace.
+
+    Raises:
+        TraceError: unreadable file, missing column, nulls, or empty trace.
+    """
+    p = Path(path)
+    try:
+        table = pq.read_table(p)
+    except (OSError, pa.ArrowException) as e:
+        raise TraceError(f"{p}: cannot read parquet: {e}") from None
+    md = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+    for required in ("ts_ns", "instance", "keys", "input_len", "output_len"):
+        if required not in table.column_names:
+            raise TraceError(f"{p}: missing column {required!r}")
+    n = table.num_rows
+    if n == 0:
+        raise TraceError(f"{p}: empty trace (no records)")
+    key_lens, keys = _list_column(p, table, "keys", pa.int64())
+    offsets = _csr_offsets(key_lens)
+
+    def col(name: str, dtype: Any, default: int = 0) -> np.ndarray:
+        if name not in table.column_names:
+            return np.full(n, default, dtype=dtype)
+        c = table.column(name)
+        if c.null_count:
+            raise TraceError(f"{p}: column {name!r} has {c.null_count} null values")
+        try:
+            return np.asarray(c.to_numpy(), dtype=dtype)
+        except (TypeError, ValueError, pa.ArrowException) as e:
+            raise TraceError(f"{p}: column {name!r}: {e}") from None
+
+    inst, names = _categorical(p, table, "instance", md.get("kvsim.instances"))
+    type_code: np.ndarray | None = None
+    type_names: tuple[str, ...] = ()
+    if "type" in table.column_names:
+        type_code, type_names = _categorical(p, table, "type", md.get("kvsim.type_names"))
+    mask = None
+    if "mask" in table.column_names:
+        moff, mvals = _list_column(p, table, "mask", pa.bool_(), allow_null_rows=True)
+        mask = _expand_mask(p, offsets, moff, mvals)
+    if block_size is None:
+        try:
+            block_size = int(md.get("kvsim.block_size", DEFAULT_BLOCK_SIZE["parquet"]))
+        except ValueError:
+            raise TraceError(f"{p}: bad metadata kvsim.block_size") from None
+    block_size = _block_size(block_size, "parquet")
+    meta = orjson.loads(md["kvsim.meta"]) if "kvsim.meta" in md else {}
+    trace = Trace(
+        ts_ns=col("ts_ns", np.int64),
+        instance=inst.astype(np.int32),
+        instances=names,
+        offsets=offsets,
+        keys=keys,
+        input_len=col("input_len", np.int64),
+        output_len=col("output_len", np.int64),
+        block_size=block_size,
+        kind=col("kind", np.int8, KIND_REQUEST),
+        query_type=col("query_type", np.int8, QT_PREFIX),
+        sw_size=col("sw_size", np.int32, 0),
+        mask=mask,
+        session=col("session", np.int64) if "session" in table.column_names else None,
+        turn=col("turn", np.int32) if "turn" in table.column_names else None,
+        type_code=None if type_code is None else type_code.astype(np.int16),
+        type_names=type_names,
+        source=str(p),
+        meta={str(k): str(v) for k, v in meta.items()},
+    )
+    if chain == "on":
+        trace = replace(trace, keys=chain_ids(trace.keys, trace.offsets))
+    trace = _sort_by_time(trace, lambda i: f"{p}: row {i + 1}", strict)
+    return _only_instance(trace, instance)
+
+
+def _categorical(
+    p: Path, table: pa.Table, name: str, known_json: str | None
+) -> tuple[np.ndarray, tuple[str, ...]]:
+    """(codes, names) of a string column; names listed in the metadata come first."""
+    column = table.column(name).cast(pa.string())
+    if column.null_count:
+        raise TraceError(f"{p}: column {name!r} has {column.null_count} null values")
+    names = [str(s) for s in orjson.loads(known_json)] if known_json else []
+    names += [s for s in pc.unique(column).to_pylist() if s not in names]
+    codes = pc.index_in(column, value_set=pa.array(names, pa.string())).to_numpy()
+    return codes, tuple(names)
+
+
+def _list_column(
+    p: Path, table: pa.Table, name: str, value_type: pa.DataType, allow_null_rows: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """(row lengths, flat values) of a list column; null rows get length -1 if allowed."""
+    lens_parts, val_parts = [], []
+    for ch in table.column(name).chunks:
+        if not (pa.types.is_list(ch.type) or pa.types.is_large_list(ch.type)):
+            raise TraceError(f"{p}: column {name!r} is {ch.type}, not a list")
+        lens = pc.list_value_length(ch)
+        if lens.null_count:
+            if not allow_null_rows:
+                raise TraceError(f"{p}: column {name!r} has null rows")
+            lens = pc.fill_null(lens, -1)
+        vals = ch.flatten()
+        if vals.null_count:
+            raise TraceError(f"{p}: column {name!r} has null values")
+        lens_parts.append(lens.to_numpy())
+        val_parts.append(vals.cast(value_type).to_numpy(zero_copy_only=False))
+    return (
+        np.concatenate(lens_parts).astype(np.int64),
+        np.concatenate(val_parts).astype(value_type.to_pandas_dtype(), copy=False),
+    )
+
+
+def _csr_offsets(lens: np.ndarray) -> np.ndarray:
+    offsets = np.zeros(lens.shape[0] + 1, dtype=np.int64)
+    np.cumsum(lens, out=offsets[1:])
+    return offsets
+
+
+def _expand_mask(p: Path, offsets: np.ndarray, lens: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """bool[total] from a list<bool> column (null rows = nothing masked)."""
+    key_lens = np.diff(offsets)
+    bad = np.flatnonzero((lens >= 0) & (lens != key_lens))
+    if bad.size:
+        i = int(bad[0])
+        raise TraceError(f"{p}: row {i + 1}: mask has {lens[i]} entries for {key_lens[i]} keys")
+    mask = np.zeros(int(offsets[-1]), dtype=bool)
+    rows = np.flatnonzero(lens >= 0)
+    mask[_gather_index(offsets, rows, values.shape[0])] = values.astype(bool)
+    return mask
+
+
+# ---------------------------------------------------------------------- shared finish
+def _finish(
+    p: Path,
+    rows: _Rows,
+    *,
+    ts_ns: np.ndarray,
+    input_len: np.ndarray,
+    output_len: np.ndarray,
+    block_size: int,
+    tail: Tail,
+    chain: Chain,
+    check_chain: bool,
+    strict: bool,
+    instance_name: str = "default",
+    instance_codes: np.ndarray | None = None,
+    instances: tuple[str, ...] | None = None,
+    kind: np.ndarray | None = None,
+    query_type: np.ndarray | None = None,
+    sw_size: np.ndarray | None = None,
+    mask: np.ndarray | None = None,
+    offsets: np.ndarray | None = None,
+    session: np.ndarray | None = None,
+    turn: np.ndarray | None = None,
+    type_code: np.ndarray | None = None,
+    type_names: tuple[str, ...] = (),
+) -> Trace:
+    """Assemble a Trace: tail drop, chaining, then the stable time sort."""
+    n = len(rows.lens)
+    if n == 0:
+        raise TraceError(f"{p}: empty trace (no records)")
+    keys = rows.keys()
+    if offsets is None:
+        offsets = rows.offsets()
+    if tail == "drop":
+        keep = np.minimum(np.diff(offsets), input_len // block_size)
+        if np.any(keep != np.diff(offsets)):
+            sel = _prefix_mask(offsets, keep)
+            keys = keys[sel]
+            mask = None if mask is None else mask[sel]
+            offsets = _csr_offsets(keep)
+    if chain == "on" or (
+        chain == "auto"
+        and check_chain
+        and not is_prefix_chained(
+            keys[: offsets[min(n, CHAIN_CHECK_ROWS)]], offsets[: min(n, CHAIN_CHECK_ROWS) + 1]
+        )
+    ):
+        keys = chain_ids(keys, offsets)
+    if instance_codes is None or instances is None:
+        instance_codes = np.zeros(n, dtype=np.int32)
+        instances = (instance_name,)
+    trace = Trace(
+        ts_ns=ts_ns,
+        instance=instance_codes,
+        instances=instances,
+        offsets=offsets,
+        keys=keys,
+        input_len=input_len,
+        output_len=output_len,
+        block_size=block_size,
+        kind=np.zeros(n, dtype=np.int8) if kind is None else kind,
+        query_type=np.zeros(n, dtype=np.int8) if query_type is None else query_type,
+        sw_size=np.zeros(n, dtype=np.int32) if sw_size is None else sw_size,
+        mask=mask,
+        session=session,
+        turn=turn,
+        type_code=type_code,
+        type_names=type_names,
+        source=str(p),
+    )
+    lines = rows.lines
+    return _sort_by_time(trace, lambda i: f"{p}:{lines[i]}", strict)
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning at the first frame outside kvsim.trace."""
+    frame = sys._getframe(2)  # the caller of the function that warns
+    level = 2
+    while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith(
+        "kvsim.trace"
+    ):
+        frame = frame.f_back
+        level += 1
+    return level
+
+
+def _sort_by_time(trace: Trace, where: Any, strict: bool) -> Trace:
+    """Stable sort by ``ts_ns``: warn (or raise if strict) when rows were out of order."""
+    ts = trace.ts_ns
+    if ts.shape[0] < 2:
+        return trace
+    late = ts[1:] < np.maximum.accumulate(ts)[:-1]  # earlier than some previous row
+    if not late.any():
+        return trace
+    first = int(np.argmax(late)) + 1
+    n_late = int(late.sum())
+    if strict:
+        raise TraceError(
+            f"{where(first)}: timestamp out of order ({n_late} rows earlier than a previous row)"
+        )
+    warnings.warn(
+        f"{trace.source}: {n_late} rows out of timestamp order (first at {where(first)}); "
+        "sorted stably by time",
+        TraceWarning,
+        stacklevel=_caller_stacklevel(),
+    )
+    return trace.select(np.argsort(ts, kind="stable"))
+
+
+def _only_instance(trace: Trace, instance: str | None) -> Trace:
+    if instance is None:
+        return trace
+    if instance not in trace.instances:
+        raise TraceError(
+            f"{trace.source}: no requests of instance {instance!r} "
+            f"(instances: {', '.join(trace.instances)})"
+        )
+    code = trace.instances.index(instance)
+    sub = trace.select(np.flatnonzero(trace.instance == code))
+    return replace(sub, instance=np.zeros(sub.n_requests, dtype=np.int32), instances=(instance,))
