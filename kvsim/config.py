@@ -79,7 +79,7 @@ class KVSimConfig:
         capacity_bytes: int = 0,
         policy: str = "lru",
         params: dict[str, Any] | None = None,
-        mode: str = "instance_precise",
+        mode: str = "group_precise",
         batch_size: int = 1,
         used_percentage: float = 1.0,
         match: str = "prefix",
@@ -211,7 +211,8 @@ class _Reader:
         extra = sorted(set(d) - names)
         if extra:
             where = f"{path}." if path else ""
-            raise self.fail(f"{where}{extra[0]}", f"unknown field (known: {', '.join(sorted(names))})")
+            known = ", ".join(sorted(names))
+            raise self.fail(f"{where}{extra[0]}", f"unknown field (known: {known})")
 
     def list_of(self, d: dict[str, Any], name: str, path: str) -> list[Any]:
         v = d.get(name) or []
@@ -229,13 +230,13 @@ class _Reader:
         if not ok:
             kind = "an integer" if integer else "a number"
             raise self.fail(f"{path}.{name}", f"expected {kind}, got {v!r}")
-        if low is not None and v < low or high is not None and v > high:
+        if (low is not None and v < low) or (high is not None and v > high):
             raise self.fail(f"{path}.{name}", f"{v} is outside [{low}, {high}]")
         return int(v) if integer else float(v)
 
     def text(self, d: dict[str, Any], name: str, path: str, default: str | None = None) -> str:
         v = d.get(name, default)
-        if not isinstance(v, str) or not v and default is None:
+        if not isinstance(v, str) or (not v and default is None):
             raise self.fail(f"{path}.{name}", f"expected a non-empty string, got {v!r}")
         return v
 
@@ -289,7 +290,7 @@ class _Reader:
             eviction=EvictionSpec(
                 policy=policy,
                 params=dict(params),
-                mode=self.choice(ev, "mode", f"{path}.eviction", "instance_precise",
+                mode=self.choice(ev, "mode", f"{path}.eviction", "group_precise",
                                  list(EVICTION_MODES)),
                 batch_size=self.num(ev, "batch_size", f"{path}.eviction", 100, integer=True,
                                     low=1),

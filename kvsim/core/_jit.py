@@ -1,7 +1,8 @@
 """The one JIT decorator of the core's kernels.
 
 Kernels are module-level functions compiled with ``cache=True`` (machine code is
-cached on disk, so a second process starts in well under a second) and without
+cached on disk under a directory keyed by the core's sources, see :func:`_cache_dir`,
+so a second process starts in well under a second) and without
 numba's reference counting (``_nrt=False``). The core state is one tuple of ~35
 arrays; with reference counting on, every branchy call that passes it costs an
 atomic increment and decrement per array (measured: ~300 ns per policy dispatch
@@ -11,19 +12,77 @@ arrays in.
 
 from __future__ import annotations
 
+import hashlib
+import os
+import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any, TypeVar, cast
 
-from numba import njit
+import numba
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _cache_dir() -> str:
+    """Where compiled kernels are cached, keyed by a hash of the core's sources.
+
+    numba invalidates a cached function only when its own file changes, not when a
+    kernel it calls (in another file) does; keying the directory by every core
+    source file makes any change to the core start from a clean cache.
+    """
+    core = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for p in sorted(core.rglob("*.py")):
+        h.update(p.relative_to(core).as_posix().encode())
+        h.update(p.read_bytes())
+    py = f"py{sys.version_info[0]}{sys.version_info[1]}"
+    tag = f"{py}-numba{numba.__version__}-{h.hexdigest()[:16]}"
+    base = os.environ.get("NUMBA_CACHE_DIR") or os.environ.get("KVSIM_CACHE_DIR") or str(
+        Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kvsim" / "numba"
+    )
+    return str(Path(base) / tag)
+
+
+setattr(numba.config, "CACHE_DIR", _cache_dir())  # noqa: B010 (untyped module)
+_njit: Any = njit  # ``_nrt`` is a real numba option missing from its type stubs
+
+
 def kernel(fn: F) -> F:
     """Compile ``fn`` as a cached, reference-count-free numba kernel."""
-    return njit(cache=True, _nrt=False)(fn)  # type: ignore[no-any-return]
+    return cast(F, _njit(cache=True, _nrt=False)(fn))
 
 
 def inline_kernel(fn: F) -> F:
     """Like :func:`kernel`, inlined into its callers at the numba IR level."""
-    return njit(cache=True, _nrt=False, inline="always")(fn)  # type: ignore[no-any-return]
+    return cast(F, _njit(cache=True, _nrt=False, inline="always")(fn))
+
+
+def _prefetch(typingctx: Any, arr: Any, idx: Any) -> Any:
+    """Hint the CPU to load ``arr[idx]`` into cache (``llvm.prefetch``, read, high locality).
+
+    Lookups in the block table are chains of dependent loads (hash -> index slot ->
+    row); prefetching every key of a request first lets those misses overlap.
+    """
+    sig = types.void(arr, idx)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = builder.gep(ary.data, [args[1]])
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fn = builder.module.declare_intrinsic(
+            "llvm.prefetch", fnty=ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        )
+        builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 0), ir.Constant(i32, 3),
+                          ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+prefetch: Any = intrinsic(_prefetch)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kvsim.core._jit import kernel
+from kvsim.core._jit import inline_kernel, kernel
 from kvsim.core.events import (
     EV_EVICTED,
     EV_READ,
@@ -31,6 +31,7 @@ from kvsim.core.events import (
 )
 from kvsim.core.policies import dispatch
 from kvsim.core.table import (
+    COUNT_MAX,
     DELETING,
     M_HWM,
     M_USED,
@@ -38,13 +39,17 @@ from kvsim.core.table import (
     WRITING,
     Tables,
     alloc_row,
+    flush_frees,
     free_row,
     lookup,
+    prefetch_keys,
+    queue_free,
 )
 
 MODE_GROUP_ROUGH = 1
 MODE_INSTANCE_ROUGH = 2
 MODE_INSTANCE_PRECISE = 3
+MODE_GROUP_PRECISE = 4
 
 MASKED = -2  # row placeholder for a masked key in match outputs
 # t_access sentinel marking rows already resolved within the request being written
@@ -148,6 +153,13 @@ def _detach(t: Tables, r: int) -> None:
 
 
 # ---------------------------------------------------------------- touch / write
+@inline_kernel
+def _bump(t: Tables, r: int) -> None:
+    """Count one access (saturating)."""
+    if t.acc[r] < COUNT_MAX:
+        t.acc[r] += 1
+
+
 @kernel
 def touch_rows(t: Tables, rows: np.ndarray, n: int, now: int) -> None:
     """Refresh the recency of SERVING ``rows[:n]`` in the policy's commit order."""
@@ -171,7 +183,7 @@ def touch_rows(t: Tables, rows: np.ndarray, n: int, now: int) -> None:
         if r < 0 or t.state[r] != SERVING:
             continue
         dispatch.hit(t, code, g0, r, now)
-        t.count[r] += 1
+        _bump(t, r)
         t.t_access[r] = now
 
 
@@ -185,12 +197,14 @@ def _link_parent(t: Tables, r: int, prev: int) -> None:
 @kernel
 def write_serving(
     t: Tables, ev: EventArrays, i: int, keys: np.ndarray, now: int,
-    rows: np.ndarray, isnew: np.ndarray,
+    rows: np.ndarray, isnew: np.ndarray, known: int = 0,
 ) -> int:
     """Insert (or touch) every key as SERVING, in the policy's commit order.
 
     The caller guarantees ``len(keys)`` free rows. Returns the number of new
     blocks. Rows that are being written by a session (WRITING) are left alone.
+    ``rows[:known]`` may carry the SERVING rows of the first keys, already looked
+    up by the read (saves a second lookup per hit).
     """
     g = t.i_group[i]
     code = t.g_policy[g]
@@ -201,7 +215,7 @@ def write_serving(
     prev = -1
     for j in range(n):
         k = keys[j]
-        r = lookup(t, i, k)
+        r = rows[j] if j < known else lookup(t, i, k)
         isnew[j] = False
         if r >= 0 and t.t_access[r] == _SEEN:
             rows[j] = -1  # the same key earlier in this request
@@ -211,7 +225,7 @@ def write_serving(
             isnew[j] = True
         elif t.state[r] == DELETING:
             t.state[r] = SERVING
-            t.count[r] = 1
+            t.acc[r] = 1
             t.t_write[r] = now
             isnew[j] = True
         elif t.state[r] != SERVING:
@@ -239,7 +253,7 @@ def write_serving(
             dispatch.commit(t, code, g, r, now)
         else:
             dispatch.hit(t, code, g, r, now)
-            t.count[r] += 1
+            _bump(t, r)
             t.t_access[r] = now
     return n_new
 
@@ -247,7 +261,11 @@ def write_serving(
 # ---------------------------------------------------------------- eviction
 @kernel
 def evict_row(t: Tables, ev: EventArrays, r: int, now: int, delete_now: bool) -> None:
-    """Take SERVING row ``r`` out of the cache (freed now, or marked DELETING)."""
+    """Take SERVING row ``r`` out of the cache: DELETING, and queued to be freed.
+
+    With ``delete_now`` the row is queued for :func:`~kvsim.core.table.flush_frees`
+    (the caller flushes); otherwise it stays DELETING until reaped.
+    """
     i = t.inst[r]
     g = t.i_group[i]
     code = t.g_policy[g]
@@ -257,11 +275,10 @@ def evict_row(t: Tables, ev: EventArrays, r: int, now: int, delete_now: bool) ->
     t.i_blocks[i] -= 1
     t.g_used[g] -= t.i_cost[i]
     emit(ev, EV_EVICTED, i, t.key[r], now, 0)
+    t.state[r] = DELETING
+    t.t_access[r] = now
     if delete_now:
-        free_row(t, r)
-    else:
-        t.state[r] = DELETING
-        t.t_access[r] = now
+        queue_free(t, r)  # callers end with flush_frees
 
 
 @kernel
@@ -283,12 +300,46 @@ def _evict_from(
 
 
 @kernel
+def _evict_group_precise(
+    t: Tables, ev: EventArrays, g: int, target: int, now: int, delete_now: bool
+) -> int:
+    """Evict the group's best victim across its instances, one at a time."""
+    code = t.g_policy[g]
+    n_inst = t.i_group.shape[0]
+    total = 0
+    while t.g_used[g] > target:
+        best = -1
+        b1 = 0
+        b2 = 0
+        for i in range(n_inst):
+            if t.i_group[i] != g:
+                continue
+            v = dispatch.victim(t, code, g, i)
+            if v < 0:
+                continue
+            r1, r2 = dispatch.rank(t, code, v)
+            if best < 0 or r1 < b1 or (r1 == b1 and r2 < b2):
+                best = v
+                b1 = r1
+                b2 = r2
+        if best < 0:
+            break
+        evict_row(t, ev, best, now, delete_now)
+        total += 1
+    flush_frees(t)
+    t.g_evicted[g] += total
+    return total
+
+
+@kernel
 def evict_to(
     t: Tables, ev: EventArrays, g: int, writer: int, target: int, now: int, delete_now: bool
 ) -> int:
     """Evict from group ``g`` until its usage is at most ``target``.
 
-    Modes: ``instance_precise`` evicts one block at a time from the writing
+    Modes: ``group_precise`` (kvsim's default) evicts one block at a time, the
+    policy's best victim over all the group's instances (an exact shared cache);
+    ``instance_precise`` evicts one block at a time from the writing
     instance (then the others, round robin) and stops exactly at the target;
     ``instance_rough`` evicts whole batches from the writer first;
     ``group_rough`` takes a batch from each instance of the group in turn.
@@ -297,6 +348,8 @@ def evict_to(
     if t.g_used[g] <= target:
         return 0
     mode = t.g_mode[g]
+    if mode == MODE_GROUP_PRECISE:
+        return _evict_group_precise(t, ev, g, target, now, delete_now)
     batch = t.g_batch[g]
     if batch < 1:
         batch = 1
@@ -324,6 +377,7 @@ def evict_to(
                 break
         if progressed == 0:
             break
+    flush_frees(t)
     t.g_evicted[g] += total
     return total
 
@@ -375,7 +429,7 @@ def start_write(
             t.state[r] = WRITING
             t.t_write[r] = now
             t.t_access[r] = now
-            t.count[r] = 1
+            t.acc[r] = 1
         else:
             r = alloc_row(t, i, keys[j], WRITING, now)
         rows[j] = r
@@ -492,6 +546,25 @@ def reap_deleting(t: Tables, evicted_before: int) -> int:
     return freed
 
 
+@kernel
+def reap_deleting_by_group(t: Tables, cutoff: np.ndarray, orphan_cutoff: int) -> int:
+    """Free DELETING rows evicted at or before their group's ``cutoff[g]``.
+
+    Each group has its own ``delay_before_delete_ms``, so each its own cutoff; rows of
+    removed instances (no group any more) use ``orphan_cutoff``.
+    """
+    freed = 0
+    for r in range(t.meta[M_HWM]):
+        if t.state[r] != DELETING:
+            continue
+        g = t.i_group[t.inst[r]]
+        c = cutoff[g] if g >= 0 else orphan_cutoff
+        if t.t_access[r] <= c:
+            free_row(t, r)
+            freed += 1
+    return freed
+
+
 # ---------------------------------------------------------------- replay
 @kernel
 def replay_requests(
@@ -546,6 +619,8 @@ def replay_requests(
             for j in range(a, b):
                 if mask[j]:
                     iread += 1
+        if n > 8:
+            prefetch_keys(t, i, keys, a, b)
         if batch_mode:
             code = t.g_policy[g]
             tf = dispatch.tail_first(code)
@@ -561,7 +636,7 @@ def replay_requests(
                 if k == KIND_READ:
                     if served:
                         dispatch.hit(t, code, g, r, now)
-                        t.count[r] += 1
+                        _bump(t, r)
                         t.t_access[r] = now
                     continue
                 write_serving(t, ev, i, keys[j : j + 1], now, tmp_rows, tmp_new)
@@ -581,7 +656,8 @@ def replay_requests(
                 ihit = iread
                 hits += ihit
             if k != KIND_READ:
-                write_serving(t, ev, i, keys[a:b], now, tmp_rows, tmp_new)
+                known = hits - ihit if (k == KIND_REQUEST and not has_mask) else 0
+                write_serving(t, ev, i, keys[a:b], now, tmp_rows, tmp_new, known)
                 evict_to(t, ev, g, i, t.g_cap[g], now, True)
         if k != KIND_WRITE:
             emit(ev, EV_READ, i, hits, now, n)

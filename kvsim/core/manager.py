@@ -399,7 +399,7 @@ class CacheManager:
                 "row": int(r),
                 "write_time_ns": int(t.t_write[r]),
                 "last_access_ns": int(t.t_access[r]),
-                "access_count": int(t.count[r]),
+                "access_count": int(t.acc[r]),
             })
         return out
 
@@ -529,12 +529,16 @@ class CacheManager:
         return total
 
     def reap(self) -> int:
-        """Free blocks whose delayed deletion is due (``delay_before_delete_ms``)."""
+        """Free blocks whose delayed deletion is due (each group's ``delay_before_delete_ms``)."""
         now = self.clock.now_ns()
         delays = [s.delay_before_delete_ms for _, s in self._groups.values()]
         if not delays or max(delays) == 0:
             return 0
-        return int(K.reap_deleting(self.table.t, now - min(d for d in delays) * 1_000_000))
+        t = self.table.t
+        cutoff = np.full(t.g_used.shape[0], now, dtype=np.int64)
+        for gi, spec in self._groups.values():
+            cutoff[gi] = now - spec.delay_before_delete_ms * 1_000_000
+        return int(K.reap_deleting_by_group(t, cutoff, now))
 
     # ================================================================ combined access
     def access(
@@ -556,7 +560,7 @@ class CacheManager:
             self.table.t, self.events.arrays,
             np.array([ii], dtype=np.int32), np.array([self.clock.now_ns()], dtype=np.int64),
             np.array([0, k.shape[0]], dtype=np.int64), k, m, has, np.zeros(1, dtype=np.int8),
-            0, 1, batch, *out,
+            0, 1, batch, out[0], out[1], out[2], out[3], out[4], out[5],
             np.zeros(max(1, k.shape[0]), dtype=np.int32), np.zeros(max(1, k.shape[0]), dtype=bool),
         )
         return AccessResult(int(out[0][0]), int(out[1][0]), int(out[2][0]), int(out[5][0]),

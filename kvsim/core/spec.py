@@ -19,7 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-EVICTION_MODES = {"group_rough": 1, "instance_rough": 2, "instance_precise": 3}
+EVICTION_MODES = {
+    "group_rough": 1, "instance_rough": 2, "instance_precise": 3, "group_precise": 4,
+}
 STORAGE_TYPES = ("file", "hf3fs", "mooncake", "pace", "memory")
 
 
@@ -30,14 +32,16 @@ class EvictionSpec:
     Attributes:
         policy: registered policy name (see ``kvsim.core.policies.POLICIES``).
         params: policy parameters by name.
-        mode: ``instance_precise`` (exact, the replay default), ``instance_rough``
-            or ``group_rough`` (KVCM's default: round robin, a batch per instance).
+        mode: ``group_precise`` (kvsim's default: exact, the policy's best victim
+            over the whole group), ``instance_precise`` (exact, from the writing
+            instance first), ``instance_rough`` (batches from the writer) or
+            ``group_rough`` (KVCM's default: round robin, a batch per instance).
         batch_size: blocks evicted per instance per round in the rough modes.
     """
 
     policy: str = "lru"
     params: dict[str, Any] = field(default_factory=dict)
-    mode: str = "instance_precise"
+    mode: str = "group_precise"
     batch_size: int = 100
 
     @property

@@ -4,16 +4,18 @@ All per-block state lives in numpy arrays (one row per cached or pending block),
 and all per-instance / per-group counters in small arrays beside them, bundled in
 one :class:`Tables` named tuple that every numba kernel takes as its first
 argument. The index maps ``(instance, key)`` to a row with linear probing and
-backward-shift deletion (no tombstones), kept at a load factor of at most 0.7.
+backward-shift deletion (no tombstones), kept at a load factor of at most 0.7;
+each slot holds the key's 32-bit hash beside the row so probes rarely touch rows.
 
-Per cached block the table holds 50 bytes of row state plus 4 bytes per index
-slot (1.43 to 2.86 slots per row): 56 to 62 bytes. :func:`bytes_per_row` reports
+Per cached block the table holds 48 bytes of row state (a 32-byte hot record
+and a 16-byte cold one) plus 8 bytes per index slot (1.43 slots per row, the
+index is sized exactly): about 59.4 bytes. :func:`bytes_per_row` reports
 the exact figure of a live table.
 
 Example:
-    >>> t = BlockTable.create(rows=4, instances=1, groups=1)
+    >>> t = BlockTable.create(rows=100, instances=1, groups=1)
     >>> t.rows, t.index_slots
-    (4, 8)
+    (100, 143)
 """
 
 from __future__ import annotations
@@ -22,22 +24,21 @@ from typing import NamedTuple
 
 import numpy as np
 
-from kvsim.core._jit import inline_kernel, kernel
+from kvsim.core._jit import inline_kernel, kernel, prefetch
 
 # Block states.
-FREE = np.int8(0)
-WRITING = np.int8(1)
-SERVING = np.int8(2)
-DELETING = np.int8(3)
+FREE = 0
+WRITING = 1
+SERVING = 2
+DELETING = 3
 
-NIL = np.int32(-1)
 
 # meta slots (int64 array)
 M_USED = 0  # rows in use
 M_FREE = 1  # head of the free-row list (threaded through ``nxt``), -1 when empty
 M_HWM = 2  # high-water mark: rows [0, hwm) have been handed out at least once
-M_MASK = 3  # index size - 1
-M_EVICTED = 4  # total blocks evicted
+M_SLOTS = 3  # index size (slots)
+M_PENDING = 4  # evicted rows waiting in ``scratch`` to be freed
 M_NMETA = 8
 
 # Group parameter matrix width (policy parameters, floats).
@@ -46,6 +47,8 @@ N_PARAMS = 8
 LFU_BUCKETS = 64
 
 MAX_LOAD = 0.7
+# evicted rows freed per batch (their index slots are prefetched meanwhile)
+SCRATCH = 256
 
 
 class Tables(NamedTuple):
@@ -62,9 +65,12 @@ class Tables(NamedTuple):
     nchild: np.ndarray  # int32 cached children when leaves are tracked
     t_write: np.ndarray  # int64 ns
     t_access: np.ndarray  # int64 ns
-    count: np.ndarray  # int32 access count
+    acc: np.ndarray  # int16 access count (saturating)
+    hot: np.ndarray  # the HOT_DTYPE records the row fields above view
+    cold: np.ndarray  # the COLD_DTYPE records
+    scratch: np.ndarray  # int32 rows evicted but not yet freed (batched frees)
     # ---- index
-    index: np.ndarray  # int32 row or -1
+    slots: np.ndarray  # uint64 index slots: (32-bit hash << 32) | row, or EMPTY
     meta: np.ndarray  # int64[M_NMETA]
     # ---- per instance
     i_group: np.ndarray  # int32
@@ -89,19 +95,24 @@ class Tables(NamedTuple):
     g_evicted: np.ndarray  # int64 evicted blocks
 
 
+# Row layout: the fields every access touches share one aligned 32-byte record
+# (a row never straddles a cache line); the rest live in a 16-byte cold record.
+# Kernels see each field as a strided view, so they index ``t.key[r]`` as usual.
+HOT_DTYPE = np.dtype([
+    ("key", np.int64), ("t_access", np.int64), ("prv", np.int32), ("nxt", np.int32),
+    ("inst", np.int32), ("acc", np.int16), ("state", np.int8), ("loc", np.int8),
+])
+COLD_DTYPE = np.dtype([("t_write", np.int64), ("parent", np.int32), ("nchild", np.int32)])
+COUNT_MAX = np.iinfo(np.int16).max  # access counts saturate here
+
 ROW_FIELDS = (
-    "key", "inst", "state", "loc", "prv", "nxt", "parent", "nchild", "t_write", "t_access", "count",
+    "key", "inst", "state", "loc", "prv", "nxt", "parent", "nchild", "t_write", "t_access", "acc",
 )
 INST_FIELDS = ("i_group", "i_cost", "i_blocks", "i_pending", "i_head", "i_tail", "i_minf")
 GROUP_FIELDS = (
     "g_used", "g_cap", "g_quota", "g_policy", "g_mode", "g_batch", "g_rr", "g_rng", "g_evicted",
 )
 
-_ROW_DTYPES = {
-    "key": np.int64, "inst": np.int32, "state": np.int8, "loc": np.int8, "prv": np.int32,
-    "nxt": np.int32, "parent": np.int32, "nchild": np.int32, "t_write": np.int64,
-    "t_access": np.int64, "count": np.int32,
-}
 _INST_DTYPES = {
     "i_group": np.int32, "i_cost": np.int64, "i_blocks": np.int64, "i_pending": np.int64,
     "i_head": np.int32, "i_tail": np.int32, "i_minf": np.int32,
@@ -114,20 +125,28 @@ _GROUP_DTYPES = {
 
 
 def index_size_for(rows: int) -> int:
-    """Smallest power of two keeping ``rows`` under the maximum load factor."""
-    need = max(8, int(np.ceil(rows / MAX_LOAD)))
-    return 1 << (need - 1).bit_length()
+    """Index slots for ``rows`` at the maximum load factor (any size: no power of two)."""
+    return max(8, int(np.ceil(rows / MAX_LOAD)))
+
+
+def _views(hot: np.ndarray, cold: np.ndarray) -> dict[str, np.ndarray]:
+    out = {name: hot[name] for name in HOT_DTYPE.names or ()}
+    out.update({name: cold[name] for name in COLD_DTYPE.names or ()})
+    out["hot"] = hot
+    out["cold"] = cold
+    return out
 
 
 def _new_rows(rows: int) -> dict[str, np.ndarray]:
-    out = {name: np.zeros(rows, dtype=dt) for name, dt in _ROW_DTYPES.items()}
-    out["inst"][:] = -1
-    out["prv"][:] = -1
-    out["parent"][:] = -1
+    hot = np.zeros(rows, dtype=HOT_DTYPE)
+    cold = np.zeros(rows, dtype=COLD_DTYPE)
+    hot["inst"] = -1
+    hot["prv"] = -1
+    cold["parent"] = -1
     # free list threaded through nxt: 0 -> 1 -> ... -> rows-1 -> -1
-    out["nxt"][:] = np.arange(1, rows + 1, dtype=np.int32)
-    out["nxt"][-1] = -1
-    return out
+    hot["nxt"] = np.arange(1, rows + 1, dtype=np.int32)
+    hot["nxt"][-1] = -1
+    return _views(hot, cold)
 
 
 class BlockTable:
@@ -148,10 +167,10 @@ class BlockTable:
         rows = max(4, int(rows))
         r = _new_rows(rows)
         h = index_size_for(rows)
-        index = np.full(h, -1, dtype=np.int32)
+        index = np.full(h, EMPTY, dtype=np.uint64)
         meta = np.zeros(M_NMETA, dtype=np.int64)
         meta[M_FREE] = 0
-        meta[M_MASK] = h - 1
+        meta[M_SLOTS] = h
         inst = {n: np.zeros(instances, dtype=dt) for n, dt in _INST_DTYPES.items()}
         inst["i_head"][:] = -1
         inst["i_tail"][:] = -1
@@ -160,7 +179,8 @@ class BlockTable:
         return BlockTable(
             Tables(
                 **r,
-                index=index,
+                scratch=np.zeros(SCRATCH, dtype=np.int32),
+                slots=index,
                 meta=meta,
                 **inst,
                 f_head=np.full((instances, LFU_BUCKETS), -1, dtype=np.int32),
@@ -179,7 +199,7 @@ class BlockTable:
     @property
     def index_slots(self) -> int:
         """Slots of the hash index."""
-        return int(self.t.index.shape[0])
+        return int(self.t.slots.shape[0])
 
     @property
     def used_rows(self) -> int:
@@ -192,7 +212,7 @@ class BlockTable:
 
     def nbytes(self) -> int:
         """Bytes of per-row state plus the index (the part that scales with blocks)."""
-        return sum(getattr(self.t, f).nbytes for f in ROW_FIELDS) + self.t.index.nbytes
+        return self.t.hot.nbytes + self.t.cold.nbytes + self.t.slots.nbytes
 
     # ------------------------------------------------------------ growth
     def ensure_rows(self, extra: int) -> None:
@@ -208,8 +228,8 @@ class BlockTable:
     def _grow_rows(self, new_rows: int) -> None:
         old = self.rows
         fresh = _new_rows(new_rows)
-        for name in ROW_FIELDS:
-            fresh[name][:old] = getattr(self.t, name)
+        fresh["hot"][:old] = self.t.hot
+        fresh["cold"][:old] = self.t.cold
         # append the new rows [old, new_rows) to the front of the free list
         nxt = fresh["nxt"]
         nxt[old:new_rows - 1] = np.arange(old + 1, new_rows, dtype=np.int32)
@@ -217,9 +237,9 @@ class BlockTable:
         meta = self.t.meta.copy()
         meta[M_FREE] = old
         h = index_size_for(new_rows)
-        index = np.full(h, -1, dtype=np.int32)
-        meta[M_MASK] = h - 1
-        t = self.t._replace(**fresh, index=index, meta=meta)
+        index = np.full(h, EMPTY, dtype=np.uint64)
+        meta[M_SLOTS] = h
+        t = self.t._replace(**fresh, slots=index, meta=meta)
         _rebuild_index(t)
         self.t = t
 
@@ -265,37 +285,66 @@ def bytes_per_row(table: BlockTable) -> float:
 
 
 # ---------------------------------------------------------------- kernels
+# Index entries carry the key's 32-bit hash beside the row, so probing, insertion
+# and backward-shift deletion compare hashes without loading rows, and the home
+# slot of an entry is recomputed from the entry alone (fastrange over the size).
+EMPTY = np.uint64(0xFFFFFFFFFFFFFFFF)
+_LOW32 = np.uint64(0xFFFFFFFF)
+_S32 = np.uint64(32)
+
+
 @inline_kernel
 def _hash(inst: int, key: int) -> np.uint64:
-    # splitmix64 finaliser over key mixed with the instance
+    """32-bit hash of ``(inst, key)`` (splitmix64 finaliser, high half)."""
     x = np.uint64(key) ^ (np.uint64(inst) * np.uint64(0x9E3779B97F4A7C15))
     x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
+    return (x ^ (x >> np.uint64(31))) >> _S32
+
+
+@inline_kernel
+def _home(h: np.uint64, slots: np.uint64) -> np.uint64:
+    return (h * slots) >> _S32
+
+
+@kernel
+def prefetch_keys(t: Tables, inst: int, keys: np.ndarray, a: int, b: int) -> None:
+    """Start loading the index slots of ``keys[a:b]`` so their misses overlap."""
+    slots = np.uint64(t.meta[M_SLOTS])
+    for j in range(a, b):
+        prefetch(t.slots, _home(_hash(inst, keys[j]), slots))
 
 
 @kernel
 def lookup(t: Tables, inst: int, key: int) -> int:
     """Row of ``(inst, key)`` or -1."""
-    mask = np.uint64(t.meta[M_MASK])
-    i = _hash(inst, key) & mask
-    index = t.index
+    slots = np.uint64(t.meta[M_SLOTS])
+    h = _hash(inst, key)
+    i = _home(h, slots)
+    index = t.slots
     while True:
-        r = index[i]
-        if r < 0:
+        e = index[i]
+        if e == EMPTY:
             return -1
-        if t.key[r] == key and t.inst[r] == inst:
-            return r
-        i = (i + np.uint64(1)) & mask
+        if (e >> _S32) == h:
+            r = np.int64(e & _LOW32)
+            if t.key[r] == key and t.inst[r] == inst:
+                return int(r)
+        i += np.uint64(1)
+        if i == slots:
+            i = np.uint64(0)
 
 
 @kernel
 def _index_put(t: Tables, row: int) -> None:
-    mask = np.uint64(t.meta[M_MASK])
-    i = _hash(t.inst[row], t.key[row]) & mask
-    while t.index[i] >= 0:
-        i = (i + np.uint64(1)) & mask
-    t.index[i] = row
+    slots = np.uint64(t.meta[M_SLOTS])
+    h = _hash(t.inst[row], t.key[row])
+    i = _home(h, slots)
+    while t.slots[i] != EMPTY:
+        i += np.uint64(1)
+        if i == slots:
+            i = np.uint64(0)
+    t.slots[i] = (h << _S32) | np.uint64(row)
 
 
 @kernel
@@ -325,36 +374,64 @@ def alloc_row(t: Tables, inst: int, key: int, state: int, now: int) -> int:
     t.nchild[r] = 0
     t.t_write[r] = now
     t.t_access[r] = now
-    t.count[r] = 1
+    t.acc[r] = 1
     _index_put(t, r)
     return r
 
 
 @kernel
+def queue_free(t: Tables, row: int) -> None:
+    """Free ``row`` soon: its index slot is prefetched now and freed in a batch.
+
+    The row must already be out of every policy structure (state DELETING);
+    :func:`flush_frees` frees the batch (and runs by itself when the batch is full).
+    """
+    prefetch(t.slots, _home(_hash(t.inst[row], t.key[row]), np.uint64(t.meta[M_SLOTS])))
+    n = t.meta[M_PENDING]
+    t.scratch[n] = row
+    t.meta[M_PENDING] = n + 1
+    if n + 1 == t.scratch.shape[0]:
+        flush_frees(t)
+
+
+@kernel
+def flush_frees(t: Tables) -> None:
+    """Free every row queued by :func:`queue_free`."""
+    for k in range(t.meta[M_PENDING]):
+        free_row(t, t.scratch[k])
+    t.meta[M_PENDING] = 0
+
+
+@kernel
 def free_row(t: Tables, row: int) -> None:
     """Drop ``row`` from the index (backward shift) and return it to the free list."""
-    mask = np.uint64(t.meta[M_MASK])
-    index = t.index
-    i = _hash(t.inst[row], t.key[row]) & mask
-    while index[i] != row:
-        i = (i + np.uint64(1)) & mask
-    # backward-shift deletion
+    slots = np.uint64(t.meta[M_SLOTS])
+    index = t.slots
+    want = (_hash(t.inst[row], t.key[row]) << _S32) | np.uint64(row)
+    i = _home(want >> _S32, slots)
+    while index[i] != want:
+        i += np.uint64(1)
+        if i == slots:
+            i = np.uint64(0)
+    # backward-shift deletion: pull later entries of the cluster into the hole
     j = i
     while True:
-        j = (j + np.uint64(1)) & mask
-        r = index[j]
-        if r < 0:
+        j += np.uint64(1)
+        if j == slots:
+            j = np.uint64(0)
+        e = index[j]
+        if e == EMPTY:
             break
-        home = _hash(t.inst[r], t.key[r]) & mask
-        # can r move into hole i?  (is home cyclically outside (i, j]?)
+        home = _home(e >> _S32, slots)
+        # can the entry at j move into hole i?  (is home cyclically outside (i, j]?)
         if i <= j:
             movable = home <= i or home > j
         else:
             movable = home <= i and home > j
         if movable:
-            index[i] = r
+            index[i] = e
             i = j
-    index[i] = -1
+    index[i] = EMPTY
     t.state[row] = 0
     t.inst[row] = -1
     t.nxt[row] = t.meta[M_FREE]

@@ -291,8 +291,8 @@ def build_manager(trace: Trace, config: KVSimConfig, *, rows: int, event_level: 
         raise ConfigError(f"{config.source}: instance_groups: at least one group is needed")
     mgr = CacheManager(ManualClock(int(trace.ts_ns[0]) if trace.n_requests else 0), rows=rows,
                        event_level=event_level)
-    for s in config.storages:
-        mgr.add_storage(s)
+    for st in config.storages:
+        mgr.add_storage(st)
     for g in config.groups:
         mgr.create_group(g)
     listed = {s.instance_id: s for s in config.instances}
@@ -353,7 +353,8 @@ def replay(
         while q < end:
             q = K.replay_requests(
                 table.t, mgr.events.arrays, req_inst, trace.ts_ns, trace.offsets, trace.keys,
-                mask, has_mask, trace.kind, q, int(end), batch, *outs, tmp_rows, tmp_new,
+                mask, has_mask, trace.kind, q, int(end), batch,
+                outs[0], outs[1], outs[2], outs[3], outs[4], outs[5], tmp_rows, tmp_new,
             )
             if q < end:
                 table.ensure_rows(table.rows + max_len)

@@ -206,7 +206,9 @@ class Trace:
         if n and np.any(np.diff(self.ts_ns) < 0):
             raise TraceError(f"{self.source}: timestamps are not sorted")
         if self.mask is not None and self.mask.shape[0] != self.n_keys:
-            raise TraceError(f"{self.source}: mask has {self.mask.shape[0]} entries, not {self.n_keys}")
+            raise TraceError(
+                f"{self.source}: mask has {self.mask.shape[0]} entries, not {self.n_keys}"
+            )
 
 
 def _gather_index(offsets: np.ndarray, rows: np.ndarray, total: int) -> np.ndarray:

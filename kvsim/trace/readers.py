@@ -702,7 +702,7 @@ def read_parquet(
     """
     p = Path(path)
     try:
-        table = pq.read_table(p)
+        table = pq.ParquetFile(p).read()  # (read_table imports pandas via pyarrow.dataset)
     except (OSError, pa.ArrowException) as e:
         raise TraceError(f"{p}: cannot read parquet: {e}") from None
     md = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
@@ -722,7 +722,7 @@ def read_parquet(
         if c.null_count:
             raise TraceError(f"{p}: column {name!r} has {c.null_count} null values")
         try:
-            return np.asarray(c.to_numpy(), dtype=dtype)
+            return _np(c).astype(dtype, copy=False)
         except (TypeError, ValueError, pa.ArrowException) as e:
             raise TraceError(f"{p}: column {name!r}: {e}") from None
 
@@ -776,8 +776,12 @@ def _categorical(
     if column.null_count:
         raise TraceError(f"{p}: column {name!r} has {column.null_count} null values")
     names = [str(s) for s in orjson.loads(known_json)] if known_json else []
-    names += [s for s in pc.unique(column).to_pylist() if s not in names]
-    codes = pc.index_in(column, value_set=pa.array(names, pa.string())).to_numpy()
+    enc = column.combine_chunks().dictionary_encode()  # (pa.array() would import pandas)
+    values = enc.dictionary.to_pylist()
+    names += [s for s in values if s not in names]
+    where = {s: i for i, s in enumerate(names)}
+    remap = np.array([where[s] for s in values], dtype=np.int32)
+    codes = remap[_np(enc.indices)] if values else np.zeros(len(enc), dtype=np.int32)
     return codes, tuple(names)
 
 
@@ -797,12 +801,34 @@ def _list_column(
         vals = ch.flatten()
         if vals.null_count:
             raise TraceError(f"{p}: column {name!r} has null values")
-        lens_parts.append(lens.to_numpy())
-        val_parts.append(vals.cast(value_type).to_numpy(zero_copy_only=False))
+        lens_parts.append(_np(lens))
+        val_parts.append(_np(vals.cast(value_type)))
     return (
         np.concatenate(lens_parts).astype(np.int64),
-        np.concatenate(val_parts).astype(value_type.to_pandas_dtype(), copy=False),
+        np.concatenate(val_parts).astype(_NUMPY_DTYPES[str(value_type)], copy=False),
     )
+
+
+def _np(arr: Any) -> np.ndarray:
+    """A null-free arrow array (or chunked array) as numpy, without importing pandas.
+
+    (pyarrow's ``to_numpy`` loads pandas, a quarter second of start-up.)
+    """
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
+    t = arr.type
+    if pa.types.is_boolean(t):
+        bits = np.frombuffer(arr.buffers()[1], dtype=np.uint8)
+        out = np.unpackbits(bits, bitorder="little")
+        return out[arr.offset : arr.offset + len(arr)].astype(np.bool_)
+    dt = np.dtype(_NUMPY_DTYPES[str(t)])
+    buf = np.frombuffer(arr.buffers()[1], dtype=dt)
+    return buf[arr.offset : arr.offset + len(arr)]
+
+
+_NUMPY_DTYPES = {"int64": np.int64, "bool": np.bool_, "int32": np.int32, "int8": np.int8,
+                 "int16": np.int16, "double": np.float64, "uint64": np.uint64,
+                 "float": np.float32, "uint32": np.uint32, "uint8": np.uint8}
 
 
 def _csr_offsets(lens: np.ndarray) -> np.ndarray:

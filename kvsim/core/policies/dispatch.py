@@ -6,7 +6,7 @@ The one place that lists every policy's kernels; a new policy adds its module to
 
 from __future__ import annotations
 
-from kvsim.core._jit import inline_kernel
+from kvsim.core._jit import kernel
 from kvsim.core.policies import fifo, leaf_aware_lru, lfu, lru, random_lru
 from kvsim.core.table import Tables
 
@@ -19,19 +19,19 @@ FIFO = 5
 LFU = 6
 
 
-@inline_kernel
+@kernel
 def tail_first(code: int) -> bool:
     """Whether the policy commits a request's blocks from the last to the first."""
     return not (code == LRU_HEAD_FIRST or code == LEAF_AWARE_LRU)
 
 
-@inline_kernel
+@kernel
 def tracks_leaves(code: int) -> bool:
     """Whether the core maintains parent/child counts for the policy."""
     return code == LEAF_AWARE_LRU
 
 
-@inline_kernel
+@kernel
 def commit(t: Tables, code: int, g: int, r: int, now: int) -> None:
     """Row ``r`` became SERVING."""
     if code == LRU or code == LRU_HEAD_FIRST:
@@ -46,7 +46,7 @@ def commit(t: Tables, code: int, g: int, r: int, now: int) -> None:
         lfu.commit(t, g, r, now)
 
 
-@inline_kernel
+@kernel
 def hit(t: Tables, code: int, g: int, r: int, now: int) -> None:
     """Row ``r`` was accessed."""
     if code == LRU or code == LRU_HEAD_FIRST:
@@ -61,7 +61,7 @@ def hit(t: Tables, code: int, g: int, r: int, now: int) -> None:
         lfu.hit(t, g, r, now)
 
 
-@inline_kernel
+@kernel
 def victim(t: Tables, code: int, g: int, i: int) -> int:
     """Next row to evict from instance ``i``, or -1."""
     if code == LRU or code == LRU_HEAD_FIRST:
@@ -77,7 +77,7 @@ def victim(t: Tables, code: int, g: int, i: int) -> int:
     return -1
 
 
-@inline_kernel
+@kernel
 def remove(t: Tables, code: int, g: int, r: int) -> None:
     """Row ``r`` leaves the policy's structures."""
     if code == LRU or code == LRU_HEAD_FIRST:
@@ -90,3 +90,13 @@ def remove(t: Tables, code: int, g: int, r: int) -> None:
         fifo.remove(t, g, r)
     elif code == LFU:
         lfu.remove(t, g, r)
+
+
+@kernel
+def rank(t: Tables, code: int, r: int) -> tuple[int, int]:
+    """Eviction order key of a candidate victim (smaller goes first) across instances."""
+    if code == FIFO:
+        return 0, t.t_write[r]
+    if code == LFU:
+        return lfu.bucket(t, r), t.t_access[r]
+    return 0, t.t_access[r]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kvsim.core._jit import inline_kernel
+from kvsim.core._jit import kernel
 from kvsim.core.policies import _dlist
 from kvsim.core.policies.base import PolicyParams, PolicySpec
 from kvsim.core.table import Tables
@@ -19,24 +19,24 @@ class FIFOParams(PolicyParams):
     """No parameters."""
 
 
-@inline_kernel
+@kernel
 def commit(t: Tables, g: int, r: int, now: int) -> None:
     """Link a new row at the newest end."""
     _dlist.push_head(t, r)
 
 
-@inline_kernel
+@kernel
 def hit(t: Tables, g: int, r: int, now: int) -> None:
     """Hits leave FIFO order unchanged."""
 
 
-@inline_kernel
+@kernel
 def victim(t: Tables, g: int, i: int) -> int:
     """The oldest inserted row of instance ``i``."""
     return t.i_tail[i]
 
 
-@inline_kernel
+@kernel
 def remove(t: Tables, g: int, r: int) -> None:
     """Unlink a leaving row."""
     _dlist.unlink(t, r)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kvsim.core._jit import inline_kernel
+from kvsim.core._jit import kernel
 from kvsim.core.policies.base import PolicyParams, PolicySpec
 from kvsim.core.table import LFU_BUCKETS, Tables
 
@@ -21,7 +21,7 @@ class LFUParams(PolicyParams):
     """No parameters."""
 
 
-@inline_kernel
+@kernel
 def _push(t: Tables, r: int, f: int) -> None:
     i = t.inst[r]
     h = t.f_head[i, f]
@@ -36,7 +36,7 @@ def _push(t: Tables, r: int, f: int) -> None:
         t.i_minf[i] = f
 
 
-@inline_kernel
+@kernel
 def _unlink(t: Tables, r: int, f: int) -> None:
     i = t.inst[r]
     p = t.prv[r]
@@ -53,27 +53,27 @@ def _unlink(t: Tables, r: int, f: int) -> None:
     t.nxt[r] = -1
 
 
-@inline_kernel
-def _bucket(t: Tables, r: int) -> int:
-    c = t.count[r]
+@kernel
+def bucket(t: Tables, r: int) -> int:
+    c = t.acc[r]
     return c if c < LFU_BUCKETS - 1 else LFU_BUCKETS - 1
 
 
-@inline_kernel
+@kernel
 def commit(t: Tables, g: int, r: int, now: int) -> None:
     """A new row enters at its access count (1 for a fresh write)."""
-    _push(t, r, _bucket(t, r))
+    _push(t, r, bucket(t, r))
 
 
-@inline_kernel
+@kernel
 def hit(t: Tables, g: int, r: int, now: int) -> None:
     """Move the row one bucket up (the core then counts the access)."""
-    f = _bucket(t, r)
+    f = bucket(t, r)
     _unlink(t, r, f)
     _push(t, r, f + 1 if f < LFU_BUCKETS - 1 else f)
 
 
-@inline_kernel
+@kernel
 def victim(t: Tables, g: int, i: int) -> int:
     """Tail of the lowest non-empty frequency bucket."""
     f = t.i_minf[i]
@@ -87,10 +87,10 @@ def victim(t: Tables, g: int, i: int) -> int:
     return -1
 
 
-@inline_kernel
+@kernel
 def remove(t: Tables, g: int, r: int) -> None:
     """Unlink a leaving row from its bucket."""
-    _unlink(t, r, _bucket(t, r))
+    _unlink(t, r, bucket(t, r))
 
 
 SPEC = PolicySpec(

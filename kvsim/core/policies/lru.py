@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kvsim.core._jit import inline_kernel
+from kvsim.core._jit import kernel
 from kvsim.core.policies import _dlist
 from kvsim.core.policies.base import PolicyParams, PolicySpec
 from kvsim.core.table import Tables
@@ -20,25 +20,25 @@ class LRUParams(PolicyParams):
     """LRU has no parameters."""
 
 
-@inline_kernel
+@kernel
 def commit(t: Tables, g: int, r: int, now: int) -> None:
     """Link a new SERVING row at the MRU end."""
     _dlist.push_head(t, r)
 
 
-@inline_kernel
+@kernel
 def hit(t: Tables, g: int, r: int, now: int) -> None:
     """Move an accessed row to the MRU end."""
     _dlist.move_to_head(t, r)
 
 
-@inline_kernel
+@kernel
 def victim(t: Tables, g: int, i: int) -> int:
     """The LRU row of instance ``i``."""
     return t.i_tail[i]
 
 
-@inline_kernel
+@kernel
 def remove(t: Tables, g: int, r: int) -> None:
     """Unlink a leaving row."""
     _dlist.unlink(t, r)

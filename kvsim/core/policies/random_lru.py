@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kvsim.core._jit import inline_kernel, kernel
+from kvsim.core._jit import kernel
 from kvsim.core.policies import _dlist
 from kvsim.core.policies.base import PolicyParams, PolicySpec, param_field
 from kvsim.core.table import M_HWM, SERVING, Tables
@@ -35,13 +35,13 @@ class RandomLRUParams(PolicyParams):
         return max(1, math.ceil(1.0 / self.sample_rate))
 
 
-@inline_kernel
+@kernel
 def commit(t: Tables, g: int, r: int, now: int) -> None:
     """Track the row (list kept for the fallback when sampling finds nothing)."""
     _dlist.push_head(t, r)
 
 
-@inline_kernel
+@kernel
 def hit(t: Tables, g: int, r: int, now: int) -> None:
     """Recency lives in ``t_access``; keep the list in step too."""
     _dlist.move_to_head(t, r)
@@ -59,7 +59,7 @@ def _next_rand(t: Tables, g: int) -> np.uint64:
     return x
 
 
-@inline_kernel
+@kernel
 def victim(t: Tables, g: int, i: int) -> int:
     """Oldest of a random sample of instance ``i``'s cached rows."""
     if t.i_blocks[i] <= 0:
@@ -67,7 +67,7 @@ def victim(t: Tables, g: int, i: int) -> int:
     rate = t.g_params[g, 0]
     k = int(np.ceil(1.0 / rate)) if rate > 0 else 10
     hwm = np.uint64(t.meta[M_HWM])
-    best = -1
+    best = np.int64(-1)
     found = 0
     tries = 0
     limit = 64 * k
@@ -79,11 +79,11 @@ def victim(t: Tables, g: int, i: int) -> int:
             if best < 0 or t.t_access[r] < t.t_access[best]:
                 best = r
     if best < 0:
-        return t.i_tail[i]
-    return best
+        return int(t.i_tail[i])
+    return int(best)
 
 
-@inline_kernel
+@kernel
 def remove(t: Tables, g: int, r: int) -> None:
     """Unlink a leaving row."""
     _dlist.unlink(t, r)
