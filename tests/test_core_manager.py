@@ -311,9 +311,6 @@ def test_deleting_block_is_rewritten() -> None:
     assert m.match("i0", [4]).hit_blocks == 1  # the rewritten block was not reaped
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known: CacheManager.access (like replay) evicts with delete_now=True, so its evictions "
-    "ignore delay_before_delete_ms; reclaim and start_write honour it"))
 def test_access_evictions_honour_delayed_deletion() -> None:
     m = make(2, delay_before_delete_ms=1000)
     m.access("i0", [1, 2, 3])  # evicts the LRU block 3

@@ -44,6 +44,7 @@ from kvsim.core.table import (
     lookup,
     prefetch_keys,
     queue_free,
+    stamp,
 )
 
 MODE_GROUP_ROUGH = 1
@@ -184,7 +185,7 @@ def touch_rows(t: Tables, rows: np.ndarray, n: int, now: int) -> None:
             continue
         dispatch.hit(t, code, g0, r, now)
         _bump(t, r)
-        t.t_access[r] = now
+        t.t_access[r] = stamp(t, now)
 
 
 @kernel
@@ -249,12 +250,12 @@ def write_serving(
         if r < 0:
             continue
         if isnew[j]:
-            t.t_access[r] = now
+            t.t_access[r] = stamp(t, now)
             dispatch.commit(t, code, g, r, now)
         else:
             dispatch.hit(t, code, g, r, now)
             _bump(t, r)
-            t.t_access[r] = now
+            t.t_access[r] = stamp(t, now)
     return n_new
 
 
@@ -428,7 +429,7 @@ def start_write(
         if r >= 0:  # resurrect a DELETING row
             t.state[r] = WRITING
             t.t_write[r] = now
-            t.t_access[r] = now
+            t.t_access[r] = stamp(t, now)
             t.acc[r] = 1
         else:
             r = alloc_row(t, i, keys[j], WRITING, now)
@@ -467,7 +468,7 @@ def finish_write(
         if success[j]:
             t.state[r] = SERVING
             t.t_write[r] = now
-            t.t_access[r] = now
+            t.t_access[r] = stamp(t, now)
             t.i_blocks[i] += 1
             dispatch.commit(t, code, g, r, now)
             emit(ev, EV_STORED, i, keys[j], now, 0)
@@ -580,6 +581,7 @@ def replay_requests(
     start: int,
     end: int,
     batch_mode: bool,
+    delete_now: bool,
     out_hit: np.ndarray,
     out_ihit: np.ndarray,
     out_iread: np.ndarray,
@@ -591,6 +593,8 @@ def replay_requests(
 ) -> int:
     """Replay requests ``[start, end)`` through the cache; returns where it stopped.
 
+    ``delete_now`` frees evicted blocks at once (simulation); otherwise they stay
+    DELETING until reaped (a group's ``delay_before_delete_ms``).
     Stops early (returning the request index) when the table has fewer free rows
     than the next request has keys, so the caller can grow it and resume.
     Combined requests (``KIND_REQUEST``) follow the replay contract: read on the
@@ -637,10 +641,10 @@ def replay_requests(
                     if served:
                         dispatch.hit(t, code, g, r, now)
                         _bump(t, r)
-                        t.t_access[r] = now
+                        t.t_access[r] = stamp(t, now)
                     continue
                 write_serving(t, ev, i, keys[j : j + 1], now, tmp_rows, tmp_new)
-                evict_to(t, ev, g, i, t.g_cap[g], now, True)
+                evict_to(t, ev, g, i, t.g_cap[g], now, delete_now)
         else:
             if k != KIND_WRITE:
                 for j in range(a, b):
@@ -658,7 +662,7 @@ def replay_requests(
             if k != KIND_READ:
                 known = hits - ihit if (k == KIND_REQUEST and not has_mask) else 0
                 write_serving(t, ev, i, keys[a:b], now, tmp_rows, tmp_new, known)
-                evict_to(t, ev, g, i, t.g_cap[g], now, True)
+                evict_to(t, ev, g, i, t.g_cap[g], now, delete_now)
         if k != KIND_WRITE:
             emit(ev, EV_READ, i, hits, now, n)
         out_hit[q] = hits

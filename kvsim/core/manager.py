@@ -550,7 +550,7 @@ class CacheManager:
         batch: bool = False,
     ) -> AccessResult:
         """One combined read+write request, exactly as the replay contract defines it."""
-        ii, _ = self._need_instance(instance_id)
+        ii, ispec = self._need_instance(instance_id)
         k = _keys(keys)
         m, has = _mask(mask, k.shape[0])
         self.table.ensure_rows(k.shape[0])
@@ -560,7 +560,8 @@ class CacheManager:
             self.table.t, self.events.arrays,
             np.array([ii], dtype=np.int32), np.array([self.clock.now_ns()], dtype=np.int64),
             np.array([0, k.shape[0]], dtype=np.int64), k, m, has, np.zeros(1, dtype=np.int8),
-            0, 1, batch, out[0], out[1], out[2], out[3], out[4], out[5],
+            0, 1, batch, self._groups[ispec.group][1].delay_before_delete_ms == 0,
+            out[0], out[1], out[2], out[3], out[4], out[5],
             np.zeros(max(1, k.shape[0]), dtype=np.int32), np.zeros(max(1, k.shape[0]), dtype=bool),
         )
         return AccessResult(int(out[0][0]), int(out[1][0]), int(out[2][0]), int(out[5][0]),

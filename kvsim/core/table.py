@@ -39,6 +39,7 @@ M_FREE = 1  # head of the free-row list (threaded through ``nxt``), -1 when empt
 M_HWM = 2  # high-water mark: rows [0, hwm) have been handed out at least once
 M_SLOTS = 3  # index size (slots)
 M_PENDING = 4  # evicted rows waiting in ``scratch`` to be freed
+M_STAMP = 5  # last time stamp handed out (see ``stamp``)
 M_NMETA = 8
 
 # Group parameter matrix width (policy parameters, floats).
@@ -307,6 +308,21 @@ def _home(h: np.uint64, slots: np.uint64) -> np.uint64:
     return (h * slots) >> _S32
 
 
+@inline_kernel
+def stamp(t: Tables, now: int) -> int:
+    """``now`` made strictly increasing: ties get +1 ns in the order of the touches.
+
+    Access times double as the order of touches, so policies that compare them
+    across instances (``group_precise``) or within a sample (``random_lru``) see an
+    exact order even when many touches share one clock reading. (Write times stay
+    the plain clock reading.)
+    """
+    last = t.meta[M_STAMP]
+    v = now if now > last else last + 1
+    t.meta[M_STAMP] = v
+    return v
+
+
 @kernel
 def prefetch_keys(t: Tables, inst: int, keys: np.ndarray, a: int, b: int) -> None:
     """Start loading the index slots of ``keys[a:b]`` so their misses overlap."""
@@ -373,7 +389,7 @@ def alloc_row(t: Tables, inst: int, key: int, state: int, now: int) -> int:
     t.parent[r] = -1
     t.nchild[r] = 0
     t.t_write[r] = now
-    t.t_access[r] = now
+    t.t_access[r] = stamp(t, now)
     t.acc[r] = 1
     _index_put(t, r)
     return r

@@ -353,7 +353,7 @@ def replay(
         while q < end:
             q = K.replay_requests(
                 table.t, mgr.events.arrays, req_inst, trace.ts_ns, trace.offsets, trace.keys,
-                mask, has_mask, trace.kind, q, int(end), batch,
+                mask, has_mask, trace.kind, q, int(end), batch, True,
                 outs[0], outs[1], outs[2], outs[3], outs[4], outs[5], tmp_rows, tmp_new,
             )
             if q < end:
