@@ -307,6 +307,17 @@ def _evict_group_precise(
     """Evict the group's best victim across its instances, one at a time."""
     code = t.g_policy[g]
     n_inst = t.i_group.shape[0]
+    members = 0
+    only = -1
+    for i in range(n_inst):
+        if t.i_group[i] == g:
+            members += 1
+            only = i
+    if members == 1:  # one instance: its own order is the group's order
+        total = _evict_from(t, ev, g, only, 1 << 62, target, now, delete_now, True)
+        flush_frees(t)
+        t.g_evicted[g] += total
+        return total
     total = 0
     while t.g_used[g] > target:
         best = -1

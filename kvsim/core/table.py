@@ -325,10 +325,16 @@ def stamp(t: Tables, now: int) -> int:
 
 @kernel
 def prefetch_keys(t: Tables, inst: int, keys: np.ndarray, a: int, b: int) -> None:
-    """Start loading the index slots of ``keys[a:b]`` so their misses overlap."""
+    """Start loading the index slots, then the rows, of ``keys[a:b]`` (overlapped misses)."""
     slots = np.uint64(t.meta[M_SLOTS])
     for j in range(a, b):
         prefetch(t.slots, _home(_hash(inst, keys[j]), slots))
+    # second stage: by now most slots have arrived; start loading the rows they name
+    for j in range(a, b):
+        h = _hash(inst, keys[j])
+        e = t.slots[_home(h, slots)]
+        if e != EMPTY and (e >> _S32) == h:
+            prefetch(t.hot, np.int64(e & _LOW32))
 
 
 @kernel
