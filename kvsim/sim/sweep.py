@@ -206,8 +206,15 @@ def ideal_from(config: KVSimConfig, result: ReplayResult) -> dict[str, Any] | No
     return None
 
 
-def default_jobs(n_tasks: int) -> int:
-    """``min(n_tasks, os.cpu_count())``, at least 1."""
+# Below this many block accesses in all (keys x runs) a pool costs more than it saves
+# (worker start-up is ~0.3 s); measured on the shipped sample: 1.9 s pooled, 1.3 s not.
+SMALL_SWEEP_KEYS = 5_000_000
+
+
+def default_jobs(n_tasks: int, total_keys: int | None = None) -> int:
+    """``min(n_tasks, os.cpu_count())``, at least 1; 1 for small sweeps."""
+    if total_keys is not None and total_keys < SMALL_SWEEP_KEYS:
+        return 1
     return max(1, min(n_tasks, os.cpu_count() or 1))
 
 
@@ -290,7 +297,8 @@ def run_sweep(
         tasks.append((None, None))
     n = trace.n_requests
     total = n * len(tasks)
-    jobs = default_jobs(len(tasks)) if jobs is None else max(1, min(jobs, len(tasks)))
+    jobs = (default_jobs(len(tasks), trace.n_keys * len(tasks)) if jobs is None
+            else max(1, min(jobs, len(tasks))))
 
     outs: list[dict[str, Any]] = []
     if jobs == 1:
