@@ -153,6 +153,15 @@ def _ties(n: int) -> st.SearchStrategy[list[int]]:
         lambda d: np.cumsum(d).tolist())
 
 
+def _assert_all_policies_match(trace: Trace, reqs: list, cap: int) -> None:
+    """Per-request hits of every referenced policy, prefix and batch match, equal the twin's."""
+    for policy in REFERENCED:
+        for match in ("prefix", "batch"):
+            got = replay(trace, _config(cap, policy, match)).hit_blocks.tolist()
+            want = ref.ReferenceCache(policy, cap, batch=match == "batch").replay(reqs)
+            assert got == want, (policy, match, cap)
+
+
 @SETTINGS
 @given(tt=tree_traces(), data=st.data())
 def test_replay_equals_reference_cache(tt: TreeTrace, data: st.DataObject) -> None:
@@ -161,11 +170,7 @@ def test_replay_equals_reference_cache(tt: TreeTrace, data: st.DataObject) -> No
     trace = _trace(tt, data.draw(_ties(len(tt.requests))))
     reqs = [list(r) for r in tt.requests]
     for cap in _capacities(tt):
-        for policy in REFERENCED:
-            for match in ("prefix", "batch"):
-                got = replay(trace, _config(cap, policy, match)).hit_blocks.tolist()
-                want = ref.ReferenceCache(policy, cap, batch=match == "batch").replay(reqs)
-                assert got == want, (policy, match, cap)
+        _assert_all_policies_match(trace, reqs, cap)
         assert replay(trace, _config(cap, "lru", "prefix")).hit_blocks.tolist() == \
             ref.ordered_dict_lru(reqs, cap), cap
 
@@ -178,11 +183,7 @@ def test_group_precise_is_one_shared_cache(tt: TreeTrace) -> None:
     trace = _trace(tt)
     reqs = tt.tagged()
     for cap in _capacities(tt):
-        for policy in REFERENCED:
-            for match in ("prefix", "batch"):
-                got = replay(trace, _config(cap, policy, match)).hit_blocks.tolist()
-                want = ref.ReferenceCache(policy, cap, batch=match == "batch").replay(reqs)
-                assert got == want, (policy, match, cap)
+        _assert_all_policies_match(trace, reqs, cap)
 
 
 def test_group_precise_with_timestamp_ties() -> None:
