@@ -462,5 +462,14 @@ def _print_tables(trace: Trace, path: Path, results: Sequence[Any],
         out.print(report.group_table(results))
 
 
+from kvsim.optimizer.cli_curve import curve_cmd  # noqa: E402
+
+main.add_command(curve_cmd, "curve")
+
+from kvsim.optimizer.cli_compare import compare_cmd  # noqa: E402
+
+main.add_command(compare_cmd, "compare")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
