@@ -1,8 +1,8 @@
 """The one JIT decorator of the core's kernels.
 
 Kernels are module-level functions compiled with ``cache=True`` (machine code is
-cached on disk under a directory keyed by the core's sources, see :func:`_cache_dir`,
-so a second process starts in well under a second) and without
+cached on disk under a directory keyed by the core's sources, see
+:mod:`kvsim._numba_cache`, so a second process starts in well under a second) and without
 numba's reference counting (``_nrt=False``). The core state is one tuple of ~35
 arrays; with reference counting on, every branchy call that passes it costs an
 atomic increment and decrement per array (measured: ~300 ns per policy dispatch
@@ -12,14 +12,9 @@ arrays in.
 
 from __future__ import annotations
 
-import hashlib
-import os
-import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar, cast
 
-import numba
 from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
@@ -27,27 +22,6 @@ from numba.extending import intrinsic
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _cache_dir() -> str:
-    """Where compiled kernels are cached, keyed by a hash of the core's sources.
-
-    numba invalidates a cached function only when its own file changes, not when a
-    kernel it calls (in another file) does; keying the directory by every core
-    source file makes any change to the core start from a clean cache.
-    """
-    core = Path(__file__).resolve().parent
-    h = hashlib.sha256()
-    for p in sorted(core.rglob("*.py")):
-        h.update(p.relative_to(core).as_posix().encode())
-        h.update(p.read_bytes())
-    py = f"py{sys.version_info[0]}{sys.version_info[1]}"
-    tag = f"{py}-numba{numba.__version__}-{h.hexdigest()[:16]}"
-    base = os.environ.get("NUMBA_CACHE_DIR") or os.environ.get("KVSIM_CACHE_DIR") or str(
-        Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kvsim" / "numba"
-    )
-    return str(Path(base) / tag)
-
-
-setattr(numba.config, "CACHE_DIR", _cache_dir())  # noqa: B010 (untyped module)
 _njit: Any = njit  # ``_nrt`` is a real numba option missing from its type stubs
 
 

@@ -29,7 +29,7 @@ from kvsim.core.events import (
     EventArrays,
     emit,
 )
-from kvsim.core.policies import dispatch
+from kvsim.core.policies import dispatch, ttl
 from kvsim.core.table import (
     COUNT_MAX,
     DELETING,
@@ -344,6 +344,23 @@ def _evict_group_precise(
 
 
 @kernel
+def _expire(t: Tables, ev: EventArrays, g: int, now: int, delete_now: bool) -> int:
+    """Evict every expired block of a ``ttl`` group (oldest first, per instance)."""
+    n = 0
+    for i in range(t.i_group.shape[0]):
+        if t.i_group[i] != g:
+            continue
+        r = ttl.expired_tail(t, g, i, now)
+        while r >= 0:
+            evict_row(t, ev, r, now, delete_now)
+            n += 1
+            r = ttl.expired_tail(t, g, i, now)
+    flush_frees(t)
+    t.g_evicted[g] += n
+    return n
+
+
+@kernel
 def evict_to(
     t: Tables, ev: EventArrays, g: int, writer: int, target: int, now: int, delete_now: bool
 ) -> int:
@@ -357,11 +374,14 @@ def evict_to(
     ``group_rough`` takes a batch from each instance of the group in turn.
     Returns the number of blocks evicted.
     """
+    expired = 0
+    if t.g_policy[g] == dispatch.TTL:
+        expired = _expire(t, ev, g, now, delete_now)
     if t.g_used[g] <= target:
-        return 0
+        return expired
     mode = t.g_mode[g]
     if mode == MODE_GROUP_PRECISE:
-        return _evict_group_precise(t, ev, g, target, now, delete_now)
+        return expired + _evict_group_precise(t, ev, g, target, now, delete_now)
     batch = t.g_batch[g]
     if batch < 1:
         batch = 1
@@ -391,7 +411,7 @@ def evict_to(
             break
     flush_frees(t)
     t.g_evicted[g] += total
-    return total
+    return expired + total
 
 
 # ---------------------------------------------------------------- two-phase writes

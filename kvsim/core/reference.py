@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 
 LFU_SATURATION = 63
 TAIL_FIRST = {"lru": True, "lru_head_first": False, "fifo": True, "lfu": True,
-              "leaf_aware_lru": False}
+              "leaf_aware_lru": False, "sieve": True, "slru": True}
 
 
 # ---------------------------------------------------------------- matching twins
@@ -67,10 +67,16 @@ class ReferenceCache:
     flattened block stream in commit order.
     """
 
-    def __init__(self, policy: str, capacity: int, *, batch: bool = False) -> None:
+    def __init__(self, policy: str, capacity: int, *, batch: bool = False,
+                 protected_frac: float = 0.8) -> None:
         if policy not in TAIL_FIRST:
             raise ValueError(f"no reference for policy {policy!r}")
         self.policy = policy
+        self.protected_frac = protected_frac
+        self.visited: dict[int, bool] = {}
+        self.hand: int | None = None
+        self.protected: OrderedDict[int, None] = OrderedDict()
+        self._total = 0
         self.capacity = capacity
         self.batch = batch
         self.order: OrderedDict[int, None] = OrderedDict()  # first = evicted first
@@ -79,27 +85,54 @@ class ReferenceCache:
         self.parent: dict[int, int | None] = {}
         self._clock = 0
 
-    def cached(self) -> set[int]:
-        """Keys in the cache."""
-        return set(self.order)
-
     def _tick(self) -> int:
         self._clock += 1
         return self._clock
 
     def _insert(self, key: int, parent: int | None) -> None:
+        self.visited[key] = False
         self.order[key] = None
         self.count[key] = 1
         self.stamp[key] = self._tick()
         self.parent[key] = parent
 
     def _touch(self, key: int) -> None:
-        if self.policy != "fifo":
+        if self.policy == "sieve":
+            self.visited[key] = True
+        elif self.policy == "slru":
+            self._slru_hit(key)
+        elif self.policy != "fifo":
             self.order.move_to_end(key)
         self.count[key] += 1
         self.stamp[key] = self._tick()
 
+    def _slru_hit(self, key: int) -> None:
+        if key in self.protected:
+            self.protected.move_to_end(key)
+            return
+        del self.order[key]
+        self.protected[key] = None
+        cap = max(int(self.protected_frac * self._total), 1)
+        while len(self.protected) > cap:
+            d, _ = self.protected.popitem(last=False)
+            self.order[d] = None
+
+    def _sieve_victim(self) -> int:
+        keys = list(self.order)  # oldest first; "newer" = later in the list
+        h = self.hand if self.hand in self.order else keys[0]
+        while self.visited[h]:
+            self.visited[h] = False
+            pos = keys.index(h)
+            h = keys[pos + 1] if pos + 1 < len(keys) else keys[0]
+        pos = keys.index(h)
+        self.hand = keys[pos + 1] if pos + 1 < len(keys) else None
+        return h
+
     def _victim(self) -> int:
+        if self.policy == "sieve":
+            return self._sieve_victim()
+        if self.policy == "slru":
+            return next(iter(self.order)) if self.order else next(iter(self.protected))
         if self.policy == "lfu":
             return min(self.order, key=lambda k: (min(self.count[k], LFU_SATURATION),
                                                   self.stamp[k]))
@@ -114,19 +147,30 @@ class ReferenceCache:
                     return k
         return next(iter(self.order))
 
+    def __len__(self) -> int:
+        return len(self.order) + len(self.protected)
+
     def _evict(self) -> int:
         n = 0
-        while self.capacity and len(self.order) > self.capacity:
+        while self.capacity and len(self) > self.capacity:
             v = self._victim()
-            del self.order[v]
+            if v in self.order:
+                del self.order[v]
+            else:
+                del self.protected[v]
             n += 1
         return n
+
+    def cached(self) -> set[int]:
+        """Keys in the cache."""
+        return set(self.order) | set(self.protected)
 
     def access(self, keys: Sequence[int]) -> int:
         """One combined request; returns its hit blocks."""
         if self.batch:
             return self._access_batch(keys)
-        hits = match_prefix({k: "serving" for k in self.order}, keys, None)
+        held = self.cached()
+        hits = match_prefix({k: "serving" for k in held}, keys, None)
         # resolve (head first), dropping repeats of a key within the request
         seen: set[int] = set()
         items: list[tuple[int, int | None, bool]] = []
@@ -135,10 +179,11 @@ class ReferenceCache:
             if k in seen:
                 continue
             seen.add(k)
-            items.append((k, prev, k not in self.order))
+            items.append((k, prev, k not in held))
             prev = k
         if TAIL_FIRST[self.policy]:
             items.reverse()
+        self._total = len(self) + sum(1 for _, _, new in items if new)
         for k, p, new in items:
             if new:
                 self._insert(k, p)
@@ -153,8 +198,9 @@ class ReferenceCache:
         if TAIL_FIRST[self.policy]:
             seq.reverse()
         for k in seq:
-            if k in self.order:
+            if k in self.order or k in self.protected:
                 hits += 1
+                self._total = len(self)
                 self._touch(k)
             else:
                 self._insert(k, None)

@@ -7,9 +7,9 @@ argument. The index maps ``(instance, key)`` to a row with linear probing and
 backward-shift deletion (no tombstones), kept at a load factor of at most 0.7;
 each slot holds the key's 32-bit hash beside the row so probes rarely touch rows.
 
-Per cached block the table holds 48 bytes of row state (a 32-byte hot record
-and a 16-byte cold one) plus 8 bytes per index slot (1.43 slots per row, the
-index is sized exactly): about 59.4 bytes. :func:`bytes_per_row` reports
+Per cached block the table holds 49 bytes of row state (a 32-byte hot record
+and a 17-byte cold one) plus 8 bytes per index slot (1.43 slots per row, the
+index is sized exactly): about 60.4 bytes. :func:`bytes_per_row` reports
 the exact figure of a live table.
 
 Example:
@@ -64,6 +64,7 @@ class Tables(NamedTuple):
     nxt: np.ndarray  # int32 (also the free-row list)
     parent: np.ndarray  # int32 row of the prefix parent when leaves are tracked
     nchild: np.ndarray  # int32 cached children when leaves are tracked
+    pbits: np.ndarray  # int8 policy flags (visited bit, segment, ...)
     t_write: np.ndarray  # int64 ns
     t_access: np.ndarray  # int64 ns
     acc: np.ndarray  # int16 access count (saturating)
@@ -81,6 +82,7 @@ class Tables(NamedTuple):
     i_head: np.ndarray  # int32 MRU end of the instance's policy list
     i_tail: np.ndarray  # int32 LRU end
     i_minf: np.ndarray  # int32 LFU: lowest non-empty bucket hint
+    i_pol: np.ndarray  # int64[I, I_POL] policy state per instance
     f_head: np.ndarray  # int32[I, LFU_BUCKETS]
     f_tail: np.ndarray  # int32[I, LFU_BUCKETS]
     # ---- per group
@@ -103,11 +105,18 @@ HOT_DTYPE = np.dtype([
     ("key", np.int64), ("t_access", np.int64), ("prv", np.int32), ("nxt", np.int32),
     ("inst", np.int32), ("acc", np.int16), ("state", np.int8), ("loc", np.int8),
 ])
-COLD_DTYPE = np.dtype([("t_write", np.int64), ("parent", np.int32), ("nchild", np.int32)])
+COLD_DTYPE = np.dtype([
+    ("t_write", np.int64), ("parent", np.int32), ("nchild", np.int32), ("pbits", np.int8),
+])
+# per-instance policy state: I_POL int64 columns; 0..5 hold rows (start at -1: list ends,
+# hands), 6..7 hold counters (start at 0)
+I_POL = 8
+I_POL_ROWS = 6
 COUNT_MAX = np.iinfo(np.int16).max  # access counts saturate here
 
 ROW_FIELDS = (
-    "key", "inst", "state", "loc", "prv", "nxt", "parent", "nchild", "t_write", "t_access", "acc",
+    "key", "inst", "state", "loc", "prv", "nxt", "parent", "nchild", "pbits", "t_write",
+    "t_access", "acc",
 )
 INST_FIELDS = ("i_group", "i_cost", "i_blocks", "i_pending", "i_head", "i_tail", "i_minf")
 GROUP_FIELDS = (
@@ -127,7 +136,7 @@ _GROUP_DTYPES = {
 
 def index_size_for(rows: int) -> int:
     """Index slots for ``rows`` at the maximum load factor (any size: no power of two)."""
-    return max(8, int(np.ceil(rows / MAX_LOAD)))
+    return max(4, int(np.ceil(rows / MAX_LOAD)))
 
 
 def _views(hot: np.ndarray, cold: np.ndarray) -> dict[str, np.ndarray]:
@@ -136,6 +145,12 @@ def _views(hot: np.ndarray, cold: np.ndarray) -> dict[str, np.ndarray]:
     out["hot"] = hot
     out["cold"] = cold
     return out
+
+
+def _new_pol(instances: int) -> np.ndarray:
+    pol = np.zeros((instances, I_POL), dtype=np.int64)
+    pol[:, :I_POL_ROWS] = -1
+    return pol
 
 
 def _new_rows(rows: int) -> dict[str, np.ndarray]:
@@ -184,6 +199,7 @@ class BlockTable:
                 slots=index,
                 meta=meta,
                 **inst,
+                i_pol=_new_pol(instances),
                 f_head=np.full((instances, LFU_BUCKETS), -1, dtype=np.int32),
                 f_tail=np.full((instances, LFU_BUCKETS), -1, dtype=np.int32),
                 **grp,
@@ -257,6 +273,9 @@ class BlockTable:
                 arr[:] = -1
             arr[:cur] = getattr(self.t, name)
             upd[name] = arr
+        pol = _new_pol(size)
+        pol[:cur] = self.t.i_pol
+        upd["i_pol"] = pol
         for name in ("f_head", "f_tail"):
             arr = np.full((size, LFU_BUCKETS), -1, dtype=np.int32)
             arr[:cur] = getattr(self.t, name)
@@ -394,6 +413,7 @@ def alloc_row(t: Tables, inst: int, key: int, state: int, now: int) -> int:
     t.nxt[r] = -1
     t.parent[r] = -1
     t.nchild[r] = 0
+    t.pbits[r] = 0
     t.t_write[r] = now
     t.t_access[r] = stamp(t, now)
     t.acc[r] = 1

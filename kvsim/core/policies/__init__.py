@@ -9,11 +9,22 @@ Example:
 
 from __future__ import annotations
 
-from kvsim.core.policies import fifo, leaf_aware_lru, lfu, lru, lru_head_first, random_lru
+from kvsim.core.policies import (
+    fifo,
+    leaf_aware_lru,
+    lfu,
+    lru,
+    lru_head_first,
+    random_lru,
+    sieve,
+    slru,
+    ttl,
+)
 from kvsim.core.policies.base import PolicyParams, PolicySpec, param_field
 
 POLICIES: dict[str, PolicySpec] = {
-    m.SPEC.name: m.SPEC for m in (lru, lru_head_first, random_lru, leaf_aware_lru, fifo, lfu)
+    m.SPEC.name: m.SPEC
+    for m in (lru, lru_head_first, random_lru, leaf_aware_lru, fifo, lfu, sieve, slru, ttl)
 }
 BY_CODE: dict[int, PolicySpec] = {s.code: s for s in POLICIES.values()}
 

@@ -7,7 +7,7 @@ The one place that lists every policy's kernels; a new policy adds its module to
 from __future__ import annotations
 
 from kvsim.core._jit import kernel
-from kvsim.core.policies import fifo, leaf_aware_lru, lfu, lru, random_lru
+from kvsim.core.policies import fifo, leaf_aware_lru, lfu, lru, random_lru, sieve, slru
 from kvsim.core.table import Tables
 
 # codes (kept equal to each module's SPEC.code; checked by a test)
@@ -17,6 +17,9 @@ RANDOM_LRU = 3
 LEAF_AWARE_LRU = 4
 FIFO = 5
 LFU = 6
+SIEVE = 7
+SLRU = 8
+TTL = 9
 
 
 @kernel
@@ -44,6 +47,12 @@ def commit(t: Tables, code: int, g: int, r: int, now: int) -> None:
         fifo.commit(t, g, r, now)
     elif code == LFU:
         lfu.commit(t, g, r, now)
+    elif code == SIEVE:
+        sieve.commit(t, g, r, now)
+    elif code == SLRU:
+        slru.commit(t, g, r, now)
+    elif code == TTL:
+        lru.commit(t, g, r, now)
 
 
 @kernel
@@ -59,6 +68,12 @@ def hit(t: Tables, code: int, g: int, r: int, now: int) -> None:
         fifo.hit(t, g, r, now)
     elif code == LFU:
         lfu.hit(t, g, r, now)
+    elif code == SIEVE:
+        sieve.hit(t, g, r, now)
+    elif code == SLRU:
+        slru.hit(t, g, r, now)
+    elif code == TTL:
+        lru.hit(t, g, r, now)
 
 
 @kernel
@@ -74,6 +89,12 @@ def victim(t: Tables, code: int, g: int, i: int) -> int:
         return fifo.victim(t, g, i)
     if code == LFU:
         return lfu.victim(t, g, i)
+    if code == SIEVE:
+        return sieve.victim(t, g, i)
+    if code == SLRU:
+        return slru.victim(t, g, i)
+    if code == TTL:
+        return lru.victim(t, g, i)
     return -1
 
 
@@ -90,13 +111,21 @@ def remove(t: Tables, code: int, g: int, r: int) -> None:
         fifo.remove(t, g, r)
     elif code == LFU:
         lfu.remove(t, g, r)
+    elif code == SIEVE:
+        sieve.remove(t, g, r)
+    elif code == SLRU:
+        slru.remove(t, g, r)
+    elif code == TTL:
+        lru.remove(t, g, r)
 
 
 @kernel
 def rank(t: Tables, code: int, r: int) -> tuple[int, int]:
     """Eviction order key of a candidate victim (smaller goes first) across instances."""
-    if code == FIFO:
+    if code == FIFO or code == SIEVE:
         return 0, t.t_write[r]
+    if code == SLRU:
+        return (1 if t.pbits[r] & 2 else 0), t.t_access[r]
     if code == LFU:
         return lfu.bucket(t, r), t.t_access[r]
     return 0, t.t_access[r]
