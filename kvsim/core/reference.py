@@ -119,7 +119,7 @@ class ReferenceCache:
 
     def _sieve_victim(self) -> int:
         keys = list(self.order)  # oldest first; "newer" = later in the list
-        h = self.hand if self.hand in self.order else keys[0]
+        h: int = self.hand if self.hand is not None and self.hand in self.order else keys[0]
         while self.visited[h]:
             self.visited[h] = False
             pos = keys.index(h)

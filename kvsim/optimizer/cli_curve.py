@@ -216,7 +216,7 @@ def _write_outputs(out_dir: Path, df: pl.DataFrame, ideal: dict[str, Any], *,
     staged: list[tuple[Path, Path]] = []
     try:
         for name in (CURVE_NAME, PLOT_NAME):
-            fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.", suffix=".tmp")
+            fd, tmp_name = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.", suffix=".tmp")
             try:
                 if hasattr(os, "fchmod"):
                     mask = os.umask(0o022)
@@ -224,7 +224,7 @@ def _write_outputs(out_dir: Path, df: pl.DataFrame, ideal: dict[str, Any], *,
                     os.fchmod(fd, 0o666 & ~mask)  # mkstemp makes 0600; give the usual mode
             finally:
                 os.close(fd)
-            staged.append((Path(tmp), out_dir / name))
+            staged.append((Path(tmp_name), out_dir / name))
         df.write_parquet(staged[0][0])
         plot_curve(df, staged[1][0], ideal=ideal, title=title)
         for tmp, dst in staged:
