@@ -239,7 +239,7 @@ def test_split_read_write_trace_equals_combined(tt: TreeTrace) -> None:
 
 @SETTINGS
 @given(tt=multi_instance_traces(), c1=st.integers(1, 8), c2=st.integers(0, 8),
-       policy=st.sampled_from(REFERENCED))
+       policy=st.sampled_from(SHARED_EXACT))
 def test_groups_are_independent_caches(tt: TreeTrace, c1: int, c2: int, policy: str) -> None:
     """Two groups: instance i1 alone in group b (capacity c2, 0 = unbounded, quota given in
     bytes), the others share group a (capacity c1 x used_percentage 0.5 of 2 x c1)."""

@@ -27,7 +27,7 @@ _njit: Any = njit  # ``_nrt`` is a real numba option missing from its type stubs
 
 def kernel(fn: F) -> F:
     """Compile ``fn`` as a cached, reference-count-free numba kernel."""
-    return cast(F, _njit(cache=True, _nrt=False, forceinline=True)(fn))
+    return cast(F, _njit(cache=True, _nrt=False)(fn))
 
 
 def inline_kernel(fn: F) -> F:
