@@ -33,6 +33,7 @@ from click.core import ParameterSource
 from rich.console import Console
 
 import kvsim
+from kvsim.cli_options import FORMATS, trace_options
 
 if TYPE_CHECKING:
     from kvsim.config import KVSimConfig
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = ["main", "sample_trace_path"]
 
-_FORMATS = ("auto", "mooncake", "bailian", "kvcm", "parquet")
+_FORMATS = FORMATS
 _CACHE_FLAGS = (
     "capacity_blocks", "capacity_tokens", "capacity_bytes", "block_bytes", "policy", "params",
     "mode", "batch_size", "used_percentage", "match",
@@ -224,22 +225,7 @@ _EXIT_HOOKED = False
 
 
 @main.command("replay")
-@click.argument("trace", required=False, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(_FORMATS), default="auto", show_default=True,
-              help="Trace format (auto: from the extension / first record).")
-@click.option("--block-size", type=click.IntRange(min=1), default=None,
-              help="Tokens per key (default: the format's, or the parquet file's).")
-@click.option("--tail", type=click.Choice(["drop", "keep"]), default=None,
-              help="Drop (default) or keep the key of a partial last block.")
-@click.option("--chain", type=click.Choice(["auto", "on", "off"]), default="auto",
-              show_default=True, help="Chain per-block ids into prefix keys.")
-@click.option("--strict", is_flag=True,
-              help="Reject out-of-order timestamps (default: sort them stably, with a warning).")
-@click.option("--instance", default=None, metavar="NAME",
-              help="Only this instance (kvcm/parquet), or the instance of single-instance "
-                   "formats.")
-@click.option("--limit", type=click.IntRange(min=1), default=None, metavar="N",
-              help="Replay only the first N requests.")
+@trace_options(tail_default=None, limit_help="Replay only the first N requests.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="Cache config (YAML or JSON); excludes the cache flags below.")
 @click.option("--capacity-blocks", type=_IntList(), default=None,

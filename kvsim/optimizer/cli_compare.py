@@ -23,9 +23,10 @@ from typing import Any
 
 import click
 
+from kvsim.cli_options import trace_options
+
 __all__ = ["compare_cmd"]
 
-_FORMATS = ("auto", "mooncake", "bailian", "kvcm", "parquet")
 
 
 class _Capacities(click.ParamType):
@@ -42,28 +43,13 @@ class _Capacities(click.ParamType):
 
 
 @click.command("compare")
-@click.argument("trace", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@trace_options()
 @click.option("--policies", default=None, metavar="P[,P...]",
               help="Policies to compare (default: every registered policy).")
 @click.option("--capacities", type=_Capacities(), required=True,
               help="Capacities in blocks, a comma list (e.g. 1000,5859,20k).")
 @click.option("--param", "params", multiple=True, metavar="POLICY.NAME=VALUE",
               help="A policy parameter (repeatable), e.g. random_lru.sample_rate=0.5.")
-@click.option("--format", "fmt", type=click.Choice(_FORMATS), default="auto", show_default=True,
-              help="Trace format (auto: from the extension / first record).")
-@click.option("--block-size", type=click.IntRange(min=1), default=None,
-              help="Tokens per key (default: the format's, or the parquet file's).")
-@click.option("--tail", type=click.Choice(["drop", "keep"]), default="drop", show_default=True,
-              help="Drop or keep the key of a partial last block.")
-@click.option("--chain", type=click.Choice(["auto", "on", "off"]), default="auto",
-              show_default=True, help="Chain per-block ids into prefix keys.")
-@click.option("--strict", is_flag=True,
-              help="Reject out-of-order timestamps (default: sort them stably, with a warning).")
-@click.option("--instance", default=None, metavar="NAME",
-              help="Only this instance (kvcm/parquet), or the instance of single-instance "
-                   "formats.")
-@click.option("--limit", type=click.IntRange(min=1), default=None, metavar="N",
-              help="Use only the first N requests.")
 @click.option("--jobs", type=click.IntRange(min=1), default=None,
               help="Worker processes (default: min(runs, CPUs); 1 = in-process).")
 @click.option("--json", "as_json", is_flag=True,

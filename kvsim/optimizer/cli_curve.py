@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 import click
 from rich.console import Console
 
+from kvsim.cli_options import trace_options
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -50,12 +52,6 @@ class _Deferred(click.ParamType):
         return self._factory().convert(value, param, ctx)
 
 
-def _formats() -> click.ParamType:
-    from kvsim.cli import _FORMATS
-
-    return click.Choice(_FORMATS)
-
-
 def _int_list() -> click.ParamType:
     from kvsim.cli import _IntList
 
@@ -63,23 +59,7 @@ def _int_list() -> click.ParamType:
 
 
 @click.command("curve")
-@click.argument("trace", required=False, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--format", "fmt", type=_Deferred("FORMAT", _formats), default="auto",
-              show_default=True, help="Trace format, as for kvsim replay (auto: from the "
-                                      "extension / first record).")
-@click.option("--block-size", type=click.IntRange(min=1), default=None,
-              help="Tokens per key (default: the format's, or the parquet file's).")
-@click.option("--tail", type=click.Choice(["drop", "keep"]), default="drop", show_default=True,
-              help="Drop or keep the key of a partial last block.")
-@click.option("--chain", type=click.Choice(["auto", "on", "off"]), default="auto",
-              show_default=True, help="Chain per-block ids into prefix keys.")
-@click.option("--strict", is_flag=True,
-              help="Reject out-of-order timestamps (default: sort them stably, with a warning).")
-@click.option("--instance", default=None, metavar="NAME",
-              help="Only this instance (kvcm/parquet), or the instance of single-instance "
-                   "formats.")
-@click.option("--limit", type=click.IntRange(min=1), default=None, metavar="N",
-              help="Use only the first N requests.")
+@trace_options()
 @click.option("--capacities", type=_Deferred("N[,N...]", _int_list), default=None,
               help="Capacities in blocks, a comma list (0 = unbounded; e.g. 1000,5859,20k).")
 @click.option("--auto", "auto_points", type=click.IntRange(min=1), default=None, metavar="N",
