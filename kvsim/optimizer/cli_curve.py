@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -192,25 +191,9 @@ def plot_curve(df: pl.DataFrame, path: str | os.PathLike[str], *,
 def _write_outputs(out_dir: Path, df: pl.DataFrame, ideal: dict[str, Any], *,
                    title: str) -> list[Path]:
     """Stage both files in ``out_dir``, then rename them into place (or remove them)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    staged: list[tuple[Path, Path]] = []
-    try:
-        for name in (CURVE_NAME, PLOT_NAME):
-            fd, tmp_name = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.", suffix=".tmp")
-            try:
-                if hasattr(os, "fchmod"):
-                    mask = os.umask(0o022)
-                    os.umask(mask)
-                    os.fchmod(fd, 0o666 & ~mask)  # mkstemp makes 0600; give the usual mode
-            finally:
-                os.close(fd)
-            staged.append((Path(tmp_name), out_dir / name))
-        df.write_parquet(staged[0][0])
-        plot_curve(df, staged[1][0], ideal=ideal, title=title)
-        for tmp, dst in staged:
-            os.replace(tmp, dst)
-    except BaseException:
-        for tmp, _dst in staged:
-            tmp.unlink(missing_ok=True)
-        raise
-    return [dst for _tmp, dst in staged]
+    from kvsim.sim.report import staged_outputs
+
+    with staged_outputs(out_dir, [CURVE_NAME, PLOT_NAME]) as tmp:
+        df.write_parquet(tmp[CURVE_NAME])
+        plot_curve(df, tmp[PLOT_NAME], ideal=ideal, title=title)
+    return [out_dir / CURVE_NAME, out_dir / PLOT_NAME]

@@ -20,7 +20,6 @@ Example:
 
 from __future__ import annotations
 
-import errno
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -219,23 +218,13 @@ def write_compare(out_dir: str | os.PathLike[str], df: pl.DataFrame, *,
     Returns:
         The paths written.
     """
-    from kvsim.sim.report import _stage
+
+    from kvsim.sim.report import staged_outputs
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     names = [PARQUET_NAME, *([PLOT_NAME] if plot else [])]
-    for name in names:
-        if (out / name).is_dir():
-            raise IsADirectoryError(errno.EISDIR, "is a directory", str(out / name))
-    staged: list[tuple[Path, Path]] = []
-    try:
-        df.write_parquet(_stage(out, PARQUET_NAME, staged))
+    with staged_outputs(out, names) as tmp:
+        df.write_parquet(tmp[PARQUET_NAME])
         if plot:
-            plot_compare(df, _stage(out, PLOT_NAME, staged), title=title)
-        for tmp, dst in staged:
-            os.replace(tmp, dst)
-    except BaseException:
-        for tmp, _dst in staged:
-            tmp.unlink(missing_ok=True)
-        raise
-    return [dst for _tmp, dst in staged]
+            plot_compare(df, tmp[PLOT_NAME], title=title)
+    return [out / name for name in names]

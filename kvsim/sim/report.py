@@ -25,12 +25,13 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import math
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -392,6 +393,39 @@ def plot_hitrate(ts: pl.DataFrame, path: str | os.PathLike[str], *,
 
 
 # ---------------------------------------------------------------------- files
+@contextlib.contextmanager
+def staged_outputs(out_dir: str | os.PathLike[str], names: Sequence[str]
+                   ) -> Iterator[dict[str, Path]]:
+    """Temp files for ``names`` in ``out_dir``, renamed into place together on success.
+
+    Nothing is written under the final names unless every file was produced; on any
+    error the temp files are removed and the error propagates.
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp())
+        >>> with staged_outputs(d, ["a.txt"]) as tmp:
+        ...     _ = tmp["a.txt"].write_text("hi")
+        >>> (d / "a.txt").read_text()
+        'hi'
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in names:  # fail before writing anything rather than half-way through
+        if (out / name).is_dir():
+            raise IsADirectoryError(errno.EISDIR, "is a directory", str(out / name))
+    staged: list[tuple[Path, Path]] = []
+    try:
+        tmps = {name: _stage(out, name, staged) for name in names}
+        yield tmps
+        for tmp, dst in staged:
+            os.replace(tmp, dst)
+    except BaseException:
+        for tmp, _dst in staged:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
 def _stage(out_dir: Path, name: str, staged: list[tuple[Path, Path]]) -> Path:
     """A new temp file in ``out_dir`` for ``name``, recorded in ``staged``."""
     fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.", suffix=".tmp")
@@ -437,27 +471,14 @@ def write_outputs(
         raise ValueError(f"timeseries format must be one of {TIMESERIES_FORMATS}, got "
                          f"{ts_format!r}")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    names = [SUMMARY_NAME, f"timeseries.{ts_format}", *([PLOT_NAME] if plot else [])]
-    for name in names:  # fail before writing anything rather than half-way through
-        if (out / name).is_dir():
-            raise IsADirectoryError(errno.EISDIR, "is a directory", str(out / name))
-    staged: list[tuple[Path, Path]] = []
-    try:
-        tmp = _stage(out, SUMMARY_NAME, staged)
-        tmp.write_text(document_json(doc))
-        tmp = _stage(out, f"timeseries.{ts_format}", staged)
+    ts_name = f"timeseries.{ts_format}"
+    names = [SUMMARY_NAME, ts_name, *([PLOT_NAME] if plot else [])]
+    with staged_outputs(out, names) as tmp:
+        tmp[SUMMARY_NAME].write_text(document_json(doc))
         if ts_format == "parquet":
-            ts.write_parquet(tmp)
+            ts.write_parquet(tmp[ts_name])
         else:
-            ts.write_csv(tmp)
+            ts.write_csv(tmp[ts_name])
         if plot:
-            plot_hitrate(ts, _stage(out, PLOT_NAME, staged), ideal=ideal, title=title,
-                         unit=unit)
-        for tmp, dst in staged:
-            os.replace(tmp, dst)
-    except BaseException:
-        for tmp, _dst in staged:
-            tmp.unlink(missing_ok=True)
-        raise
-    return [dst for _tmp, dst in staged]
+            plot_hitrate(ts, tmp[PLOT_NAME], ideal=ideal, title=title, unit=unit)
+    return [out / name for name in names]
