@@ -218,7 +218,6 @@ def write_compare(out_dir: str | os.PathLike[str], df: pl.DataFrame, *,
     Returns:
         The paths written.
     """
-
     from kvsim.sim.report import staged_outputs
 
     out = Path(out_dir)
