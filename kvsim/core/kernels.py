@@ -565,20 +565,6 @@ def trim(t: Tables, ev: EventArrays, i: int, lo: int, hi: int, now: int) -> int:
 
 
 @kernel
-def reap_deleting(t: Tables, evicted_before: int) -> int:
-    """Free DELETING rows evicted at or before ``evicted_before`` (delayed deletion).
-
-    An evicted row keeps its eviction time in ``t_access`` while DELETING.
-    """
-    freed = 0
-    for r in range(t.meta[M_HWM]):
-        if t.state[r] == DELETING and t.t_access[r] <= evicted_before:
-            free_row(t, r)
-            freed += 1
-    return freed
-
-
-@kernel
 def reap_deleting_by_group(t: Tables, cutoff: np.ndarray, orphan_cutoff: int) -> int:
     """Free DELETING rows evicted at or before their group's ``cutoff[g]``.
 
