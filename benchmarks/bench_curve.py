@@ -9,7 +9,10 @@ generator (seed 42, one instance, block size 16), then measures on this machine:
 * ``replay`` (policy ``lru``, the contract) at ``--replays`` of those capacities
   (default 4, evenly spread over the list), timed and scaled to all ``--points``
   capacities (the output says so), and checked against the curve to the block;
-* the speed-up: (scaled) replay time / one-pass time. Target (issue 3): >= 10x.
+* the speed-up: (scaled) replay time / one-pass time. Target (issue 3): >= 10x;
+* sampled curves (SHARDS-style key sampling, chain roots always kept) at rates 0.1
+  and 0.01 (``--rates``): time, keys tracked, and the mean / max absolute error of
+  the block and token hit rates against the exact curve at the same capacities.
 
 JIT compilation is excluded (both are warmed up on a small trace first). Prints a
 table and writes ``reports/bench_curve.json`` atomically.
@@ -46,6 +49,7 @@ def main() -> None:
     ap.add_argument("--keys", type=int, default=20_000_000, help="block accesses (>=)")
     ap.add_argument("--points", type=int, default=40, help="capacities on the curve")
     ap.add_argument("--replays", type=int, default=4, help="replays actually timed")
+    ap.add_argument("--rates", default="0.1,0.01", help="sample rates (comma list)")
     ap.add_argument("--no-write", action="store_true", help="do not write the JSON report")
     args = ap.parse_args()
 
@@ -112,6 +116,33 @@ def main() -> None:
               f"curve == replay at the {len(runs)} timed capacities: "
               f"{'[green]yes' if ok else '[red]NO'}[/]")
 
+    rates = [float(x) for x in args.rates.split(",") if x]
+    sampled = []
+    ex_b = curve["block_hit_rate"].to_numpy()
+    ex_t = curve["token_hit_rate"].to_numpy()
+    for rate in rates:
+        t0 = time.perf_counter()
+        sf = curve_facts(trace, sample_rate=rate)
+        sc = sf.curve(caps)
+        el = time.perf_counter() - t0
+        eb = np.abs(sc["block_hit_rate"].to_numpy() - ex_b)
+        et = np.abs(sc["token_hit_rate"].to_numpy() - ex_t)
+        sampled.append({"rate": rate, "seconds": el, "speedup_vs_exact": one_pass_s / el,
+                        "unique_blocks_estimate": sf.unique_blocks,
+                        "mae_block_hit_rate": float(eb.mean()), "max_block_error": float(eb.max()),
+                        "mae_token_hit_rate": float(et.mean()), "max_token_error": float(et.max())})
+    if sampled:
+        st = Table(title=f"sampled curves vs exact ({len(caps)} capacities; errors are "
+                         "absolute, in hit-rate units)", title_justify="left")
+        for col in ("rate", "seconds", "vs exact", "MAE block", "max block", "MAE token",
+                    "max token"):
+            st.add_column(col, justify="right")
+        for x in sampled:
+            st.add_row(f"{x['rate']:g}", f"{x['seconds']:.2f}", f"{x['speedup_vs_exact']:.1f}x",
+                       f"{x['mae_block_hit_rate']:.4f}", f"{x['max_block_error']:.4f}",
+                       f"{x['mae_token_hit_rate']:.4f}", f"{x['max_token_error']:.4f}")
+        con.print(st)
+
     doc = {
         "trace": {"requests": trace.n_requests, "block_accesses": trace.n_keys,
                   "unique_blocks": facts.unique_blocks, "generator_seed": 42,
@@ -130,6 +161,7 @@ def main() -> None:
         },
         "speedup": speedup,
         "exact_at_timed_capacities": ok,
+        "sampled": sampled,
         "peak_rss_mb": _rss_mb(),
         "machine": {"python": platform.python_version(), "cpu": platform.processor() or
                     platform.machine()},

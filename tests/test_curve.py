@@ -22,6 +22,8 @@ from kvsim.optimizer.curve import (
     auto_capacities,
     bytes_to_blocks,
     curve_facts,
+    heavy_keys,
+    sample_mask,
 )
 from kvsim.sim.replay import replay
 from kvsim.trace.model import KIND_READ, KIND_WRITE, Trace
@@ -170,9 +172,18 @@ def test_position_compaction_many_repeats() -> None:
     t = Trace.from_lists(ts_ns=list(range(len(keys))), keys=keys, block_size=16)
     *_, n_ids, compactions = _facts_kernel(
         t.instance.astype(np.int64), t.offsets, t.keys, np.zeros(0, dtype=bool), False,
-        np.ones(t.n_requests, dtype=bool))
+        np.ones(t.n_requests, dtype=bool), np.zeros(0, dtype=np.int8), False, 1.0)
     assert n_ids == 300 and compactions >= 4  # the position space was compacted
     _check_equal(t, [1, 10, 50, 150, 299, 0])
+    # the weighted (sampled) path compacts both position sets
+    cls = (np.arange(t.n_keys) % 2).astype(np.int8)
+    *_, n_ids, compactions = _facts_kernel(
+        t.instance.astype(np.int64), t.offsets, t.keys, np.zeros(0, dtype=bool), False,
+        np.ones(t.n_requests, dtype=bool), cls, True, 1.0)
+    assert n_ids == 300 and compactions >= 4
+    caps = [10, 50, 150, 299]
+    est = curve_facts(t, sample_rate=0.5, full_depth=0, heavy_share=0).curve(caps)
+    assert _mae(est, curve_facts(t).curve(caps)) < 0.1
 
 
 def test_hash_growth_inside_long_requests() -> None:
@@ -223,6 +234,67 @@ def test_bytes_to_blocks() -> None:
         bytes_to_blocks([8192], {"a": 1024, "b": 2048}, ["a", "b"])
     with pytest.raises(CurveError, match="no block cost"):
         bytes_to_blocks([8192], {"a": 1024}, ["a", "b"])
+
+
+# ------------------------------------------------------------------ sampled curves
+def _mae(a, b) -> float:
+    return float(np.abs(a["block_hit_rate"].to_numpy() - b["block_hit_rate"].to_numpy()).mean())
+
+
+@settings(max_examples=examples(60), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(tt=multi_instance_traces())
+def test_sample_of_everything_is_exact(tt) -> None:
+    """The weighted path with every key kept at rate 1 (all shallower than full_depth)
+    must reproduce the exact curve to the block."""
+    t = _from_tree(tt)
+    exact = curve_facts(t)
+    s = curve_facts(t, sample_rate=0.5, full_depth=10**9)
+    assert s.sampled and s.unique_blocks == exact.unique_blocks
+    assert s.curve(HYP_CAPS).equals(exact.curve(HYP_CAPS))
+    assert s.by_instance([3]).equals(exact.by_instance([3]))
+
+
+def test_sampled_mooncake_error(mooncake: Trace, mooncake_facts: CurveFacts) -> None:
+    """SHARDS-style estimates land near the exact curve; dropping the chain roots'
+    stratum (full_depth=0) is far worse on a trace whose requests share one root."""
+    caps = _caps40()
+    exact = mooncake_facts.curve(caps)
+    errs = {r: _mae(curve_facts(mooncake, sample_rate=r).curve(caps), exact)
+            for r in (0.1, 0.01)}
+    assert errs[0.1] < 0.005 and errs[0.01] < 0.015, errs
+    flat = _mae(curve_facts(mooncake, sample_rate=0.1, full_depth=0, heavy_share=0).curve(caps),
+                exact)
+    assert flat > 5 * errs[0.1]
+    s = curve_facts(mooncake, sample_rate=0.1)
+    assert abs(s.unique_blocks - mooncake_facts.unique_blocks) < 0.05 * \
+        mooncake_facts.unique_blocks
+    ideal = s.curve([0]).row(0, named=True)
+    assert abs(ideal["block_hit_rate"] - 0.381900) < 0.01
+    assert s.curve(caps)["read_blocks"][0] == exact["read_blocks"][0]  # exact denominators
+    with pytest.raises(CurveError, match="exact facts"):
+        s.hit_blocks(1000)
+
+
+def test_sample_mask_is_a_fixed_fraction() -> None:
+    keys = np.arange(-50_000, 50_000, dtype=np.int64)
+    for rate in (0.5, 0.1, 0.01):
+        m = sample_mask(keys, rate, seed=3)
+        assert abs(m.mean() - rate) < 4 * np.sqrt(rate / keys.size) + 1e-3
+        assert np.array_equal(m, sample_mask(keys, rate, seed=3))
+    assert not np.array_equal(sample_mask(keys, 0.5, 1), sample_mask(keys, 0.5, 2))
+    assert sample_mask(keys, 1.0).all()
+    t = Trace.from_lists(ts_ns=list(range(400)), keys=[[1, 2, 100 + i] for i in range(400)])
+    assert heavy_keys(t, min_share=0.2).tolist() == [1, 2]
+    with pytest.raises(CurveError, match="sample rate"):
+        curve_facts(Trace.from_lists(ts_ns=[0], keys=[[1]]), sample_rate=0.0)
+
+
+def test_sampled_facts_round_trip(tmp_path: Path, mooncake: Trace) -> None:
+    s = curve_facts(mooncake, sample_rate=0.05, sample_seed=4)
+    g = CurveFacts.load(s.save(tmp_path / "s.npz"))
+    assert g.sampled and g.sample_rate == 0.05
+    assert g.curve([100, 5000, 0]).equals(s.curve([100, 5000, 0]))
 
 
 def test_save_load_round_trip(tmp_path: Path, mooncake_facts: CurveFacts) -> None:
@@ -292,3 +364,12 @@ def test_cli_usage_errors(mooncake_path: Path, tmp_path: Path) -> None:
     bad.write_bytes(b"nope")
     res = runner.invoke(main, ["curve", "--from-facts", str(bad), "--no-out"])
     assert res.exit_code == 1 and "Error" in res.output
+    res = runner.invoke(main, ["curve", str(mooncake_path), "--sample", "0", "--no-out"])
+    assert res.exit_code == 2 and "--sample" in res.output
+
+
+def test_cli_sampled(mooncake_path: Path) -> None:
+    res = CliRunner().invoke(main, ["curve", str(mooncake_path), "--sample", "0.1",
+                                    "--capacities", "5859,97656", "--no-out"])
+    assert res.exit_code == 0, res.output
+    assert "0.1 key sample" in res.stdout

@@ -75,11 +75,17 @@ def _int_list() -> click.ParamType:
               default=Path("kvsim-out"), show_default=True,
               help=f"Directory for {CURVE_NAME} and {PLOT_NAME}.")
 @click.option("--no-out", is_flag=True, help="Write no curve files.")
+@click.option("--sample", "sample_rate", type=click.FloatRange(0, 1, min_open=True),
+              default=1.0, show_default=True, metavar="RATE",
+              help="Spatial key sampling (SHARDS) for big traces: keep this fraction of "
+                   "keys (plus every chain root); the curve becomes an estimate.")
+@click.option("--sample-seed", type=int, default=0, show_default=True,
+              help="Which keys a --sample keeps.")
 def curve_cmd(
     trace: Path | None, fmt: str, block_size: int | None, tail: str, chain: str, strict: bool,
     instance: str | None, limit: int | None, capacities: list[int] | None,
     auto_points: int | None, as_json: bool, from_facts: Path | None, save_facts: Path | None,
-    out_dir: Path, no_out: bool,
+    out_dir: Path, no_out: bool, sample_rate: float, sample_seed: int,
 ) -> None:  # fmt: skip
     """Exact LRU hit rates at many capacities from one pass over TRACE.
 
@@ -92,6 +98,7 @@ def curve_cmd(
       kvsim curve t.jsonl --capacities 1000,5859,20000 --json --no-out
       kvsim curve t.jsonl --save-facts t.facts.npz --no-out
       kvsim curve --from-facts t.facts.npz --capacities 97656
+      kvsim curve big.parquet --sample 0.01 --auto 40
     """
     from kvsim.cli import _check_out_dir, _clean_errors, _read_trace
 
@@ -117,7 +124,7 @@ def curve_cmd(
             t, _fmt = _read_trace(trace, fmt, err=err, block_size=block_size, tail=tail,
                                   chain=chain, strict=strict, instance=instance, limit=limit)
             with err.status(f"one pass over {t.n_keys:,} block accesses", spinner="dots"):
-                facts = curve_facts(t)
+                facts = curve_facts(t, sample_rate=sample_rate, sample_seed=sample_seed)
             name = trace.name
         if save_facts is not None:
             facts.save(save_facts)
@@ -125,6 +132,8 @@ def curve_cmd(
         caps = capacities if capacities is not None else auto_capacities(
             facts.unique_blocks, auto_points or DEFAULT_POINTS)
         df = facts.curve(caps)
+        kind = (f"LRU curve estimated from a {facts.sample_rate:g} key sample"
+                if facts.sampled else "exact LRU curve")
         ideal = facts.curve([0]).row(0, named=True)
         cols = ["capacity", "hit_blocks", "hit_tokens", "block_hit_rate", "token_hit_rate"]
         if as_json:
@@ -133,9 +142,10 @@ def curve_cmd(
             _print_table(df, ideal, f"{name}: {facts.n_requests:,} requests, "
                                     f"{int(facts.read_blocks.sum()):,} block reads, "
                                     f"{facts.unique_blocks:,} unique blocks, "
-                                    f"block size {facts.block_size}")
+                                    f"block size {facts.block_size}"
+                                    + (f" ({kind})" if facts.sampled else ""))
         if not no_out:
-            written = _write_outputs(out_dir, df, ideal, title=f"{name}: exact LRU curve")
+            written = _write_outputs(out_dir, df, ideal, title=f"{name}: {kind}")
             err.print(f"wrote {', '.join(str(p) for p in written)}", highlight=False,
                       soft_wrap=True)
         if not as_json:

@@ -19,6 +19,23 @@ distances) or 1 (consecutive distances, the common case: blocks committed togeth
 tail first have consecutive distances). Any capacity, or many at once, is then a
 cheap projection of the facts: totals, per request, per instance, per window.
 
+Sampled curves (``sample_rate < 1``, in the style of SHARDS, Waldspurger et al.,
+FAST'15): the trace keeps every request but only the keys whose hash falls below
+``rate * 2**64`` (a fixed hash of the key and a seed, so a key is in or out for the
+whole trace). Because keys are prefix-chained and committed tail first, a block is
+never less recent than any descendant, in the full trace and in the sampled one
+alike: the sampled stream is itself a prefix-consistent stream, stack distances in
+it are about ``rate`` times the true ones, and a capacity ``C`` projects at ``rate *
+C`` (in the kernel, each sampled key counts ``1 / rate`` keys). Keys that carry a large
+share of the reads - chain roots (``full_depth``) and heavy keys found in a sample of
+the requests (``heavy_share``) - are kept at rate 1 and count once: a shared system
+prompt would otherwise decide the estimate by being in or out. Rates are ratio
+estimates (weighted sampled hits over weighted sampled reads, per group), hit
+counts are those rates times the exact denominators. Sampling whole chains by their
+root key instead keeps or drops whole prefix trees; on the Mooncake trace (one root
+shared by every request) that is all or nothing. A sample's hit tokens are its hit
+blocks times the block size (with ``tail=keep`` a partial last block counts whole).
+
 Scope (everything else raises :class:`CurveError`):
 
 * rows of kind ``KIND_REQUEST`` (read then write) and ``KIND_WRITE`` (write only,
@@ -64,9 +81,11 @@ __all__ = [
     "bytes_to_blocks",
     "curve_facts",
     "exact_curve",
+    "heavy_keys",
+    "sample_mask",
 ]
 
-FACTS_VERSION = 1
+FACTS_VERSION = 2
 UNBOUNDED = np.iinfo(np.int64).max
 _MIN_POSITIONS = 1 << 16
 
@@ -139,11 +158,18 @@ def _positions(npos: int) -> tuple[np.ndarray, np.ndarray]:
 @numba.njit(cache=True)
 def _facts_kernel(
     req_inst: np.ndarray, offsets: np.ndarray, keys: np.ndarray, mask: np.ndarray,
-    has_mask: bool, is_read: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int]:
+    has_mask: bool, is_read: np.ndarray, cls: np.ndarray, weighted: bool, inv_rate: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+           np.ndarray, np.ndarray, int, int]:
     """Prefix-maximum stack distances of every read request, run-length encoded.
 
-    Returns seg_offsets, seg_threshold, seg_length, seg_step, internal, the number of
+    ``weighted`` (a key sample): ``cls[j]`` is 0 for a key kept at rate 1, 1 for one
+    kept at the sample rate; a class-1 key stands for ``inv_rate`` keys, so a
+    distance is ``1 + (class-0 keys since) + ceil(inv_rate * class-1 keys since)``.
+    Segments never mix classes.
+
+    Returns seg_offsets, seg_threshold, seg_length, seg_step, seg_class, internal
+    (class-0 masked blocks), internal of class 1, the class of each id, the number of
     distinct ``(instance, key)`` pairs and the number of position compactions.
     """
     n = offsets.shape[0] - 1
@@ -163,17 +189,22 @@ def _facts_kernel(
     while npos < 4 * max_len:
         npos *= 2
     words, fenb = _positions(npos)
+    words1, fenb1 = _positions(npos if weighted else 64)  # class-1 positions
+    idcls = np.zeros(1 << 11, dtype=np.int8)
     who = np.zeros(npos + 1, dtype=np.int64)
     nxt = 1
     live = 0
+    live1 = 0
     compactions = 0
     seg_off = np.zeros(n + 1, dtype=np.int64)
     cap_s = max(1024, keys.shape[0] // 8)
     thr = np.empty(cap_s, dtype=np.int64)
     sln = np.empty(cap_s, dtype=np.int32)
     stp = np.empty(cap_s, dtype=np.int8)
+    scl = np.empty(cap_s, dtype=np.int8)
     ns = 0
     internal = np.zeros(n, dtype=np.int64)
+    internal1 = np.zeros(n, dtype=np.int64)
     ids = np.empty(max_len, dtype=np.int64)
     hs = np.empty(max_len, dtype=np.int64)
     for q in range(n):
@@ -185,9 +216,10 @@ def _facts_kernel(
         if nxt + m > npos:
             compactions += 1
             newp = npos
-            while newp < 2 * (live + max_len):
+            while newp < 2 * (live + live1 + max_len):
                 newp *= 2
             nwords, nfen = _positions(newp)
+            nwords1, nfen1 = _positions(newp if weighted else 64)
             nwho = np.zeros(newp + 1, dtype=np.int64)
             c = 0
             for pos in range(1, nxt):
@@ -196,16 +228,17 @@ def _facts_kernel(
                     c += 1
                     last[d] = c
                     nwho[c] = d
-                    nwords[c >> 6] |= np.uint64(1) << np.uint64(c & 63)
-            nb = nwords.shape[0]
-            for i in range(nb):
-                nfen[i + 1] = _popcount(nwords[i])
-            for i in range(1, nb + 1):
-                j = i + (i & (-i))
-                if j <= nb:
-                    nfen[j] += nfen[i]
+                    if weighted and idcls[d] == 1:
+                        nwords1[c >> 6] |= np.uint64(1) << np.uint64(c & 63)
+                    else:
+                        nwords[c >> 6] |= np.uint64(1) << np.uint64(c & 63)
+            _fenwick_build(nwords, nfen)
             words = nwords
             fenb = nfen
+            if weighted:
+                _fenwick_build(nwords1, nfen1)
+                words1 = nwords1
+                fenb1 = nfen1
             who = nwho
             npos = newp
             nxt = c + 1
@@ -217,6 +250,8 @@ def _facts_kernel(
         st = 0
         stopped = False
         nint = 0
+        nint1 = 0
+        sc = 0
         if 2 * (n_ids + m) > hcap:  # grow and rehash (never inside a request: see hs)
             ncap = 2 * hcap
             while 2 * (n_ids + m) > ncap:
@@ -253,13 +288,22 @@ def _facts_kernel(
                     nl = np.zeros(2 * last.shape[0], dtype=np.int64)
                     nl[: last.shape[0]] = last
                     last = nl
+                    nc = np.zeros(2 * idcls.shape[0], dtype=np.int8)
+                    nc[: idcls.shape[0]] = idcls
+                    idcls = nc
+                if weighted:
+                    idcls[d] = cls[j]
             else:
                 d = (meta & 0xFFFFFFFF) - 1
             ids[j - a] = d
             if not rd:
                 continue
+            kc = idcls[d] if weighted else 0
             if has_mask and mask[j]:
-                nint += 1
+                if kc == 1:
+                    nint1 += 1
+                else:
+                    nint += 1
                 continue
             if stopped:
                 continue
@@ -268,8 +312,20 @@ def _facts_kernel(
                 stopped = True
                 continue
             dist = live - _count_le(words, fenb, p) + 1
+            if weighted:
+                dist += int(np.ceil((live1 - _count_le(words1, fenb1, p)) * inv_rate))
             if dist > cur:
                 cur = dist
+            if ln > 0 and kc != sc:  # a class change closes the segment
+                if ns == thr.shape[0]:
+                    thr, sln, stp, scl = _grow_segments(thr, sln, stp, scl, ns)
+                thr[ns] = t0
+                sln[ns] = ln
+                stp[ns] = st
+                scl[ns] = sc
+                ns += 1
+                ln = 0
+            sc = kc
             if ln == 0:
                 t0 = cur
                 ln = 1
@@ -281,70 +337,111 @@ def _facts_kernel(
                 ln += 1
             else:
                 if ns == thr.shape[0]:
-                    thr = np.concatenate((thr, np.empty(ns, dtype=np.int64)))
-                    sln = np.concatenate((sln, np.empty(ns, dtype=np.int32)))
-                    stp = np.concatenate((stp, np.empty(ns, dtype=np.int8)))
+                    thr, sln, stp, scl = _grow_segments(thr, sln, stp, scl, ns)
                 thr[ns] = t0
                 sln[ns] = ln
                 stp[ns] = st
+                scl[ns] = sc
                 ns += 1
                 t0 = cur
                 ln = 1
                 st = 0
         if ln > 0:
             if ns == thr.shape[0]:
-                thr = np.concatenate((thr, np.empty(ns, dtype=np.int64)))
-                sln = np.concatenate((sln, np.empty(ns, dtype=np.int32)))
-                stp = np.concatenate((stp, np.empty(ns, dtype=np.int8)))
+                thr, sln, stp, scl = _grow_segments(thr, sln, stp, scl, ns)
             thr[ns] = t0
             sln[ns] = ln
             stp[ns] = st
+            scl[ns] = sc
             ns += 1
         internal[q] = nint
+        internal1[q] = nint1
         seg_off[q + 1] = ns
         # ---- commit: touch every key tail first (the first key ends most recent)
         for jj in range(m - 1, -1, -1):
             d = ids[jj]
             p = last[d]
-            if p > 0:
-                _set_pos(words, fenb, p, False)
+            if weighted and idcls[d] == 1:
+                if p > 0:
+                    _set_pos(words1, fenb1, p, False)
+                else:
+                    live1 += 1
+                _set_pos(words1, fenb1, nxt, True)
             else:
-                live += 1
-            _set_pos(words, fenb, nxt, True)
+                if p > 0:
+                    _set_pos(words, fenb, p, False)
+                else:
+                    live += 1
+                _set_pos(words, fenb, nxt, True)
             who[nxt] = d
             last[d] = nxt
             nxt += 1
-    return seg_off, thr[:ns].copy(), sln[:ns].copy(), stp[:ns].copy(), internal, n_ids, \
-        compactions
+    return (seg_off, thr[:ns].copy(), sln[:ns].copy(), stp[:ns].copy(), scl[:ns].copy(),
+            internal, internal1, idcls[:n_ids].copy(), n_ids, compactions)
+
+
+@numba.njit(cache=True)
+def _fenwick_build(words: np.ndarray, fen: np.ndarray) -> None:
+    """Fenwick tree of per-word popcounts (``fen`` zeroed, one longer than ``words``)."""
+    nb = words.shape[0]
+    for i in range(nb):
+        fen[i + 1] = _popcount(words[i])
+    for i in range(1, nb + 1):
+        j = i + (i & (-i))
+        if j <= nb:
+            fen[j] += fen[i]
+
+
+@numba.njit(cache=True)
+def _grow_segments(thr: np.ndarray, sln: np.ndarray, stp: np.ndarray, scl: np.ndarray,
+                   ns: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    return (np.concatenate((thr, np.empty(ns, dtype=np.int64))),
+            np.concatenate((sln, np.empty(ns, dtype=np.int32))),
+            np.concatenate((stp, np.empty(ns, dtype=np.int8))),
+            np.concatenate((scl, np.empty(ns, dtype=np.int8))))
 
 
 @numba.njit(cache=True)
 def _project_kernel(
     seg_off: np.ndarray, thr: np.ndarray, sln: np.ndarray, stp: np.ndarray,
-    internal: np.ndarray, is_read: np.ndarray, input_len: np.ndarray, block_size: int,
+    scl: np.ndarray, internal: np.ndarray, internal1: np.ndarray, w1: float,
+    is_read: np.ndarray, input_len: np.ndarray, block_size: int,
     group: np.ndarray, n_groups: int, caps: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Hit blocks and hit tokens summed per group, for ascending capacities ``caps``."""
+    """Hit blocks and hit tokens summed per group, for ascending capacities ``caps``.
+
+    Class-1 segments (and ``internal1``) count ``w1`` blocks each (exact facts have
+    none); a request's hit tokens are capped at its ``input_len``.
+    """
     n = seg_off.shape[0] - 1
     K = caps.shape[0]
-    hb = np.zeros((n_groups, K), dtype=np.int64)
-    ht = np.zeros((n_groups, K), dtype=np.int64)
+    hb = np.zeros((n_groups, K), dtype=np.float64)
+    ht = np.zeros((n_groups, K), dtype=np.float64)
     for q in range(n):
         if not is_read[q]:
             continue
         g = group[q]
         s = seg_off[q]
         e = seg_off[q + 1]
-        acc = internal[q]
+        acc0 = internal[q]
+        acc1 = internal1[q]
         il = input_len[q]
         for k in range(K):
             c = caps[k]
             while s < e and thr[s] + np.int64(stp[s]) * (np.int64(sln[s]) - 1) <= c:
-                acc += sln[s]
+                if scl[s] == 1:
+                    acc1 += sln[s]
+                else:
+                    acc0 += sln[s]
                 s += 1
-            h = acc
+            h0 = acc0
+            h1 = acc1
             if s < e and stp[s] == 1 and thr[s] <= c:
-                h += c - thr[s] + 1
+                if scl[s] == 1:
+                    h1 += c - thr[s] + 1
+                else:
+                    h0 += c - thr[s] + 1
+            h = h0 + h1 * w1
             hb[g, k] += h
             tok = h * block_size
             ht[g, k] += tok if tok < il else il
@@ -401,6 +498,12 @@ class CurveFacts:
         block_size: tokens per block.
         unique_blocks: distinct ``(instance, key)`` pairs of the trace.
         source: where the trace came from.
+        sample_rate: 1.0 for exact facts; below 1 the facts are of a key sample (see
+            the module docstring) and ``unique_blocks`` is an estimate.
+        seg_class: int8[S] of a sample: 1 where a segment's keys stand for
+            ``1 / sample_rate`` keys each (None when exact).
+        internal1: int64[n] of a sample: masked class-1 blocks (None when exact).
+        s_reads: float64[n] of a sample: weighted sampled blocks read per request.
 
     Example:
         >>> from kvsim.trace.model import Trace
@@ -423,6 +526,15 @@ class CurveFacts:
     block_size: int
     unique_blocks: int
     source: str = "<memory>"
+    sample_rate: float = 1.0
+    seg_class: np.ndarray | None = None
+    internal1: np.ndarray | None = None
+    s_reads: np.ndarray | None = None
+
+    @property
+    def sampled(self) -> bool:
+        """Whether these are facts of a key sample (estimates, not exact figures)."""
+        return self.sample_rate < 1.0
 
     @property
     def n_requests(self) -> int:
@@ -444,6 +556,10 @@ class CurveFacts:
             >>> curve_facts(t).hit_blocks(2).tolist()
             [0, 0, 1]
         """
+        if self.sampled:
+            raise CurveError("per-request hit blocks need exact facts; these are sampled "
+                             f"at rate {self.sample_rate:g} (use curve / by_instance / "
+                             "by_window)")
         cap = int(_capacity_array([capacity])[0])
         return _per_request_kernel(self.seg_offsets, self.seg_threshold, self.seg_length,
                                    self.seg_step, self.internal, self.is_read, cap)
@@ -456,14 +572,38 @@ class CurveFacts:
                  n_groups: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         caps = _capacity_array(capacities)
         order = np.argsort(caps, kind="stable")
-        hb, ht = _project_kernel(
-            self.seg_offsets, self.seg_threshold, self.seg_length, self.seg_step,
-            self.internal, self.is_read, self.input_len, int(self.block_size),
-            np.ascontiguousarray(group, dtype=np.int64), int(n_groups), caps[order],
-        )
+        group = np.ascontiguousarray(group, dtype=np.int64)
+        hb, ht = self._project(caps[order], group, n_groups)
         inv = np.empty_like(order)
         inv[order] = np.arange(order.shape[0])
         return np.asarray(capacities, dtype=np.int64).reshape(-1), hb[:, inv], ht[:, inv]
+
+    def _project(self, caps: np.ndarray, group: np.ndarray,
+                 n_groups: int) -> tuple[np.ndarray, np.ndarray]:
+        n = self.n_requests
+        if not self.sampled:
+            hb, ht = _project_kernel(
+                self.seg_offsets, self.seg_threshold, self.seg_length, self.seg_step,
+                np.zeros(self.seg_threshold.shape[0], np.int8), self.internal,
+                np.zeros(n, np.int64), 0.0, self.is_read, self.input_len,
+                int(self.block_size), group, int(n_groups), caps,
+            )
+            return hb.astype(np.int64), ht.astype(np.int64)
+        # a key sample: ratio estimates per group, times the exact denominators
+        assert self.seg_class is not None and self.internal1 is not None
+        assert self.s_reads is not None
+        w1 = 1.0 / self.sample_rate
+        s_hb, _ = _project_kernel(
+            self.seg_offsets, self.seg_threshold, self.seg_length, self.seg_step,
+            self.seg_class, self.internal, self.internal1, w1, self.is_read,
+            np.full(n, UNBOUNDED, np.int64), int(self.block_size), group, int(n_groups), caps,
+        )
+        s_den = np.bincount(group, weights=self.s_reads, minlength=n_groups)[:, None]
+        den = np.bincount(group, weights=self.read_blocks, minlength=n_groups)[:, None]
+        rate = np.divide(s_hb, s_den, out=np.zeros_like(s_hb), where=s_den > 0)
+        hb = np.rint(rate * den).astype(np.int64)
+        tokens = np.bincount(group, weights=self.input_tokens, minlength=n_groups)[:, None]
+        return hb, np.minimum(hb * int(self.block_size), tokens.astype(np.int64))
 
     def curve(self, capacities: Sequence[int] | np.ndarray) -> pl.DataFrame:
         """Totals and rates at every capacity (blocks; 0 = unbounded), in the given order.
@@ -541,8 +681,10 @@ class CurveFacts:
         p.parent.mkdir(parents=True, exist_ok=True)
         meta = {"version": FACTS_VERSION, "block_size": int(self.block_size),
                 "unique_blocks": int(self.unique_blocks), "source": self.source,
-                "instances": list(self.instances)}
+                "instances": list(self.instances), "sample_rate": float(self.sample_rate)}
         arrays = {name: getattr(self, name) for name in _ARRAYS}
+        if self.sampled:
+            arrays.update({name: getattr(self, name) for name in _SAMPLE_ARRAYS})
         fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
         try:
             if hasattr(os, "fchmod"):
@@ -568,17 +710,21 @@ class CurveFacts:
         try:
             with np.load(path, allow_pickle=False) as z:
                 meta = json.loads(str(z["meta"]))
+                if meta.get("version") not in (1, FACTS_VERSION):
+                    raise CurveError(f"{path}: facts version {meta.get('version')!r}, "
+                                     f"expected 1 or {FACTS_VERSION}")
                 arrays = {name: z[name] for name in _ARRAYS}
+                rate = float(meta.get("sample_rate", 1.0))
+                sampled = {name: z[name] for name in _SAMPLE_ARRAYS} if rate < 1.0 else {}
         except (KeyError, ValueError) as e:
             raise CurveError(f"{path}: not a curve facts file ({e})") from None
-        if meta.get("version") != FACTS_VERSION:
-            raise CurveError(f"{path}: facts version {meta.get('version')!r}, expected "
-                             f"{FACTS_VERSION}")
-        return CurveFacts(**arrays, instances=tuple(meta["instances"]),
+        return CurveFacts(**arrays, **sampled, instances=tuple(meta["instances"]),
                           block_size=int(meta["block_size"]),
-                          unique_blocks=int(meta["unique_blocks"]), source=str(meta["source"]))
+                          unique_blocks=int(meta["unique_blocks"]), source=str(meta["source"]),
+                          sample_rate=rate)
 
 
+_SAMPLE_ARRAYS = ("seg_class", "internal1", "s_reads")
 _ARRAYS = ("seg_offsets", "seg_threshold", "seg_length", "seg_step", "internal",
            "read_blocks", "input_len", "is_read", "instance", "ts_ns")
 
@@ -601,23 +747,37 @@ def _frame(head: dict[str, Any], hb: np.ndarray, ht: np.ndarray, read_blocks: in
     })
 
 
-def curve_facts(trace: Trace) -> CurveFacts:
+def curve_facts(trace: Trace, *, sample_rate: float = 1.0, sample_seed: int = 0,
+                full_depth: int = 1, heavy_share: float = 1e-4) -> CurveFacts:
     """One pass over ``trace``: the facts of an exact ``lru`` capacity curve.
 
     Args:
         trace: requests in timestamp order (``KIND_REQUEST`` and ``KIND_WRITE`` rows).
+        sample_rate: 1 for exact facts; in ``(0, 1)`` the facts of a spatial key
+            sample (SHARDS; see the module docstring): memory and time shrink with
+            the rate, projections become estimates.
+        sample_seed: picks which keys a sample holds.
+        full_depth: in a sample, keys at block depth below this are all kept (chain
+            roots: few keys, many reads).
+        heavy_share: in a sample, keys estimated to carry at least this share of all
+            reads are all kept (:func:`heavy_keys`; 0 turns this off).
 
     Returns:
         The :class:`CurveFacts` of the trace.
 
     Raises:
-        CurveError: the trace has ``KIND_READ`` rows (see the module docstring).
+        CurveError: the trace has ``KIND_READ`` rows (see the module docstring), or
+            the rate is not in ``(0, 1]``.
 
     Example:
         >>> from kvsim.trace.model import Trace
         >>> curve_facts(Trace.from_lists(ts_ns=[0, 1], keys=[[1, 2], [1, 3]])).unique_blocks
         3
     """
+    if not 0.0 < sample_rate <= 1.0:
+        raise CurveError(f"sample rate must be in (0, 1], got {sample_rate}")
+    if full_depth < 0:
+        raise CurveError(f"full depth must be >= 0, got {full_depth}")
     n = trace.n_requests
     if n and np.any(trace.kind == KIND_READ):
         bad = int(np.flatnonzero(trace.kind == KIND_READ)[0])
@@ -627,20 +787,167 @@ def curve_facts(trace: Trace) -> CurveFacts:
             "only the blocks that hit, which depends on the capacity): use replay instead"
         )
     is_read = trace.kind != KIND_WRITE
-    has_mask = trace.mask is not None
-    mask = trace.mask if trace.mask is not None else np.zeros(0, dtype=np.bool_)
-    seg_off, thr, sln, stp, internal, n_ids, _compactions = _facts_kernel(
-        np.ascontiguousarray(trace.instance, dtype=np.int64), trace.offsets, trace.keys,
-        mask, has_mask, is_read,
+    read_blocks = np.where(is_read, trace.key_counts(), 0)
+    offsets, keys, mask = trace.offsets, trace.keys, trace.mask
+    weighted = sample_rate < 1.0
+    cls = np.zeros(0, dtype=np.int8)
+    if weighted:
+        offsets, keys, mask, cls = _sample_keys(trace, sample_rate, sample_seed, full_depth,
+                                                heavy_share)
+    has_mask = mask is not None
+    mask_arr = mask if mask is not None else np.zeros(0, dtype=np.bool_)
+    seg_off, thr, sln, stp, scl, internal, internal1, idcls, n_ids, _ = _facts_kernel(
+        np.ascontiguousarray(trace.instance, dtype=np.int64), offsets, keys,
+        mask_arr, has_mask, is_read, cls, weighted, 1.0 / sample_rate,
     )
+    sampled: dict[str, Any] = {}
+    unique = float(n_ids)
+    if weighted:
+        w = np.where(cls == 1, 1.0 / sample_rate, 1.0)
+        cw = np.concatenate(([0.0], np.cumsum(w)))
+        per_req = cw[offsets[1:]] - cw[offsets[:-1]]
+        n1 = int(np.count_nonzero(idcls))
+        unique = (n_ids - n1) + n1 / sample_rate
+        sampled = {"sample_rate": float(sample_rate), "seg_class": scl,
+                   "internal1": internal1, "s_reads": np.where(is_read, per_req, 0.0)}
     return CurveFacts(
         seg_offsets=seg_off, seg_threshold=thr, seg_length=sln, seg_step=stp,
-        internal=internal, read_blocks=np.where(is_read, trace.key_counts(), 0),
+        internal=internal, read_blocks=read_blocks,
         input_len=np.asarray(trace.input_len, dtype=np.int64), is_read=is_read,
         instance=np.asarray(trace.instance, dtype=np.int32), instances=tuple(trace.instances),
         ts_ns=np.asarray(trace.ts_ns, dtype=np.int64), block_size=int(trace.block_size),
-        unique_blocks=int(n_ids), source=trace.source,
+        unique_blocks=round(unique), source=trace.source, **sampled,
     )
+
+
+def sample_mask(keys: np.ndarray, rate: float, seed: int = 0) -> np.ndarray:
+    """bool per key: in the spatial sample of ``rate`` (a splitmix64 hash of key and seed).
+
+    Example:
+        >>> m = sample_mask(np.arange(100_000, dtype=np.int64), 0.1)
+        >>> 0.09 < m.mean() < 0.11
+        True
+    """
+    keep = np.empty(keys.shape[0], dtype=np.bool_)
+    cls = np.empty(keys.shape[0], dtype=np.int8)
+    _sample_kernel(np.array([0, keys.shape[0]], dtype=np.int64), keys, _limit(rate),
+                   _seed_mix(seed), 0, np.zeros(1, np.int64), np.zeros(1, np.bool_), keep, cls)
+    return keep
+
+
+def _limit(rate: float) -> np.uint64:
+    return np.uint64(min(int(rate * 2.0**64), 2**64 - 1))
+
+
+def _seed_mix(seed: int) -> np.uint64:
+    return np.uint64(((seed & 0xFFFFFFFF) * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF)
+
+
+@numba.njit(cache=True)
+def _splitmix(x: np.uint64) -> np.uint64:
+    z = x + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+@numba.njit(cache=True)
+def _sample_kernel(offsets: np.ndarray, keys: np.ndarray, limit: np.uint64, seed: np.uint64,
+                   full_depth: int, heavy_tab: np.ndarray, heavy_used: np.ndarray,
+                   keep: np.ndarray, cls: np.ndarray) -> int:
+    """Per key: keep it (class 0: shallower than ``full_depth`` or heavy; class 1: hash
+    below ``limit``); returns the number kept. ``heavy_tab`` is an open-addressing set
+    (power-of-two size; ``heavy_used`` marks its slots)."""
+    hmask = np.uint64(heavy_tab.shape[0] - 1)
+    any_heavy = False
+    for i in range(heavy_used.shape[0]):
+        if heavy_used[i]:
+            any_heavy = True
+            break
+    kept = 0
+    for q in range(offsets.shape[0] - 1):
+        for j in range(offsets[q], offsets[q + 1]):
+            k = keys[j]
+            z = _splitmix(np.uint64(k) ^ seed)
+            full = j - offsets[q] < full_depth
+            if not full and any_heavy:
+                slot = z & hmask
+                while heavy_used[slot]:
+                    if heavy_tab[slot] == k:
+                        full = True
+                        break
+                    slot = (slot + np.uint64(1)) & hmask
+            if full:
+                keep[j] = True
+                cls[j] = 0
+                kept += 1
+            elif z < limit:
+                keep[j] = True
+                cls[j] = 1
+                kept += 1
+            else:
+                keep[j] = False
+                cls[j] = 1
+    return kept
+
+
+def heavy_keys(trace: Trace, *, seed: int = 0, min_share: float = 1e-4,
+               request_frac: float = 0.01, min_requests: int = 2000) -> np.ndarray:
+    """Keys that carry at least ``min_share`` of all block reads, estimated from a
+    random sample of the requests (sorted int64; small by construction: at most
+    ``1 / min_share`` keys).
+
+    Example:
+        >>> from kvsim.trace.model import Trace
+        >>> t = Trace.from_lists(ts_ns=list(range(50)), keys=[[7, i] for i in range(50)])
+        >>> heavy_keys(t, min_share=0.2).tolist()
+        [7]
+    """
+    n = trace.n_requests
+    lens = trace.key_counts()
+    total = int(lens.sum())
+    if n == 0 or total == 0:
+        return np.zeros(0, dtype=np.int64)
+    k = min(n, max(min_requests, int(n * request_frac)))
+    rows = np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False))
+    starts = trace.offsets[rows]
+    rl = lens[rows]
+    idx = np.repeat(starts - np.concatenate(([0], np.cumsum(rl)[:-1])), rl) + np.arange(rl.sum())
+    u, c = np.unique(trace.keys[idx], return_counts=True)
+    est = c * (n / k)
+    return u[(est >= min_share * total) & (c >= 3)].astype(np.int64)
+
+
+def _sample_keys(trace: Trace, rate: float, seed: int, full_depth: int, heavy_share: float
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
+    """The sampled keys of every request (kept in order), their masks and classes.
+
+    Class 0 (kept at rate 1): keys shallower than ``full_depth`` and heavy keys (see
+    :func:`heavy_keys`): the few keys that carry a large share of the reads would
+    otherwise dominate the estimate's variance. Class 1: the hash sample.
+    """
+    heavy = heavy_keys(trace, seed=seed, min_share=heavy_share) if heavy_share > 0 else \
+        np.zeros(0, dtype=np.int64)
+    size = 1
+    while size < 4 * heavy.size:
+        size *= 2
+    tab = np.zeros(size, dtype=np.int64)
+    used = np.zeros(size, dtype=np.bool_)
+    smix = _seed_mix(seed)
+    for k in heavy:  # few keys (at most 1 / heavy_share)
+        h = int(_splitmix(np.uint64(k) ^ smix)) & (size - 1)
+        while used[h]:
+            h = (h + 1) & (size - 1)
+        tab[h] = k
+        used[h] = True
+    keep = np.empty(trace.n_keys, dtype=np.bool_)
+    cls_all = np.empty(trace.n_keys, dtype=np.int8)
+    _sample_kernel(trace.offsets, trace.keys, _limit(rate), smix, full_depth, tab, used,
+                   keep, cls_all)
+    csum = np.concatenate(([0], np.cumsum(keep, dtype=np.int64)))
+    offsets = csum[trace.offsets]
+    mask = trace.mask[keep] if trace.mask is not None else None
+    return offsets, trace.keys[keep], mask, cls_all[keep]
 
 
 def exact_curve(trace: Trace, capacities: Sequence[int] | np.ndarray) -> pl.DataFrame:
