@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,8 @@ class ReplayOptions:
         match: ``prefix`` (the contract) or ``batch`` (each block on its own, as a
             flattened block stream).
         tail: ``drop`` (only full blocks, the contract) or ``keep``.
-        default_group: group for trace instances the config does not list.
+        default_group: group for trace instances the config does not list (when not
+            given: ``default`` if the config has it, else its first group).
         block_size: tokens per block for trace instances the config does not list
             (0 = the trace's own block size).
     """
@@ -141,6 +142,10 @@ class KVSimConfig:
         for i, s in enumerate(instances):
             if s.group not in names:
                 raise ConfigError(f"{source}: instances[{i}].group: unknown group {s.group!r}")
+        rd = data.get("replay") or {}
+        if groups and "default_group" not in rd and replay.default_group not in names:
+            # not given: "default" when there is one, else the first group
+            replay = replace(replay, default_group=names[0])
         if groups and replay.default_group not in names:
             raise ConfigError(
                 f"{source}: replay.default_group: unknown group {replay.default_group!r}"

@@ -10,7 +10,7 @@ Example:
     >>> from kvsim.core.spec import GroupSpec, InstanceSpec
     >>> m = CacheManager(ManualClock())
     >>> m.create_group(GroupSpec("g", quota_blocks=2))
-    >>> m.register_instance(InstanceSpec("i0", "g"))
+    >>> _ = m.register_instance(InstanceSpec("i0", "g"))
     >>> w = m.start_write("i0", [1, 2, 3])
     Traceback (most recent call last):
     ...
@@ -23,7 +23,6 @@ Example:
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -41,13 +40,14 @@ from kvsim.core.errors import (
 from kvsim.core.events import EV_EXPIRED, EV_WRITE_STARTED, Event, EventBuffer, emit
 from kvsim.core.policies import get_policy
 from kvsim.core.spec import EVICTION_MODES, GroupSpec, InstanceSpec, StorageSpec
-from kvsim.core.table import M_HWM, SERVING, WRITING, BlockTable, lookup
+from kvsim.core.table import M_HWM, M_STAMP, SERVING, WRITING, BlockTable, lookup
 
 QUERY_PREFIX = "prefix"
 QUERY_BATCH = "batch"
 QUERY_SW = "sw"
 
 _UNLIMITED = np.iinfo(np.int64).max // 4
+_RESTORE_CHUNK = 4096
 
 
 @dataclass(frozen=True)
@@ -107,6 +107,29 @@ class _Session:
 
 
 @dataclass(frozen=True)
+class SessionInfo:
+    """A pending write session, as persistence stores it."""
+
+    session_id: int
+    instance_id: str
+    keys: np.ndarray
+    deadline_ns: int
+
+
+@dataclass(frozen=True)
+class BlockDump:
+    """Columns of every block of some instances (see :meth:`CacheManager.export_blocks`)."""
+
+    instance_id: tuple[str, ...]  # per block
+    key: np.ndarray
+    state: np.ndarray  # int8: WRITING 1, SERVING 2, DELETING 3
+    t_write: np.ndarray
+    t_access: np.ndarray
+    access_count: np.ndarray
+    loc: np.ndarray  # int8 storage slot
+
+
+@dataclass(frozen=True)
 class GroupUsage:
     """Usage of one group in its unit (blocks or bytes)."""
 
@@ -139,7 +162,7 @@ class CacheManager:
         self._inst_names: list[str] = []
         self._storages: dict[str, StorageSpec] = {}
         self._sessions: dict[int, _Session] = {}
-        self._session_ids = itertools.count(1)
+        self._next_sid = 1
         self._free_group_slots: list[int] = []
         self._n_group_slots = 0
 
@@ -435,7 +458,8 @@ class CacheManager:
                 f"group {gspec.name!r}: writing {int(np.count_nonzero(isnew))} blocks would pass "
                 f"its quota of {gspec.quota_units()}"
             )
-        sid = next(self._session_ids)
+        sid = self._next_sid
+        self._next_sid += 1
         deadline = now + int(timeout_s * 1e9)
         self._sessions[sid] = _Session(ii, rows[isnew].copy(), k[isnew].copy(), deadline)
         emit(self.events.arrays, EV_WRITE_STARTED, ii, n_new, now, sid)
@@ -592,6 +616,162 @@ class CacheManager:
         st = t.state[:hwm]
         sel = (t.inst[:hwm] == ii) & ((st == SERVING) | (~np.bool_(serving_only) & (st == WRITING)))
         return np.sort(t.key[:hwm][sel])
+
+    # ================================================================ persistence
+    def export_blocks(self, instance_id: str | None = None) -> BlockDump:
+        """Every WRITING and SERVING block (of one instance, or all), for a snapshot.
+
+        Example:
+            >>> from kvsim.core.clock import ManualClock
+            >>> from kvsim.core.spec import GroupSpec, InstanceSpec
+            >>> m = CacheManager(ManualClock(5))
+            >>> m.create_group(GroupSpec("g")); _ = m.register_instance(InstanceSpec("i", "g"))
+            >>> _ = m.access("i", [1, 2])
+            >>> d = m.export_blocks(); d.key.tolist(), d.t_write.tolist()
+            ([1, 2], [5, 5])
+        """
+        t = self.table.t
+        hwm = int(t.meta[M_HWM])
+        st = t.state[:hwm]
+        sel = (st == SERVING) | (st == WRITING)
+        if instance_id is not None:
+            sel &= t.inst[:hwm] == self._need_instance(instance_id)[0]
+        rows = np.flatnonzero(sel)
+        rows = rows[np.lexsort((t.key[rows], t.inst[rows]))]
+        return BlockDump(
+            instance_id=tuple(self._inst_names[int(i)] for i in t.inst[rows]),
+            key=t.key[rows].copy(), state=t.state[rows].copy(), t_write=t.t_write[rows].copy(),
+            t_access=t.t_access[rows].copy(), access_count=t.acc[rows].astype(np.int64),
+            loc=t.loc[rows].copy(),
+        )
+
+    def restore_blocks(
+        self,
+        instance_id: str,
+        keys: Sequence[int] | np.ndarray,
+        *,
+        t_write: Sequence[int] | np.ndarray,
+        t_access: Sequence[int] | np.ndarray,
+        access_count: Sequence[int] | np.ndarray | None = None,
+        loc: Sequence[int] | np.ndarray | None = None,
+    ) -> int:
+        """Re-create SERVING blocks from persisted metadata (a restart); returns how many
+        were committed (a quota smaller than the set evicts the oldest again).
+
+        Blocks enter the policy oldest access first, so recency order survives; their
+        write and access times are the persisted ones. Keys already present are left
+        alone. Quotas apply as for any write.
+
+        Example:
+            >>> from kvsim.core.clock import ManualClock
+            >>> from kvsim.core.spec import GroupSpec, InstanceSpec
+            >>> m = CacheManager(ManualClock(100))
+            >>> m.create_group(GroupSpec("g", quota_blocks=2))
+            >>> _ = m.register_instance(InstanceSpec("i", "g"))
+            >>> m.restore_blocks("i", [7, 8, 9], t_write=[1, 2, 3], t_access=[30, 10, 20])
+            3
+            >>> m.cached_keys("i").tolist()   # 8, the least recent, did not fit
+            [7, 9]
+        """
+        ii, ispec = self._need_instance(instance_id)
+        k = _keys(keys)
+        n = k.shape[0]
+        tw = np.asarray(t_write, dtype=np.int64).reshape(-1)
+        ta = np.asarray(t_access, dtype=np.int64).reshape(-1)
+        acc = (np.zeros(n, np.int64) if access_count is None
+               else np.asarray(access_count, dtype=np.int64).reshape(-1))
+        lc = np.zeros(n, np.int8) if loc is None else np.asarray(loc, dtype=np.int8).reshape(-1)
+        for name, arr in (("t_write", tw), ("t_access", ta), ("access_count", acc), ("loc", lc)):
+            if arr.shape[0] != n:
+                raise InvalidArgument(f"{name} has {arr.shape[0]} entries for {n} keys")
+        if n == 0:
+            return 0
+        tail_first = get_policy(self._groups[ispec.group][1].eviction.policy).tail_first
+        order = np.argsort(ta, kind="stable")
+        done = 0
+        for c0 in range(0, n, _RESTORE_CHUNK):
+            done += self._restore_chunk(ii, ispec, order[c0:c0 + _RESTORE_CHUNK], k, tw, ta,
+                                        acc, lc, tail_first)
+        return done
+
+    def _restore_chunk(self, ii: int, ispec: InstanceSpec, idx: np.ndarray, k: np.ndarray,
+                       tw: np.ndarray, ta: np.ndarray, acc: np.ndarray, lc: np.ndarray,
+                       tail_first: bool) -> int:
+        """Commit ``idx`` (oldest access first) in one write; one by one if it cannot fit."""
+        if tail_first:
+            idx = idx[::-1]  # tail-first commit walks the batch from its end
+        m = idx.shape[0]
+        self.table.ensure_rows(m)
+        self.events.reserve(3 * m + 16)
+        rows = np.full(m, -1, dtype=np.int32)
+        isnew = np.zeros(m, dtype=bool)
+        gspec = self._groups[ispec.group][1]
+        now = int(ta[idx].max())
+        kk = np.ascontiguousarray(k[idx])
+        if K.start_write(self.table.t, self.events.arrays, ii, kk, now, rows, isnew,
+                         gspec.delay_before_delete_ms == 0) < 0:
+            if m == 1:
+                return 0
+            half = m // 2
+            fwd = idx[::-1] if tail_first else idx
+            return (self._restore_chunk(ii, ispec, fwd[:half], k, tw, ta, acc, lc, tail_first)
+                    + self._restore_chunk(ii, ispec, fwd[half:], k, tw, ta, acc, lc, tail_first))
+        t = self.table.t
+        new = rows[isnew]
+        sel = idx[isnew]
+        t.loc[new] = lc[sel]
+        done = K.finish_write(t, self.events.arrays, ii, new, kk[isnew],
+                              np.ones(new.shape[0], dtype=bool), now)
+        t.t_write[new] = tw[sel]
+        # the persisted access times (unique when they came from this core), made
+        # strictly increasing in commit order; later stamps stay above them all
+        c_rows, c_sel = (new[::-1], sel[::-1]) if tail_first else (new, sel)
+        if c_rows.shape[0]:
+            ar = np.arange(c_sel.shape[0], dtype=np.int64)
+            vals = ar + np.maximum.accumulate(ta[c_sel] - ar)
+            t.t_access[c_rows] = vals
+            t.meta[M_STAMP] = max(int(t.meta[M_STAMP]), int(vals[-1]))
+        t.acc[new] = np.minimum(acc[sel], np.iinfo(np.int16).max).astype(np.int16)
+        return int(done)
+
+    def sessions(self) -> list[SessionInfo]:
+        """Pending write sessions (for persistence and admin views)."""
+        return [SessionInfo(sid, self._inst_names[s.inst], s.keys.copy(), s.deadline_ns)
+                for sid, s in self._sessions.items()]
+
+    def restore_session(
+        self,
+        instance_id: str,
+        keys: Sequence[int] | np.ndarray,
+        *,
+        session_id: int,
+        deadline_ns: int,
+        loc: int = 0,
+    ) -> WriteStart:
+        """Re-open a persisted write session: its keys become WRITING again under the
+        same id and deadline (a past deadline expires at the next ``expire_sessions``).
+
+        Raises:
+            DuplicateEntity: the session id is in use.
+            QuotaExceeded: the group has no room for the blocks.
+        """
+        ii, ispec = self._need_instance(instance_id)
+        sid = int(session_id)
+        if sid in self._sessions:
+            raise DuplicateEntity(f"write session {sid} exists")
+        k = _keys(keys)
+        self.table.ensure_rows(k.shape[0])
+        self.events.reserve(2 * k.shape[0] + 16)
+        rows = np.full(k.shape[0], -1, dtype=np.int32)
+        isnew = np.zeros(k.shape[0], dtype=bool)
+        gspec = self._groups[ispec.group][1]
+        if K.start_write(self.table.t, self.events.arrays, ii, k, self.clock.now_ns(), rows,
+                         isnew, gspec.delay_before_delete_ms == 0) < 0:
+            raise QuotaExceeded(f"group {gspec.name!r}: no room to restore session {sid}")
+        self.table.t.loc[rows[isnew]] = loc
+        self._sessions[sid] = _Session(ii, rows[isnew].copy(), k[isnew].copy(), int(deadline_ns))
+        self._next_sid = max(self._next_sid, sid + 1)
+        return WriteStart(sid, isnew, k[isnew].copy(), int(deadline_ns), "")
 
     def drain_events(self) -> list[Event]:
         """Recorded events since the last drain."""

@@ -825,7 +825,7 @@ def sample_mask(keys: np.ndarray, rate: float, seed: int = 0) -> np.ndarray:
 
     Example:
         >>> m = sample_mask(np.arange(100_000, dtype=np.int64), 0.1)
-        >>> 0.09 < m.mean() < 0.11
+        >>> bool(0.09 < m.mean() < 0.11)
         True
     """
     keep = np.empty(keys.shape[0], dtype=np.bool_)
