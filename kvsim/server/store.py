@@ -1,0 +1,384 @@
+"""Durable state of the manager server: SQLite (embedded default) or Redis.
+
+A store keeps three things, written incrementally and never as a rewrite of the
+whole table:
+
+* the **registry journal**: registry changes (storages, groups, instances,
+  accounts) as ``(op, payload)`` records, replayed in order at start-up, and
+  compacted to a snapshot now and then (:meth:`BlockStore.compact`);
+* **block metadata**: one record per committed block (instance, key, write time,
+  last access, access count, storage slot);
+* **write sessions**: the keys, deadline and storage slot of every unfinished
+  session, so a restart resumes their timeout (or reclaims them).
+
+Changes of one request go in one :class:`StoreBatch`, applied in one transaction
+*before* the request is acknowledged. Recency (reads refreshing last access) is
+write-behind: :meth:`BlockStore.touch` buffers it and :meth:`BlockStore.flush`
+writes it (the server calls it on its background tick), so after a crash blocks
+keep the access time of the last flush.
+
+SQLite runs in WAL mode with ``synchronous=NORMAL``: a committed transaction
+survives the process being killed (``kill -9``); an operating-system crash may
+lose the last transactions. Redis durability is the Redis server's own
+(``appendonly yes`` for the same guarantee).
+
+Example:
+    >>> import tempfile, numpy as np
+    >>> d = tempfile.mkdtemp()
+    >>> s = open_store(f"sqlite:///{d}/state.db")
+    >>> b = StoreBatch()
+    >>> b.put_blocks("i0", np.array([7, 8]), t_write=np.array([1, 2]), t_access=np.array([3, 4]))
+    >>> s.apply(b)
+    >>> [(r.instance_id, r.keys.tolist()) for r in s.load_blocks()]
+    [('i0', [7, 8])]
+    >>> s.close()
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlparse
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+
+
+class StoreError(RuntimeError):
+    """The store cannot be opened or is of another schema version."""
+
+
+@dataclass(frozen=True)
+class BlockRecords:
+    """Persisted blocks of one instance, as columns."""
+
+    instance_id: str
+    keys: np.ndarray
+    t_write: np.ndarray
+    t_access: np.ndarray
+    access_count: np.ndarray
+    loc: np.ndarray
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    """A persisted unfinished write session.
+
+    Attributes:
+        session_id: the core's session id.
+        instance_id: the writing instance.
+        keys: the session's new keys, in order.
+        deadline_ns: when the manager finishes it as failed.
+        loc: storage slot of its blocks.
+        extra: adapter data (e.g. the wire session id), JSON-serialisable.
+    """
+
+    session_id: int
+    instance_id: str
+    keys: np.ndarray
+    deadline_ns: int
+    loc: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StoreBatch:
+    """The durable changes of one request, applied in one transaction."""
+
+    puts: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = \
+        field(default_factory=list)
+    deletes: list[tuple[str, np.ndarray]] = field(default_factory=list)
+    opened: list[SessionRecord] = field(default_factory=list)
+    closed: list[int] = field(default_factory=list)
+    records: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    drop_instances: list[str] = field(default_factory=list)
+
+    def put_blocks(self, instance_id: str, keys: np.ndarray, *, t_write: np.ndarray,
+                   t_access: np.ndarray, access_count: np.ndarray | None = None,
+                   loc: np.ndarray | None = None) -> None:
+        """Blocks that became (or stay) SERVING."""
+        n = len(keys)
+        self.puts.append((
+            instance_id, np.asarray(keys, np.int64), np.asarray(t_write, np.int64),
+            np.asarray(t_access, np.int64),
+            np.zeros(n, np.int64) if access_count is None else np.asarray(access_count, np.int64),
+            np.zeros(n, np.int64) if loc is None else np.asarray(loc, np.int64),
+        ))
+
+    def delete_blocks(self, instance_id: str, keys: np.ndarray) -> None:
+        """Blocks that left the cache (evicted, removed, trimmed)."""
+        self.deletes.append((instance_id, np.asarray(keys, np.int64)))
+
+    def open_session(self, rec: SessionRecord) -> None:
+        """A write session started."""
+        self.opened.append(rec)
+
+    def close_session(self, session_id: int) -> None:
+        """A write session finished or expired."""
+        self.closed.append(int(session_id))
+
+    def record(self, op: str, payload: dict[str, Any]) -> None:
+        """A registry change (journal record)."""
+        self.records.append((op, payload))
+
+    def drop_instance(self, instance_id: str) -> None:
+        """Every block of an instance goes (instance removed)."""
+        self.drop_instances.append(instance_id)
+
+    def __bool__(self) -> bool:
+        return bool(self.puts or self.deletes or self.opened or self.closed or self.records
+                    or self.drop_instances)
+
+
+class BlockStore(Protocol):
+    """What the server needs of a durable store (see the module docstring)."""
+
+    url: str
+
+    def apply(self, batch: StoreBatch) -> None:
+        """Apply one request's changes atomically and durably."""
+        ...
+
+    def touch(self, instance_id: str, keys: np.ndarray, t_access: int) -> None:
+        """Buffer a recency refresh (write-behind)."""
+        ...
+
+    def flush(self) -> int:
+        """Write buffered recency refreshes; returns how many blocks."""
+        ...
+
+    def load_records(self) -> list[tuple[str, dict[str, Any]]]:
+        """The registry journal, in order."""
+        ...
+
+    def compact(self, records: list[tuple[str, dict[str, Any]]]) -> None:
+        """Replace the journal by ``records`` (a snapshot of the registry)."""
+        ...
+
+    def load_blocks(self) -> Iterator[BlockRecords]:
+        """Every persisted block, one instance at a time."""
+        ...
+
+    def load_sessions(self) -> list[SessionRecord]:
+        """Every unfinished session."""
+        ...
+
+    def clear(self) -> None:
+        """Forget everything (tests, ``--reset``)."""
+        ...
+
+    def close(self) -> None:
+        """Flush and release resources."""
+        ...
+
+
+class _TouchBuffer:
+    """Pending recency refreshes: (instance, key) -> [latest access time, reads]."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: dict[tuple[str, int], list[int]] = {}
+
+    def add(self, instance_id: str, keys: np.ndarray, t_access: int) -> None:
+        with self._lock:
+            for k in np.asarray(keys, np.int64).tolist():
+                e = self._pending.get((instance_id, k))
+                if e is None:
+                    self._pending[(instance_id, k)] = [int(t_access), 1]
+                else:
+                    e[0] = max(e[0], int(t_access))
+                    e[1] += 1
+
+    def forget(self, instance_id: str, keys: np.ndarray) -> None:
+        with self._lock:
+            for k in np.asarray(keys, np.int64).tolist():
+                self._pending.pop((instance_id, k), None)
+
+    def take(self) -> dict[tuple[str, int], list[int]]:
+        with self._lock:
+            out, self._pending = self._pending, {}
+        return out
+
+
+# ----------------------------------------------------------------------------- SQLite
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS registry (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, op TEXT NOT NULL, payload TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS blocks (
+    inst TEXT NOT NULL, key INTEGER NOT NULL, t_write INTEGER NOT NULL,
+    t_access INTEGER NOT NULL, acc INTEGER NOT NULL, loc INTEGER NOT NULL,
+    PRIMARY KEY (inst, key)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sessions (
+    sid INTEGER PRIMARY KEY, inst TEXT NOT NULL, keys BLOB NOT NULL,
+    deadline INTEGER NOT NULL, loc INTEGER NOT NULL, extra TEXT NOT NULL);
+"""
+
+
+class SqliteStore:
+    """The embedded store: one SQLite file in WAL mode.
+
+    Args:
+        path: the database file (created with its directory).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.url = f"sqlite:///{self.path}"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+            row = self._db.execute("SELECT v FROM meta WHERE k='schema'").fetchone()
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"{self.path}: not a kvsim state database ({e})") from None
+        if row is None:
+            self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        elif int(row[0]) != SCHEMA_VERSION:
+            raise StoreError(f"{self.path}: state schema {row[0]}, this kvsim reads "
+                             f"{SCHEMA_VERSION}")
+        self._lock = threading.RLock()
+        self._touches = _TouchBuffer()
+        self._closed = False
+
+    def apply(self, batch: StoreBatch) -> None:
+        """Apply ``batch`` in one transaction."""
+        if not batch:
+            return
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN")
+            try:
+                for op, payload in batch.records:
+                    db.execute("INSERT INTO registry (op, payload) VALUES (?, ?)",
+                               (op, json.dumps(payload, sort_keys=True)))
+                for inst in batch.drop_instances:
+                    db.execute("DELETE FROM blocks WHERE inst = ?", (inst,))
+                    db.execute("DELETE FROM sessions WHERE inst = ?", (inst,))
+                for inst, keys in batch.deletes:
+                    db.executemany("DELETE FROM blocks WHERE inst = ? AND key = ?",
+                                   [(inst, k) for k in keys.tolist()])
+                    self._touches.forget(inst, keys)
+                for inst, keys, tw, ta, acc, loc in batch.puts:
+                    db.executemany(
+                        "INSERT OR REPLACE INTO blocks VALUES (?, ?, ?, ?, ?, ?)",
+                        zip([inst] * len(keys), keys.tolist(), tw.tolist(), ta.tolist(),
+                            acc.tolist(), loc.tolist(), strict=True))
+                for sid in batch.closed:
+                    db.execute("DELETE FROM sessions WHERE sid = ?", (sid,))
+                for s in batch.opened:
+                    db.execute("INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?, ?, ?)",
+                               (s.session_id, s.instance_id,
+                                np.asarray(s.keys, np.int64).tobytes(), s.deadline_ns, s.loc,
+                                json.dumps(s.extra, sort_keys=True)))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    def touch(self, instance_id: str, keys: np.ndarray, t_access: int) -> None:
+        """Buffer a recency refresh."""
+        self._touches.add(instance_id, keys, t_access)
+
+    def flush(self) -> int:
+        """Write the buffered refreshes (only to blocks that still exist)."""
+        pending = self._touches.take()
+        if not pending:
+            return 0
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "UPDATE blocks SET t_access = MAX(t_access, ?), acc = acc + ? "
+                "WHERE inst = ? AND key = ?",
+                [(t, n, inst, k) for (inst, k), (t, n) in pending.items()])
+            self._db.execute("COMMIT")
+        return len(pending)
+
+    def load_records(self) -> list[tuple[str, dict[str, Any]]]:
+        """The registry journal, in order."""
+        with self._lock:
+            rows = self._db.execute("SELECT op, payload FROM registry ORDER BY seq").fetchall()
+        return [(op, json.loads(p)) for op, p in rows]
+
+    def compact(self, records: list[tuple[str, dict[str, Any]]]) -> None:
+        """Replace the journal by ``records`` in one transaction."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.execute("DELETE FROM registry")
+            self._db.executemany("INSERT INTO registry (op, payload) VALUES (?, ?)",
+                                 [(op, json.dumps(p, sort_keys=True)) for op, p in records])
+            self._db.execute("COMMIT")
+
+    def load_blocks(self) -> Iterator[BlockRecords]:
+        """Every persisted block, one instance at a time."""
+        with self._lock:
+            insts = [r[0] for r in self._db.execute("SELECT DISTINCT inst FROM blocks")]
+        for inst in insts:
+            with self._lock:
+                rows = self._db.execute(
+                    "SELECT key, t_write, t_access, acc, loc FROM blocks WHERE inst = ?",
+                    (inst,)).fetchall()
+            a = np.array(rows, dtype=np.int64).reshape(-1, 5)
+            yield BlockRecords(inst, a[:, 0].copy(), a[:, 1].copy(), a[:, 2].copy(),
+                               a[:, 3].copy(), a[:, 4].copy())
+
+    def load_sessions(self) -> list[SessionRecord]:
+        """Every unfinished session."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT sid, inst, keys, deadline, loc, extra FROM sessions ORDER BY sid"
+            ).fetchall()
+        return [SessionRecord(int(sid), inst, np.frombuffer(keys, dtype=np.int64).copy(),
+                              int(dl), int(loc), json.loads(extra))
+                for sid, inst, keys, dl, loc, extra in rows]
+
+    def clear(self) -> None:
+        """Forget everything."""
+        self._touches.take()
+        with self._lock:
+            self._db.execute("BEGIN")
+            for tbl in ("registry", "blocks", "sessions"):
+                self._db.execute(f"DELETE FROM {tbl}")
+            self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        """Flush the recency buffer and close the file (again: no-op)."""
+        if self._closed:
+            return
+        self.flush()
+        with self._lock:
+            self._db.close()
+            self._closed = True
+
+
+def open_store(url: str | None, data_dir: str | Path = ".") -> BlockStore:
+    """Open the store a URL names.
+
+    ``sqlite:///ABS/PATH.db`` or ``sqlite://REL/PATH.db`` (relative to
+    ``data_dir``), ``redis://HOST:PORT/DB?prefix=NAME``; None or ``sqlite``: the
+    embedded default ``<data_dir>/kvsim-state.db``.
+
+    Raises:
+        StoreError: an unknown scheme, or a store that cannot be opened.
+    """
+    if url in (None, "", "sqlite"):
+        return SqliteStore(Path(data_dir) / "kvsim-state.db")
+    assert url is not None
+    u = urlparse(url)
+    if u.scheme == "sqlite":
+        raw = url[len("sqlite://"):]
+        p = Path(raw) if raw.startswith("/") else Path(data_dir) / raw
+        return SqliteStore(p)
+    if u.scheme in ("redis", "rediss", "unix"):
+        from kvsim.server.store_redis import RedisStore
+
+        return RedisStore(url)
+    raise StoreError(f"unknown state store {url!r}: use sqlite:///PATH or redis://HOST:PORT/DB")

@@ -1,0 +1,184 @@
+"""The Redis state store: the same records as :class:`~kvsim.server.store.SqliteStore`.
+
+Layout under a key prefix (``?prefix=NAME`` in the URL, default ``kvsim``):
+
+* ``P:registry``: a list of JSON ``[op, payload]`` records;
+* ``P:blocks:INSTANCE``: a hash from the block key (decimal) to 28 packed bytes
+  (write time, last access, access count, storage slot);
+* ``P:instances``: the set of instances that have a blocks hash;
+* ``P:sessions``: a hash from the session id to a JSON record.
+
+A batch is one ``MULTI``/``EXEC`` transaction. Several server processes may share
+one Redis (leader election: :mod:`kvsim.server.leader`); only the leader writes.
+
+Example:
+    >>> RedisStore.parse("redis://127.0.0.1:6390/2?prefix=a")
+    ('redis://127.0.0.1:6390/2', 'a')
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlparse, urlunparse
+
+import numpy as np
+
+from kvsim.server.store import (
+    BlockRecords,
+    SessionRecord,
+    StoreBatch,
+    StoreError,
+    _TouchBuffer,
+)
+
+_REC = struct.Struct("<qqqi")  # t_write, t_access, access count, storage slot
+
+
+class RedisStore:
+    """State in a Redis server (see the module docstring).
+
+    Args:
+        url: ``redis://HOST:PORT/DB?prefix=NAME``.
+    """
+
+    def __init__(self, url: str) -> None:
+        import redis
+
+        self.url = url
+        conn_url, self.prefix = self.parse(url)
+        try:
+            self._r: Any = redis.Redis.from_url(conn_url, socket_timeout=10)
+            self._r.ping()
+        except redis.RedisError as e:
+            raise StoreError(f"{conn_url}: cannot reach Redis ({e})") from None
+        self._touches = _TouchBuffer()
+        self._closed = False
+
+    @staticmethod
+    def parse(url: str) -> tuple[str, str]:
+        """Split the URL into the connection URL and the key prefix."""
+        u = urlparse(url)
+        q = parse_qs(u.query)
+        prefix = q.pop("prefix", ["kvsim"])[0]
+        rest = urlencode({k: v[0] for k, v in q.items()})
+        return urlunparse(u._replace(query=rest)), prefix
+
+    def _k(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    @property
+    def client(self) -> Any:
+        """The redis-py client (leader leases share it)."""
+        return self._r
+
+    def apply(self, batch: StoreBatch) -> None:
+        """Apply ``batch`` in one MULTI/EXEC transaction."""
+        if not batch:
+            return
+        p = self._r.pipeline(transaction=True)
+        for op, payload in batch.records:
+            p.rpush(self._k("registry"), json.dumps([op, payload], sort_keys=True))
+        for inst in batch.drop_instances:
+            p.delete(self._k("blocks", inst))
+            p.srem(self._k("instances"), inst)
+        for inst, keys in batch.deletes:
+            if len(keys):
+                p.hdel(self._k("blocks", inst), *[str(k) for k in keys.tolist()])
+                self._touches.forget(inst, keys)
+        for inst, keys, tw, ta, acc, loc in batch.puts:
+            if len(keys):
+                p.hset(self._k("blocks", inst), mapping={
+                    str(k): _REC.pack(w, a, c, lc)
+                    for k, w, a, c, lc in zip(keys.tolist(), tw.tolist(), ta.tolist(),
+                                              acc.tolist(), loc.tolist(), strict=True)})
+                p.sadd(self._k("instances"), inst)
+        for sid in batch.closed:
+            p.hdel(self._k("sessions"), str(sid))
+        for s in batch.opened:
+            p.hset(self._k("sessions"), str(s.session_id), json.dumps({
+                "instance_id": s.instance_id, "keys": np.asarray(s.keys).tolist(),
+                "deadline_ns": s.deadline_ns, "loc": s.loc, "extra": s.extra}, sort_keys=True))
+        p.execute()
+
+    def touch(self, instance_id: str, keys: np.ndarray, t_access: int) -> None:
+        """Buffer a recency refresh."""
+        self._touches.add(instance_id, keys, t_access)
+
+    def flush(self) -> int:
+        """Write the buffered refreshes to blocks that still exist."""
+        pending = self._touches.take()
+        if not pending:
+            return 0
+        by_inst: dict[str, list[tuple[int, list[int]]]] = {}
+        for (inst, k), v in pending.items():
+            by_inst.setdefault(inst, []).append((k, v))
+        for inst, items in by_inst.items():
+            h = self._k("blocks", inst)
+            cur = self._r.hmget(h, [str(k) for k, _ in items])
+            upd = {}
+            for (k, (t, n)), raw in zip(items, cur, strict=True):
+                if raw is None:
+                    continue
+                w, a, c, lc = _REC.unpack(raw)
+                upd[str(k)] = _REC.pack(w, max(a, t), c + n, lc)
+            if upd:
+                self._r.hset(h, mapping=upd)
+        return len(pending)
+
+    def load_records(self) -> list[tuple[str, dict[str, Any]]]:
+        """The registry journal, in order."""
+        out = []
+        for raw in self._r.lrange(self._k("registry"), 0, -1):
+            op, payload = json.loads(raw)
+            out.append((op, payload))
+        return out
+
+    def compact(self, records: list[tuple[str, dict[str, Any]]]) -> None:
+        """Replace the journal by ``records`` atomically."""
+        p = self._r.pipeline(transaction=True)
+        p.delete(self._k("registry"))
+        if records:
+            p.rpush(self._k("registry"), *[json.dumps([op, pl], sort_keys=True)
+                                           for op, pl in records])
+        p.execute()
+
+    def load_blocks(self) -> Iterator[BlockRecords]:
+        """Every persisted block, one instance at a time."""
+        for raw_inst in sorted(self._r.smembers(self._k("instances"))):
+            inst = raw_inst.decode()
+            data = self._r.hgetall(self._k("blocks", inst))
+            n = len(data)
+            cols = np.empty((n, 5), dtype=np.int64)
+            for i, (k, v) in enumerate(data.items()):
+                cols[i, 0] = int(k)
+                cols[i, 1:] = _REC.unpack(v)
+            yield BlockRecords(inst, cols[:, 0].copy(), cols[:, 1].copy(), cols[:, 2].copy(),
+                               cols[:, 3].copy(), cols[:, 4].copy())
+
+    def load_sessions(self) -> list[SessionRecord]:
+        """Every unfinished session."""
+        out = []
+        for sid, raw in self._r.hgetall(self._k("sessions")).items():
+            d = json.loads(raw)
+            out.append(SessionRecord(int(sid), d["instance_id"],
+                                     np.asarray(d["keys"], dtype=np.int64), int(d["deadline_ns"]),
+                                     int(d["loc"]), d.get("extra") or {}))
+        return sorted(out, key=lambda s: s.session_id)
+
+    def clear(self) -> None:
+        """Forget everything under the prefix."""
+        self._touches.take()
+        keys = list(self._r.scan_iter(match=self._k("*"), count=1000))
+        if keys:
+            self._r.delete(*keys)
+
+    def close(self) -> None:
+        """Flush the recency buffer and drop the connection (again: no-op)."""
+        if self._closed:
+            return
+        self.flush()
+        self._r.close()
+        self._closed = True
