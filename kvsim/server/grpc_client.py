@@ -30,7 +30,13 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from kvsim.server.grpc_server import MAX_MESSAGE_BYTES, MethodSpec, lower_camel, method_table
+from kvsim.server.grpc_server import (
+    MAX_MESSAGE_BYTES,
+    MethodSpec,
+    lower_camel,
+    method_table,
+    struct_numbers,
+)
 
 __all__ = ["GrpcClient", "body_to_message", "message_to_reply"]
 
@@ -70,7 +76,9 @@ def _ints(desc: _descriptor.Descriptor, d: dict[str, Any]) -> dict[str, Any]:
         v = d[f.name]
         if f.type in _INT64_TYPES:
             d[f.name] = [int(x) for x in v] if isinstance(v, list) else int(v)
-        elif f.message_type is not None and not f.message_type.GetOptions().map_entry:
+        elif f.message_type is not None and f.message_type.full_name.startswith(
+            "kv_cache_manager."
+        ):
             if isinstance(v, list):
                 for item in v:
                     if isinstance(item, dict):
@@ -87,15 +95,16 @@ def message_to_reply(msg: Message) -> dict[str, Any]:
         msg: A response message.
 
     Returns:
-        snake_case names, enum names, int64 as Python ints; scalar and repeated fields
-        are present even at their default value (unset sub-messages and oneofs are not).
+        snake_case names, enum names, int64 as Python ints (also whole numbers inside
+        ``Struct`` fields); scalar and repeated fields are present even at their default
+        value (unset sub-messages and oneofs are not).
     """
     d = json_format.MessageToDict(
         msg,
         preserving_proto_field_name=True,
         always_print_fields_with_no_presence=True,
     )
-    return _ints(msg.DESCRIPTOR, d)
+    return struct_numbers(msg.DESCRIPTOR, _ints(msg.DESCRIPTOR, d))
 
 
 def _method(api: str, method: str) -> MethodSpec:

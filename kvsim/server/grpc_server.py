@@ -163,6 +163,66 @@ def _build_methods(api: str) -> dict[str, MethodSpec]:
 _METHODS: dict[str, dict[str, MethodSpec]] = {api: _build_methods(api) for api in API_SERVICES}
 
 
+_STRUCT = "google.protobuf.Struct"
+_HAS_STRUCT: dict[str, bool] = {}
+
+
+def _has_struct(desc: _descriptor.Descriptor, _seen: frozenset[str] = frozenset()) -> bool:
+    """Whether a message can hold a ``google.protobuf.Struct`` (cached per type)."""
+    name = desc.full_name
+    if name in _HAS_STRUCT:
+        return _HAS_STRUCT[name]
+    if name == _STRUCT:
+        return True
+    seen = _seen | {name}
+    out = any(
+        f.message_type is not None
+        and f.message_type.full_name not in seen
+        and _has_struct(f.message_type, seen)
+        for f in desc.fields
+    )
+    _HAS_STRUCT[name] = out
+    return out
+
+
+def _whole(v: Any) -> Any:
+    if isinstance(v, float) and v.is_integer() and abs(v) < 2**53:
+        return int(v)
+    if isinstance(v, list):
+        return [_whole(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _whole(x) for k, x in v.items()}
+    return v
+
+
+def struct_numbers(desc: _descriptor.Descriptor, d: dict[str, Any]) -> dict[str, Any]:
+    """Turns whole numbers inside ``Struct`` fields back into ints, in place.
+
+    ``google.protobuf.Struct`` carries every number as a double, so ``{"n": 3}`` comes out
+    of ``MessageToDict`` as ``{"n": 3.0}``; JSON clients of the HTTP API send ``3``.
+
+    Args:
+        desc: The message type of ``d``.
+        d: Its ``MessageToDict`` form (snake_case names).
+
+    Returns:
+        ``d``.
+    """
+    if not _has_struct(desc):
+        return d
+    for f in desc.fields:
+        if f.message_type is None or f.name not in d:
+            continue
+        v = d[f.name]
+        if f.message_type.full_name == _STRUCT:
+            d[f.name] = _whole(v)
+        elif _has_struct(f.message_type):
+            for item in v if isinstance(v, list) else [v]:
+                if isinstance(item, dict):
+                    struct_numbers(f.message_type, item)
+    return d
+
+
 def message_to_body(msg: Message) -> dict[str, Any]:
     """Converts a request message into the dict ``Service.call`` takes.
 
@@ -172,9 +232,11 @@ def message_to_body(msg: Message) -> dict[str, Any]:
     Returns:
         The proto3 JSON mapping with snake_case names: enums as names, int64 as decimal
         strings, fields at their default value left out (a set oneof member, such as
-        ``block_mask.offset = 0``, is kept).
+        ``block_mask.offset = 0``, is kept); whole numbers inside ``Struct`` fields as
+        ints.
     """
-    return json_format.MessageToDict(msg, preserving_proto_field_name=True)
+    body = json_format.MessageToDict(msg, preserving_proto_field_name=True)
+    return struct_numbers(msg.DESCRIPTOR, body)
 
 
 def reply_to_message(reply: Mapping[str, Any], response_cls: type[Message]) -> Message:

@@ -85,6 +85,9 @@ def fill(msg: Message, seed: int = 1, depth: int = 0) -> Message:
         if f.containing_oneof is not None and f.containing_oneof.fields[0] is not f:
             continue
         v = seed * 31 + i + 1
+        if f.type == FD.TYPE_MESSAGE and f.message_type.full_name == "google.protobuf.Struct":
+            getattr(msg, f.name).update({"k": 2.5, "s": f"v{v}", "n": v})
+            continue
         if f.type == FD.TYPE_MESSAGE:
             if depth > 6:
                 continue
@@ -133,6 +136,7 @@ def test_services_match_kvcm_names() -> None:
     assert meta == {
         "registerInstance", "getInstanceInfo", "getCacheMeta", "getCacheLocation",
         "startWriteCache", "finishWriteCache", "removeCache", "trimCache",
+        "getCacheLocationLen",
     }
     admin = set(gs.method_table("admin"))
     documented = {
@@ -141,7 +145,7 @@ def test_services_match_kvcm_names() -> None:
         "getInstanceGroup", "registerInstance", "removeInstance", "getInstanceInfo",
         "listInstanceInfo", "addAccount", "deleteAccount", "listAccount",
         "genConfigSnapshot", "loadConfigSnapshot", "getMetrics", "checkHealth",
-        "getManagerClusterInfo", "leaderDemote",
+        "getManagerClusterInfo", "leaderDemote", "listInstanceGroup",
     }
     assert documented <= admin
     spec = gs.method_table("meta")["getCacheLocation"]
@@ -480,3 +484,20 @@ def test_fixed_ports_and_stop(fake: FakeService) -> None:
             assert c.admin("checkHealth", {})["header"]["status"]["code"] == "OK"
     finally:
         h2.stop()
+
+
+def test_eviction_params_keep_ints(fake: FakeService, client: GrpcClient) -> None:
+    """Struct numbers are doubles on the wire; whole ones reach the service as ints."""
+    group = {"name": "g", "cache_config": {"reclaim_strategy": {"eviction": {
+        "policy": "random_lru", "params": {"sample": 5, "alpha": 0.5, "tiers": [1, 2.5]},
+        "mode": "group_precise", "batch_size": 100}}}}
+    client.admin("createInstanceGroup", {"instance_group": group})
+    body = fake.calls[-1][2]
+    ev = body["instance_group"]["cache_config"]["reclaim_strategy"]["eviction"]
+    assert ev == group["cache_config"]["reclaim_strategy"]["eviction"]  # type: ignore[index]
+    assert type(ev["params"]["sample"]) is int
+    fake.replies[("admin", "getInstanceGroup")] = {
+        "header": {"status": {"code": "OK"}, "request_id": "r"}, "instance_group": group}
+    back = client.admin("getInstanceGroup", {"name": "g"})["instance_group"]
+    assert back["cache_config"]["reclaim_strategy"]["eviction"]["params"] == {
+        "sample": 5, "alpha": 0.5, "tiers": [1, 2.5]}

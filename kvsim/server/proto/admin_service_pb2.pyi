@@ -1,3 +1,4 @@
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -31,6 +32,7 @@ class StorageType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ST_TAIRMEMPOOL: _ClassVar[StorageType]
     ST_NFS: _ClassVar[StorageType]
     ST_VCNS_3FS: _ClassVar[StorageType]
+    ST_DUMMY: _ClassVar[StorageType]
 
 class ReclaimPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -74,6 +76,7 @@ ST_MOONCAKE: StorageType
 ST_TAIRMEMPOOL: StorageType
 ST_NFS: StorageType
 ST_VCNS_3FS: StorageType
+ST_DUMMY: StorageType
 POLICY_UNSPECIFIED: ReclaimPolicy
 POLICY_LRU: ReclaimPolicy
 POLICY_LFU: ReclaimPolicy
@@ -176,6 +179,14 @@ class TairMemPoolStorageSpec(_message.Message):
     vipserver_domain: str
     def __init__(self, domain: _Optional[str] = ..., timeout: _Optional[int] = ..., enable_vipserver: _Optional[bool] = ..., vipserver_domain: _Optional[str] = ...) -> None: ...
 
+class DummyStorageSpec(_message.Message):
+    __slots__ = ("root_path", "key_count_per_file")
+    ROOT_PATH_FIELD_NUMBER: _ClassVar[int]
+    KEY_COUNT_PER_FILE_FIELD_NUMBER: _ClassVar[int]
+    root_path: str
+    key_count_per_file: int
+    def __init__(self, root_path: _Optional[str] = ..., key_count_per_file: _Optional[int] = ...) -> None: ...
+
 class NfsStorageSpec(_message.Message):
     __slots__ = ("root_path", "key_count_per_file")
     ROOT_PATH_FIELD_NUMBER: _ClassVar[int]
@@ -185,7 +196,7 @@ class NfsStorageSpec(_message.Message):
     def __init__(self, root_path: _Optional[str] = ..., key_count_per_file: _Optional[int] = ...) -> None: ...
 
 class StorageConfig(_message.Message):
-    __slots__ = ("global_unique_name", "local", "threefs", "mooncake", "tair_mem_pool", "nfs", "vcnsthreefs", "check_storage_available_when_open")
+    __slots__ = ("global_unique_name", "local", "threefs", "mooncake", "tair_mem_pool", "nfs", "vcnsthreefs", "dummy", "check_storage_available_when_open", "capacity_bytes", "available")
     GLOBAL_UNIQUE_NAME_FIELD_NUMBER: _ClassVar[int]
     LOCAL_FIELD_NUMBER: _ClassVar[int]
     THREEFS_FIELD_NUMBER: _ClassVar[int]
@@ -193,7 +204,10 @@ class StorageConfig(_message.Message):
     TAIR_MEM_POOL_FIELD_NUMBER: _ClassVar[int]
     NFS_FIELD_NUMBER: _ClassVar[int]
     VCNSTHREEFS_FIELD_NUMBER: _ClassVar[int]
+    DUMMY_FIELD_NUMBER: _ClassVar[int]
     CHECK_STORAGE_AVAILABLE_WHEN_OPEN_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    AVAILABLE_FIELD_NUMBER: _ClassVar[int]
     global_unique_name: str
     local: LocalStorageSpec
     threefs: ThreeFSStorageSpec
@@ -201,8 +215,11 @@ class StorageConfig(_message.Message):
     tair_mem_pool: TairMemPoolStorageSpec
     nfs: NfsStorageSpec
     vcnsthreefs: VcnsThreeFSStorageSpec
+    dummy: DummyStorageSpec
     check_storage_available_when_open: bool
-    def __init__(self, global_unique_name: _Optional[str] = ..., local: _Optional[_Union[LocalStorageSpec, _Mapping]] = ..., threefs: _Optional[_Union[ThreeFSStorageSpec, _Mapping]] = ..., mooncake: _Optional[_Union[MooncakeStorageSpec, _Mapping]] = ..., tair_mem_pool: _Optional[_Union[TairMemPoolStorageSpec, _Mapping]] = ..., nfs: _Optional[_Union[NfsStorageSpec, _Mapping]] = ..., vcnsthreefs: _Optional[_Union[VcnsThreeFSStorageSpec, _Mapping]] = ..., check_storage_available_when_open: _Optional[bool] = ...) -> None: ...
+    capacity_bytes: int
+    available: bool
+    def __init__(self, global_unique_name: _Optional[str] = ..., local: _Optional[_Union[LocalStorageSpec, _Mapping]] = ..., threefs: _Optional[_Union[ThreeFSStorageSpec, _Mapping]] = ..., mooncake: _Optional[_Union[MooncakeStorageSpec, _Mapping]] = ..., tair_mem_pool: _Optional[_Union[TairMemPoolStorageSpec, _Mapping]] = ..., nfs: _Optional[_Union[NfsStorageSpec, _Mapping]] = ..., vcnsthreefs: _Optional[_Union[VcnsThreeFSStorageSpec, _Mapping]] = ..., dummy: _Optional[_Union[DummyStorageSpec, _Mapping]] = ..., check_storage_available_when_open: _Optional[bool] = ..., capacity_bytes: _Optional[int] = ..., available: _Optional[bool] = ...) -> None: ...
 
 class AddStorageRequest(_message.Message):
     __slots__ = ("trace_id", "storage")
@@ -277,15 +294,29 @@ class QuotaConfig(_message.Message):
     def __init__(self, storage_type: _Optional[_Union[StorageType, str]] = ..., capacity: _Optional[int] = ...) -> None: ...
 
 class InstanceGroupQuota(_message.Message):
-    __slots__ = ("capacity", "quota_config")
+    __slots__ = ("capacity", "quota_config", "capacity_blocks")
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
     QUOTA_CONFIG_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     capacity: int
     quota_config: _containers.RepeatedCompositeFieldContainer[QuotaConfig]
-    def __init__(self, capacity: _Optional[int] = ..., quota_config: _Optional[_Iterable[_Union[QuotaConfig, _Mapping]]] = ...) -> None: ...
+    capacity_blocks: int
+    def __init__(self, capacity: _Optional[int] = ..., quota_config: _Optional[_Iterable[_Union[QuotaConfig, _Mapping]]] = ..., capacity_blocks: _Optional[int] = ...) -> None: ...
+
+class EvictionConfig(_message.Message):
+    __slots__ = ("policy", "params", "mode", "batch_size")
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    policy: str
+    params: _struct_pb2.Struct
+    mode: str
+    batch_size: int
+    def __init__(self, policy: _Optional[str] = ..., params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., mode: _Optional[str] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
 class CacheReclaimStrategy(_message.Message):
-    __slots__ = ("storage_unique_name", "reclaim_policy", "trigger_strategy", "trigger_period_seconds", "reclaim_step_size", "reclaim_step_percentage", "delay_before_delete_ms")
+    __slots__ = ("storage_unique_name", "reclaim_policy", "trigger_strategy", "trigger_period_seconds", "reclaim_step_size", "reclaim_step_percentage", "delay_before_delete_ms", "eviction")
     STORAGE_UNIQUE_NAME_FIELD_NUMBER: _ClassVar[int]
     RECLAIM_POLICY_FIELD_NUMBER: _ClassVar[int]
     TRIGGER_STRATEGY_FIELD_NUMBER: _ClassVar[int]
@@ -293,6 +324,7 @@ class CacheReclaimStrategy(_message.Message):
     RECLAIM_STEP_SIZE_FIELD_NUMBER: _ClassVar[int]
     RECLAIM_STEP_PERCENTAGE_FIELD_NUMBER: _ClassVar[int]
     DELAY_BEFORE_DELETE_MS_FIELD_NUMBER: _ClassVar[int]
+    EVICTION_FIELD_NUMBER: _ClassVar[int]
     storage_unique_name: str
     reclaim_policy: ReclaimPolicy
     trigger_strategy: TriggerStrategy
@@ -300,7 +332,8 @@ class CacheReclaimStrategy(_message.Message):
     reclaim_step_size: int
     reclaim_step_percentage: int
     delay_before_delete_ms: int
-    def __init__(self, storage_unique_name: _Optional[str] = ..., reclaim_policy: _Optional[_Union[ReclaimPolicy, str]] = ..., trigger_strategy: _Optional[_Union[TriggerStrategy, _Mapping]] = ..., trigger_period_seconds: _Optional[int] = ..., reclaim_step_size: _Optional[int] = ..., reclaim_step_percentage: _Optional[int] = ..., delay_before_delete_ms: _Optional[int] = ...) -> None: ...
+    eviction: EvictionConfig
+    def __init__(self, storage_unique_name: _Optional[str] = ..., reclaim_policy: _Optional[_Union[ReclaimPolicy, str]] = ..., trigger_strategy: _Optional[_Union[TriggerStrategy, _Mapping]] = ..., trigger_period_seconds: _Optional[int] = ..., reclaim_step_size: _Optional[int] = ..., reclaim_step_percentage: _Optional[int] = ..., delay_before_delete_ms: _Optional[int] = ..., eviction: _Optional[_Union[EvictionConfig, _Mapping]] = ...) -> None: ...
 
 class MetaStorageBackendConfig(_message.Message):
     __slots__ = ("storage_type", "storage_uri")
@@ -417,6 +450,20 @@ class GetInstanceGroupResponse(_message.Message):
     header: CommonResponseHeader
     instance_group: InstanceGroup
     def __init__(self, header: _Optional[_Union[CommonResponseHeader, _Mapping]] = ..., instance_group: _Optional[_Union[InstanceGroup, _Mapping]] = ...) -> None: ...
+
+class ListInstanceGroupRequest(_message.Message):
+    __slots__ = ("trace_id",)
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
+    trace_id: str
+    def __init__(self, trace_id: _Optional[str] = ...) -> None: ...
+
+class ListInstanceGroupResponse(_message.Message):
+    __slots__ = ("header", "instance_group")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_GROUP_FIELD_NUMBER: _ClassVar[int]
+    header: CommonResponseHeader
+    instance_group: _containers.RepeatedCompositeFieldContainer[InstanceGroup]
+    def __init__(self, header: _Optional[_Union[CommonResponseHeader, _Mapping]] = ..., instance_group: _Optional[_Iterable[_Union[InstanceGroup, _Mapping]]] = ...) -> None: ...
 
 class BoolMasksType(_message.Message):
     __slots__ = ("values",)
@@ -740,19 +787,39 @@ class GetManagerClusterInfoRequest(_message.Message):
     trace_id: str
     def __init__(self, trace_id: _Optional[str] = ...) -> None: ...
 
+class NodeEndpoint(_message.Message):
+    __slots__ = ("node_id", "host", "meta_rpc_port", "meta_http_port", "admin_rpc_port", "admin_http_port", "custom_info")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    META_RPC_PORT_FIELD_NUMBER: _ClassVar[int]
+    META_HTTP_PORT_FIELD_NUMBER: _ClassVar[int]
+    ADMIN_RPC_PORT_FIELD_NUMBER: _ClassVar[int]
+    ADMIN_HTTP_PORT_FIELD_NUMBER: _ClassVar[int]
+    CUSTOM_INFO_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    host: str
+    meta_rpc_port: int
+    meta_http_port: int
+    admin_rpc_port: int
+    admin_http_port: int
+    custom_info: str
+    def __init__(self, node_id: _Optional[str] = ..., host: _Optional[str] = ..., meta_rpc_port: _Optional[int] = ..., meta_http_port: _Optional[int] = ..., admin_rpc_port: _Optional[int] = ..., admin_http_port: _Optional[int] = ..., custom_info: _Optional[str] = ...) -> None: ...
+
 class GetManagerClusterInfoResponse(_message.Message):
-    __slots__ = ("header", "info_updated_time", "self_leader_expiration_time", "self_node_id", "leader_node_id")
+    __slots__ = ("header", "info_updated_time", "self_leader_expiration_time", "self_node_id", "leader_node_id", "leader_endpoint")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     INFO_UPDATED_TIME_FIELD_NUMBER: _ClassVar[int]
     SELF_LEADER_EXPIRATION_TIME_FIELD_NUMBER: _ClassVar[int]
     SELF_NODE_ID_FIELD_NUMBER: _ClassVar[int]
     LEADER_NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    LEADER_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     header: CommonResponseHeader
     info_updated_time: int
     self_leader_expiration_time: int
     self_node_id: str
     leader_node_id: str
-    def __init__(self, header: _Optional[_Union[CommonResponseHeader, _Mapping]] = ..., info_updated_time: _Optional[int] = ..., self_leader_expiration_time: _Optional[int] = ..., self_node_id: _Optional[str] = ..., leader_node_id: _Optional[str] = ...) -> None: ...
+    leader_endpoint: NodeEndpoint
+    def __init__(self, header: _Optional[_Union[CommonResponseHeader, _Mapping]] = ..., info_updated_time: _Optional[int] = ..., self_leader_expiration_time: _Optional[int] = ..., self_node_id: _Optional[str] = ..., leader_node_id: _Optional[str] = ..., leader_endpoint: _Optional[_Union[NodeEndpoint, _Mapping]] = ...) -> None: ...
 
 class LeaderDemoteRequest(_message.Message):
     __slots__ = ("trace_id",)

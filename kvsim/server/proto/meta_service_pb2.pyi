@@ -31,6 +31,7 @@ class StorageType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ST_TAIRMEMPOOL: _ClassVar[StorageType]
     ST_NFS: _ClassVar[StorageType]
     ST_VCNS_3FS: _ClassVar[StorageType]
+    ST_DUMMY: _ClassVar[StorageType]
 
 class QueryType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -64,6 +65,7 @@ ST_MOONCAKE: StorageType
 ST_TAIRMEMPOOL: StorageType
 ST_NFS: StorageType
 ST_VCNS_3FS: StorageType
+ST_DUMMY: StorageType
 QT_UNSPECIFIED: QueryType
 QT_BATCH_GET: QueryType
 QT_PREFIX_MATCH: QueryType
@@ -235,6 +237,14 @@ class TairMemPoolStorageSpec(_message.Message):
     vipserver_domain: str
     def __init__(self, domain: _Optional[str] = ..., timeout: _Optional[int] = ..., enable_vipserver: _Optional[bool] = ..., vipserver_domain: _Optional[str] = ...) -> None: ...
 
+class DummyStorageSpec(_message.Message):
+    __slots__ = ("root_path", "key_count_per_file")
+    ROOT_PATH_FIELD_NUMBER: _ClassVar[int]
+    KEY_COUNT_PER_FILE_FIELD_NUMBER: _ClassVar[int]
+    root_path: str
+    key_count_per_file: int
+    def __init__(self, root_path: _Optional[str] = ..., key_count_per_file: _Optional[int] = ...) -> None: ...
+
 class NfsStorageSpec(_message.Message):
     __slots__ = ("root_path", "key_count_per_file")
     ROOT_PATH_FIELD_NUMBER: _ClassVar[int]
@@ -244,7 +254,7 @@ class NfsStorageSpec(_message.Message):
     def __init__(self, root_path: _Optional[str] = ..., key_count_per_file: _Optional[int] = ...) -> None: ...
 
 class StorageConfig(_message.Message):
-    __slots__ = ("global_unique_name", "local", "threefs", "mooncake", "tair_mem_pool", "nfs", "vcnsthreefs", "check_storage_available_when_open")
+    __slots__ = ("global_unique_name", "local", "threefs", "mooncake", "tair_mem_pool", "nfs", "vcnsthreefs", "dummy", "check_storage_available_when_open", "capacity_bytes", "available")
     GLOBAL_UNIQUE_NAME_FIELD_NUMBER: _ClassVar[int]
     LOCAL_FIELD_NUMBER: _ClassVar[int]
     THREEFS_FIELD_NUMBER: _ClassVar[int]
@@ -252,7 +262,10 @@ class StorageConfig(_message.Message):
     TAIR_MEM_POOL_FIELD_NUMBER: _ClassVar[int]
     NFS_FIELD_NUMBER: _ClassVar[int]
     VCNSTHREEFS_FIELD_NUMBER: _ClassVar[int]
+    DUMMY_FIELD_NUMBER: _ClassVar[int]
     CHECK_STORAGE_AVAILABLE_WHEN_OPEN_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    AVAILABLE_FIELD_NUMBER: _ClassVar[int]
     global_unique_name: str
     local: LocalStorageSpec
     threefs: ThreeFSStorageSpec
@@ -260,8 +273,11 @@ class StorageConfig(_message.Message):
     tair_mem_pool: TairMemPoolStorageSpec
     nfs: NfsStorageSpec
     vcnsthreefs: ThreeFSStorageSpec
+    dummy: DummyStorageSpec
     check_storage_available_when_open: bool
-    def __init__(self, global_unique_name: _Optional[str] = ..., local: _Optional[_Union[LocalStorageSpec, _Mapping]] = ..., threefs: _Optional[_Union[ThreeFSStorageSpec, _Mapping]] = ..., mooncake: _Optional[_Union[MooncakeStorageSpec, _Mapping]] = ..., tair_mem_pool: _Optional[_Union[TairMemPoolStorageSpec, _Mapping]] = ..., nfs: _Optional[_Union[NfsStorageSpec, _Mapping]] = ..., vcnsthreefs: _Optional[_Union[ThreeFSStorageSpec, _Mapping]] = ..., check_storage_available_when_open: _Optional[bool] = ...) -> None: ...
+    capacity_bytes: int
+    available: bool
+    def __init__(self, global_unique_name: _Optional[str] = ..., local: _Optional[_Union[LocalStorageSpec, _Mapping]] = ..., threefs: _Optional[_Union[ThreeFSStorageSpec, _Mapping]] = ..., mooncake: _Optional[_Union[MooncakeStorageSpec, _Mapping]] = ..., tair_mem_pool: _Optional[_Union[TairMemPoolStorageSpec, _Mapping]] = ..., nfs: _Optional[_Union[NfsStorageSpec, _Mapping]] = ..., vcnsthreefs: _Optional[_Union[ThreeFSStorageSpec, _Mapping]] = ..., dummy: _Optional[_Union[DummyStorageSpec, _Mapping]] = ..., check_storage_available_when_open: _Optional[bool] = ..., capacity_bytes: _Optional[int] = ..., available: _Optional[bool] = ...) -> None: ...
 
 class RegisterInstanceRequest(_message.Message):
     __slots__ = ("trace_id", "instance_group", "instance_id", "block_size", "location_spec_infos", "model_deployment", "location_spec_groups")
@@ -348,6 +364,30 @@ class GetCacheLocationResponse(_message.Message):
     header: CommonResponseHeader
     locations: _containers.RepeatedCompositeFieldContainer[CacheLocation]
     def __init__(self, header: _Optional[_Union[CommonResponseHeader, _Mapping]] = ..., locations: _Optional[_Iterable[_Union[CacheLocation, _Mapping]]] = ...) -> None: ...
+
+class GetCacheLocationLenRequest(_message.Message):
+    __slots__ = ("trace_id", "instance_id", "query_type", "block_keys", "token_ids", "sw_size")
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    QUERY_TYPE_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_KEYS_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    SW_SIZE_FIELD_NUMBER: _ClassVar[int]
+    trace_id: str
+    instance_id: str
+    query_type: QueryType
+    block_keys: _containers.RepeatedScalarFieldContainer[int]
+    token_ids: _containers.RepeatedScalarFieldContainer[int]
+    sw_size: int
+    def __init__(self, trace_id: _Optional[str] = ..., instance_id: _Optional[str] = ..., query_type: _Optional[_Union[QueryType, str]] = ..., block_keys: _Optional[_Iterable[int]] = ..., token_ids: _Optional[_Iterable[int]] = ..., sw_size: _Optional[int] = ...) -> None: ...
+
+class GetCacheLocationLenResponse(_message.Message):
+    __slots__ = ("header", "cache_location_len")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CACHE_LOCATION_LEN_FIELD_NUMBER: _ClassVar[int]
+    header: CommonResponseHeader
+    cache_location_len: int
+    def __init__(self, header: _Optional[_Union[CommonResponseHeader, _Mapping]] = ..., cache_location_len: _Optional[int] = ...) -> None: ...
 
 class GetCacheMetaRequest(_message.Message):
     __slots__ = ("trace_id", "instance_id", "block_keys", "token_ids", "block_mask", "detail_level")

@@ -54,6 +54,11 @@ class MetaServiceStub:
                 request_serializer=meta__service__pb2.GetCacheLocationRequest.SerializeToString,
                 response_deserializer=meta__service__pb2.GetCacheLocationResponse.FromString,
                 _registered_method=True)
+        self.GetCacheLocationLen = channel.unary_unary(
+                '/kv_cache_manager.proto.meta.MetaService/GetCacheLocationLen',
+                request_serializer=meta__service__pb2.GetCacheLocationLenRequest.SerializeToString,
+                response_deserializer=meta__service__pb2.GetCacheLocationLenResponse.FromString,
+                _registered_method=True)
         self.StartWriteCache = channel.unary_unary(
                 '/kv_cache_manager.proto.meta.MetaService/StartWriteCache',
                 request_serializer=meta__service__pb2.StartWriteCacheRequest.SerializeToString,
@@ -98,6 +103,12 @@ class MetaServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetCacheLocation(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCacheLocationLen(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -149,6 +160,11 @@ def add_MetaServiceServicer_to_server(servicer, server):
                     servicer.GetCacheLocation,
                     request_deserializer=meta__service__pb2.GetCacheLocationRequest.FromString,
                     response_serializer=meta__service__pb2.GetCacheLocationResponse.SerializeToString,
+            ),
+            'GetCacheLocationLen': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCacheLocationLen,
+                    request_deserializer=meta__service__pb2.GetCacheLocationLenRequest.FromString,
+                    response_serializer=meta__service__pb2.GetCacheLocationLenResponse.SerializeToString,
             ),
             'StartWriteCache': grpc.unary_unary_rpc_method_handler(
                     servicer.StartWriteCache,
@@ -279,6 +295,33 @@ class MetaService:
             '/kv_cache_manager.proto.meta.MetaService/GetCacheLocation',
             meta__service__pb2.GetCacheLocationRequest.SerializeToString,
             meta__service__pb2.GetCacheLocationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCacheLocationLen(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kv_cache_manager.proto.meta.MetaService/GetCacheLocationLen',
+            meta__service__pb2.GetCacheLocationLenRequest.SerializeToString,
+            meta__service__pb2.GetCacheLocationLenResponse.FromString,
             options,
             channel_credentials,
             insecure,
