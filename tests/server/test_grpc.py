@@ -501,3 +501,33 @@ def test_eviction_params_keep_ints(fake: FakeService, client: GrpcClient) -> Non
     back = client.admin("getInstanceGroup", {"name": "g"})["instance_group"]
     assert back["cache_config"]["reclaim_strategy"]["eviction"]["params"] == {
         "sample": 5, "alpha": 0.5, "tiers": [1, 2.5]}
+
+
+@pytest.mark.parametrize(("api", "spec"), ALL_METHODS, ids=METHOD_IDS)
+def test_reply_fast_path_equals_parse_dict(api: str, spec: gs.MethodSpec) -> None:
+    """The constructor fast path and ``ParseDict`` agree (ints as ints, all defaults)."""
+    msg = fill(spec.response(), seed=7)
+    reply = message_to_reply(msg)  # int64 as ints: the constructor takes it
+    slow = json_format.ParseDict(reply, spec.response(), ignore_unknown_fields=True)
+    assert gs.reply_to_message(reply, spec.response) == slow == msg
+    sparse = json_format.MessageToDict(msg, preserving_proto_field_name=True)
+    assert gs.reply_to_message(sparse, spec.response) == msg  # int64 as strings
+
+
+def test_reply_fast_path_edge_cases() -> None:
+    cls = meta_service_pb2.StartWriteCacheResponse
+    m = gs.reply_to_message({"block_mask": None, "locations": [], "write_session_id": "1"}, cls)
+    assert not m.HasField("block_mask") and m.write_session_id == "1"
+    m = gs.reply_to_message({"block_mask": {"offset": 0}}, cls)
+    assert m.block_mask.WhichOneof("info") == "offset"
+    m = gs.reply_to_message({"locations": [{"type": 4, "spec_size": 1.0}]}, cls)
+    assert m.locations[0].type == meta_service_pb2.ST_NFS and m.locations[0].spec_size == 1
+    with pytest.raises(json_format.ParseError):
+        gs.reply_to_message({"locations": [{"spec_size": 1.5}]}, cls)
+    g = gs.reply_to_message(
+        {"instance_group": {"cache_config": {"reclaim_strategy": {
+            "eviction": {"params": {"a": 1, "b": [1, "x"]}}}}}},
+        admin_service_pb2.GetInstanceGroupResponse,
+    )
+    params = g.instance_group.cache_config.reclaim_strategy.eviction.params  # type: ignore[attr-defined]
+    assert json_format.MessageToDict(params) == {"a": 1, "b": [1, "x"]}
