@@ -89,7 +89,7 @@ __all__ = ["DEFAULT_ADMIN_PASSWORD", "DEFAULT_ADMIN_USER", "Service", "default_c
 log = logging.getLogger("kvsim.server")
 
 DEFAULT_ADMIN_USER = "admin"
-DEFAULT_ADMIN_PASSWORD = "kvsim-admin"  # noqa: S105 - documented bootstrap default
+DEFAULT_ADMIN_PASSWORD = "kvsim-admin"
 DEFAULT_QUOTA_BYTES = 30 * 10**9
 DEFAULT_WRITE_TIMEOUT_S = 30
 
@@ -990,7 +990,7 @@ class Service:
         ws = self.mgr.start_write(iid, keys, timeout_s=float(timeout or DEFAULT_WRITE_TIMEOUT_S))
         idx = self._storage_idx.get(ws.storage, 0)
         # the core allocates rows with storage slot 0; record the chosen storage
-        ses_rows = self.mgr._sessions[ws.session_id].rows  # noqa: SLF001 - read-only use
+        ses_rows = self.mgr._sessions[ws.session_id].rows
         self.mgr.table.t.loc[ses_rows] = idx
         st = self._storage_slots[idx]
         self._sessions[ws.session_id] = _Session(iid, keys.copy(), ws.is_new.copy(),
