@@ -198,7 +198,7 @@ def main() -> None:
                 def make() -> Callable[[], None]:
                     c = GrpcClient("127.0.0.1", ports["meta_port"], ports["admin_port"],
                                    credential=cred, timeout=60)
-                    return lambda: c.call(api, method, msg)  # type: ignore[func-returns-value]
+                    return lambda: c.call(api, method, msg)
                 return make
 
             for n in clients:

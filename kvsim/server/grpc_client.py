@@ -7,7 +7,8 @@ Two ways to call:
 - JSON-shaped: ``client.meta("getCacheLocation", {...})`` takes the same dict body as the
   HTTP API (snake_case; int64 as numbers or strings; enums as names or integers; unknown
   fields ignored) and returns the reply as a dict shaped like the HTTP reply (snake_case,
-  enum names, int64 as ints, every scalar and repeated field present, default or not).
+  enum names, int64 as ints; on success every scalar and repeated field present, default
+  or not; on an error just the header).
 
 The credential ``"user:password"`` is sent on every call as gRPC metadata
 ``authorization: Basic base64(user:password)``.
@@ -88,21 +89,27 @@ def _ints(desc: _descriptor.Descriptor, d: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
-def message_to_reply(msg: Message) -> dict[str, Any]:
+def message_to_reply(msg: Message, *, with_defaults: bool | None = None) -> dict[str, Any]:
     """Converts a response message into an HTTP-style reply dict.
 
     Args:
         msg: A response message.
+        with_defaults: Include scalar and repeated fields at their default value (proto3
+            cannot tell them from absent ones). ``None``: only when the reply's
+            ``header.status.code`` is ``OK``, so an error reply is just its header, as
+            over HTTP.
 
     Returns:
         snake_case names, enum names, int64 as Python ints (also whole numbers inside
-        ``Struct`` fields); scalar and repeated fields are present even at their default
-        value (unset sub-messages and oneofs are not).
+        ``Struct`` fields); unset sub-messages and oneofs are left out.
     """
+    if with_defaults is None:
+        header = getattr(msg, "header", None)
+        with_defaults = header is None or header.status.code == 1  # ErrorCode.OK
     d = json_format.MessageToDict(
         msg,
         preserving_proto_field_name=True,
-        always_print_fields_with_no_presence=True,
+        always_print_fields_with_no_presence=with_defaults,
     )
     return struct_numbers(msg.DESCRIPTOR, _ints(msg.DESCRIPTOR, d))
 
