@@ -27,30 +27,19 @@ from types import TracebackType
 from typing import Any
 
 import grpc
-from google.protobuf import descriptor as _descriptor
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from kvsim.server.grpc_server import (
     MAX_MESSAGE_BYTES,
     MethodSpec,
+    int64_numbers,
     lower_camel,
     method_table,
     struct_numbers,
 )
 
 __all__ = ["GrpcClient", "body_to_message", "message_to_reply"]
-
-_INT64_TYPES = frozenset(
-    {
-        _descriptor.FieldDescriptor.TYPE_INT64,
-        _descriptor.FieldDescriptor.TYPE_UINT64,
-        _descriptor.FieldDescriptor.TYPE_SINT64,
-        _descriptor.FieldDescriptor.TYPE_FIXED64,
-        _descriptor.FieldDescriptor.TYPE_SFIXED64,
-    }
-)
-
 
 def body_to_message(body: Mapping[str, Any], request_cls: type[Message]) -> Message:
     """Builds a request message from an HTTP-style JSON body.
@@ -68,25 +57,6 @@ def body_to_message(body: Mapping[str, Any], request_cls: type[Message]) -> Mess
             wrong shape (e.g. ``"block_keys": ["x"]``).
     """
     return json_format.ParseDict(dict(body), request_cls(), ignore_unknown_fields=True)
-
-
-def _ints(desc: _descriptor.Descriptor, d: dict[str, Any]) -> dict[str, Any]:
-    for f in desc.fields:
-        if f.name not in d:
-            continue
-        v = d[f.name]
-        if f.type in _INT64_TYPES:
-            d[f.name] = [int(x) for x in v] if isinstance(v, list) else int(v)
-        elif f.message_type is not None and f.message_type.full_name.startswith(
-            "kv_cache_manager."
-        ):
-            if isinstance(v, list):
-                for item in v:
-                    if isinstance(item, dict):
-                        _ints(f.message_type, item)
-            elif isinstance(v, dict):
-                _ints(f.message_type, v)
-    return d
 
 
 def message_to_reply(msg: Message, *, with_defaults: bool | None = None) -> dict[str, Any]:
@@ -111,7 +81,7 @@ def message_to_reply(msg: Message, *, with_defaults: bool | None = None) -> dict
         preserving_proto_field_name=True,
         always_print_fields_with_no_presence=with_defaults,
     )
-    return struct_numbers(msg.DESCRIPTOR, _ints(msg.DESCRIPTOR, d))
+    return struct_numbers(msg.DESCRIPTOR, int64_numbers(msg.DESCRIPTOR, d))
 
 
 def _method(api: str, method: str) -> MethodSpec:

@@ -6,12 +6,14 @@ port. Every RPC is a thin adapter over the transport-neutral service:
 
 1. the request message becomes a dict with
    ``json_format.MessageToDict(msg, preserving_proto_field_name=True)`` (snake_case field
-   names, enum names, int64 as strings, fields at their default value left out);
+   names, enum names, fields at their default value left out; int64, which that mapping
+   writes as strings, turned back into ints);
 2. ``service.call(api, method, body, credential=...)`` is called with ``api`` ``"meta"`` or
    ``"admin"`` and the lowerCamel method name (``GetCacheLocation`` ->
    ``"getCacheLocation"``), the same name the HTTP transport takes from ``/api/<name>``;
-3. the reply dict becomes the response message with
-   ``json_format.ParseDict(reply, Response(), ignore_unknown_fields=True)``.
+3. the reply dict becomes the response message: what
+   ``json_format.ParseDict(reply, Response(), ignore_unknown_fields=True)`` gives (the
+   message constructor first, ~25x faster, ``ParseDict`` for anything it refuses).
 
 The outcome travels in the reply's ``header.status`` as in KVCM; the gRPC status is OK
 unless the transport itself fails. A service exception or a reply that does not fit the
@@ -52,11 +54,13 @@ __all__ = [
     "GrpcHandle",
     "ServiceLike",
     "decode_credential",
+    "int64_numbers",
     "lower_camel",
     "message_to_body",
     "method_table",
     "reply_to_message",
     "serve_grpc",
+    "struct_numbers",
 ]
 
 log = logging.getLogger(__name__)
@@ -223,6 +227,45 @@ def struct_numbers(desc: _descriptor.Descriptor, d: dict[str, Any]) -> dict[str,
     return d
 
 
+_INT64_TYPES = frozenset(
+    {
+        _descriptor.FieldDescriptor.TYPE_INT64,
+        _descriptor.FieldDescriptor.TYPE_UINT64,
+        _descriptor.FieldDescriptor.TYPE_SINT64,
+        _descriptor.FieldDescriptor.TYPE_FIXED64,
+        _descriptor.FieldDescriptor.TYPE_SFIXED64,
+    }
+)
+
+
+def int64_numbers(desc: _descriptor.Descriptor, d: dict[str, Any]) -> dict[str, Any]:
+    """Turns the int64 fields of a ``MessageToDict`` result back into ints, in place.
+
+    The proto3 JSON mapping writes int64 as decimal strings; the service takes either,
+    but ints are the common HTTP form and its fast path (``block_keys`` as one array).
+
+    Args:
+        desc: The message type of ``d``.
+        d: Its ``MessageToDict`` form (snake_case names).
+
+    Returns:
+        ``d``.
+    """
+    for f in desc.fields:
+        if f.name not in d:
+            continue
+        v = d[f.name]
+        if f.type in _INT64_TYPES:
+            d[f.name] = [int(x) for x in v] if isinstance(v, list) else int(v)
+        elif f.message_type is not None and f.message_type.full_name.startswith(
+            "kv_cache_manager."
+        ):
+            for item in v if isinstance(v, list) else [v]:
+                if isinstance(item, dict):
+                    int64_numbers(f.message_type, item)
+    return d
+
+
 def message_to_body(msg: Message) -> dict[str, Any]:
     """Converts a request message into the dict ``Service.call`` takes.
 
@@ -230,13 +273,13 @@ def message_to_body(msg: Message) -> dict[str, Any]:
         msg: A request message.
 
     Returns:
-        The proto3 JSON mapping with snake_case names: enums as names, int64 as decimal
-        strings, fields at their default value left out (a set oneof member, such as
-        ``block_mask.offset = 0``, is kept); whole numbers inside ``Struct`` fields as
-        ints.
+        ``MessageToDict(msg, preserving_proto_field_name=True)``: snake_case names, enums
+        as names, fields at their default value left out (a set oneof member, such as
+        ``block_mask.offset = 0``, is kept); then int64 fields and whole numbers inside
+        ``Struct`` fields turned back into ints.
     """
     body = json_format.MessageToDict(msg, preserving_proto_field_name=True)
-    return struct_numbers(msg.DESCRIPTOR, body)
+    return struct_numbers(msg.DESCRIPTOR, int64_numbers(msg.DESCRIPTOR, body))
 
 
 def reply_to_message(reply: Mapping[str, Any], response_cls: type[Message]) -> Message:

@@ -203,10 +203,11 @@ def test_reply_dict_round_trip(api: str, spec: gs.MethodSpec) -> None:
     assert gs.reply_to_message(reply, spec.response) == msg
 
 
-def test_int64_become_strings_for_the_service() -> None:
+def test_int64_reach_the_service_as_ints() -> None:
     req = meta_service_pb2.GetCacheLocationRequest(block_keys=[1, -(2**63), 2**63 - 1])
     body = gs.message_to_body(req)
-    assert body["block_keys"] == ["1", str(-(2**63)), str(2**63 - 1)]
+    assert body["block_keys"] == [1, -(2**63), 2**63 - 1]
+    assert all(type(k) is int for k in body["block_keys"])
 
 
 def test_reply_int64_numbers_and_strings_accepted() -> None:
@@ -306,7 +307,7 @@ def test_get_cache_location_shapes(fake: FakeService, client: GrpcClient) -> Non
     ((_, _, body, _),) = fake.calls
     assert body == {
         "trace_id": "t", "instance_id": "i", "query_type": "QT_REVERSE_ROLL_SW_MATCH",
-        "sw_size": 1, "block_keys": ["10", "11", "-12"], "block_mask": {"offset": 0},
+        "sw_size": 1, "block_keys": [10, 11, -12], "block_mask": {"offset": 0},
         "location_spec_names": ["tp0", "tp1"],
     }
     assert reply["header"] == {
@@ -343,7 +344,7 @@ def test_start_write_bool_mask_and_finish(fake: FakeService, client: GrpcClient)
     assert reply["block_mask"] == {"bool_masks": {"values": [True, False, True]}}
     assert reply["locations"][0]["type"] == "ST_3FS"
     ((_, _, body, _),) = fake.calls
-    assert body["token_ids"] == [str(i) for i in range(5)]
+    assert body["token_ids"] == list(range(5))
     assert body["write_timeout_seconds"] == 30
     client.meta("finishWriteCache", {"write_session_id": "ws-1",
                                      "success_blocks": {"bool_masks": {"values": [True]}}})
@@ -371,10 +372,10 @@ def test_admin_nested_group(fake: FakeService, client: GrpcClient) -> None:
     client.admin("updateInstanceGroup", {"instance_group": group, "current_version": 1})
     ((api, method, body, _),) = fake.calls
     assert (api, method) == ("admin", "updateInstanceGroup")
-    assert body["current_version"] == "1"
+    assert body["current_version"] == 1
     g = body["instance_group"]
-    assert g["quota"] == {"capacity": str(1 << 40),
-                          "quota_config": [{"storage_type": "ST_NFS", "capacity": "1024"}]}
+    assert g["quota"] == {"capacity": 1 << 40,
+                          "quota_config": [{"storage_type": "ST_NFS", "capacity": 1024}]}
     assert g["cache_config"]["reclaim_strategy"]["trigger_strategy"] == {"used_percentage": 0.9}
     assert g["cache_config"]["data_storage_strategy"] == "CPS_PREFER_3FS"
     fake.replies[("admin", "getInstanceGroup")] = {
