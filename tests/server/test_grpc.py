@@ -13,6 +13,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -535,3 +536,10 @@ def test_reply_fast_path_edge_cases() -> None:
     )
     params = g.instance_group.cache_config.reclaim_strategy.eviction.params  # type: ignore[attr-defined]
     assert json_format.MessageToDict(params) == {"a": 1, "b": [1, "x"]}
+
+
+def test_server_equals_replay_over_grpc(tmp_path: Path) -> None:
+    """The sim/prod parity check of ``test_parity.py``, driven over gRPC."""
+    from test_parity import test_server_equals_replay
+
+    test_server_equals_replay("grpc", 300, 800, tmp_path)
