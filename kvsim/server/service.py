@@ -906,14 +906,11 @@ class Service:
         for ``file`` storages (a real path under the storage root), else
         ``<scheme>://<storage>/<instance>/<key>.<spec>?size=<bytes>``.
         """
-        out: list[dict[str, Any]] = []
-        templates: dict[str, tuple[str, str, list[tuple[str, str]]]] = {}
         # every key as 16 hex digits, in one C call
         hexes = np.asarray(keys, dtype=np.int64).astype(">i8").tobytes().hex()
-        for j, st in enumerate(sts):
-            if st is None:
-                out.append(_PLACEHOLDER)
-                continue
+        templates: dict[str, tuple[str, str, list[tuple[str, str]]]] = {}
+
+        def template(st: StorageSpec) -> tuple[str, str, list[tuple[str, str]]]:
             t = templates.get(st.name)
             if t is None:
                 if st.type == "file":
@@ -924,7 +921,26 @@ class Service:
                          for n, sz in zip(rec.spec_names, rec.spec_sizes, strict=True)
                          if (only is None or n in only) and (allowed is None or n in allowed)]
                 t = templates[st.name] = (W.TYPE_ENUM.get(st.type, "ST_UNSPECIFIED"), base, specs)
-            typ, base, specs = t
+            return t
+
+        first = sts[0] if sts else None
+        if first is not None and all(x is first for x in sts):  # the common case: one storage
+            typ, base, specs = template(first)
+            ns = len(specs)
+            heads = [base + hexes[i: i + 16] for i in range(0, 16 * len(sts), 16)]
+            if ns == 1:
+                name, suf = specs[0]
+                return [{"type": typ, "spec_size": 1,
+                         "location_specs": [{"name": name, "uri": h + suf}]} for h in heads]
+            return [{"type": typ, "spec_size": ns,
+                     "location_specs": [{"name": n, "uri": h + suf} for n, suf in specs]}
+                    for h in heads]
+        out: list[dict[str, Any]] = []
+        for j, st in enumerate(sts):
+            if st is None:
+                out.append(_PLACEHOLDER)
+                continue
+            typ, base, specs = template(st)
             head = base + hexes[16 * j: 16 * j + 16]
             out.append({"type": typ, "spec_size": len(specs),
                         "location_specs": [{"name": n, "uri": head + suf} for n, suf in specs]})
