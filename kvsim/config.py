@@ -352,16 +352,19 @@ class _Reader:
 
     def server(self, d: Any, path: str) -> ServerOptions:
         self.known(d, path, {f.name for f in fields(ServerOptions)})
-        port = {"integer": True, "low": 0, "high": 65535}
+
+        def port(name: str, default: int) -> int:
+            return int(self.num(d, name, path, default, integer=True, low=0, high=65535))
+
         ev = d.get("event_log", True)
         if not isinstance(ev, bool):
             raise self.fail(f"{path}.event_log", f"expected true or false, got {ev!r}")
         return ServerOptions(
             host=self.text(d, "host", path, "127.0.0.1"),
-            http_port=self.num(d, "http_port", path, 6382, **port),
-            admin_http_port=self.num(d, "admin_http_port", path, 6492, **port),
-            grpc_port=self.num(d, "grpc_port", path, 6381, **port),
-            admin_grpc_port=self.num(d, "admin_grpc_port", path, 6491, **port),
+            http_port=port("http_port", 6382),
+            admin_http_port=port("admin_http_port", 6492),
+            grpc_port=port("grpc_port", 6381),
+            admin_grpc_port=port("admin_grpc_port", 6491),
             data_dir=self.text(d, "data_dir", path, "kvsim-data"),
             tick_seconds=self.num(d, "tick_seconds", path, 0.5, integer=False, low=0.01,
                                   high=3600),

@@ -86,11 +86,15 @@ def _bind(host: str, port: int) -> socket.socket:
 
 def _serve(app: Any, sock: socket.socket, access_log: bool) -> tuple[_Server, threading.Thread]:
     cfg = uvicorn.Config(app, log_level="warning", access_log=access_log, lifespan="off",
-                         loop="asyncio", http="h11" if _no_httptools() else "auto")
+                         loop="asyncio", http="h11" if _no_module("httptools") else "auto")
     srv = _Server(cfg)
 
     def run() -> None:
-        asyncio.run(srv.serve(sockets=[sock]))
+        factory: Any = None
+        if not _no_module("uvloop"):
+            factory = importlib.import_module("uvloop").new_event_loop
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(srv.serve(sockets=[sock]))
 
     th = threading.Thread(target=run, name="kvsim-http", daemon=True)
     th.start()
@@ -102,9 +106,9 @@ def _serve(app: Any, sock: socket.socket, access_log: bool) -> tuple[_Server, th
     return srv, th
 
 
-def _no_httptools() -> bool:
+def _no_module(name: str) -> bool:
     try:
-        importlib.import_module("httptools")
+        importlib.import_module(name)
     except ImportError:
         return True
     return False

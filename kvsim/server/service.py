@@ -82,7 +82,7 @@ from kvsim.server.auth import Account, Accounts
 from kvsim.server.clock import MonotonicClock
 from kvsim.server.eventlog import EventLog
 from kvsim.server.persistence import NullPersistence, Persistence
-from kvsim.trace.hashing import MASK64, token_block_keys
+from kvsim.trace.hashing import token_block_keys
 
 __all__ = ["DEFAULT_ADMIN_PASSWORD", "DEFAULT_ADMIN_USER", "Service", "default_config"]
 
@@ -426,7 +426,7 @@ class Service:
         st = StorageSpec(name=name, type=stype, capacity_bytes=cap, uri=uri)
         if stype == "file":
             st = replace(st, uri=self._storage_root(st))
-        wire = {"global_unique_name": name, field: dict(spec),
+        wire: dict[str, Any] = {"global_unique_name": name, field: dict(spec),
                 "check_storage_available_when_open": W.get_bool(
                     cfg, "check_storage_available_when_open", where="storage."),
                 "capacity_bytes": cap}
@@ -666,7 +666,7 @@ class Service:
             raise W.WireError("location_spec_infos: duplicate spec names")
         md_in = W.get_dict(body, "model_deployment")
         w = "model_deployment."
-        md = {
+        md: dict[str, Any] = {
             "model_name": W.get_str(md_in, "model_name", required=True, where=w),
             "dtype": W.get_str(md_in, "dtype", required=True, where=w),
             "use_mla": W.get_bool(md_in, "use_mla", where=w),
@@ -843,9 +843,9 @@ class Service:
         out.append(("kvsim_instances", len(self._inst), {}))
         for (api, method, code), n in sorted(self.calls.items()):
             out.append(("kvsim_calls", n, {"api": api, "method": method, "code": code}))
-        for (api, method), (n, secs) in sorted(self.latency.items()):
+        for (api, method), (count, secs) in sorted(self.latency.items()):
             out.append(("kvsim_call_seconds_sum", secs, {"api": api, "method": method}))
-            out.append(("kvsim_call_seconds_count", n, {"api": api, "method": method}))
+            out.append(("kvsim_call_seconds_count", count, {"api": api, "method": method}))
         return out
 
     def locked_metrics(self) -> list[tuple[str, float, dict[str, str]]]:
@@ -895,24 +895,61 @@ class Service:
 
     def _location(self, rec: _Instance, iid: str, key: int, st: StorageSpec | None,
                   only: set[str] | None, allowed: list[str] | None = None) -> dict[str, Any]:
-        if st is None:
-            return _PLACEHOLDER
-        k = int(key) & MASK64
-        scheme = _URI_SCHEME.get(st.type, st.type)
-        if st.type == "file":
-            base = f"file://{st.name}{st.uri}/{iid}/{k:016x}"
-        else:
-            base = f"{scheme}://{st.name}/{iid}/{k:016x}"
-        specs = [{"name": n, "uri": f"{base}.{n}?size={sz}"}
-                 for n, sz in zip(rec.spec_names, rec.spec_sizes, strict=True)
-                 if (only is None or n in only) and (allowed is None or n in allowed)]
-        return {"type": W.TYPE_ENUM.get(st.type, "ST_UNSPECIFIED"), "spec_size": len(specs),
-                "location_specs": specs}
+        return self._locations(rec, iid, [key], [st], only, allowed)[0]
+
+    def _locations(self, rec: _Instance, iid: str, keys: list[int],
+                   sts: list[StorageSpec | None], only: set[str] | None,
+                   allowed: list[str] | None = None) -> list[dict[str, Any]]:
+        """One location per key: one URI per (spec, key) on the key's storage.
+
+        URIs: ``file://<storage><root>/<instance>/<key as 16 hex>.<spec>?size=<bytes>``
+        for ``file`` storages (a real path under the storage root), else
+        ``<scheme>://<storage>/<instance>/<key>.<spec>?size=<bytes>``.
+        """
+        # every key as 16 hex digits, in one C call
+        hexes = np.asarray(keys, dtype=np.int64).astype(">i8").tobytes().hex()
+        templates: dict[str, tuple[str, str, list[tuple[str, str]]]] = {}
+
+        def template(st: StorageSpec) -> tuple[str, str, list[tuple[str, str]]]:
+            t = templates.get(st.name)
+            if t is None:
+                if st.type == "file":
+                    base = f"file://{st.name}{st.uri}/{iid}/"
+                else:
+                    base = f"{_URI_SCHEME.get(st.type, st.type)}://{st.name}/{iid}/"
+                specs = [(n, f".{n}?size={sz}")
+                         for n, sz in zip(rec.spec_names, rec.spec_sizes, strict=True)
+                         if (only is None or n in only) and (allowed is None or n in allowed)]
+                t = templates[st.name] = (W.TYPE_ENUM.get(st.type, "ST_UNSPECIFIED"), base, specs)
+            return t
+
+        first = sts[0] if sts else None
+        if first is not None and all(x is first for x in sts):  # the common case: one storage
+            typ, base, specs = template(first)
+            ns = len(specs)
+            heads = [base + hexes[i: i + 16] for i in range(0, 16 * len(sts), 16)]
+            if ns == 1:
+                name, suf = specs[0]
+                return [{"type": typ, "spec_size": 1,
+                         "location_specs": [{"name": name, "uri": h + suf}]} for h in heads]
+            return [{"type": typ, "spec_size": ns,
+                     "location_specs": [{"name": n, "uri": h + suf} for n, suf in specs]}
+                    for h in heads]
+        out: list[dict[str, Any]] = []
+        for j, st in enumerate(sts):
+            if st is None:
+                out.append(_PLACEHOLDER)
+                continue
+            typ, base, specs = template(st)
+            head = base + hexes[16 * j: 16 * j + 16]
+            out.append({"type": typ, "spec_size": len(specs),
+                        "location_specs": [{"name": n, "uri": head + suf} for n, suf in specs]})
+        return out
 
     def _storages_of_rows(self, rows: np.ndarray) -> list[StorageSpec | None]:
-        loc = self.mgr.table.t.loc
         slots = self._storage_slots
-        return [slots[int(loc[r])] if r >= 0 else None for r in rows.tolist()]
+        idx = np.where(rows >= 0, self.mgr.table.t.loc[np.maximum(rows, 0)], -1)
+        return [slots[i] if i >= 0 else None for i in idx.tolist()]
 
     def _read_args(self, body: dict[str, Any]
                    ) -> tuple[str, InstanceSpec, _Instance, np.ndarray, np.ndarray | None]:
@@ -935,14 +972,11 @@ class Service:
         res = self.mgr.match(iid, keys, query=query, mask=mask, sw_size=sw)
         rows = res.rows
         if query == QUERY_PREFIX:
-            sel = rows[rows >= 0]
-            sts = self._storages_of_rows(sel)
-            locs = [self._location(rec, iid, k, s, only)
-                    for k, s in zip(keys[rows >= 0].tolist(), sts, strict=True)]
+            hit = rows >= 0
+            locs = self._locations(rec, iid, keys[hit].tolist(),
+                                   self._storages_of_rows(rows[hit]), only)
         else:
-            sts = self._storages_of_rows(rows)
-            locs = [self._location(rec, iid, k, s, only)
-                    for k, s in zip(keys.tolist(), sts, strict=True)]
+            locs = self._locations(rec, iid, keys.tolist(), self._storages_of_rows(rows), only)
         self._emit("GetCacheLocation", iid, trace_id=_trace_id(body), query_type=qt,
                    block_keys=keys.tolist(), sw_size=sw, hit_blocks=res.hit_blocks,
                    **({} if mask is None else {"block_mask": mask.tolist()}))
@@ -1002,9 +1036,12 @@ class Service:
         else:
             mask_out = {"bool_masks": {"values": held.tolist()}}
         new_pos = np.flatnonzero(ws.is_new).tolist()
-        locs = [self._location(rec, iid, int(keys[j]), st, None,
-                               rec.spec_groups[gnames[j]] if gnames else None)
-                for j in new_pos]
+        if gnames:
+            locs = [self._location(rec, iid, int(keys[j]), st, None, rec.spec_groups[gnames[j]])
+                    for j in new_pos]
+        else:
+            locs = self._locations(rec, iid, keys[ws.is_new].tolist(), [st] * len(new_pos),
+                                   None)
         self._emit("StartWriteCache", iid, trace_id=_trace_id(body),
                    write_session_id=str(ws.session_id), block_keys=keys.tolist(),
                    new_blocks=len(new_pos))
@@ -1075,7 +1112,7 @@ def _trace_id(body: dict[str, Any]) -> str:
 def _int64_list(v: Any, field: str) -> np.ndarray:
     if not isinstance(v, list):
         raise W.WireError(f"{field}: expected a list of int64, got {W._show(v)}")
-    if all(type(x) is int for x in v):
+    if set(map(type, v)) <= {int}:
         try:
             return np.array(v, dtype=np.int64)
         except OverflowError:
