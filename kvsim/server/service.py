@@ -282,10 +282,11 @@ class Service:
         dt = time.perf_counter() - t0
         known = self._meta if api == "meta" else self._admin if api == "admin" else {}
         ck = (api, method if method in known else "<unknown>", code)
-        self.calls[ck] = self.calls.get(ck, 0) + 1
-        lat = self.latency.setdefault(ck[:2], [0, 0.0])
-        lat[0] += 1
-        lat[1] += dt
+        with self._lock:  # gRPC serves from a thread pool
+            self.calls[ck] = self.calls.get(ck, 0) + 1
+            lat = self.latency.setdefault(ck[:2], [0, 0.0])
+            lat[0] += 1
+            lat[1] += dt
         reply: dict[str, Any] = {"header": {"status": {"code": code, "message": message},
                                             "request_id": rid}}
         if code == "OK":

@@ -138,3 +138,42 @@ def test_kvsim_serve_end_to_end(tmp_path: Path) -> None:
     assert "kvsim serving on 127.0.0.1" in text
     assert "meta/registerInstance 200 OK" in text  # the access log
     assert (tmp_path / "events.jsonl").exists()
+
+
+def test_concurrent_calls_are_serialized(tmp_path: Path) -> None:
+    import threading
+
+    s = Service(data_dir=tmp_path, event_log=True)
+    s.call("meta", "registerInstance", {"instance_group": "default", "instance_id": "i0",
+                                        "block_size": 4, "model_deployment": {
+                                            "model_name": "m", "dtype": "d"},
+                                        "location_spec_infos": [{"name": "a", "size": 1}]})
+    s.start_background(0.001)
+    errors: list[str] = []
+
+    def worker(t: int) -> None:
+        for i in range(100):
+            keys = [t * 1000 + i, t * 1000 + i + 1]
+            w = s.call("meta", "startWriteCache", {"instance_id": "i0", "block_keys": keys})
+            f = s.call("meta", "finishWriteCache", {"write_session_id": w["write_session_id"],
+                                                    "success_blocks": {"offset": len(
+                                                        w["locations"])}})
+            g = s.call("meta", "getCacheLocation", {"instance_id": "i0", "block_keys": keys})
+            for r in (w, f, g):
+                if r["header"]["status"]["code"] != "OK":
+                    errors.append(str(r["header"]))
+            if len(g["locations"]) != 2:
+                errors.append(f"read {len(g['locations'])} of 2")
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=60)
+    s.close()
+    assert errors == []
+    u = s.mgr.usage()[0]
+    assert u.serving_blocks == 8 * 101 and u.pending_blocks == 0
+    assert sum(n for (api, m, c), n in s.calls.items() if m == "getCacheLocation") == 800
+    lines = (tmp_path / "events.jsonl").read_text().splitlines()
+    assert len(lines) == 3 * 800
