@@ -1,4 +1,4 @@
-"""The ``kvsim`` command line: ``kvsim replay`` and ``kvsim trace``.
+"""The ``kvsim`` command line: ``kvsim replay``, ``kvsim trace`` and ``kvsim serve``.
 
 ``kvsim replay [TRACE]`` replays a trace (default: the shipped sample,
 ``traces/sample.parquet``) through one cache, a comma list of capacities (a sweep,
@@ -192,7 +192,8 @@ def _check_out_dir(out: Path, names: Sequence[str]) -> None:
 
 
 # ---------------------------------------------------------------------- main group
-@click.group(cls=_LazyGroup, lazy={"trace": "kvsim.trace.cli:trace_group"})
+@click.group(cls=_LazyGroup, lazy={"trace": "kvsim.trace.cli:trace_group",
+                                   "serve": "kvsim.server.cli:serve_cmd"})
 @click.version_option(getattr(kvsim, "__version__", None), "--version", package_name="kvsim",
                       prog_name="kvsim")
 @click.pass_context

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import click
 
-FORMATS = ("auto", "mooncake", "bailian", "kvcm", "parquet")
+FORMATS = ("auto", "mooncake", "bailian", "kvcm", "kvcm-events", "parquet")
 
 F = TypeVar("F", bound=Callable[..., Any])
 

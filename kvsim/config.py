@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,14 +63,43 @@ class ReplayOptions:
 
 
 @dataclass(frozen=True)
+class ServerOptions:
+    """How ``kvsim serve`` runs (the optional ``server:`` section; flags override it).
+
+    Attributes:
+        host: address the listeners bind to.
+        http_port: meta service HTTP port.
+        admin_http_port: admin service HTTP port.
+        grpc_port: meta service gRPC port (0 = no gRPC).
+        admin_grpc_port: admin service gRPC port.
+        data_dir: file storage roots (relative ones) and the event log.
+        tick_seconds: period of the background tick (session expiry, reclaim).
+        event_log: write ``<data_dir>/events.jsonl``.
+        admin_user: the bootstrap admin account (its password comes from
+            ``--admin-password`` or ``$KVSIM_ADMIN_PASSWORD``, never the config).
+    """
+
+    host: str = "127.0.0.1"
+    http_port: int = 6382
+    admin_http_port: int = 6492
+    grpc_port: int = 6381
+    admin_grpc_port: int = 6491
+    data_dir: str = "kvsim-data"
+    tick_seconds: float = 0.5
+    event_log: bool = True
+    admin_user: str = "admin"
+
+
+@dataclass(frozen=True)
 class KVSimConfig:
-    """Storages, groups, instances and replay options."""
+    """Storages, groups, instances, replay options and (for ``kvsim serve``) server options."""
 
     storages: tuple[StorageSpec, ...] = ()
     groups: tuple[GroupSpec, ...] = ()
     instances: tuple[InstanceSpec, ...] = ()
     replay: ReplayOptions = field(default_factory=ReplayOptions)
     source: str = "<config>"
+    server: ServerOptions = field(default_factory=ServerOptions)
 
     # ------------------------------------------------------------ constructors
     @staticmethod
@@ -121,7 +150,7 @@ class KVSimConfig:
     def from_dict(data: dict[str, Any], source: str = "<config>") -> KVSimConfig:
         """Validate and build from a mapping; errors name ``source`` and the field."""
         r = _Reader(source)
-        r.known(data, "", {"storages", "instance_groups", "instances", "replay"})
+        r.known(data, "", {"storages", "instance_groups", "instances", "replay", "server"})
         storages = tuple(r.storage(s, f"storages[{i}]")
                          for i, s in enumerate(r.list_of(data, "storages", "")))
         groups = tuple(r.group(g, f"instance_groups[{i}]")
@@ -129,6 +158,7 @@ class KVSimConfig:
         instances = tuple(r.instance(s, f"instances[{i}]")
                           for i, s in enumerate(r.list_of(data, "instances", "")))
         replay = r.replay(data.get("replay") or {}, "replay")
+        server = r.server(data.get("server") or {}, "server")
         names = [g.name for g in groups]
         for i, n in enumerate(names):
             if names.index(n) != i:
@@ -150,7 +180,7 @@ class KVSimConfig:
             raise ConfigError(
                 f"{source}: replay.default_group: unknown group {replay.default_group!r}"
             )
-        return KVSimConfig(storages, groups, instances, replay, source)
+        return KVSimConfig(storages, groups, instances, replay, source, server)
 
     # ------------------------------------------------------------ output
     def to_dict(self) -> dict[str, Any]:
@@ -178,7 +208,7 @@ class KVSimConfig:
                  "model_name": s.model_name, "dtype": s.dtype} for s in self.instances
             ],
             "replay": asdict(self.replay),
-        }
+        } | ({"server": asdict(self.server)} if self.server != ServerOptions() else {})
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write YAML (or JSON for a ``.json`` path) atomically."""
@@ -323,6 +353,28 @@ class _Reader:
             location_specs=tuple(specs),
             model_name=self.text(d, "model_name", path, ""),
             dtype=self.text(d, "dtype", path, ""),
+        )
+
+    def server(self, d: Any, path: str) -> ServerOptions:
+        self.known(d, path, {f.name for f in fields(ServerOptions)})
+
+        def port(name: str, default: int) -> int:
+            return int(self.num(d, name, path, default, integer=True, low=0, high=65535))
+
+        ev = d.get("event_log", True)
+        if not isinstance(ev, bool):
+            raise self.fail(f"{path}.event_log", f"expected true or false, got {ev!r}")
+        return ServerOptions(
+            host=self.text(d, "host", path, "127.0.0.1"),
+            http_port=port("http_port", 6382),
+            admin_http_port=port("admin_http_port", 6492),
+            grpc_port=port("grpc_port", 6381),
+            admin_grpc_port=port("admin_grpc_port", 6491),
+            data_dir=self.text(d, "data_dir", path, "kvsim-data"),
+            tick_seconds=self.num(d, "tick_seconds", path, 0.5, integer=False, low=0.01,
+                                  high=3600),
+            event_log=ev,
+            admin_user=self.text(d, "admin_user", path, "admin"),
         )
 
     def replay(self, d: Any, path: str) -> ReplayOptions:

@@ -66,13 +66,15 @@ __all__ = [
     "parse_query_type",
     "read_bailian",
     "read_kvcm",
+    "read_kvcm_events",
     "read_mooncake",
     "read_parquet",
     "read_trace",
 ]
 
-FORMATS = ("mooncake", "bailian", "kvcm", "parquet")
-DEFAULT_BLOCK_SIZE = {"mooncake": 512, "bailian": 16, "kvcm": 16, "parquet": 16}
+FORMATS = ("mooncake", "bailian", "kvcm", "kvcm-events", "parquet")
+DEFAULT_BLOCK_SIZE = {"mooncake": 512, "bailian": 16, "kvcm": 16, "kvcm-events": 16,
+                      "parquet": 16}
 CHAIN_CHECK_ROWS = 1000
 _CHUNK = 1 << 20  # flush collected keys to numpy every ~1M ids (bounded memory)
 
@@ -175,6 +177,8 @@ def read_trace(
         )
     if fmt == "kvcm":
         return read_kvcm(path, block_size=block_size, chain=chain, strict=strict, instance=instance)
+    if fmt == "kvcm-events":
+        return read_kvcm_events(path, block_size=block_size, strict=strict, instance=instance)
     if fmt == "parquet":
         return read_parquet(
             path, block_size=block_size, chain=chain, strict=strict, instance=instance
@@ -204,6 +208,8 @@ def detect_format(path: PathLike) -> str:
     for lineno, obj in _iter_objects(p):
         if "chat_id" in obj or "parent_chat_id" in obj:
             return "bailian"
+        if "trigger_time_us" in obj and "type" in obj:
+            return "kvcm-events"
         if "hash_ids" in obj and "input_length" in obj:
             return "mooncake"
         if "instance_id" in obj or "keys" in obj:
@@ -659,6 +665,124 @@ def read_kvcm(
         sw_size=sw_arr.astype(np.int32),
         mask=mask,
         offsets=offsets,
+    )
+    return _only_instance(trace, instance)
+
+
+_EVENT_QT = {"QT_UNSPECIFIED": QT_PREFIX, "QT_PREFIX_MATCH": QT_PREFIX, "QT_BATCH_GET": QT_BATCH,
+             "QT_REVERSE_ROLL_SW_MATCH": QT_SW}  # fmt: skip
+
+
+def read_kvcm_events(
+    path: PathLike,
+    *,
+    block_size: int | None = None,
+    strict: bool = False,
+    instance: str | None = None,
+) -> Trace:
+    """Read the event log of ``kvsim serve`` (``<data-dir>/events.jsonl``) as a trace.
+
+    One JSON object per line with ``type``, ``source`` (the instance id) and
+    ``trigger_time_us``. ``GetCacheLocation`` events become ``KIND_READ`` rows (their
+    ``block_keys``, ``query_type``, ``sw_size`` and ``block_mask`` as bools) at their
+    time; ``FinishWriteCache`` events become ``KIND_WRITE`` rows with ``block_keys``
+    (the keys the write left held: the ones it skipped as present and the ones it
+    committed). Other events (``StartWriteCache``, ``CacheReclaimSubmit``) and
+    finished writes with no keys are skipped. Replaying the rows follows the replay
+    contract for read/write-separated traces.
+
+    Args:
+        path: the JSONL event log.
+        block_size: tokens per key (default 16), for ``input_len = keys x block_size``.
+        strict: raise on out-of-order times instead of sorting them stably.
+        instance: keep only this instance's events.
+
+    Returns:
+        The trace.
+
+    Raises:
+        TraceError: malformed line or no read/write events.
+
+    Example:
+        >>> import os, tempfile
+        >>> p = os.path.join(tempfile.mkdtemp(), "events.jsonl")
+        >>> with open(p, "w") as f:
+        ...     _ = f.write('{"type": "GetCacheLocation", "source": "i0", '
+        ...                 '"trigger_time_us": 5, "block_keys": [1, 2]}\\n')
+        ...     _ = f.write('{"type": "FinishWriteCache", "source": "i0", '
+        ...                 '"trigger_time_us": 6, "block_keys": [1, 2]}\\n')
+        >>> t = read_kvcm_events(p)
+        >>> t.kind.tolist(), t.ts_ns.tolist()
+        ([1, 2], [5000, 6000])
+    """
+    p = Path(path)
+    bs = _block_size(block_size, "kvcm-events")
+    rows = _Rows(p, "block_keys")
+    inst_names: dict[str, int] = {}
+    inst_codes: list[int] = []
+    ts: list[int] = []
+    kind: list[int] = []
+    qt: list[int] = []
+    sw: list[int] = []
+    masks: list[Any] = []
+    any_mask = False
+    for lineno, obj in _iter_objects(p):
+        typ = obj.get("type")
+        if typ == "GetCacheLocation":
+            k = KIND_READ
+        elif typ == "FinishWriteCache":
+            k = KIND_WRITE
+        else:
+            continue
+        keys = obj.get("block_keys")
+        if not isinstance(keys, list):
+            raise _field_error(p, lineno, "block_keys", "a list of keys", keys)
+        if k == KIND_WRITE and not keys:
+            continue
+        src = obj.get("source", "")
+        if type(src) is not str:
+            raise _field_error(p, lineno, "source", "a string", src)
+        t = obj.get("trigger_time_us")
+        if type(t) is not int or not -(1 << 53) <= t < (1 << 53):
+            if t is None:
+                raise _missing(p, lineno, "trigger_time_us")
+            raise _field_error(p, lineno, "trigger_time_us", "an integer", t)
+        q = obj.get("query_type", "QT_PREFIX_MATCH")
+        if k == KIND_READ and q not in _EVENT_QT:
+            raise _field_error(p, lineno, "query_type", "a QueryType name", q)
+        m = obj.get("block_mask")
+        if m is not None:
+            if not isinstance(m, list) or len(m) != len(keys) or any(
+                    type(v) is not bool for v in m):
+                raise _field_error(p, lineno, "block_mask", f"{len(keys)} booleans", m)
+            any_mask = True
+        s_ = obj.get("sw_size", 0)
+        if type(s_) is not int or not 0 <= s_ < (1 << 31):
+            s_ = 0
+        rows.add(lineno, keys)
+        inst_codes.append(inst_names.setdefault(src, len(inst_names)))
+        ts.append(t * 1000)
+        kind.append(k)
+        qt.append(_EVENT_QT[q] if k == KIND_READ else QT_PREFIX)
+        sw.append(s_ if k == KIND_READ else 0)
+        masks.append(m)
+    if not ts:
+        raise TraceError(f"{p}: no GetCacheLocation or FinishWriteCache events")
+    offsets = rows.offsets()
+    mask = None
+    if any_mask:
+        mask = np.zeros(int(offsets[-1]), dtype=bool)
+        for i, m in enumerate(masks):
+            if m is not None:
+                mask[offsets[i]:offsets[i + 1]] = m
+    counts = np.diff(offsets)
+    trace = _finish(
+        p, rows, ts_ns=np.asarray(ts, dtype=np.int64), input_len=counts * bs,
+        output_len=np.zeros(len(ts), dtype=np.int64), block_size=bs, tail="keep",
+        chain="off", check_chain=False, strict=strict,
+        instance_codes=np.asarray(inst_codes, dtype=np.int32), instances=tuple(inst_names),
+        kind=np.asarray(kind, dtype=np.int8), query_type=np.asarray(qt, dtype=np.int8),
+        sw_size=np.asarray(sw, dtype=np.int32), mask=mask, offsets=offsets,
     )
     return _only_instance(trace, instance)
 

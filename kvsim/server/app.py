@@ -1,0 +1,190 @@
+"""Start the server programmatically: uvicorn on background threads.
+
+:func:`start_server` builds a :class:`~kvsim.server.service.Service`, serves the
+meta and admin HTTP apps (and, when asked, gRPC through
+``kvsim.server.grpc_server.serve_grpc``), starts the background tick and returns
+a :class:`ServerHandle` with the bound ports. Port 0 picks a free port.
+
+Example:
+    >>> import httpx
+    >>> h = start_server(None, http_port=0, admin_http_port=0)
+    >>> r = httpx.post(f"http://127.0.0.1:{h.http_port}/api/getInstanceInfo",
+    ...                json={"instance_id": "nope"})
+    >>> r.status_code, r.json()["header"]["status"]["code"]
+    (200, 'INSTANCE_NOT_EXIST')
+    >>> h.stop()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from kvsim.config import KVSimConfig
+from kvsim.core.clock import Clock
+from kvsim.server.http import create_app
+from kvsim.server.service import Service
+
+__all__ = ["ServerHandle", "start_server"]
+
+
+class _Server(uvicorn.Server):
+    def install_signal_handlers(self) -> None:  # serving from a thread
+        pass
+
+
+@dataclass
+class ServerHandle:
+    """A running server: its ports, its :class:`Service`, and :meth:`stop`."""
+
+    service: Service
+    host: str
+    http_port: int
+    admin_http_port: int
+    grpc_port: int | None = None
+    admin_grpc_port: int | None = None
+    _servers: list[tuple[_Server, threading.Thread]] = field(default_factory=list)
+    _grpc: Any = None
+
+    def stop(self) -> None:
+        """Stop the listeners and the background tick; flush the event log."""
+        for srv, _ in self._servers:
+            srv.should_exit = True
+        for _, th in self._servers:
+            th.join(timeout=10)
+        if self._grpc is not None:
+            self._grpc.stop()
+            self._grpc = None
+        self.service.close()
+
+    def wait(self) -> None:
+        """Block until a listener stops (Ctrl-C stops the server)."""
+        try:
+            while all(th.is_alive() for _, th in self._servers):
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def _serve(app: Any, sock: socket.socket, access_log: bool) -> tuple[_Server, threading.Thread]:
+    cfg = uvicorn.Config(app, log_level="warning", access_log=access_log, lifespan="off",
+                         loop="asyncio", http="h11" if _no_module("httptools") else "auto")
+    srv = _Server(cfg)
+
+    def run() -> None:
+        factory: Any = None
+        if not _no_module("uvloop"):
+            factory = importlib.import_module("uvloop").new_event_loop
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(srv.serve(sockets=[sock]))
+
+    th = threading.Thread(target=run, name="kvsim-http", daemon=True)
+    th.start()
+    deadline = time.monotonic() + 10
+    while not srv.started and th.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if not srv.started:
+        raise RuntimeError("the HTTP listener did not start")
+    return srv, th
+
+
+def _no_module(name: str) -> bool:
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        return True
+    return False
+
+
+def start_server(
+    config: KVSimConfig | None,
+    *,
+    host: str = "127.0.0.1",
+    http_port: int = 0,
+    admin_http_port: int = 0,
+    grpc_port: int | None = None,
+    admin_grpc_port: int | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
+    admin_password: str | None = None,
+    clock: Clock | None = None,
+    tick_seconds: float | None = None,
+    event_log: bool | None = None,
+) -> ServerHandle:
+    """Start the meta and admin listeners in background threads.
+
+    Args:
+        config: the registry (None: one group ``default`` and storage ``nfs_01``).
+        host: bind address.
+        http_port: meta HTTP port (0 = any free port).
+        admin_http_port: admin HTTP port (0 = any free port).
+        grpc_port: meta gRPC port, or None for no gRPC (needs
+            ``kvsim.server.grpc_server``).
+        admin_grpc_port: admin gRPC port (default: any free port when gRPC is on).
+        data_dir: storage roots and event log (default: ``config.server.data_dir``
+            when a config is given, else a temporary directory).
+        admin_password: bootstrap admin password (default ``$KVSIM_ADMIN_PASSWORD``,
+            else the documented default).
+        clock: time source (default: monotonic).
+        tick_seconds: background tick period (default ``config.server.tick_seconds``).
+        event_log: write the event log (default ``config.server.event_log``).
+
+    Returns:
+        The running server's handle.
+    """
+    opts = config.server if config is not None else None
+    if data_dir is None and config is not None and opts is not None:
+        data_dir = Path(opts.data_dir)
+    service = Service(
+        config, data_dir=data_dir, clock=clock,
+        admin_user=opts.admin_user if opts is not None else "admin",
+        admin_password=admin_password,
+        event_log=event_log if event_log is not None else (opts.event_log if opts else True),
+    )
+    handle = ServerHandle(service=service, host=host, http_port=0, admin_http_port=0)
+    try:
+        msock = _bind(host, http_port)
+        asock = _bind(host, admin_http_port)
+        handle.http_port = msock.getsockname()[1]
+        handle.admin_http_port = asock.getsockname()[1]
+        handle._servers.append(_serve(create_app(service, "meta"), msock, False))
+        handle._servers.append(_serve(create_app(service, "admin"), asock, False))
+        if grpc_port is not None:
+            try:
+                mod = importlib.import_module("kvsim.server.grpc_server")
+            except ModuleNotFoundError as e:
+                if e.name != "kvsim.server.grpc_server":
+                    raise
+                raise RuntimeError(
+                    "gRPC was requested but kvsim.server.grpc_server is not available in this "
+                    "build; start without --grpc-port (HTTP only)") from None
+            g = mod.serve_grpc(service, host, grpc_port, admin_grpc_port or 0)
+            handle._grpc = g
+            handle.grpc_port, handle.admin_grpc_port = g.meta_port, g.admin_port
+        service.endpoints.update(host=host, meta_http_port=handle.http_port,
+                                 admin_http_port=handle.admin_http_port,
+                                 meta_rpc_port=handle.grpc_port or 0,
+                                 admin_rpc_port=handle.admin_grpc_port or 0)
+        service.start_background(tick_seconds if tick_seconds is not None
+                                 else (opts.tick_seconds if opts else 0.5))
+    except BaseException:
+        handle.stop()
+        raise
+    return handle

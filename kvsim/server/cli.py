@@ -1,0 +1,104 @@
+"""``kvsim serve``: run the KVCM-compatible manager (HTTP, and gRPC when available).
+
+Example:
+    >>> from click.testing import CliRunner
+    >>> "--admin-http-port" in CliRunner().invoke(serve_cmd, ["--help"]).output
+    True
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import click
+
+__all__ = ["serve_cmd"]
+
+
+@click.command("serve")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Config (YAML or JSON, the schema `kvsim replay` reads); "
+              "default: group `default` (30 GB, reclaim at 80%) and file storage `nfs_01`.")
+@click.option("--host", default=None, help="Bind address [default: 127.0.0.1].")
+@click.option("--http-port", type=click.IntRange(0, 65535), default=None,
+              help="Meta service HTTP port [default: 6382].")
+@click.option("--admin-http-port", type=click.IntRange(0, 65535), default=None,
+              help="Admin service HTTP port [default: 6492].")
+@click.option("--grpc-port", type=click.IntRange(0, 65535), default=None,
+              help="Meta service gRPC port [default: 6381]; --no-grpc turns gRPC off.")
+@click.option("--admin-grpc-port", type=click.IntRange(0, 65535), default=None,
+              help="Admin service gRPC port [default: 6491].")
+@click.option("--no-grpc", is_flag=True, help="Serve HTTP only.")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="File storage roots and events.jsonl [default: kvsim-data].")
+@click.option("--admin-password", default=None, envvar="KVSIM_ADMIN_PASSWORD",
+              help="Password of the bootstrap admin account (env KVSIM_ADMIN_PASSWORD; "
+                   "default: kvsim-admin, with a warning).")
+@click.option("--access-log/--no-access-log", default=True, show_default=True,
+              help="One line per call on stderr.")
+def serve_cmd(config_path: Path | None, host: str | None, http_port: int | None,
+              admin_http_port: int | None, grpc_port: int | None,
+              admin_grpc_port: int | None, no_grpc: bool, data_dir: Path | None,
+              admin_password: str | None, access_log: bool) -> None:
+    """Serve the KV-cache manager API (Tair KVCM compatible) over HTTP and gRPC.
+
+    \b
+    Examples:
+      kvsim serve                                   # defaults, data in ./kvsim-data
+      kvsim serve --config cache.yaml --no-grpc
+      KVSIM_ADMIN_PASSWORD=... kvsim serve --http-port 8080
+    """
+    from kvsim.config import ConfigError, KVSimConfig
+    from kvsim.server.app import start_server
+    from kvsim.server.service import DEFAULT_ADMIN_PASSWORD, default_config
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("kvsim.access").setLevel(logging.INFO if access_log else logging.WARNING)
+    try:
+        cfg = KVSimConfig.load(config_path) if config_path is not None else None
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+    opts = cfg.server if cfg is not None else KVSimConfig().server
+    ddir = data_dir if data_dir is not None else Path(opts.data_dir)
+    if cfg is None:
+        cfg = default_config(ddir)
+    elif not cfg.groups:
+        base = default_config(ddir)
+        cfg = replace(cfg, storages=cfg.storages or base.storages, groups=base.groups)
+    if admin_password is None and "KVSIM_ADMIN_PASSWORD" not in os.environ:
+        click.echo(f"warning: admin account {opts.admin_user!r} uses the default password "
+                   f"{DEFAULT_ADMIN_PASSWORD!r}; set --admin-password or KVSIM_ADMIN_PASSWORD",
+                   err=True)
+    want_grpc = not no_grpc
+    if want_grpc and importlib.util.find_spec("kvsim.server.grpc_server") is None:
+        if grpc_port is not None:
+            raise click.ClickException("--grpc-port: gRPC is not available in this build "
+                                       "(kvsim.server.grpc_server is missing)")
+        click.echo("warning: gRPC is not available in this build; serving HTTP only", err=True)
+        want_grpc = False
+    try:
+        h = start_server(
+            cfg, host=host or opts.host,
+            http_port=opts.http_port if http_port is None else http_port,
+            admin_http_port=opts.admin_http_port if admin_http_port is None else admin_http_port,
+            grpc_port=(opts.grpc_port if grpc_port is None else grpc_port) if want_grpc else None,
+            admin_grpc_port=opts.admin_grpc_port if admin_grpc_port is None else admin_grpc_port,
+            data_dir=ddir, admin_password=admin_password,
+        )
+    except RuntimeError as e:
+        raise click.ClickException(str(e)) from None
+    except OSError as e:
+        raise click.ClickException(f"cannot listen: {e.strerror or e}") from None
+    grpc = (f", gRPC meta {h.grpc_port} admin {h.admin_grpc_port}" if h.grpc_port else "")
+    click.echo(f"kvsim serving on {h.host}: HTTP meta {h.http_port} admin {h.admin_http_port}"
+               f"{grpc}; data in {ddir}", err=True)
+    try:
+        h.wait()
+    finally:
+        h.stop()

@@ -1,0 +1,480 @@
+"""The gRPC transport of kvsim's manager server (KVCM wire-compatible).
+
+Two listeners, as in KVCM: ``MetaService`` (package ``kv_cache_manager.proto.meta``) on
+the meta port and ``AdminService`` (package ``kv_cache_manager.proto.admin``) on the admin
+port. Every RPC is a thin adapter over the transport-neutral service:
+
+1. the request message becomes a dict with
+   ``json_format.MessageToDict(msg, preserving_proto_field_name=True)`` (snake_case field
+   names, enum names, fields at their default value left out; int64, which that mapping
+   writes as strings, turned back into ints);
+2. ``service.call(api, method, body, credential=...)`` is called with ``api`` ``"meta"`` or
+   ``"admin"`` and the lowerCamel method name (``GetCacheLocation`` ->
+   ``"getCacheLocation"``), the same name the HTTP transport takes from ``/api/<name>``;
+3. the reply dict becomes the response message: what
+   ``json_format.ParseDict(reply, Response(), ignore_unknown_fields=True)`` gives (the
+   message constructor first, ~25x faster, ``ParseDict`` for anything it refuses).
+
+The outcome travels in the reply's ``header.status`` as in KVCM; the gRPC status is OK
+unless the transport itself fails. A service exception or a reply that does not fit the
+response message becomes ``INTERNAL_ERROR`` in the header, never a dropped call.
+
+Credentials: gRPC metadata ``authorization: Basic base64(user:password)`` (the HTTP
+``Authorization`` header's form) is decoded and passed as ``credential="user:password"``.
+
+Example:
+    >>> handle = serve_grpc(service, "127.0.0.1", 0, 0)  # doctest: +SKIP
+    >>> handle.meta_port, handle.admin_port  # doctest: +SKIP
+    (40123, 40125)
+    >>> handle.stop()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from concurrent import futures
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import grpc
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import json_format, message_factory
+from google.protobuf.message import Message
+
+from kvsim.server.proto import admin_service_pb2, meta_service_pb2
+
+__all__ = [
+    "ADMIN_SERVICE",
+    "API_SERVICES",
+    "META_SERVICE",
+    "GrpcHandle",
+    "ServiceLike",
+    "decode_credential",
+    "int64_numbers",
+    "lower_camel",
+    "message_to_body",
+    "method_table",
+    "reply_to_message",
+    "serve_grpc",
+    "struct_numbers",
+]
+
+log = logging.getLogger(__name__)
+
+META_SERVICE: _descriptor.ServiceDescriptor = meta_service_pb2.DESCRIPTOR.services_by_name[
+    "MetaService"
+]
+ADMIN_SERVICE: _descriptor.ServiceDescriptor = admin_service_pb2.DESCRIPTOR.services_by_name[
+    "AdminService"
+]
+#: The service descriptor of each api name ``Service.call`` takes.
+API_SERVICES: dict[str, _descriptor.ServiceDescriptor] = {
+    "meta": META_SERVICE,
+    "admin": ADMIN_SERVICE,
+}
+
+#: Default worker threads per listener.
+DEFAULT_MAX_WORKERS = 16
+#: Largest request or reply, in bytes (gRPC's own default is 4 MiB; a 1M-token request
+#: as ``token_ids`` is ~10 MiB).
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+class ServiceLike(Protocol):
+    """What the transport needs of ``kvsim.server.service.Service``."""
+
+    def call(
+        self,
+        api: str,
+        method: str,
+        body: dict[str, Any],
+        *,
+        credential: str | None = None,
+    ) -> dict[str, Any]:
+        """Runs one call and returns its JSON-shaped reply (with ``header``)."""
+        ...
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One RPC: its names and message classes.
+
+    Attributes:
+        api: ``"meta"`` or ``"admin"``.
+        name: The gRPC method name (UpperCamel, e.g. ``GetCacheLocation``).
+        call_name: The name ``Service.call`` takes (lowerCamel, e.g. ``getCacheLocation``).
+        path: The full gRPC path, e.g.
+            ``/kv_cache_manager.proto.meta.MetaService/GetCacheLocation``.
+        request: The request message class.
+        response: The response message class.
+    """
+
+    api: str
+    name: str
+    call_name: str
+    path: str
+    request: type[Message]
+    response: type[Message]
+
+
+def lower_camel(name: str) -> str:
+    """Returns a gRPC method name in the lowerCamel form of the HTTP API.
+
+    Args:
+        name: An UpperCamel method name such as ``GetCacheLocation``.
+
+    Returns:
+        ``getCacheLocation``.
+    """
+    return name[:1].lower() + name[1:]
+
+
+def method_table(api: str) -> dict[str, MethodSpec]:
+    """Returns every RPC of one api, keyed by its lowerCamel call name.
+
+    Args:
+        api: ``"meta"`` or ``"admin"``.
+
+    Returns:
+        ``{call_name: MethodSpec}`` in the order the service declares them.
+
+    Raises:
+        KeyError: For an unknown api.
+    """
+    return _METHODS[api]
+
+
+def _build_methods(api: str) -> dict[str, MethodSpec]:
+    service = API_SERVICES[api]
+    table: dict[str, MethodSpec] = {}
+    for m in service.methods:
+        spec = MethodSpec(
+            api=api,
+            name=m.name,
+            call_name=lower_camel(m.name),
+            path=f"/{service.full_name}/{m.name}",
+            request=message_factory.GetMessageClass(m.input_type),
+            response=message_factory.GetMessageClass(m.output_type),
+        )
+        table[spec.call_name] = spec
+    return table
+
+
+_METHODS: dict[str, dict[str, MethodSpec]] = {api: _build_methods(api) for api in API_SERVICES}
+
+
+_STRUCT = "google.protobuf.Struct"
+_HAS_STRUCT: dict[str, bool] = {}
+
+
+def _has_struct(desc: _descriptor.Descriptor, _seen: frozenset[str] = frozenset()) -> bool:
+    """Whether a message can hold a ``google.protobuf.Struct`` (cached per type)."""
+    name = desc.full_name
+    if name in _HAS_STRUCT:
+        return _HAS_STRUCT[name]
+    if name == _STRUCT:
+        return True
+    seen = _seen | {name}
+    out = any(
+        f.message_type is not None
+        and f.message_type.full_name not in seen
+        and _has_struct(f.message_type, seen)
+        for f in desc.fields
+    )
+    _HAS_STRUCT[name] = out
+    return out
+
+
+def _whole(v: Any) -> Any:
+    if isinstance(v, float) and v.is_integer() and abs(v) < 2**53:
+        return int(v)
+    if isinstance(v, list):
+        return [_whole(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _whole(x) for k, x in v.items()}
+    return v
+
+
+def struct_numbers(desc: _descriptor.Descriptor, d: dict[str, Any]) -> dict[str, Any]:
+    """Turns whole numbers inside ``Struct`` fields back into ints, in place.
+
+    ``google.protobuf.Struct`` carries every number as a double, so ``{"n": 3}`` comes out
+    of ``MessageToDict`` as ``{"n": 3.0}``; JSON clients of the HTTP API send ``3``.
+
+    Args:
+        desc: The message type of ``d``.
+        d: Its ``MessageToDict`` form (snake_case names).
+
+    Returns:
+        ``d``.
+    """
+    if not _has_struct(desc):
+        return d
+    for f in desc.fields:
+        if f.message_type is None or f.name not in d:
+            continue
+        v = d[f.name]
+        if f.message_type.full_name == _STRUCT:
+            d[f.name] = _whole(v)
+        elif _has_struct(f.message_type):
+            for item in v if isinstance(v, list) else [v]:
+                if isinstance(item, dict):
+                    struct_numbers(f.message_type, item)
+    return d
+
+
+_INT64_TYPES = frozenset(
+    {
+        _descriptor.FieldDescriptor.TYPE_INT64,
+        _descriptor.FieldDescriptor.TYPE_UINT64,
+        _descriptor.FieldDescriptor.TYPE_SINT64,
+        _descriptor.FieldDescriptor.TYPE_FIXED64,
+        _descriptor.FieldDescriptor.TYPE_SFIXED64,
+    }
+)
+
+
+def int64_numbers(desc: _descriptor.Descriptor, d: dict[str, Any]) -> dict[str, Any]:
+    """Turns the int64 fields of a ``MessageToDict`` result back into ints, in place.
+
+    The proto3 JSON mapping writes int64 as decimal strings; the service takes either,
+    but ints are the common HTTP form and its fast path (``block_keys`` as one array).
+
+    Args:
+        desc: The message type of ``d``.
+        d: Its ``MessageToDict`` form (snake_case names).
+
+    Returns:
+        ``d``.
+    """
+    for f in desc.fields:
+        if f.name not in d:
+            continue
+        v = d[f.name]
+        if f.type in _INT64_TYPES:
+            d[f.name] = [int(x) for x in v] if isinstance(v, list) else int(v)
+        elif f.message_type is not None and f.message_type.full_name.startswith(
+            "kv_cache_manager."
+        ):
+            for item in v if isinstance(v, list) else [v]:
+                if isinstance(item, dict):
+                    int64_numbers(f.message_type, item)
+    return d
+
+
+def message_to_body(msg: Message) -> dict[str, Any]:
+    """Converts a request message into the dict ``Service.call`` takes.
+
+    Args:
+        msg: A request message.
+
+    Returns:
+        ``MessageToDict(msg, preserving_proto_field_name=True)``: snake_case names, enums
+        as names, fields at their default value left out (a set oneof member, such as
+        ``block_mask.offset = 0``, is kept); then int64 fields and whole numbers inside
+        ``Struct`` fields turned back into ints.
+    """
+    body = json_format.MessageToDict(msg, preserving_proto_field_name=True)
+    return struct_numbers(msg.DESCRIPTOR, int64_numbers(msg.DESCRIPTOR, body))
+
+
+def reply_to_message(reply: Mapping[str, Any], response_cls: type[Message]) -> Message:
+    """Converts a service reply dict into a response message.
+
+    Same result as ``json_format.ParseDict(reply, response_cls(),
+    ignore_unknown_fields=True)``: fields the message does not declare (and unknown enum
+    names) are ignored, int64 may be numbers or strings. The common case (every key a
+    declared field, ints as ints) goes through the message constructor instead, ~25x
+    faster than ``ParseDict`` (0.2 ms instead of 5.5 ms for 64 locations); anything the
+    constructor refuses is parsed by ``ParseDict``.
+
+    Args:
+        reply: The JSON-shaped reply of ``Service.call``.
+        response_cls: The response message class.
+
+    Returns:
+        The filled message.
+
+    Raises:
+        google.protobuf.json_format.ParseError: If a known field has a value of the
+            wrong shape.
+    """
+    try:
+        return response_cls(**reply)
+    except Exception:  # unknown field or enum name, int64 as a string, ...: the slow path
+        return json_format.ParseDict(reply, response_cls(), ignore_unknown_fields=True)
+
+
+def decode_credential(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | None:
+    """Extracts ``user:password`` from gRPC metadata.
+
+    Args:
+        metadata: The invocation metadata (key, value) pairs.
+
+    Returns:
+        The decoded credential of an ``authorization: Basic <base64>`` entry; the raw
+        value of an ``authorization`` entry in any other form (so the service refuses it
+        rather than treating the call as anonymous); ``None`` without one.
+    """
+    for key, value in metadata or ():
+        if key.lower() != "authorization":
+            continue
+        text = value.decode("latin-1") if isinstance(value, bytes) else value
+        scheme, _, token = text.strip().partition(" ")
+        if scheme.lower() != "basic":
+            return text
+        try:
+            return base64.b64decode(token.strip(), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return text
+    return None
+
+
+def _error_reply(code: str, message: str) -> dict[str, Any]:
+    return {
+        "header": {
+            "status": {"code": code, "message": message},
+            "request_id": uuid.uuid4().hex,
+        }
+    }
+
+
+def _make_behavior(
+    service: ServiceLike, spec: MethodSpec
+) -> Callable[[Message, grpc.ServicerContext], Message]:
+    def behavior(request: Message, context: grpc.ServicerContext) -> Message:
+        try:
+            body = message_to_body(request)
+            credential = decode_credential(context.invocation_metadata())
+            reply = service.call(spec.api, spec.call_name, body, credential=credential)
+        except Exception as exc:
+            log.exception("grpc %s: the service raised", spec.path)
+            reply = _error_reply("INTERNAL_ERROR", f"{type(exc).__name__}: {exc}")
+        try:
+            return reply_to_message(reply, spec.response)
+        except (json_format.ParseError, TypeError, ValueError) as exc:
+            log.error("grpc %s: reply does not fit %s: %s", spec.path, spec.response, exc)
+            header = reply.get("header") if isinstance(reply, Mapping) else None
+            rid = header.get("request_id") if isinstance(header, Mapping) else None
+            fallback = _error_reply(
+                "INTERNAL_ERROR", f"reply does not fit {spec.response.DESCRIPTOR.name}: {exc}"
+            )
+            if isinstance(rid, str) and rid:
+                fallback["header"]["request_id"] = rid
+            return reply_to_message(fallback, spec.response)
+
+    return behavior
+
+
+def generic_handler(service: ServiceLike, api: str) -> grpc.GenericRpcHandler:
+    """Returns a gRPC handler serving every RPC of one api through ``service``.
+
+    Args:
+        service: The transport-neutral service.
+        api: ``"meta"`` or ``"admin"``.
+
+    Returns:
+        A handler for ``grpc.Server.add_generic_rpc_handlers``.
+    """
+    handlers = {
+        spec.name: grpc.unary_unary_rpc_method_handler(
+            _make_behavior(service, spec),
+            request_deserializer=spec.request.FromString,
+            response_serializer=spec.response.SerializeToString,
+        )
+        for spec in method_table(api).values()
+    }
+    return grpc.method_handlers_generic_handler(API_SERVICES[api].full_name, handlers)
+
+
+@dataclass
+class GrpcHandle:
+    """The running gRPC listeners.
+
+    Attributes:
+        meta_port: The bound port of ``MetaService``.
+        admin_port: The bound port of ``AdminService``.
+        servers: The underlying ``grpc.Server`` objects (meta, admin).
+    """
+
+    meta_port: int
+    admin_port: int
+    servers: list[grpc.Server] = field(default_factory=list)
+
+    def stop(self, grace: float | None = 1.0) -> None:
+        """Stops both listeners and waits until they are down.
+
+        Args:
+            grace: Seconds in-flight calls may still finish; ``None`` aborts them.
+        """
+        events = [s.stop(grace) for s in self.servers]
+        for ev in events:
+            ev.wait()
+
+
+def _address(host: str, port: int) -> str:
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{host}:{port}"
+
+
+def _start_one(
+    service: ServiceLike, api: str, host: str, port: int, max_workers: int
+) -> tuple[grpc.Server, int]:
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=f"grpc-{api}"),
+        handlers=[generic_handler(service, api)],
+        options=[
+            # Without this, Linux gRPC binds with SO_REUSEPORT and a second server on a
+            # busy port silently shares it instead of failing.
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ],
+    )
+    try:
+        bound = server.add_insecure_port(_address(host, port))
+    except RuntimeError as exc:
+        raise OSError(f"grpc {api}: cannot bind {_address(host, port)}: {exc}") from exc
+    if bound == 0:
+        raise OSError(f"grpc {api}: cannot bind {_address(host, port)}")
+    server.start()
+    return server, bound
+
+
+def serve_grpc(
+    service: ServiceLike,
+    host: str,
+    meta_port: int,
+    admin_port: int,
+    *,
+    max_workers: int = DEFAULT_MAX_WORKERS,
+) -> GrpcHandle:
+    """Starts ``MetaService`` and ``AdminService`` listeners (non-blocking).
+
+    Args:
+        service: The transport-neutral service (``Service.call``).
+        host: Interface to bind, e.g. ``"127.0.0.1"`` or ``"0.0.0.0"``.
+        meta_port: Port of ``MetaService`` (KVCM's default is 6381); 0 picks a free one.
+        admin_port: Port of ``AdminService`` (KVCM's default is 6491); 0 picks a free one.
+        max_workers: Worker threads per listener.
+
+    Returns:
+        A handle with the bound ``meta_port`` and ``admin_port`` and ``stop()``.
+
+    Raises:
+        OSError: If a port cannot be bound (the other listener is stopped first).
+    """
+    meta_server, meta_bound = _start_one(service, "meta", host, meta_port, max_workers)
+    try:
+        admin_server, admin_bound = _start_one(service, "admin", host, admin_port, max_workers)
+    except BaseException:
+        meta_server.stop(None).wait()
+        raise
+    log.info("grpc: meta on %s, admin on %s", _address(host, meta_bound),
+             _address(host, admin_bound))
+    return GrpcHandle(meta_bound, admin_bound, [meta_server, admin_server])

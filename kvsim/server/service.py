@@ -1,0 +1,1153 @@
+"""The transport-neutral manager service: one entry point, :meth:`Service.call`.
+
+HTTP (:mod:`kvsim.server.http`) and gRPC adapters decode a request into a dict and
+hand it to ``Service.call(api, method, body, credential=...)``; the reply is the
+JSON-shaped response of ``../shared/docs/manager-api.md`` (snake_case, enums as
+names, ``header.status`` and ``header.request_id`` always set). The service never
+raises for bad input: core errors map to their status codes, malformed fields to
+``INVALID_ARGUMENT`` with a message naming the field, an unknown method to
+``UNSUPPORTED``; ``INTERNAL_ERROR`` is reserved for bugs.
+
+One lock serializes every call into the :class:`~kvsim.core.manager.CacheManager`
+(which is not thread-safe). Time comes from an injected clock (default
+:class:`~kvsim.server.clock.MonotonicClock`); :meth:`Service.tick` expires write
+sessions past their timeout, runs the reclaimer on groups above their
+``used_percentage`` and reaps delayed deletions; :meth:`Service.start_background`
+runs it on a thread.
+
+Write semantics follow the replay contract: ``finishWriteCache`` refreshes every
+key the write covered (the ones it skipped because they were held, and the ones it
+committed) in tail-first commit order, so read-then-write through the server gives
+the same hits as ``kvsim replay`` of the same requests.
+
+Example:
+    >>> s = Service()
+    >>> r = s.call("meta", "registerInstance", {"instance_group": "default",
+    ...     "instance_id": "i0", "block_size": 16,
+    ...     "location_spec_infos": [{"name": "tp0", "size": 1024}],
+    ...     "model_deployment": {"model_name": "m", "dtype": "fp16"}})
+    >>> r["header"]["status"]["code"]
+    'OK'
+    >>> w = s.call("meta", "startWriteCache", {"instance_id": "i0", "block_keys": [1, 2]})
+    >>> len(w["locations"]), w["block_mask"]
+    (2, {'offset': 0})
+    >>> s.call("meta", "finishWriteCache", {"instance_id": "i0",
+    ...     "write_session_id": w["write_session_id"],
+    ...     "success_blocks": {"offset": 2}})["header"]["status"]["code"]
+    'OK'
+    >>> g = s.call("meta", "getCacheLocation", {"instance_id": "i0", "block_keys": ["1", 2, 3],
+    ...     "query_type": "QT_PREFIX_MATCH"})
+    >>> len(g["locations"]), g["locations"][0]["type"]
+    (2, 'ST_NFS')
+    >>> s.call("meta", "noSuchCall", {})["header"]["status"]["code"]
+    'UNSUPPORTED'
+    >>> s.call("admin", "listStorage", {})["header"]["status"]["message"]
+    'admin calls need a valid admin credential ("user:password")'
+    >>> s.close()
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import socket
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kvsim.config import KVSimConfig
+from kvsim.core.clock import Clock
+from kvsim.core.errors import DuplicateEntity, InvalidArgument, KVSimError, NotFound
+from kvsim.core.manager import QUERY_BATCH, QUERY_PREFIX, QUERY_SW, CacheManager
+from kvsim.core.policies import POLICIES
+from kvsim.core.spec import (
+    EVICTION_MODES,
+    EvictionSpec,
+    GroupSpec,
+    InstanceSpec,
+    LocationSpec,
+    StorageSpec,
+)
+from kvsim.server import wire as W
+from kvsim.server.auth import Account, Accounts
+from kvsim.server.clock import MonotonicClock
+from kvsim.server.eventlog import EventLog
+from kvsim.server.persistence import NullPersistence, Persistence
+from kvsim.trace.hashing import token_block_keys
+
+__all__ = ["DEFAULT_ADMIN_PASSWORD", "DEFAULT_ADMIN_USER", "Service", "default_config"]
+
+log = logging.getLogger("kvsim.server")
+
+DEFAULT_ADMIN_USER = "admin"
+DEFAULT_ADMIN_PASSWORD = "kvsim-admin"
+DEFAULT_QUOTA_BYTES = 30 * 10**9
+DEFAULT_WRITE_TIMEOUT_S = 30
+
+_PLACEHOLDER: dict[str, Any] = {"type": "ST_UNSPECIFIED", "spec_size": 0, "location_specs": []}
+_URI_SCHEME = {"file": "file", "hf3fs": "3fs", "mooncake": "mooncake", "pace": "pace",
+               "memory": "memory"}  # fmt: skip
+_STATUS_NAMES = {"writing": "CLS_WRITING", "serving": "CLS_SERVING", "deleting": "CLS_DELETING",
+                 "not_found": "CLS_NOT_FOUND"}  # fmt: skip
+
+
+def default_config(data_dir: str | os.PathLike[str]) -> KVSimConfig:
+    """The registry of a server started without a config.
+
+    One group ``default`` (quota 30 GB, reclaim at ``used_percentage`` 0.8) and one
+    ``file`` storage ``nfs_01`` rooted at ``<data_dir>/nfs_01``.
+
+    Example:
+        >>> c = default_config("/tmp/kv")
+        >>> c.groups[0].quota_bytes, c.groups[0].used_percentage, c.storages[0].uri
+        (30000000000, 0.8, '/tmp/kv/nfs_01')
+    """
+    root = str(Path(data_dir) / "nfs_01")
+    return KVSimConfig.from_dict({
+        "storages": [{"name": "nfs_01", "type": "file", "uri": root}],
+        "instance_groups": [{"name": "default", "quota": {"bytes": DEFAULT_QUOTA_BYTES},
+                             "used_percentage": 0.8, "storage_candidates": ["nfs_01"]}],
+    }, source="<default>")
+
+
+class AuthError(KVSimError):
+    """A missing or wrong admin credential."""
+
+    code = "INVALID_ARGUMENT"
+
+
+class Unsupported(KVSimError):
+    """A call kvsim does not implement."""
+
+    code = "UNSUPPORTED"
+
+
+@dataclass
+class _Session:
+    instance_id: str
+    keys: np.ndarray  # every key of the startWriteCache request
+    is_new: np.ndarray
+    deadline_ns: int
+
+
+@dataclass
+class _Instance:
+    info: dict[str, Any]  # the wire InstanceInfo (with model_deployment, spec groups)
+    spec_names: list[str]
+    spec_sizes: list[int]
+    spec_groups: dict[str, list[str]]
+
+
+class Service:
+    """The KVCM-compatible manager behind every transport.
+
+    Args:
+        config: the registry to start with (storages, groups, instances); None ->
+            :func:`default_config` under ``data_dir``.
+        data_dir: where relative ``file`` storage roots and the event log live
+            (default: a fresh temporary directory).
+        clock: time source (default :class:`MonotonicClock`).
+        admin_user: the bootstrap admin account's name.
+        admin_password: its password (default: ``$KVSIM_ADMIN_PASSWORD``, else
+            :data:`DEFAULT_ADMIN_PASSWORD`).
+        event_log: write ``<data_dir>/events.jsonl`` (one JSON object per event).
+        persistence: where registry changes are reported (default: nowhere).
+        node_id: this node's id in cluster info (default: host name).
+        endpoints: ports reported by ``getManagerClusterInfo`` (set by the starter).
+    """
+
+    def __init__(
+        self,
+        config: KVSimConfig | None = None,
+        *,
+        data_dir: str | os.PathLike[str] | None = None,
+        clock: Clock | None = None,
+        admin_user: str = DEFAULT_ADMIN_USER,
+        admin_password: str | None = None,
+        event_log: bool = True,
+        persistence: Persistence | None = None,
+        node_id: str | None = None,
+        endpoints: dict[str, Any] | None = None,
+    ) -> None:
+        self.data_dir = Path(data_dir) if data_dir is not None else Path(
+            tempfile.mkdtemp(prefix="kvsim-serve-"))
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.clock: Clock = clock if clock is not None else MonotonicClock()
+        self.persistence: Persistence = persistence or NullPersistence()
+        self.node_id = node_id or socket.gethostname()
+        self.endpoints: dict[str, Any] = dict(endpoints or {})
+        self.started_ns = self.clock.now_ns()
+        self._lock = threading.Lock()
+        self._rid_prefix = uuid.uuid4().hex[:12]
+        self._rid = itertools.count(1)
+        self.events: EventLog | None = (EventLog(self.data_dir / "events.jsonl")
+                                        if event_log else None)
+        self.accounts = Accounts()
+        password = admin_password
+        if password is None:
+            password = os.environ.get("KVSIM_ADMIN_PASSWORD", DEFAULT_ADMIN_PASSWORD)
+        self.accounts.add(admin_user, password, "ROLE_ADMIN")
+        self.calls: dict[tuple[str, str, str], int] = {}
+        self.latency: dict[tuple[str, str], list[float]] = {}  # [count, seconds]
+        self.reclaimed_blocks = 0
+        self.expired_sessions = 0
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._reset_registry()
+        self._load_config(config if config is not None else default_config(self.data_dir))
+        self._meta: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+            "registerInstance": self._register_instance,
+            "getInstanceInfo": self._get_instance_info,
+            "getCacheLocation": self._get_cache_location,
+            "getCacheLocationLen": self._get_cache_location_len,
+            "getCacheMeta": self._get_cache_meta,
+            "startWriteCache": self._start_write,
+            "finishWriteCache": self._finish_write,
+            "removeCache": self._remove_cache,
+            "trimCache": self._trim_cache,
+        }
+        self._admin: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+            "addStorage": self._add_storage,
+            "enableStorage": lambda b: self._enable_storage(b, True),
+            "disableStorage": lambda b: self._enable_storage(b, False),
+            "removeStorage": self._remove_storage,
+            "updateStorage": self._update_storage,
+            "listStorage": self._list_storage,
+            "createInstanceGroup": self._create_group,
+            "updateInstanceGroup": self._update_group,
+            "removeInstanceGroup": self._remove_group,
+            "getInstanceGroup": self._get_group,
+            "listInstanceGroup": self._list_groups,
+            "registerInstance": self._register_instance,
+            "removeInstance": self._remove_instance,
+            "getInstanceInfo": self._get_instance_info,
+            "listInstanceInfo": self._list_instances,
+            "addAccount": self._add_account,
+            "deleteAccount": self._delete_account,
+            "listAccount": self._list_accounts,
+            "genConfigSnapshot": self._gen_snapshot,
+            "loadConfigSnapshot": self._load_snapshot,
+            "getMetrics": self._get_metrics,
+            "checkHealth": self._check_health,
+            "getManagerClusterInfo": self._cluster_info,
+            "leaderDemote": self._leader_demote,
+        }
+
+    # ================================================================ entry point
+    def call(self, api: str, method: str, body: dict[str, Any], *,
+             credential: str | None = None) -> dict[str, Any]:
+        """Run one call and return its JSON-shaped reply (never raises for bad input).
+
+        Args:
+            api: ``"meta"`` or ``"admin"``.
+            method: the lowerCamel call name, e.g. ``"getCacheLocation"``.
+            body: the decoded JSON request (snake_case; unknown fields ignored).
+            credential: ``"user:password"``; admin calls need an admin account's.
+
+        Returns:
+            The reply: ``header{status{code, message}, request_id}`` plus the call's
+            fields.
+        """
+        t0 = time.perf_counter()
+        rid = f"{self._rid_prefix}-{next(self._rid)}"
+        code, message = "OK", ""
+        out: dict[str, Any] = {}
+        try:
+            table = self._meta if api == "meta" else self._admin if api == "admin" else None
+            fn = table.get(method) if table is not None else None
+            if fn is None:
+                raise Unsupported(f"unknown call {api}/{method}")
+            if not isinstance(body, dict):
+                raise W.WireError(f"the request body must be a JSON object, got "
+                                  f"{type(body).__name__}")
+            if api == "admin" and self.accounts.check(credential) != "ROLE_ADMIN":
+                raise AuthError('admin calls need a valid admin credential ("user:password")')
+            with self._lock:
+                out = fn(body)
+        except KVSimError as e:
+            code, message = e.code, str(e)
+        except Exception as e:  # a bug: report it, keep serving
+            log.exception("internal error in %s/%s", api, method)
+            code, message = "INTERNAL_ERROR", f"{type(e).__name__}: {e}"
+            out = {}
+        dt = time.perf_counter() - t0
+        known = self._meta if api == "meta" else self._admin if api == "admin" else {}
+        ck = (api, method if method in known else "<unknown>", code)
+        with self._lock:  # gRPC serves from a thread pool
+            self.calls[ck] = self.calls.get(ck, 0) + 1
+            lat = self.latency.setdefault(ck[:2], [0, 0.0])
+            lat[0] += 1
+            lat[1] += dt
+        reply: dict[str, Any] = {"header": {"status": {"code": code, "message": message},
+                                            "request_id": rid}}
+        if code == "OK":
+            reply.update(out)
+        return reply
+
+    # ================================================================ lifecycle
+    def tick(self) -> dict[str, int]:
+        """Expire overdue write sessions, reclaim groups past their watermark, reap
+        delayed deletions and flush the event log. Returns what was done."""
+        with self._lock:
+            now = self.clock.now_ns()
+            overdue = [sid for sid, s in self._sessions.items() if s.deadline_ns <= now]
+            expired = self.mgr.expire_sessions()
+            for sid in overdue:
+                ses = self._sessions.pop(sid)
+                self._emit("FinishWriteCache", ses.instance_id, write_session_id=str(sid),
+                           block_keys=[], success_count=0, expired=True)
+            self.expired_sessions += expired
+            reclaimed = 0
+            for u in self.mgr.usage():
+                if u.quota > 0 and u.used > u.capacity:
+                    n = self.mgr.reclaim(u.name)
+                    reclaimed += n
+                    self._emit("CacheReclaimSubmit", u.name, group=u.name, blocks=n,
+                               used=u.used, capacity=u.capacity)
+            self.reclaimed_blocks += reclaimed
+            reaped = self.mgr.reap()
+        if self.events is not None:
+            self.events.flush()
+        return {"expired": expired, "reclaimed": reclaimed, "reaped": reaped}
+
+    def start_background(self, interval_s: float = 0.5) -> None:
+        """Run :meth:`tick` every ``interval_s`` seconds on a daemon thread."""
+        if self._thread is not None:
+            return
+        self._stop.clear()
+
+        def loop() -> None:
+            while not self._stop.wait(interval_s):
+                try:
+                    self.tick()
+                except Exception:  # pragma: no cover - a bug; keep ticking
+                    log.exception("background tick failed")
+
+        self._thread = threading.Thread(target=loop, name="kvsim-tick", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop the background thread and flush/close the event log and persistence."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        if self.events is not None:
+            self.events.close()
+        self.persistence.close()
+
+    # ================================================================ registry state
+    def _reset_registry(self) -> None:
+        self.mgr = CacheManager(self.clock, rows=1 << 14, event_level=0)
+        self._storage_cfg: dict[str, dict[str, Any]] = {}
+        self._storage_idx: dict[str, int] = {}
+        self._storage_slots: list[StorageSpec | None] = [None]  # index 0 = unknown
+        self._group_cfg: dict[str, dict[str, Any]] = {}
+        self._inst: dict[str, _Instance] = {}
+        self._sessions: dict[int, _Session] = {}
+
+    def _load_config(self, config: KVSimConfig) -> None:
+        for st in config.storages:
+            self._put_storage(self._storage_to_wire(st), st)
+        for g in config.groups:
+            self.mgr.create_group(g)
+            self._group_cfg[g.name] = self._group_to_wire(g, {})
+        for s in config.instances:
+            self.mgr.register_instance(s)
+            self._inst[s.instance_id] = self._instance_record(s, {}, [])
+
+    def _persist(self, op: str, payload: dict[str, Any]) -> None:
+        self.persistence.record(op, payload)
+
+    def _emit(self, kind: str, source: str, **fields: Any) -> None:
+        if self.events is not None:
+            self.events.append({"type": kind, "source": source,
+                                "trigger_time_us": self.clock.now_ns() // 1000, **fields})
+
+    # ------------------------------------------------------------ storages
+    def _storage_root(self, spec: StorageSpec) -> str:
+        if spec.type != "file":
+            return spec.uri
+        root = Path(spec.uri) if spec.uri else self.data_dir / spec.name
+        if not root.is_absolute():
+            root = self.data_dir / root
+        return str(root)
+
+    def _storage_to_wire(self, st: StorageSpec) -> dict[str, Any]:
+        field = W.TYPE_SPEC_FIELD[st.type]
+        if st.type == "file":
+            spec: dict[str, Any] = {"root_path": self._storage_root(st), "key_count_per_file": 1}
+        elif st.type == "hf3fs":
+            spec = {"cluster_name": st.name, "mountpoint": st.uri, "root_dir": ""}
+        elif st.type == "mooncake":
+            spec = {"master_service_entry": st.uri}
+        elif st.type == "pace":
+            spec = {"domain": st.uri}
+        else:
+            spec = {}
+        return {"global_unique_name": st.name, field: spec,
+                "check_storage_available_when_open": False,
+                "capacity_bytes": st.capacity_bytes}
+
+    def _storage_from_wire(self, body: dict[str, Any]) -> tuple[dict[str, Any], StorageSpec]:
+        cfg = W.get_dict(body, "storage")
+        if not cfg:
+            raise W.WireError("storage: required (a StorageConfig object)")
+        name = W.get_str(cfg, "global_unique_name", required=True, where="storage.")
+        fields = [f for f in W.SPEC_FIELD_TYPE if cfg.get(f) is not None]
+        if len(fields) != 1:
+            raise W.WireError(
+                "storage: give exactly one of " + ", ".join(W.SPEC_FIELD_TYPE)
+                + (f" (got {', '.join(fields)})" if fields else ""))
+        field = fields[0]
+        spec = W.get_dict(cfg, field, where="storage.")
+        stype = W.SPEC_FIELD_TYPE[field]
+        where = f"storage.{field}."
+        if stype == "file":
+            uri = W.get_str(spec, "root_path", where=where)
+        elif stype == "hf3fs":
+            uri = os.path.join(W.get_str(spec, "mountpoint", where=where),
+                               W.get_str(spec, "root_dir", where=where))
+        elif stype == "mooncake":
+            uri = W.get_str(spec, "master_service_entry", where=where)
+        elif stype == "pace":
+            uri = W.get_str(spec, "domain", where=where)
+        else:
+            uri = W.get_str(spec, "root_path", where=where)
+        cap = W.get_int(cfg, "capacity_bytes", 0, low=0, where="storage.")
+        st = StorageSpec(name=name, type=stype, capacity_bytes=cap, uri=uri)
+        if stype == "file":
+            st = replace(st, uri=self._storage_root(st))
+        wire: dict[str, Any] = {"global_unique_name": name, field: dict(spec),
+                "check_storage_available_when_open": W.get_bool(
+                    cfg, "check_storage_available_when_open", where="storage."),
+                "capacity_bytes": cap}
+        if stype == "file":
+            wire[field]["root_path"] = st.uri
+        return wire, st
+
+    def _put_storage(self, wire: dict[str, Any], st: StorageSpec) -> None:
+        if st.name not in self._storage_idx and len(self._storage_slots) >= 127:
+            raise W.WireError("too many storages (at most 126)")
+        if st.type == "file":
+            try:
+                Path(st.uri).mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise _IOError(f"storage {st.name!r}: cannot create {st.uri}: "
+                               f"{e.strerror or e}") from None
+        self.mgr.add_storage(st)
+        self._storage_cfg[st.name] = wire
+        if st.name not in self._storage_idx:
+            self._storage_idx[st.name] = len(self._storage_slots)
+            self._storage_slots.append(st)
+        else:
+            self._storage_slots[self._storage_idx[st.name]] = st
+
+    def _add_storage(self, body: dict[str, Any]) -> dict[str, Any]:
+        wire, st = self._storage_from_wire(body)
+        old = {s.name: s for s in self.mgr.storages()}.get(st.name)
+        if old is not None:
+            if replace(old, available=True) == replace(st, available=True):
+                return {}
+            raise DuplicateEntity(f"storage {st.name!r} exists with a different definition")
+        self._put_storage(wire, st)
+        self._persist("addStorage", wire)
+        return {}
+
+    def _update_storage(self, body: dict[str, Any]) -> dict[str, Any]:
+        wire, st = self._storage_from_wire(body)
+        old = {s.name: s for s in self.mgr.storages()}.get(st.name)
+        if old is None:
+            raise NotFound(f"storage {st.name!r} does not exist")
+        st = replace(st, available=old.available)
+        self.mgr.update_storage(st)
+        self._storage_cfg[st.name] = wire
+        self._storage_slots[self._storage_idx[st.name]] = st
+        self._persist("updateStorage", wire)
+        return {}
+
+    def _enable_storage(self, body: dict[str, Any], on: bool) -> dict[str, Any]:
+        name = W.get_str(body, "storage_unique_name", required=True)
+        self.mgr.set_storage_available(name, on)
+        self._persist("enableStorage" if on else "disableStorage", {"name": name})
+        return {}
+
+    def _remove_storage(self, body: dict[str, Any]) -> dict[str, Any]:
+        name = W.get_str(body, "storage_unique_name", required=True)
+        users = [g.name for g in self.mgr.groups() if name in g.storage_candidates]
+        if users:
+            raise InvalidArgument(f"storage {name!r} is a candidate of groups {users}; "
+                                  "update them first")
+        self.mgr.remove_storage(name)
+        del self._storage_cfg[name]
+        self._persist("removeStorage", {"name": name})
+        return {}
+
+    def _list_storage(self, body: dict[str, Any]) -> dict[str, Any]:
+        avail = {s.name: s.available for s in self.mgr.storages()}
+        return {"storage": [self._storage_cfg[n] | {"available": avail[n]}
+                            for n in sorted(self._storage_cfg)]}
+
+    # ------------------------------------------------------------ groups
+    def _group_to_wire(self, g: GroupSpec, extra: dict[str, Any]) -> dict[str, Any]:
+        rev = {v: k for k, v in W.POLICY_OF.items() if k != "POLICY_UNSPECIFIED"}
+        return {
+            "name": g.name,
+            "storage_candidates": list(g.storage_candidates),
+            "global_quota_group_name": extra.get("global_quota_group_name", g.name),
+            "max_instance_count": g.max_instance_count,
+            "quota": {"capacity": g.quota_bytes, "capacity_blocks": g.quota_blocks,
+                      "quota_config": extra.get("quota_config", [])},
+            "cache_config": {
+                "reclaim_strategy": {
+                    "reclaim_policy": rev.get(g.eviction.policy, "POLICY_UNSPECIFIED"),
+                    "trigger_strategy": {"used_percentage": g.used_percentage},
+                    "delay_before_delete_ms": g.delay_before_delete_ms,
+                    "eviction": {"policy": g.eviction.policy, "params": g.eviction.params,
+                                 "mode": g.eviction.mode, "batch_size": g.eviction.batch_size},
+                },
+                "data_storage_strategy": extra.get("data_storage_strategy", "CPS_UNSPECIFIED"),
+                "meta_indexer_config": extra.get("meta_indexer_config", {}),
+            },
+            "user_data": g.user_data,
+            "version": g.version,
+        }
+
+    def _group_from_wire(self, g: dict[str, Any]) -> tuple[GroupSpec, dict[str, Any]]:
+        p = "instance_group."
+        name = W.get_str(g, "name", required=True, where=p)
+        cands = W.get_str_list(g, "storage_candidates", where=p)
+        known = {s.name for s in self.mgr.storages()}
+        for i, c in enumerate(cands):
+            if c not in known:
+                raise W.WireError(f"{p}storage_candidates[{i}]: unknown storage {c!r}")
+        quota = W.get_dict(g, "quota", where=p)
+        qbytes = W.get_int(quota, "capacity", 0, low=0, where=f"{p}quota.")
+        qblocks = W.get_int(quota, "capacity_blocks", 0, low=0, where=f"{p}quota.")
+        if qbytes and qblocks:
+            raise W.WireError(f"{p}quota: give capacity (bytes) or capacity_blocks, not both")
+        qconf = W.get_list(quota, "quota_config", where=f"{p}quota.")
+        norm_qconf = []
+        for i, q in enumerate(qconf):
+            w = f"{p}quota.quota_config[{i}]."
+            if not isinstance(q, dict):
+                raise W.WireError(f"{w[:-1]}: expected an object")
+            norm_qconf.append({
+                "storage_type": W.get_enum(q, "storage_type", W.STORAGE_TYPES, "ST_UNSPECIFIED",
+                                           where=w),
+                "capacity": W.get_int(q, "capacity", 0, low=0, where=w)})
+        cc = W.get_dict(g, "cache_config", where=p)
+        rs = W.get_dict(cc, "reclaim_strategy", where=f"{p}cache_config.")
+        w = f"{p}cache_config.reclaim_strategy."
+        rp = W.get_enum(rs, "reclaim_policy", W.RECLAIM_POLICIES, "POLICY_UNSPECIFIED", where=w)
+        ts = W.get_dict(rs, "trigger_strategy", where=w)
+        up = W.get_float(ts, "used_percentage", 0.0, low=0.0, high=1.0,
+                         where=f"{w}trigger_strategy.")
+        delay = W.get_int(rs, "delay_before_delete_ms", 0, low=0, high=W.INT32_MAX, where=w)
+        ev = W.get_dict(rs, "eviction", where=w)
+        policy = W.get_str(ev, "policy", W.POLICY_OF[rp], where=f"{w}eviction.")
+        if policy not in POLICIES:
+            raise W.WireError(f"{w}eviction.policy: unknown policy {policy!r} "
+                              f"(one of {', '.join(sorted(POLICIES))})")
+        mode = W.get_str(ev, "mode", "group_precise", where=f"{w}eviction.")
+        if mode not in EVICTION_MODES:
+            raise W.WireError(f"{w}eviction.mode: {mode!r} is not one of "
+                              f"{', '.join(EVICTION_MODES)}")
+        params = W.get_dict(ev, "params", where=f"{w}eviction.")
+        spec = GroupSpec(
+            name=name, quota_blocks=qblocks, quota_bytes=qbytes,
+            used_percentage=up if up > 0 else 1.0,
+            storage_candidates=tuple(cands),
+            eviction=EvictionSpec(policy=policy, params=dict(params), mode=mode,
+                                  batch_size=W.get_int(ev, "batch_size", 100, low=1,
+                                                       high=W.INT32_MAX, where=f"{w}eviction.")),
+            delay_before_delete_ms=delay,
+            max_instance_count=W.get_int(g, "max_instance_count", 0, low=0, where=p),
+            user_data=W.get_str(g, "user_data", where=p),
+            version=W.get_int(g, "version", 1, low=0, where=p),
+        )
+        extra = {
+            "global_quota_group_name": W.get_str(g, "global_quota_group_name", name, where=p),
+            "quota_config": norm_qconf,
+            "data_storage_strategy": W.get_enum(cc, "data_storage_strategy",
+                                                W.PREFER_STRATEGIES, "CPS_UNSPECIFIED",
+                                                where=f"{p}cache_config."),
+            "meta_indexer_config": W.get_dict(cc, "meta_indexer_config",
+                                              where=f"{p}cache_config."),
+        }
+        return spec, extra
+
+    def _create_group(self, body: dict[str, Any]) -> dict[str, Any]:
+        g = W.get_dict(body, "instance_group")
+        if not g:
+            raise W.WireError("instance_group: required (an InstanceGroup object)")
+        spec, extra = self._group_from_wire(g)
+        self.mgr.create_group(spec)
+        self._group_cfg[spec.name] = self._group_to_wire(spec, extra)
+        self._persist("createInstanceGroup", self._group_cfg[spec.name])
+        return {}
+
+    def _update_group(self, body: dict[str, Any]) -> dict[str, Any]:
+        g = W.get_dict(body, "instance_group")
+        if not g:
+            raise W.WireError("instance_group: required (an InstanceGroup object)")
+        spec, extra = self._group_from_wire(g)
+        old = self.mgr.group(spec.name)
+        current = W.get_int(body, "current_version", -1)
+        if "current_version" not in body:
+            raise W.WireError("current_version: required (the stored version)")
+        if current != old.version:
+            raise InvalidArgument(f"version conflict: instance group {spec.name!r} is at "
+                                  f"version {old.version}, current_version is {current}")
+        if spec.version <= old.version:
+            raise InvalidArgument(f"instance_group.version: must be larger than the stored "
+                                  f"version {old.version}, got {spec.version}")
+        self.mgr.update_group(spec)
+        self._group_cfg[spec.name] = self._group_to_wire(spec, extra)
+        self._persist("updateInstanceGroup", self._group_cfg[spec.name])
+        return {}
+
+    def _remove_group(self, body: dict[str, Any]) -> dict[str, Any]:
+        name = W.get_str(body, "name", required=True)
+        self.mgr.remove_group(name)
+        del self._group_cfg[name]
+        self._persist("removeInstanceGroup", {"name": name})
+        return {}
+
+    def _get_group(self, body: dict[str, Any]) -> dict[str, Any]:
+        name = W.get_str(body, "name", required=True)
+        self.mgr.group(name)
+        return {"instance_group": self._group_cfg[name]}
+
+    def _list_groups(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {"instance_group": [self._group_cfg[n] for n in sorted(self._group_cfg)]}
+
+    # ------------------------------------------------------------ instances
+    def _instance_record(self, spec: InstanceSpec, md: dict[str, Any],
+                         groups: list[dict[str, Any]]) -> _Instance:
+        infos = [{"name": s.name, "size": s.size} for s in spec.location_specs]
+        if not md:
+            md = {"model_name": spec.model_name, "dtype": spec.dtype}
+        info = {
+            "quota_group_name": self._group_cfg.get(spec.group, {}).get(
+                "global_quota_group_name", spec.group),
+            "instance_group_name": spec.group,
+            "instance_id": spec.instance_id,
+            "block_size": spec.block_size,
+            "location_spec_infos": infos,
+            "model_deployment": md,
+            "location_spec_groups": groups,
+        }
+        names = [s.name for s in spec.location_specs] or ["default"]
+        sizes = [s.size for s in spec.location_specs] or [0]
+        return _Instance(info, names, sizes, {g["name"]: g["spec_names"] for g in groups})
+
+    def _register_instance(self, body: dict[str, Any]) -> dict[str, Any]:
+        group = W.get_str(body, "instance_group", required=True)
+        iid = W.get_str(body, "instance_id", required=True)
+        bs = W.get_int(body, "block_size", 0, low=1, high=W.INT32_MAX)
+        specs = []
+        for i, s in enumerate(W.get_list(body, "location_spec_infos")):
+            w = f"location_spec_infos[{i}]."
+            if not isinstance(s, dict):
+                raise W.WireError(f"location_spec_infos[{i}]: expected an object")
+            specs.append(LocationSpec(W.get_str(s, "name", required=True, where=w),
+                                      W.get_int(s, "size", 0, low=0, where=w)))
+        names = [s.name for s in specs]
+        if len(set(names)) != len(names):
+            raise W.WireError("location_spec_infos: duplicate spec names")
+        md_in = W.get_dict(body, "model_deployment")
+        w = "model_deployment."
+        md: dict[str, Any] = {
+            "model_name": W.get_str(md_in, "model_name", required=True, where=w),
+            "dtype": W.get_str(md_in, "dtype", required=True, where=w),
+            "use_mla": W.get_bool(md_in, "use_mla", where=w),
+            "tp_size": W.get_int(md_in, "tp_size", 0, low=0, high=W.INT32_MAX, where=w),
+            "dp_size": W.get_int(md_in, "dp_size", 0, low=0, high=W.INT32_MAX, where=w),
+            "lora_name": W.get_str(md_in, "lora_name", where=w),
+            "pp_size": W.get_int(md_in, "pp_size", 0, low=0, high=W.INT32_MAX, where=w),
+            "extra": W.get_str(md_in, "extra", where=w),
+        }
+        groups = []
+        for i, g in enumerate(W.get_list(body, "location_spec_groups")):
+            w = f"location_spec_groups[{i}]."
+            if not isinstance(g, dict):
+                raise W.WireError(f"location_spec_groups[{i}]: expected an object")
+            sn = W.get_str_list(g, "spec_names", where=w)
+            for j, n in enumerate(sn):
+                if n not in names:
+                    raise W.WireError(f"{w}spec_names[{j}]: unknown spec {n!r}")
+            groups.append({"name": W.get_str(g, "name", required=True, where=w),
+                           "spec_names": sn})
+        spec = InstanceSpec(
+            instance_id=iid, group=group, block_size=bs, location_specs=tuple(specs),
+            model_name=md["model_name"], dtype=md["dtype"],
+            extra={k: md[k] for k in ("use_mla", "tp_size", "dp_size", "lora_name", "pp_size",
+                                      "extra")} | {"location_spec_groups": groups},
+        )
+        if iid in self._inst:
+            self.mgr.register_instance(spec)  # identical -> no-op, else DuplicateEntity
+        else:
+            self.mgr.register_instance(spec)
+            md["user_data"] = W.get_str(md_in, "user_data", where="model_deployment.")
+            self._inst[iid] = self._instance_record(spec, md, groups)
+            self._persist("registerInstance", self._inst[iid].info)
+        gspec = self.mgr.group(group)
+        names_st = list(gspec.storage_candidates) or sorted(self._storage_cfg)
+        return {"storage_configs": json.dumps([self._storage_cfg[n] for n in names_st
+                                               if n in self._storage_cfg])}
+
+    def _need_instance(self, body: dict[str, Any]) -> tuple[str, InstanceSpec, _Instance]:
+        iid = W.get_str(body, "instance_id", required=True)
+        spec = self.mgr.instance(iid)  # InstanceNotFound -> INSTANCE_NOT_EXIST
+        return iid, spec, self._inst[iid]
+
+    def _get_instance_info(self, body: dict[str, Any]) -> dict[str, Any]:
+        _, spec, rec = self._need_instance(body)
+        return {"instance_group": spec.group, "instance_info": rec.info}
+
+    def _remove_instance(self, body: dict[str, Any]) -> dict[str, Any]:
+        iid, _, _ = self._need_instance(body)
+        self.mgr.remove_instance(iid)
+        del self._inst[iid]
+        for sid in [s for s, ses in self._sessions.items() if ses.instance_id == iid]:
+            del self._sessions[sid]
+        self._persist("removeInstance", {"instance_id": iid})
+        return {}
+
+    def _list_instances(self, body: dict[str, Any]) -> dict[str, Any]:
+        group = W.get_str(body, "instance_group_name")
+        return {"instance_info": [r.info for i, r in sorted(self._inst.items())
+                                  if not group or r.info["instance_group_name"] == group]}
+
+    # ------------------------------------------------------------ accounts
+    def _add_account(self, body: dict[str, Any]) -> dict[str, Any]:
+        user = W.get_str(body, "user_name", required=True)
+        if ":" in user:
+            raise W.WireError("user_name: must not contain ':'")
+        password = W.get_str(body, "password", required=True)
+        role = W.get_enum(body, "role", W.ROLES, "ROLE_USER")
+        if user in self.accounts:
+            raise DuplicateEntity(f"account {user!r} exists")
+        self.accounts.add(user, password, role)
+        acc = next(a for a in self.accounts.list() if a.user_name == user)
+        self._persist("addAccount", acc.to_json())
+        return {}
+
+    def _delete_account(self, body: dict[str, Any]) -> dict[str, Any]:
+        user = W.get_str(body, "user_name", required=True)
+        admins = [a.user_name for a in self.accounts.list() if a.role == "ROLE_ADMIN"]
+        if admins == [user]:
+            raise InvalidArgument(f"account {user!r} is the last admin")
+        if not self.accounts.delete(user):
+            raise NotFound(f"account {user!r} does not exist")
+        self._persist("deleteAccount", {"user_name": user})
+        return {}
+
+    def _list_accounts(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {"accounts": [{"user_name": a.user_name, "role": a.role}
+                             for a in self.accounts.list()]}
+
+    # ------------------------------------------------------------ snapshots
+    def snapshot(self) -> dict[str, Any]:
+        """The whole registry (storages, groups, instances, accounts) as one JSON object."""
+        return {
+            "kvsim_snapshot": 1,
+            "storages": [self._storage_cfg[n] | {"available": s.available}
+                         for n, s in ((s.name, s) for s in self.mgr.storages())],
+            "instance_groups": [self._group_cfg[n] for n in sorted(self._group_cfg)],
+            "instances": [r.info for _, r in sorted(self._inst.items())],
+            "accounts": [a.to_json() for a in self.accounts.list()],
+        }
+
+    def _gen_snapshot(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {"config_snapshot": json.dumps(self.snapshot())}
+
+    def _load_snapshot(self, body: dict[str, Any]) -> dict[str, Any]:
+        text = W.get_str(body, "config_snapshot", required=True)
+        try:
+            snap = json.loads(text)
+        except ValueError as e:
+            raise W.WireError(f"config_snapshot: not valid JSON: {e}") from None
+        if not isinstance(snap, dict):
+            raise W.WireError("config_snapshot: expected a JSON object")
+        saved = (self.mgr, self._storage_cfg, self._storage_idx, self._storage_slots,
+                 self._group_cfg, self._inst, self._sessions, self.accounts)
+        try:
+            self._reset_registry()
+            self._apply_snapshot(snap)
+        except BaseException:
+            (self.mgr, self._storage_cfg, self._storage_idx, self._storage_slots,
+             self._group_cfg, self._inst, self._sessions, self.accounts) = saved
+            raise
+        self._persist("loadConfigSnapshot", snap)
+        return {}
+
+    def _apply_snapshot(self, snap: dict[str, Any]) -> None:
+        for i, st in enumerate(W.get_list(snap, "storages", where="config_snapshot.")):
+            if not isinstance(st, dict):
+                raise W.WireError(f"config_snapshot.storages[{i}]: expected an object")
+            wire, spec = self._storage_from_wire({"storage": st})
+            self._put_storage(wire, spec)
+            if st.get("available") is False:
+                self.mgr.set_storage_available(spec.name, False)
+        for i, g in enumerate(W.get_list(snap, "instance_groups", where="config_snapshot.")):
+            if not isinstance(g, dict):
+                raise W.WireError(f"config_snapshot.instance_groups[{i}]: expected an object")
+            self._create_group({"instance_group": g})
+        for i, inst in enumerate(W.get_list(snap, "instances", where="config_snapshot.")):
+            if not isinstance(inst, dict):
+                raise W.WireError(f"config_snapshot.instances[{i}]: expected an object")
+            self._register_instance(inst | {"instance_group": inst.get("instance_group_name")})
+        accounts = W.get_list(snap, "accounts", where="config_snapshot.")
+        if accounts:
+            acc = Accounts()
+            for i, a in enumerate(accounts):
+                w = f"config_snapshot.accounts[{i}]."
+                if not isinstance(a, dict):
+                    raise W.WireError(f"{w[:-1]}: expected an object")
+                try:
+                    acc.add_hashed(Account(
+                        W.get_str(a, "user_name", required=True, where=w),
+                        W.get_enum(a, "role", W.ROLES, "ROLE_USER", where=w),
+                        bytes.fromhex(W.get_str(a, "salt", required=True, where=w)),
+                        bytes.fromhex(W.get_str(a, "scrypt", required=True, where=w))))
+                except ValueError:
+                    raise W.WireError(f"{w}salt/scrypt: expected hex strings") from None
+            if not any(a.role == "ROLE_ADMIN" for a in acc.list()):
+                raise W.WireError("config_snapshot.accounts: no admin account")
+            self.accounts = acc
+
+    # ------------------------------------------------------------ monitoring
+    def metrics(self) -> list[tuple[str, float, dict[str, str]]]:
+        """(name, value, tags) of every metric (group usage, calls, sessions)."""
+        out: list[tuple[str, float, dict[str, str]]] = []
+        for u in self.mgr.usage():
+            tags = {"group": u.name, "unit": u.unit}
+            out += [("kvsim_group_used", u.used, tags), ("kvsim_group_quota", u.quota, tags),
+                    ("kvsim_group_capacity", u.capacity, tags),
+                    ("kvsim_group_serving_blocks", u.serving_blocks, tags),
+                    ("kvsim_group_pending_blocks", u.pending_blocks, tags),
+                    ("kvsim_group_evicted_blocks", u.evicted_blocks, tags)]
+        out.append(("kvsim_write_sessions", len(self._sessions), {}))
+        out.append(("kvsim_expired_sessions", self.expired_sessions, {}))
+        out.append(("kvsim_reclaimed_blocks", self.reclaimed_blocks, {}))
+        out.append(("kvsim_instances", len(self._inst), {}))
+        for (api, method, code), n in sorted(self.calls.items()):
+            out.append(("kvsim_calls", n, {"api": api, "method": method, "code": code}))
+        for (api, method), (count, secs) in sorted(self.latency.items()):
+            out.append(("kvsim_call_seconds_sum", secs, {"api": api, "method": method}))
+            out.append(("kvsim_call_seconds_count", count, {"api": api, "method": method}))
+        return out
+
+    def locked_metrics(self) -> list[tuple[str, float, dict[str, str]]]:
+        """:meth:`metrics` under the service lock (for scrapers on other threads)."""
+        with self._lock:
+            return self.metrics()
+
+    def _get_metrics(self, body: dict[str, Any]) -> dict[str, Any]:
+        def value(v: float) -> dict[str, Any]:
+            return {"int_value": int(v)} if float(v).is_integer() else {"float_value": float(v)}
+
+        return {"timestamp": self.clock.now_ns() // 1000,
+                "metrics": [{"metric_name": n, "metric_value": value(v),
+                             "metric_tags": [{"tag_key": k, "tag_value": t}
+                                             for k, t in tags.items()]}
+                            for n, v, tags in self.metrics()]}
+
+    def _check_health(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {"is_leader": True, "is_health": True,
+                "elector_last_loop_time_ms": self.clock.now_ns() // 1_000_000}
+
+    def _cluster_info(self, body: dict[str, Any]) -> dict[str, Any]:
+        ep = {"node_id": self.node_id, "host": self.endpoints.get("host", "127.0.0.1")} | {
+            k: int(self.endpoints.get(k) or 0)
+            for k in ("meta_rpc_port", "meta_http_port", "admin_rpc_port", "admin_http_port")}
+        return {"info_updated_time": self.started_ns // 1_000_000,
+                "self_leader_expiration_time": 0, "self_node_id": self.node_id,
+                "leader_node_id": self.node_id, "leader_endpoint": ep}
+
+    def _leader_demote(self, body: dict[str, Any]) -> dict[str, Any]:
+        raise Unsupported("leaderDemote: single-node manager, there is no other node to lead")
+
+    # ================================================================ meta: reads
+    def _keys(self, body: dict[str, Any], spec: InstanceSpec) -> np.ndarray:
+        keys = body.get("block_keys")
+        if keys:
+            return _int64_list(keys, "block_keys")
+        tokens = body.get("token_ids")
+        if tokens:
+            t = _int64_list(tokens, "token_ids")
+            return token_block_keys(t, spec.block_size)
+        if keys is not None and not isinstance(keys, list):
+            raise W.WireError(f"block_keys: expected a list, got {W._show(keys)}")
+        if tokens is not None and not isinstance(tokens, list):
+            raise W.WireError(f"token_ids: expected a list, got {W._show(tokens)}")
+        return np.zeros(0, dtype=np.int64)
+
+    def _location(self, rec: _Instance, iid: str, key: int, st: StorageSpec | None,
+                  only: set[str] | None, allowed: list[str] | None = None) -> dict[str, Any]:
+        return self._locations(rec, iid, [key], [st], only, allowed)[0]
+
+    def _locations(self, rec: _Instance, iid: str, keys: list[int],
+                   sts: list[StorageSpec | None], only: set[str] | None,
+                   allowed: list[str] | None = None) -> list[dict[str, Any]]:
+        """One location per key: one URI per (spec, key) on the key's storage.
+
+        URIs: ``file://<storage><root>/<instance>/<key as 16 hex>.<spec>?size=<bytes>``
+        for ``file`` storages (a real path under the storage root), else
+        ``<scheme>://<storage>/<instance>/<key>.<spec>?size=<bytes>``.
+        """
+        # every key as 16 hex digits, in one C call
+        hexes = np.asarray(keys, dtype=np.int64).astype(">i8").tobytes().hex()
+        templates: dict[str, tuple[str, str, list[tuple[str, str]]]] = {}
+
+        def template(st: StorageSpec) -> tuple[str, str, list[tuple[str, str]]]:
+            t = templates.get(st.name)
+            if t is None:
+                if st.type == "file":
+                    base = f"file://{st.name}{st.uri}/{iid}/"
+                else:
+                    base = f"{_URI_SCHEME.get(st.type, st.type)}://{st.name}/{iid}/"
+                specs = [(n, f".{n}?size={sz}")
+                         for n, sz in zip(rec.spec_names, rec.spec_sizes, strict=True)
+                         if (only is None or n in only) and (allowed is None or n in allowed)]
+                t = templates[st.name] = (W.TYPE_ENUM.get(st.type, "ST_UNSPECIFIED"), base, specs)
+            return t
+
+        first = sts[0] if sts else None
+        if first is not None and all(x is first for x in sts):  # the common case: one storage
+            typ, base, specs = template(first)
+            ns = len(specs)
+            heads = [base + hexes[i: i + 16] for i in range(0, 16 * len(sts), 16)]
+            if ns == 1:
+                name, suf = specs[0]
+                return [{"type": typ, "spec_size": 1,
+                         "location_specs": [{"name": name, "uri": h + suf}]} for h in heads]
+            return [{"type": typ, "spec_size": ns,
+                     "location_specs": [{"name": n, "uri": h + suf} for n, suf in specs]}
+                    for h in heads]
+        out: list[dict[str, Any]] = []
+        for j, st in enumerate(sts):
+            if st is None:
+                out.append(_PLACEHOLDER)
+                continue
+            typ, base, specs = template(st)
+            head = base + hexes[16 * j: 16 * j + 16]
+            out.append({"type": typ, "spec_size": len(specs),
+                        "location_specs": [{"name": n, "uri": head + suf} for n, suf in specs]})
+        return out
+
+    def _storages_of_rows(self, rows: np.ndarray) -> list[StorageSpec | None]:
+        slots = self._storage_slots
+        idx = np.where(rows >= 0, self.mgr.table.t.loc[np.maximum(rows, 0)], -1)
+        return [slots[i] if i >= 0 else None for i in idx.tolist()]
+
+    def _read_args(self, body: dict[str, Any]
+                   ) -> tuple[str, InstanceSpec, _Instance, np.ndarray, np.ndarray | None]:
+        iid, spec, rec = self._need_instance(body)
+        keys = self._keys(body, spec)
+        return iid, spec, rec, keys, _mask(body, "block_mask", keys.shape[0])
+
+    def _query(self, body: dict[str, Any]) -> tuple[str, str, int]:
+        qt = W.get_enum(body, "query_type", W.QUERY_TYPES, "QT_PREFIX_MATCH")
+        query = {"QT_UNSPECIFIED": QUERY_PREFIX, "QT_PREFIX_MATCH": QUERY_PREFIX,
+                 "QT_BATCH_GET": QUERY_BATCH, "QT_REVERSE_ROLL_SW_MATCH": QUERY_SW}[qt]
+        sw = W.get_int(body, "sw_size", 0, low=-W.INT32_MAX, high=W.INT32_MAX)
+        return qt, query, sw
+
+    def _get_cache_location(self, body: dict[str, Any]) -> dict[str, Any]:
+        iid, _, rec, keys, mask = self._read_args(body)
+        qt, query, sw = self._query(body)
+        names = W.get_str_list(body, "location_spec_names")
+        only = set(names) if names else None
+        res = self.mgr.match(iid, keys, query=query, mask=mask, sw_size=sw)
+        rows = res.rows
+        if query == QUERY_PREFIX:
+            hit = rows >= 0
+            locs = self._locations(rec, iid, keys[hit].tolist(),
+                                   self._storages_of_rows(rows[hit]), only)
+        else:
+            locs = self._locations(rec, iid, keys.tolist(), self._storages_of_rows(rows), only)
+        self._emit("GetCacheLocation", iid, trace_id=_trace_id(body), query_type=qt,
+                   block_keys=keys.tolist(), sw_size=sw, hit_blocks=res.hit_blocks,
+                   **({} if mask is None else {"block_mask": mask.tolist()}))
+        return {"locations": locs}
+
+    def _get_cache_location_len(self, body: dict[str, Any]) -> dict[str, Any]:
+        iid, _, _, keys, mask = self._read_args(body)
+        _, query, sw = self._query(body)
+        res = self.mgr.match(iid, keys, query=query, mask=mask, sw_size=sw, touch=False)
+        return {"cache_location_len": int(np.count_nonzero(res.rows >= 0))}
+
+    def _get_cache_meta(self, body: dict[str, Any]) -> dict[str, Any]:
+        iid, _, rec, keys, mask = self._read_args(body)
+        detail = W.get_int(body, "detail_level", 0, low=0, high=W.INT32_MAX)
+        sel = keys if mask is None else keys[~mask]
+        infos = self.mgr.block_info(iid, sel)
+        loc = self.mgr.table.t.loc
+        locs, metas = [], []
+        for info in infos:
+            status = _STATUS_NAMES[info["status"]]
+            meta: dict[str, Any] = {"id": str(info["key"]), "status": status}
+            st = self._storage_slots[int(loc[info["row"]])] if "row" in info else None
+            locs.append(self._location(rec, iid, info["key"], st if status != "CLS_NOT_FOUND"
+                                       else None, None))
+            if detail >= 1 and "row" in info:
+                meta |= {"write_time_us": info["write_time_ns"] // 1000,
+                         "last_access_time_us": info["last_access_ns"] // 1000,
+                         "access_count": info["access_count"]}
+            metas.append(json.dumps(meta))
+        return {"locations": locs, "metas": metas}
+
+    # ================================================================ meta: writes
+    def _start_write(self, body: dict[str, Any]) -> dict[str, Any]:
+        iid, spec, rec = self._need_instance(body)
+        keys = self._keys(body, spec)
+        n = keys.shape[0]
+        gnames = W.get_str_list(body, "location_spec_group_names")
+        if gnames and len(gnames) != n:
+            raise W.WireError(f"location_spec_group_names: {len(gnames)} names for {n} keys "
+                              "(give none or one per key)")
+        for i, g in enumerate(gnames):
+            if g not in rec.spec_groups:
+                raise W.WireError(f"location_spec_group_names[{i}]: unknown spec group {g!r}")
+        timeout = W.get_int(body, "write_timeout_seconds", 0, low=0, high=W.INT32_MAX)
+        ws = self.mgr.start_write(iid, keys, timeout_s=float(timeout or DEFAULT_WRITE_TIMEOUT_S))
+        idx = self._storage_idx.get(ws.storage, 0)
+        # the core allocates rows with storage slot 0; record the chosen storage
+        ses_rows = self.mgr._sessions[ws.session_id].rows
+        self.mgr.table.t.loc[ses_rows] = idx
+        st = self._storage_slots[idx]
+        self._sessions[ws.session_id] = _Session(iid, keys.copy(), ws.is_new.copy(),
+                                                 ws.deadline_ns)
+        held = ~ws.is_new
+        n_held = int(np.count_nonzero(held))
+        if n_held == 0 or (held[:n_held].all()):
+            mask_out: dict[str, Any] = {"offset": n_held}
+        else:
+            mask_out = {"bool_masks": {"values": held.tolist()}}
+        new_pos = np.flatnonzero(ws.is_new).tolist()
+        if gnames:
+            locs = [self._location(rec, iid, int(keys[j]), st, None, rec.spec_groups[gnames[j]])
+                    for j in new_pos]
+        else:
+            locs = self._locations(rec, iid, keys[ws.is_new].tolist(), [st] * len(new_pos),
+                                   None)
+        self._emit("StartWriteCache", iid, trace_id=_trace_id(body),
+                   write_session_id=str(ws.session_id), block_keys=keys.tolist(),
+                   new_blocks=len(new_pos))
+        return {"write_session_id": str(ws.session_id), "block_mask": mask_out,
+                "locations": locs}
+
+    def _finish_write(self, body: dict[str, Any]) -> dict[str, Any]:
+        if body.get("write_session_id") in (None, ""):
+            raise W.WireError("write_session_id: required")
+        sid = W.get_int(body, "write_session_id", 0)
+        ses = self._sessions.get(sid)
+        if ses is None:
+            raise NotFound(f"write_session_id: session {sid} is unknown, finished or expired")
+        iid = W.get_str(body, "instance_id")
+        if iid and iid != ses.instance_id:
+            raise W.WireError(f"instance_id: session {sid} belongs to {ses.instance_id!r}, "
+                              f"not {iid!r}")
+        n_new = int(np.count_nonzero(ses.is_new))
+        if body.get("success_blocks") is None:
+            raise W.WireError("success_blocks: required ({\"offset\": n} or bool masks)")
+        ok = _mask(body, "success_blocks", n_new, clamp=False)
+        assert ok is not None
+        self.mgr.finish_write(sid, ok)
+        del self._sessions[sid]
+        keep = ~ses.is_new
+        keep[np.flatnonzero(ses.is_new)[ok]] = True
+        held = ses.keys[keep]
+        if held.shape[0]:
+            # a write refreshes every key it covered, tail first (the replay contract)
+            self.mgr.match(ses.instance_id, held, query=QUERY_BATCH, touch=True)
+        self._emit("FinishWriteCache", ses.instance_id, trace_id=_trace_id(body),
+                   write_session_id=str(sid), block_keys=held.tolist(),
+                   success_count=int(np.count_nonzero(ok)))
+        return {}
+
+    def _remove_cache(self, body: dict[str, Any]) -> dict[str, Any]:
+        iid, _, _, keys, mask = self._read_args(body)
+        self.mgr.remove(iid, keys, mask=mask)
+        return {}
+
+    def _trim_cache(self, body: dict[str, Any]) -> dict[str, Any]:
+        iid, _, _ = self._need_instance(body)
+        strategy = W.get_enum(body, "strategy", W.TRIM_STRATEGIES, "TS_UNSPECIFIED")
+        if strategy == "TS_UNSPECIFIED":
+            raise W.WireError("strategy: required (TS_REMOVE_ALL_CACHE, TS_REMOVE_ALL_META or "
+                              "TS_TIMESTAMP)")
+        if strategy == "TS_TIMESTAMP":
+            begin = W.get_int(body, "begin_timestamp", 0, low=0)
+            end = W.get_int(body, "end_timestamp", 0, low=0)
+            if end <= begin:
+                raise W.WireError(f"end_timestamp: must be > begin_timestamp ({begin}), "
+                                  f"got {end}")
+            self.mgr.trim(iid, begin_ns=begin * 10**9, end_ns=min(end, 2**62 // 10**9) * 10**9)
+        else:
+            self.mgr.trim(iid)
+        return {}
+
+
+class _IOError(KVSimError):
+    code = "IO_ERROR"
+
+
+def _trace_id(body: dict[str, Any]) -> str:
+    t = body.get("trace_id")
+    return t if isinstance(t, str) else ""
+
+
+def _int64_list(v: Any, field: str) -> np.ndarray:
+    if not isinstance(v, list):
+        raise W.WireError(f"{field}: expected a list of int64, got {W._show(v)}")
+    if set(map(type, v)) <= {int}:
+        try:
+            return np.array(v, dtype=np.int64)
+        except OverflowError:
+            pass
+    return np.array([W.to_int(x, f"{field}[{i}]") for i, x in enumerate(v)], dtype=np.int64)
+
+
+def _mask(body: dict[str, Any], field: str, n: int, *, clamp: bool = True
+          ) -> np.ndarray | None:
+    """A BlockMask field as bool[n] (None when absent or empty)."""
+    m = body.get(field)
+    if m is None:
+        return None
+    if not isinstance(m, dict):
+        raise W.WireError(f"{field}: expected {{\"offset\": n}} or "
+                          f"{{\"bool_masks\": {{\"values\": [...]}}}}, got {W._show(m)}")
+    has_off = m.get("offset") is not None
+    has_bool = m.get("bool_masks") is not None
+    if has_off and has_bool:
+        raise W.WireError(f"{field}: give offset or bool_masks, not both")
+    if has_off:
+        off = W.get_int(m, "offset", 0, low=0, high=W.INT32_MAX, where=f"{field}.")
+        if off > n and not clamp:
+            raise W.WireError(f"{field}.offset: {off} is more than the {n} blocks")
+        out = np.zeros(n, dtype=bool)
+        out[: min(off, n)] = True
+        return out
+    if has_bool:
+        bm = W.get_dict(m, "bool_masks", where=f"{field}.")
+        vals = W.get_list(bm, "values", where=f"{field}.bool_masks.")
+        if len(vals) != n or any(not isinstance(x, bool) for x in vals):
+            raise W.WireError(f"{field}.bool_masks.values: expected {n} booleans (one per "
+                              f"block), got {W._show(vals)}")
+        return np.array(vals, dtype=bool)
+    if not clamp:
+        raise W.WireError(f"{field}: expected {{\"offset\": n}} or bool_masks")
+    return None
