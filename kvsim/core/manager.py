@@ -357,6 +357,10 @@ class CacheManager:
         """The table index of an instance."""
         return self._need_instance(instance_id)[0]
 
+    def instance_name(self, index: int) -> str:
+        """The id of the instance at table index ``index`` (as events record it)."""
+        return self._inst_names[index]
+
     def _need_instance(self, instance_id: str) -> tuple[int, InstanceSpec]:
         try:
             return self._instances[instance_id]

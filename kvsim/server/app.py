@@ -21,6 +21,7 @@ import asyncio
 import importlib
 import os
 import socket
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -114,6 +115,46 @@ def _no_module(name: str) -> bool:
     return False
 
 
+def open_state(state: str, leader: str, lease_ms: int, data_dir: Path,
+               node_id: str | None = None) -> tuple[Any, Any]:
+    """The state store and leader elector that ``state`` and ``leader`` name.
+
+    The elector takes its first step here, so the service knows its role before it
+    loads (only a leader writes the store).
+
+    Raises:
+        RuntimeError: a bad combination (``redis`` leader without a Redis state) or a
+            store that cannot be opened.
+    """
+    from kvsim.server.leader import FileLease, LeaderElector, RedisLease
+    from kvsim.server.store import StoreError, open_store
+
+    if state == "none":
+        if leader in ("redis",):
+            raise RuntimeError("--leader redis needs a Redis state (--state redis://...)")
+        return None, None
+    try:
+        store = open_store(None if state == "sqlite" else state, data_dir)
+    except StoreError as e:
+        raise RuntimeError(str(e)) from None
+    redis_state = hasattr(store, "client")
+    kind = leader if leader != "auto" else ("redis" if redis_state else "file")
+    lease: Any
+    if kind == "none":
+        return store, None
+    if kind == "redis":
+        if not redis_state:
+            store.close()
+            raise RuntimeError("--leader redis needs a Redis state (--state redis://...)")
+        lease = RedisLease(store.client, f"{store.prefix}:leader",  # type: ignore[attr-defined]
+                           ttl_ms=lease_ms, owner=node_id)
+    else:
+        lease = FileLease(data_dir / "leader.lock", ttl_ms=lease_ms, owner=node_id)
+    elector = LeaderElector(lease)
+    elector.step()
+    return store, elector
+
+
 def start_server(
     config: KVSimConfig | None,
     *,
@@ -127,6 +168,10 @@ def start_server(
     clock: Clock | None = None,
     tick_seconds: float | None = None,
     event_log: bool | None = None,
+    state: str | None = None,
+    leader: str | None = None,
+    leader_lease_ms: int | None = None,
+    node_id: str | None = None,
 ) -> ServerHandle:
     """Start the meta and admin listeners in background threads.
 
@@ -145,6 +190,12 @@ def start_server(
         clock: time source (default: monotonic).
         tick_seconds: background tick period (default ``config.server.tick_seconds``).
         event_log: write the event log (default ``config.server.event_log``).
+        state: the state store URL, ``sqlite`` or ``none`` (default
+            ``config.server.state``, else ``none`` when no config is given).
+        leader: ``auto``, ``file``, ``redis`` or ``none`` (default
+            ``config.server.leader``; see :class:`~kvsim.config.ServerOptions`).
+        leader_lease_ms: the leader lease (default ``config.server.leader_lease_ms``).
+        node_id: this node's id (default: host name).
 
     Returns:
         The running server's handle.
@@ -152,12 +203,23 @@ def start_server(
     opts = config.server if config is not None else None
     if data_dir is None and config is not None and opts is not None:
         data_dir = Path(opts.data_dir)
+    if data_dir is None:
+        data_dir = Path(tempfile.mkdtemp(prefix="kvsim-serve-"))
+    state = state if state is not None else (opts.state if opts is not None else "none")
+    leader = leader if leader is not None else (opts.leader if opts is not None else "none")
+    lease_ms = leader_lease_ms if leader_lease_ms is not None else (
+        opts.leader_lease_ms if opts is not None else 3000)
+    store, elector = open_state(state, leader, lease_ms, Path(data_dir), node_id)
     service = Service(
         config, data_dir=data_dir, clock=clock,
         admin_user=opts.admin_user if opts is not None else "admin",
         admin_password=admin_password,
         event_log=event_log if event_log is not None else (opts.event_log if opts else True),
+        store=store, elector=elector, node_id=node_id,
     )
+    if elector is not None:
+        elector.on_change = lambda lead: service.reload() if lead else None
+        elector.start()
     handle = ServerHandle(service=service, host=host, http_port=0, admin_http_port=0)
     try:
         msock = _bind(host, http_port)

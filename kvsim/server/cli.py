@@ -39,12 +39,19 @@ __all__ = ["serve_cmd"]
 @click.option("--admin-password", default=None, envvar="KVSIM_ADMIN_PASSWORD",
               help="Password of the bootstrap admin account (env KVSIM_ADMIN_PASSWORD; "
                    "default: kvsim-admin, with a warning).")
+@click.option("--state", default=None, metavar="URL",
+              help="Durable state: sqlite (<data-dir>/kvsim-state.db, the default), "
+                   "sqlite:///PATH, redis://HOST:PORT/DB?prefix=NAME, or none.")
+@click.option("--leader", type=click.Choice(["auto", "file", "redis", "none"]), default=None,
+              help="Leader election [default: auto: a Redis lease with a Redis state, else a "
+                   "lock file in the data dir]; followers answer SERVER_NOT_LEADER.")
 @click.option("--access-log/--no-access-log", default=True, show_default=True,
               help="One line per call on stderr.")
 def serve_cmd(config_path: Path | None, host: str | None, http_port: int | None,
               admin_http_port: int | None, grpc_port: int | None,
               admin_grpc_port: int | None, no_grpc: bool, data_dir: Path | None,
-              admin_password: str | None, access_log: bool) -> None:
+              admin_password: str | None, state: str | None, leader: str | None,
+              access_log: bool) -> None:
     """Serve the KV-cache manager API (Tair KVCM compatible) over HTTP and gRPC.
 
     \b
@@ -52,6 +59,7 @@ def serve_cmd(config_path: Path | None, host: str | None, http_port: int | None,
       kvsim serve                                   # defaults, data in ./kvsim-data
       kvsim serve --config cache.yaml --no-grpc
       KVSIM_ADMIN_PASSWORD=... kvsim serve --http-port 8080
+      kvsim serve --state redis://127.0.0.1:6379/0   # two of these: one leads
     """
     from kvsim.config import ConfigError, KVSimConfig
     from kvsim.server.app import start_server
@@ -90,12 +98,19 @@ def serve_cmd(config_path: Path | None, host: str | None, http_port: int | None,
             grpc_port=(opts.grpc_port if grpc_port is None else grpc_port) if want_grpc else None,
             admin_grpc_port=opts.admin_grpc_port if admin_grpc_port is None else admin_grpc_port,
             data_dir=ddir, admin_password=admin_password,
+            state=state if state is not None else opts.state,
+            leader=leader if leader is not None else opts.leader,
         )
     except RuntimeError as e:
         raise click.ClickException(str(e)) from None
     except OSError as e:
         raise click.ClickException(f"cannot listen: {e.strerror or e}") from None
     grpc = (f", gRPC meta {h.grpc_port} admin {h.admin_grpc_port}" if h.grpc_port else "")
+    svc = h.service
+    if svc.store is not None:
+        role = ("" if svc.elector is None else
+                "; leader" if svc.elector.is_leader else "; follower (waiting for the lease)")
+        click.echo(f"state: {svc.store.url}{role}", err=True)
     click.echo(f"kvsim serving on {h.host}: HTTP meta {h.http_port} admin {h.admin_http_port}"
                f"{grpc}; data in {ddir}", err=True)
     try:

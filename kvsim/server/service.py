@@ -67,6 +67,7 @@ import numpy as np
 from kvsim.config import KVSimConfig
 from kvsim.core.clock import Clock
 from kvsim.core.errors import DuplicateEntity, InvalidArgument, KVSimError, NotFound
+from kvsim.core.events import EV_EVICTED, EV_REMOVED
 from kvsim.core.manager import QUERY_BATCH, QUERY_PREFIX, QUERY_SW, CacheManager
 from kvsim.core.policies import POLICIES
 from kvsim.core.spec import (
@@ -82,6 +83,7 @@ from kvsim.server.auth import Account, Accounts
 from kvsim.server.clock import MonotonicClock
 from kvsim.server.eventlog import EventLog
 from kvsim.server.persistence import NullPersistence, Persistence
+from kvsim.server.store import BlockStore, SessionRecord, StoreBatch
 from kvsim.trace.hashing import token_block_keys
 
 __all__ = ["DEFAULT_ADMIN_PASSWORD", "DEFAULT_ADMIN_USER", "Service", "default_config"]
@@ -161,6 +163,13 @@ class Service:
             :data:`DEFAULT_ADMIN_PASSWORD`).
         event_log: write ``<data_dir>/events.jsonl`` (one JSON object per event).
         persistence: where registry changes are reported (default: nowhere).
+        store: durable state (registry, blocks, write sessions; see
+            :mod:`kvsim.server.store`). When it holds state, the service starts from
+            it and ``config`` is not applied; when it is empty, ``config`` is applied
+            and saved. Every call's changes are saved before its reply.
+        elector: leader election; while this node does not lead, calls other than
+            ``checkHealth`` and ``getManagerClusterInfo`` answer ``SERVER_NOT_LEADER``,
+            and on becoming leader the state is reloaded from ``store``.
         node_id: this node's id in cluster info (default: host name).
         endpoints: ports reported by ``getManagerClusterInfo`` (set by the starter).
     """
@@ -175,6 +184,8 @@ class Service:
         admin_password: str | None = None,
         event_log: bool = True,
         persistence: Persistence | None = None,
+        store: BlockStore | None = None,
+        elector: Any = None,
         node_id: str | None = None,
         endpoints: dict[str, Any] | None = None,
     ) -> None:
@@ -183,6 +194,12 @@ class Service:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.clock: Clock = clock if clock is not None else MonotonicClock()
         self.persistence: Persistence = persistence or NullPersistence()
+        self.store = store
+        self.elector = elector
+        self._batch = StoreBatch()
+        self._registry_dirty = False
+        self._restoring = False
+        self.store_errors = 0
         self.node_id = node_id or socket.gethostname()
         self.endpoints: dict[str, Any] = dict(endpoints or {})
         self.started_ns = self.clock.now_ns()
@@ -203,7 +220,12 @@ class Service:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._reset_registry()
-        self._load_config(config if config is not None else default_config(self.data_dir))
+        self._config = config if config is not None else default_config(self.data_dir)
+        if self.store is None or not self._load_store():
+            self._load_config(self._config)
+            if self.store is not None:
+                self._registry_dirty = True
+                self._save()
         self._meta: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
             "registerInstance": self._register_instance,
             "getInstanceInfo": self._get_instance_info,
@@ -271,8 +293,15 @@ class Service:
                                   f"{type(body).__name__}")
             if api == "admin" and self.accounts.check(credential) != "ROLE_ADMIN":
                 raise AuthError('admin calls need a valid admin credential ("user:password")')
+            if (self.elector is not None and not self.elector.is_leader
+                    and method not in _FOLLOWER_CALLS):
+                raise NotLeader(f"this node ({self.node_id}) is not the leader; leader: "
+                                f"{self.elector.lease.holder() or 'none yet'}")
             with self._lock:
-                out = fn(body)
+                try:
+                    out = fn(body)
+                finally:
+                    self._save()
         except KVSimError as e:
             code, message = e.code, str(e)
         except Exception as e:  # a bug: report it, keep serving
@@ -296,7 +325,10 @@ class Service:
     # ================================================================ lifecycle
     def tick(self) -> dict[str, int]:
         """Expire overdue write sessions, reclaim groups past their watermark, reap
-        delayed deletions and flush the event log. Returns what was done."""
+        delayed deletions and flush the event log. Returns what was done (nothing
+        on a follower)."""
+        if self.elector is not None and not self.elector.is_leader:
+            return {"expired": 0, "reclaimed": 0, "reaped": 0}
         with self._lock:
             now = self.clock.now_ns()
             overdue = [sid for sid, s in self._sessions.items() if s.deadline_ns <= now]
@@ -315,6 +347,15 @@ class Service:
                                used=u.used, capacity=u.capacity)
             self.reclaimed_blocks += reclaimed
             reaped = self.mgr.reap()
+            for sid in overdue:
+                self._batch.close_session(sid)
+            self._save()
+        if self.store is not None:
+            try:
+                self.store.flush()
+            except Exception:
+                self.store_errors += 1
+                log.exception("state store: recency flush failed")
         if self.events is not None:
             self.events.flush()
         return {"expired": expired, "reclaimed": reclaimed, "reaped": reaped}
@@ -344,10 +385,16 @@ class Service:
         if self.events is not None:
             self.events.close()
         self.persistence.close()
+        if self.elector is not None:
+            self.elector.stop()
+        if self.store is not None:
+            self.store.close()
 
     # ================================================================ registry state
     def _reset_registry(self) -> None:
-        self.mgr = CacheManager(self.clock, rows=1 << 14, event_level=0)
+        # per-block events feed the state store (evictions and removals)
+        self.mgr = CacheManager(self.clock, rows=1 << 14,
+                                event_level=2 if self.store is not None else 0)
         self._storage_cfg: dict[str, dict[str, Any]] = {}
         self._storage_idx: dict[str, int] = {}
         self._storage_slots: list[StorageSpec | None] = [None]  # index 0 = unknown
@@ -366,7 +413,114 @@ class Service:
             self._inst[s.instance_id] = self._instance_record(s, {}, [])
 
     def _persist(self, op: str, payload: dict[str, Any]) -> None:
+        if self._restoring:
+            return
         self.persistence.record(op, payload)
+        self._registry_dirty = True
+
+    # ------------------------------------------------------------ durable state
+    def _save(self) -> None:
+        """Write this call's changes to the store (under the lock) before the reply.
+
+        Raises:
+            _IOError: the store failed; the call's changes stay in memory and are
+                retried with the next call's.
+        """
+        if self.store is None:
+            return
+        if self.elector is not None and not self.elector.is_leader:
+            self.mgr.events.clear()  # a follower never writes the shared state
+            self._batch = StoreBatch()
+            self._registry_dirty = False
+            return
+        b = self._batch
+        ev = self.mgr.events
+        if len(ev):
+            c = ev.columns()
+            ev.clear()
+            gone = (c["kind"] == EV_EVICTED) | (c["kind"] == EV_REMOVED)
+            if gone.any():
+                inst, keys = c["instance"][gone], c["key"][gone]
+                for i in np.unique(inst):
+                    try:
+                        name = self.mgr.instance_name(int(i))
+                    except IndexError:  # pragma: no cover - defensive
+                        continue
+                    b.delete_blocks(name, keys[inst == i])
+        if self._registry_dirty:
+            # the registry is small and changes rarely: its journal is one snapshot
+            snap = self.snapshot()
+            snap["storage_slots"] = [st.name if st is not None else None
+                                     for st in self._storage_slots]
+            b.set_registry("snapshot", snap)
+        if not b:
+            return
+        try:
+            self.store.apply(b)
+        except Exception as e:
+            self.store_errors += 1
+            log.exception("state store: write failed")
+            raise _IOError(f"state store {self.store.url}: {type(e).__name__}: {e}") from None
+        self._batch = StoreBatch()
+        self._registry_dirty = False
+
+    def _load_store(self) -> bool:
+        """Rebuild registry, blocks and sessions from the store; False when it is empty."""
+        assert self.store is not None
+        records = self.store.load_records()
+        snaps = [p for op, p in records if op == "snapshot"]
+        if not snaps:
+            return False
+        snap = snaps[-1]
+        self._restoring = True
+        try:
+            self._apply_snapshot(snap)
+            old_slots = snap.get("storage_slots") or []
+            remap = np.zeros(max(1, len(old_slots)), dtype=np.int64)
+            for i, name in enumerate(old_slots):
+                if name is not None:
+                    remap[i] = self._storage_idx.get(name, 0)
+            known = {s.instance_id for s in self.mgr.instances()}
+            for rec in self.store.load_blocks():
+                if rec.instance_id not in known:
+                    continue
+                loc = np.where(rec.loc < remap.shape[0], remap[np.minimum(rec.loc,
+                               remap.shape[0] - 1)], 0)
+                self.mgr.restore_blocks(rec.instance_id, rec.keys, t_write=rec.t_write,
+                                        t_access=rec.t_access,
+                                        access_count=rec.access_count, loc=loc)
+            for ses in self.store.load_sessions():
+                if ses.instance_id not in known:
+                    continue
+                sloc = int(remap[ses.loc]) if 0 <= ses.loc < remap.shape[0] else 0
+                ws = self.mgr.restore_session(ses.instance_id, ses.keys,
+                                              session_id=ses.session_id,
+                                              deadline_ns=ses.deadline_ns, loc=sloc)
+                keys = np.asarray(ses.extra.get("keys", ses.keys.tolist()), dtype=np.int64)
+                is_new = np.asarray(ses.extra.get("is_new", [True] * len(keys)), dtype=bool)
+                if is_new.shape != keys.shape or int(is_new.sum()) != ws.new_keys.shape[0]:
+                    keys, is_new = ws.new_keys, np.ones(ws.new_keys.shape[0], dtype=bool)
+                self._sessions[ses.session_id] = _Session(ses.instance_id, keys, is_new,
+                                                          ses.deadline_ns)
+            self.mgr.events.clear()  # restoring is not a change to save
+        finally:
+            self._restoring = False
+        log.info("state restored from %s: %d blocks, %d write sessions", self.store.url,
+                 sum(u.serving_blocks for u in self.mgr.usage()), len(self._sessions))
+        return True
+
+    def reload(self) -> None:
+        """Drop the in-memory state and rebuild it from the store (a new leader)."""
+        if self.store is None:
+            return
+        with self._lock:
+            self._reset_registry()
+            self._batch = StoreBatch()
+            self._registry_dirty = False
+            if not self._load_store():
+                self._load_config(self._config)
+                self._registry_dirty = True
+                self._save()
 
     def _emit(self, kind: str, source: str, **fields: Any) -> None:
         if self.events is not None:
@@ -721,6 +875,8 @@ class Service:
         del self._inst[iid]
         for sid in [s for s, ses in self._sessions.items() if ses.instance_id == iid]:
             del self._sessions[sid]
+        if self.store is not None:
+            self._batch.drop_instance(iid)
         self._persist("removeInstance", {"instance_id": iid})
         return {}
 
@@ -785,6 +941,9 @@ class Service:
         try:
             self._reset_registry()
             self._apply_snapshot(snap)
+            if self.store is not None:
+                self._batch = StoreBatch()
+                self._batch.drop_everything()
         except BaseException:
             (self.mgr, self._storage_cfg, self._storage_idx, self._storage_slots,
              self._group_cfg, self._inst, self._sessions, self.accounts) = saved
@@ -865,19 +1024,28 @@ class Service:
                             for n, v, tags in self.metrics()]}
 
     def _check_health(self, body: dict[str, Any]) -> dict[str, Any]:
-        return {"is_leader": True, "is_health": True,
+        return {"is_leader": self.elector is None or bool(self.elector.is_leader),
+                "is_health": True,
                 "elector_last_loop_time_ms": self.clock.now_ns() // 1_000_000}
 
     def _cluster_info(self, body: dict[str, Any]) -> dict[str, Any]:
         ep = {"node_id": self.node_id, "host": self.endpoints.get("host", "127.0.0.1")} | {
             k: int(self.endpoints.get(k) or 0)
             for k in ("meta_rpc_port", "meta_http_port", "admin_rpc_port", "admin_http_port")}
+        leader = self.node_id
+        if self.elector is not None and not self.elector.is_leader:
+            leader = self.elector.lease.holder() or ""
+            ep = {}
         return {"info_updated_time": self.started_ns // 1_000_000,
                 "self_leader_expiration_time": 0, "self_node_id": self.node_id,
-                "leader_node_id": self.node_id, "leader_endpoint": ep}
+                "leader_node_id": leader, "leader_endpoint": ep}
 
     def _leader_demote(self, body: dict[str, Any]) -> dict[str, Any]:
-        raise Unsupported("leaderDemote: single-node manager, there is no other node to lead")
+        if self.elector is None:
+            raise Unsupported("leaderDemote: single-node manager (no leader election "
+                              "configured), there is no other node to lead")
+        self.elector.demote()
+        return {}
 
     # ================================================================ meta: reads
     def _keys(self, body: dict[str, Any], spec: InstanceSpec) -> np.ndarray:
@@ -972,6 +1140,10 @@ class Service:
         only = set(names) if names else None
         res = self.mgr.match(iid, keys, query=query, mask=mask, sw_size=sw)
         rows = res.rows
+        if self.store is not None:  # recency: write-behind
+            got = rows >= 0
+            if got.any():
+                self.store.touch(iid, keys[got], self.clock.now_ns())
         if query == QUERY_PREFIX:
             hit = rows >= 0
             locs = self._locations(rec, iid, keys[hit].tolist(),
@@ -1030,6 +1202,10 @@ class Service:
         st = self._storage_slots[idx]
         self._sessions[ws.session_id] = _Session(iid, keys.copy(), ws.is_new.copy(),
                                                  ws.deadline_ns)
+        if self.store is not None:
+            self._batch.open_session(SessionRecord(
+                ws.session_id, iid, ws.new_keys, ws.deadline_ns, idx,
+                {"keys": keys.tolist(), "is_new": ws.is_new.tolist()}))
         held = ~ws.is_new
         n_held = int(np.count_nonzero(held))
         if n_held == 0 or (held[:n_held].all()):
@@ -1072,7 +1248,15 @@ class Service:
         held = ses.keys[keep]
         if held.shape[0]:
             # a write refreshes every key it covered, tail first (the replay contract)
-            self.mgr.match(ses.instance_id, held, query=QUERY_BATCH, touch=True)
+            m = self.mgr.match(ses.instance_id, held, query=QUERY_BATCH, touch=True)
+            if self.store is not None:
+                rows = m.rows[m.rows >= 0]
+                t = self.mgr.table.t
+                self._batch.put_blocks(ses.instance_id, held[m.rows >= 0],
+                                       t_write=t.t_write[rows], t_access=t.t_access[rows],
+                                       access_count=t.acc[rows], loc=t.loc[rows])
+        if self.store is not None:
+            self._batch.close_session(sid)
         self._emit("FinishWriteCache", ses.instance_id, trace_id=_trace_id(body),
                    write_session_id=str(sid), block_keys=held.tolist(),
                    success_count=int(np.count_nonzero(ok)))
@@ -1099,6 +1283,14 @@ class Service:
         else:
             self.mgr.trim(iid)
         return {}
+
+
+class NotLeader(KVSimError):
+    code = "SERVER_NOT_LEADER"
+
+
+# calls a follower still answers
+_FOLLOWER_CALLS = frozenset({"checkHealth", "getManagerClusterInfo", "getMetrics"})
 
 
 class _IOError(KVSimError):

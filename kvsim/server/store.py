@@ -98,6 +98,8 @@ class StoreBatch:
     closed: list[int] = field(default_factory=list)
     records: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     drop_instances: list[str] = field(default_factory=list)
+    replace_records: bool = False
+    drop_all: bool = False
 
     def put_blocks(self, instance_id: str, keys: np.ndarray, *, t_write: np.ndarray,
                    t_access: np.ndarray, access_count: np.ndarray | None = None,
@@ -128,12 +130,21 @@ class StoreBatch:
         self.records.append((op, payload))
 
     def drop_instance(self, instance_id: str) -> None:
-        """Every block of an instance goes (instance removed)."""
+        """Every block and session of an instance goes (instance removed)."""
         self.drop_instances.append(instance_id)
+
+    def set_registry(self, op: str, payload: dict[str, Any]) -> None:
+        """Replace the whole journal by this one record (a registry snapshot)."""
+        self.records = [(op, payload)]
+        self.replace_records = True
+
+    def drop_everything(self) -> None:
+        """Every block and session goes (before this batch's own puts)."""
+        self.drop_all = True
 
     def __bool__(self) -> bool:
         return bool(self.puts or self.deletes or self.opened or self.closed or self.records
-                    or self.drop_instances)
+                    or self.drop_instances or self.replace_records or self.drop_all)
 
 
 class BlockStore(Protocol):
@@ -257,6 +268,11 @@ class SqliteStore:
             db = self._db
             db.execute("BEGIN")
             try:
+                if batch.replace_records:
+                    db.execute("DELETE FROM registry")
+                if batch.drop_all:
+                    db.execute("DELETE FROM blocks")
+                    db.execute("DELETE FROM sessions")
                 for op, payload in batch.records:
                     db.execute("INSERT INTO registry (op, payload) VALUES (?, ?)",
                                (op, json.dumps(payload, sort_keys=True)))

@@ -78,12 +78,27 @@ class RedisStore:
         """Apply ``batch`` in one MULTI/EXEC transaction."""
         if not batch:
             return
+        drop = []
+        if batch.drop_all:
+            drop = [k for k in self._r.smembers(self._k("instances"))]
         p = self._r.pipeline(transaction=True)
+        if batch.replace_records:
+            p.delete(self._k("registry"))
+        if batch.drop_all:
+            for inst_b in drop:
+                p.delete(self._k("blocks", inst_b.decode()))
+            p.delete(self._k("instances"), self._k("sessions"))
         for op, payload in batch.records:
             p.rpush(self._k("registry"), json.dumps([op, payload], sort_keys=True))
+        if batch.drop_instances:
+            sessions = self._r.hgetall(self._k("sessions"))
         for inst in batch.drop_instances:
             p.delete(self._k("blocks", inst))
             p.srem(self._k("instances"), inst)
+            gone = [sid for sid, raw in sessions.items()
+                    if json.loads(raw).get("instance_id") == inst]
+            if gone:
+                p.hdel(self._k("sessions"), *gone)
         for inst, keys in batch.deletes:
             if len(keys):
                 p.hdel(self._k("blocks", inst), *[str(k) for k in keys.tolist()])

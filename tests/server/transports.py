@@ -3,10 +3,11 @@
 Every client has ``.meta(method, body) -> dict`` and ``.admin(method, body) -> dict``
 (admin with the test admin credential unless ``credential=`` is given), ``.service``
 (the server's :class:`Service`, for white-box checks), ``.tick()`` and ``.close()``.
-"inproc" calls :meth:`Service.call` directly; "http" runs a real server on loopback
-ephemeral ports and talks to it with httpx; "grpc" runs the same server with its gRPC
-listeners and talks to them with :class:`kvsim.server.grpc_client.GrpcClient`. Add another
-transport by adding a factory with the same signature.
+"inproc" calls :meth:`Service.call` directly ("inproc-sqlite" with a SQLite state
+store); "http" runs a real server on loopback ephemeral ports and talks to it with
+httpx; "grpc" runs the same server with its gRPC listeners and talks to them with
+:class:`kvsim.server.grpc_client.GrpcClient`. Add another transport by adding a factory
+with the same signature.
 """
 
 from __future__ import annotations
@@ -43,8 +44,10 @@ class Client(Protocol):
 class InprocClient:
     """Calls the service directly."""
 
-    def __init__(self, tmp: Path, config: KVSimConfig | None, clock: Clock | None) -> None:
-        self.service = Service(config, data_dir=tmp, clock=clock, admin_password=ADMIN_PASSWORD)
+    def __init__(self, tmp: Path, config: KVSimConfig | None, clock: Clock | None,
+                 store: Any = None) -> None:
+        self.service = Service(config, data_dir=tmp, clock=clock, admin_password=ADMIN_PASSWORD,
+                               store=store)
 
     def meta(self, method: str, body: dict[str, Any]) -> dict[str, Any]:
         return self.service.call("meta", method, body)
@@ -183,4 +186,13 @@ def grpc(tmp: Path, *, config: KVSimConfig | None = None, clock: Clock | None = 
     return GrpcTransportClient(tmp, config, clock)
 
 
-TRANSPORTS: dict[str, Factory] = {"inproc": inproc, "http": http, "grpc": grpc}
+def inproc_sqlite(tmp: Path, *, config: KVSimConfig | None = None, clock: Clock | None = None
+                  ) -> Client:
+    """In process, with every call's changes saved to a SQLite state store."""
+    from kvsim.server.store import SqliteStore
+
+    return InprocClient(tmp, config, clock, store=SqliteStore(tmp / "state.db"))
+
+
+TRANSPORTS: dict[str, Factory] = {"inproc": inproc, "http": http, "grpc": grpc,
+                                  "inproc-sqlite": inproc_sqlite}
