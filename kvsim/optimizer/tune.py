@@ -378,11 +378,12 @@ def _values(spec: TuneSpec, fig: dict[str, Any]) -> float | tuple[float, float]:
     return float(fig["token_hit_rate"]), float(second)
 
 
-def make_objective(spec: TuneSpec, trace: Trace, base: KVSimConfig
+def make_objective(spec: TuneSpec, trace: Trace, base: KVSimConfig, worker: int = 0
                    ) -> Callable[[optuna.Trial], Any]:
     """The function a study optimises: build the config, replay, record, return."""
 
     def objective(trial: optuna.Trial) -> Any:
+        trial.set_user_attr("worker", worker)
         cfg = trial_config(spec, base, trial)
         fig = evaluate(spec, trace, cfg, trial)
         for k, v in fig.items():
@@ -450,7 +451,7 @@ def create_study(spec: TuneSpec, storage: str, *, worker: int = 0,
 def _worker(spec: TuneSpec, storage: str, trace: Trace, base: KVSimConfig, worker: int,
             n: int) -> None:
     study = create_study(spec, storage, worker=worker, load_only=True)
-    study.optimize(make_objective(spec, trace, base), n_trials=n, gc_after_trial=False)
+    study.optimize(make_objective(spec, trace, base, worker), n_trials=n, gc_after_trial=False)
 
 
 def chosen_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
