@@ -51,7 +51,7 @@ curves = st.lists(st.integers(0, 50), min_size=6, max_size=6).map(
 @given(st.lists(curves, min_size=1, max_size=3), st.integers(3, 5))
 def test_dp_equals_brute_force(values: list[np.ndarray], steps: int) -> None:
     ks, v = dp_split(values, steps)
-    bks, bv = brute_force_split(values, steps)
+    _bks, bv = brute_force_split(values, steps)
     assert v == bv
     assert sum(ks) <= steps and min(ks) >= 1
     assert sum(int(values[j][k]) for j, k in enumerate(ks)) == v

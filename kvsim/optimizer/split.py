@@ -43,10 +43,10 @@ __all__ = [
     "brute_force_split",
     "dp_split",
     "exact_split",
+    "greedy_split",
     "group_curves",
     "group_of_instances",
     "group_subtraces",
-    "greedy_split",
 ]
 
 
@@ -127,7 +127,7 @@ def dp_split(values: Sequence[np.ndarray], steps: int) -> tuple[tuple[int, ...],
         k = int(choice[j, b])
         ks.append(k)
         b -= k
-    return tuple(reversed(ks)), int(round(total))
+    return tuple(reversed(ks)), round(float(total))
 
 
 def greedy_split(values: Sequence[np.ndarray], steps: int) -> tuple[tuple[int, ...], int]:
@@ -142,7 +142,7 @@ def greedy_split(values: Sequence[np.ndarray], steps: int) -> tuple[tuple[int, .
                  for j in range(g)]
         j = int(np.argmax(gains))
         ks[j] += 1
-    return tuple(ks), int(round(sum(vals[j][ks[j]] for j in range(g))))
+    return tuple(ks), round(float(sum(vals[j][ks[j]] for j in range(g))))
 
 
 def brute_force_split(values: Sequence[np.ndarray], steps: int
@@ -156,7 +156,7 @@ def brute_force_split(values: Sequence[np.ndarray], steps: int
         v = sum(float(values[j][k]) for j, k in enumerate(ks))
         if v > best[1]:
             best = (tuple(ks), v)
-    return best[0], int(round(best[1]))
+    return best[0], round(best[1])
 
 
 @dataclass(frozen=True)

@@ -202,7 +202,7 @@ def trial_config(spec: TuneSpec, base: KVSimConfig, trial: optuna.Trial) -> KVSi
     total = spec.budget
     if spec.objective != "hit-rate":
         frac = trial.suggest_float("total_frac", 0.02, 1.0)
-        total = max(len(names), int(round(spec.budget * frac)))
+        total = max(len(names), round(float(spec.budget * frac)))
     if len(names) > 1:
         shares = [trial.suggest_float(f"share.{n}", 0.0, 1.0) for n in names]
     else:
@@ -444,7 +444,8 @@ def create_study(spec: TuneSpec, storage: str, *, worker: int = 0,
         return optuna.load_study(study_name=spec.study_name, storage=st,
                                  sampler=_sampler(spec, worker), pruner=_pruner(spec))
     return optuna.create_study(study_name=spec.study_name, storage=st,
-                               directions=spec.directions, sampler=_sampler(spec, worker),
+                               directions=list(spec.directions),  # type: ignore[arg-type]
+                               sampler=_sampler(spec, worker),
                                pruner=_pruner(spec), load_if_exists=True)
 
 
@@ -544,8 +545,7 @@ def run_study(spec: TuneSpec, trace: Trace, base: KVSimConfig, out_dir: Path, *,
 
 
 def _progress(console: Any, total: int) -> Any:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
-        TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     p = Progress(TextColumn("trials"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                  console=console, transient=True)
