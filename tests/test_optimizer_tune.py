@@ -140,6 +140,14 @@ def test_export_round_trip(two_groups, tmp_path: Path, objective: str) -> None:
                     policies=("lru", "slru"), modes=("group_precise", "instance_rough"),
                     cost=CostModel() if objective == "cost" else None)
     o = run_study(spec, t, cfg, tmp_path / "s")
+    if objective == "cost":  # the objective by hand: storage $ of the quotas - GPU $ saved
+        m, b = CostModel(), o.best
+        dur = (int(t.ts_ns[-1]) - int(t.ts_ns[0])) / 1e9
+        gb_h = b.user_attrs["capacity_blocks"] * 16 * 131072 / 1e9 * dur / 3600
+        assert b.value == pytest.approx(gb_h * 0.005 - b.user_attrs["hit_tokens"] * 2.0
+                                        / 10_000 / 3600)
+        assert b.value == pytest.approx(min(x.value for x in o.study.trials
+                                            if x.state.name == "COMPLETE"))
     r = export_study(tmp_path / "s", tmp_path / "x", block_bytes=131072 * 16)
     loaded = KVSimConfig.load(tmp_path / "x" / "config.yaml")
     got = replay(t, loaded).summary()
@@ -194,3 +202,14 @@ def test_commands(two_groups, tmp_path: Path) -> None:
     for png in ("curves.png", "policies.png", "pareto.png", "importances.png"):
         assert (rep / png).stat().st_size > 1000, png
     assert "Pareto front" in (rep / "index.md").read_text()
+
+
+def test_resume_same_search_refuse_other(two_groups, tmp_path: Path) -> None:
+    t, cfg = two_groups
+    t = t.head(200)
+    spec = TuneSpec(budget=500, trials=3, seed=0, policies=("lru", "fifo"))
+    run_study(spec, t, cfg, tmp_path / "s")
+    o = run_study(spec, t, cfg, tmp_path / "s")
+    assert len(o.study.trials) == 6
+    with pytest.raises(ValueError, match="budget"):
+        run_study(TuneSpec(**{**spec.__dict__, "budget": 600}), t, cfg, tmp_path / "s")

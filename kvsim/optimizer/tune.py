@@ -483,6 +483,9 @@ def run_study(spec: TuneSpec, trace: Trace, base: KVSimConfig, out_dir: Path, *,
               console: Any = None) -> StudyOutcome:
     """Run the study and write the study directory.
 
+    A study of the same name already in the storage is resumed (``spec.trials`` more
+    trials) when its search is the same, and refused when it differs.
+
     Writes ``study.json`` (storage, name, spec, chosen trial), ``trials.csv`` and
     ``trials.parquet``, ``best_config.yaml`` (a config ``kvsim replay`` runs as is),
     ``split.json`` (the exact split and the per-group curves) and, without
@@ -501,6 +504,15 @@ def run_study(spec: TuneSpec, trace: Trace, base: KVSimConfig, out_dir: Path, *,
     split = exact_split(trace, base, spec.budget, step=spec.split_step)
     atomic_write_text(out_dir / "split.json", json.dumps(split.to_dict(), indent=1))
     study = create_study(spec, storage)
+    prev = study.user_attrs.get("spec")
+    if prev is not None and study.trials:
+        keys = ("budget", "objective", "policies", "modes", "used_low", "cost")
+        changed = [k for k in keys if prev.get(k) != spec.to_dict()[k]]
+        if changed or study.user_attrs.get("base_config") != base.to_dict():
+            raise ValueError(
+                f"study {spec.study_name!r} in {storage} already has {len(study.trials)} "
+                f"trials of a different search ({', '.join(changed) or 'config'} differ): use "
+                "another --study-name or --out (the same search is resumed)")
     study.set_user_attr("spec", spec.to_dict())
     study.set_user_attr("base_config", base.to_dict())
     study.set_user_attr("trace", trace_source or trace.source)
