@@ -141,7 +141,7 @@ def test_export_round_trip(two_groups, tmp_path: Path, objective: str) -> None:
                     cost=CostModel() if objective == "cost" else None)
     o = run_study(spec, t, cfg, tmp_path / "s")
     if objective == "cost":  # the objective by hand: storage $ of the quotas - GPU $ saved
-        m, b = CostModel(), o.best
+        b = o.best
         dur = (int(t.ts_ns[-1]) - int(t.ts_ns[0])) / 1e9
         gb_h = b.user_attrs["capacity_blocks"] * 16 * 131072 / 1e9 * dur / 3600
         assert b.value == pytest.approx(gb_h * 0.005 - b.user_attrs["hit_tokens"] * 2.0
