@@ -195,5 +195,6 @@ def write_report(study_dir: str | Path, reports_root: str | Path = "reports",
         lines.append("")
     except (RuntimeError, ValueError, ZeroDivisionError, ImportError) as e:
         lines += ["## Parameter importances", "", f"Not available: {e}", ""]
-    atomic_write_text(out / "index.md", "\n".join(lines))
+    atomic_write_text(out / "index.md", "\n".join(lines) + "\n")
+    (out / "index.md").chmod(0o644)  # the temp file's 0600 would stick
     return out
