@@ -29,7 +29,7 @@ machines.
 
 Example:
     >>> allocate(10, [1.0, 3.0]), allocate(5, [0.0, 0.0, 0.0])
-    ((2, 8), (2, 2, 1))
+    ((3, 7), (2, 2, 1))
 """
 
 from __future__ import annotations
@@ -594,7 +594,7 @@ def write_study_dir(out_dir: Path, study: optuna.Study, spec: TuneSpec,
     local = not spec.storage
     meta = {
         "study_name": spec.study_name,
-        "storage": JOURNAL_FILE if local else spec.storage,
+        "storage": JOURNAL_FILE if local else redact_url(str(spec.storage)),
         "storage_is_local_journal": local,
         "objective": spec.objective,
         "directions": spec.directions,
@@ -611,6 +611,23 @@ def write_study_dir(out_dir: Path, study: optuna.Study, spec: TuneSpec,
     atomic_write_text(out_dir / STUDY_FILE, json.dumps(meta, indent=1))
     files.append(out_dir / STUDY_FILE)
     return files
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password (libpq then reads ``PGPASSWORD`` or ``~/.pgpass``).
+
+    Example:
+        >>> redact_url("postgresql://u:secret@db:5432/optuna")
+        'postgresql://u@db:5432/optuna'
+    """
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}@{host}" if user else host))
 
 
 def load_study_dir(target: str | Path, study_name: str | None = None
