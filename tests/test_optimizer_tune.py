@@ -213,3 +213,12 @@ def test_resume_same_search_refuse_other(two_groups, tmp_path: Path) -> None:
     assert len(o.study.trials) == 6
     with pytest.raises(ValueError, match="budget"):
         run_study(TuneSpec(**{**spec.__dict__, "budget": 600}), t, cfg, tmp_path / "s")
+
+
+def test_two_workers_share_a_journal(two_groups, tmp_path: Path) -> None:
+    t, cfg = two_groups
+    spec = TuneSpec(budget=500, trials=6, seed=0, policies=("lru", "fifo"), workers=2)
+    o = run_study(spec, t.head(200), cfg, tmp_path / "j")
+    assert sorted(x.number for x in o.study.trials) == list(range(6))
+    assert {x.user_attrs.get("worker") for x in o.study.trials} == {0, 1}
+    assert (tmp_path / "j" / "study.journal").is_file()
