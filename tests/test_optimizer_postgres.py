@@ -98,6 +98,6 @@ def test_two_workers_share_one_study(postgres_url: str, tmp_path: Path) -> None:
     # export straight from the storage URL
     from kvsim.optimizer.export import export_study
 
-    r = export_study(postgres_url, tmp_path / "x", study_name="shared", block_bytes=1024)
+    r = export_study(postgres_url, tmp_path / "x", study_name="shared")
     assert r["trial"] == o.best.number
     assert KVSimConfig.load(tmp_path / "x" / "config.yaml").groups[0].quota_blocks > 0

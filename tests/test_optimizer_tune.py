@@ -162,10 +162,17 @@ def test_export_round_trip(two_groups, tmp_path: Path, objective: str) -> None:
     for b, g in zip(bodies, loaded.groups, strict=True):
         ig = b["instance_group"]
         assert ig["quota"]["capacity"] == g.quota_blocks * 131072 * 16
-        assert ig["cache_config"]["reclaim_strategy"]["trigger_strategy"][
-            "used_percentage"] == g.used_percentage
+        rs = ig["cache_config"]["reclaim_strategy"]
+        assert rs["trigger_strategy"]["used_percentage"] == g.used_percentage
+        assert rs["reclaim_policy"] == {"lru": "POLICY_LRU"}.get(g.eviction.policy,
+                                                                "POLICY_UNSPECIFIED")
+        assert rs["eviction"] == {"policy": g.eviction.policy, "params": g.eviction.params,
+                                  "mode": g.eviction.mode, "batch_size": g.eviction.batch_size}
         assert ig["version"] == b["current_version"] + 1
-        assert json.loads(ig["user_data"])["kvsim"]["eviction"]["policy"] == g.eviction.policy
+    export_study(tmp_path / "s", tmp_path / "y")  # default: quotas in blocks
+    bodies = json.loads((tmp_path / "y" / "instance_groups.json").read_text())
+    assert [b["instance_group"]["quota"] for b in bodies] == [
+        {"capacity_blocks": g.quota_blocks, "quota_config": []} for g in loaded.groups]
     assert not list((tmp_path / "x").glob(".*tmp"))
 
 
@@ -190,7 +197,7 @@ def test_commands(two_groups, tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout.splitlines()[-1])
     assert doc["trials"] == 4
-    r = run(main, ["export", str(tmp_path / "st"), "--block-bytes", "4096"])
+    r = run(main, ["export", str(tmp_path / "st")])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "st" / "export" / "instance_groups.json").is_file()
     r = run(main, ["replay", str(tmp_path / "t.parquet"), "--config",

@@ -205,7 +205,8 @@ def _print_split(s: Any) -> None:
 @click.option("--trial", type=int, default=None,
               help="Export this trial (default: the best; Pareto: the highest hit rate).")
 @click.option("--block-bytes", type=click.IntRange(min=1), default=None,
-              help="Bytes per block for groups whose instances do not give location specs.")
+              help="Write block quotas in bytes (blocks x this) for a manager without "
+                   "capacity_blocks (stock KVCM); default: capacity_blocks.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               default=None, help="Output directory (default: STUDY_DIR/export, or "
                                  "kvsim-export for a URL).")

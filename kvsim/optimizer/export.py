@@ -5,24 +5,32 @@ Two files, each written atomically (temp file, then rename):
 * ``config.yaml``: the kvsim config (the schema ``kvsim replay``, ``tune`` and ``serve``
   load), exactly the chosen trial's;
 * ``instance_groups.json``: one ``updateInstanceGroup`` request body per group, in the
-  admin-API shape of ``manager-api.md``: ``{"current_version": v, "instance_group":
-  {name, storage_candidates, global_quota_group_name, max_instance_count,
-  quota{capacity, quota_config[]}, cache_config{reclaim_strategy{reclaim_policy,
-  trigger_strategy{used_percentage}, delay_before_delete_ms}}, user_data, version: v + 1}}``.
-  The admin API counts quotas in bytes: ``capacity = quota_blocks x block bytes`` (the
-  block bytes of the group's instances, or ``block_bytes``). kvsim's eviction details
-  that the admin shape has no field for (mode, batch size, policy parameters, the quota
-  in blocks) travel in ``user_data`` as JSON under ``"kvsim"``.
+  admin-API shape of ``manager-api.md`` as kvsim's server reads it:
+  ``{"current_version": v, "instance_group": {name, storage_candidates,
+  global_quota_group_name, max_instance_count, quota{capacity_blocks | capacity,
+  quota_config[]}, cache_config{reclaim_strategy{reclaim_policy, trigger_strategy
+  {used_percentage}, delay_before_delete_ms, eviction{policy, params, mode, batch_size}},
+  data_storage_strategy, meta_indexer_config}, user_data, version: v + 1}}``.
+
+The quota goes out as ``capacity_blocks`` (kvsim's extension; exactly what was tuned).
+For a stock KVCM manager, which counts bytes only, pass ``block_bytes``: the quota is then
+``capacity = quota_blocks x block_bytes`` bytes. ``reclaim_policy`` is KVCM's enum
+(``POLICY_LRU``, ``POLICY_LFU``, ``POLICY_TTL``; other kvsim policies say
+``POLICY_UNSPECIFIED``) and ``eviction`` (kvsim's extension) names the exact policy,
+parameters, mode and batch size.
 
 Example:
     >>> from kvsim.config import KVSimConfig
     >>> cfg = KVSimConfig.from_dict({"instance_groups": [{"name": "g", "quota": {"blocks": 10},
     ...     "used_percentage": 0.9, "eviction": {"policy": "lru"}}]})
-    >>> body = instance_group_requests(cfg, block_bytes=4096)[0]
-    >>> body["current_version"], body["instance_group"]["quota"]["capacity"]
-    (1, 40960)
-    >>> body["instance_group"]["cache_config"]["reclaim_strategy"]["trigger_strategy"]
-    {'used_percentage': 0.9}
+    >>> body = instance_group_requests(cfg)[0]
+    >>> body["current_version"], body["instance_group"]["quota"]["capacity_blocks"]
+    (1, 10)
+    >>> rs = body["instance_group"]["cache_config"]["reclaim_strategy"]
+    >>> rs["reclaim_policy"], rs["trigger_strategy"]
+    ('POLICY_LRU', {'used_percentage': 0.9})
+    >>> instance_group_requests(cfg, block_bytes=4096)[0]["instance_group"]["quota"]
+    {'capacity': 40960, 'quota_config': []}
 """
 
 from __future__ import annotations
@@ -33,20 +41,12 @@ from typing import Any
 
 from kvsim.config import KVSimConfig, atomic_write_text
 
-__all__ = ["export_study", "group_block_bytes", "instance_group_requests"]
+__all__ = ["export_study", "instance_group_requests"]
 
 
-def group_block_bytes(config: KVSimConfig, group: str) -> int:
-    """Bytes of one block in ``group`` from its instances' location specs (0: unknown).
-
-    Raises:
-        ValueError: the group's instances have different block sizes in bytes.
-    """
-    sizes = {s.block_bytes for s in config.instances if s.group == group and s.block_bytes}
-    if len(sizes) > 1:
-        raise ValueError(f"group {group!r}: instances have different block bytes "
-                         f"{sorted(sizes)}; a block quota has no single byte size")
-    return sizes.pop() if sizes else 0
+RECLAIM_POLICY = {"lru": "POLICY_LRU", "lfu": "POLICY_LFU", "ttl": "POLICY_TTL"}
+STORAGE_TYPE_ENUM = {"file": "ST_NFS", "hf3fs": "ST_3FS", "mooncake": "ST_MOONCAKE",
+                     "pace": "ST_TAIRMEMPOOL", "memory": "ST_DUMMY"}  # fmt: skip
 
 
 def instance_group_requests(config: KVSimConfig, *, block_bytes: int = 0
@@ -55,53 +55,47 @@ def instance_group_requests(config: KVSimConfig, *, block_bytes: int = 0
 
     Args:
         config: the chosen configuration (quotas in blocks or bytes).
-        block_bytes: bytes per block for groups whose instances do not say.
-
-    Raises:
-        ValueError: a block quota whose byte size is unknown.
+        block_bytes: when given, block quotas go out in bytes (``capacity``) for a
+            manager without ``capacity_blocks``; 0 = as blocks.
     """
     types = {s.name: s.type for s in config.storages}
     out = []
     for g in config.groups:
+        quota: dict[str, Any]
         if g.quota_bytes:
-            capacity = g.quota_bytes
-        elif g.quota_blocks:
-            bb = group_block_bytes(config, g.name) or block_bytes
-            if bb <= 0:
-                raise ValueError(f"group {g.name!r}: quota of {g.quota_blocks} blocks, but the "
-                                 "block size in bytes is unknown: list the group's instances "
-                                 "with location_spec_infos, or pass --block-bytes")
-            capacity = g.quota_blocks * bb
+            quota, amount = {"capacity": g.quota_bytes}, g.quota_bytes
+        elif block_bytes > 0:
+            quota = {"capacity": g.quota_blocks * block_bytes}
+            amount = g.quota_blocks * block_bytes
         else:
-            capacity = 0
+            quota, amount = {"capacity_blocks": g.quota_blocks}, g.quota_blocks
         cand_types = list(dict.fromkeys(types[c] for c in g.storage_candidates if c in types))
-        kvsim_extra = {"quota_blocks": g.quota_blocks, "eviction": {
-            "policy": g.eviction.policy, "params": dict(g.eviction.params),
-            "mode": g.eviction.mode, "batch_size": g.eviction.batch_size}}
-        user: dict[str, Any] = {}
-        if g.user_data:
-            try:
-                parsed = json.loads(g.user_data)
-                user = parsed if isinstance(parsed, dict) else {"user_data": g.user_data}
-            except json.JSONDecodeError:
-                user = {"user_data": g.user_data}
-        user["kvsim"] = kvsim_extra
+        # a per-type cap is in the same unit as the quota; only bytes have one in KVCM
+        quota["quota_config"] = ([{"storage_type": STORAGE_TYPE_ENUM[t], "capacity": amount}
+                                  for t in cand_types] if "capacity" in quota else [])
         out.append({
             "current_version": g.version,
             "instance_group": {
                 "name": g.name,
                 "storage_candidates": list(g.storage_candidates),
-                "global_quota_group_name": "",
+                "global_quota_group_name": g.name,
                 "max_instance_count": g.max_instance_count,
-                "quota": {"capacity": capacity,
-                          "quota_config": [{"storage_type": t, "capacity": capacity}
-                                           for t in cand_types]},
-                "cache_config": {"reclaim_strategy": {
-                    "reclaim_policy": g.eviction.policy,
-                    "trigger_strategy": {"used_percentage": g.used_percentage},
-                    "delay_before_delete_ms": g.delay_before_delete_ms,
-                }},
-                "user_data": json.dumps(user, sort_keys=True),
+                "quota": quota,
+                "cache_config": {
+                    "reclaim_strategy": {
+                        "reclaim_policy": RECLAIM_POLICY.get(g.eviction.policy,
+                                                             "POLICY_UNSPECIFIED"),
+                        "trigger_strategy": {"used_percentage": g.used_percentage},
+                        "delay_before_delete_ms": g.delay_before_delete_ms,
+                        "eviction": {"policy": g.eviction.policy,
+                                     "params": dict(g.eviction.params),
+                                     "mode": g.eviction.mode,
+                                     "batch_size": g.eviction.batch_size},
+                    },
+                    "data_storage_strategy": "CPS_UNSPECIFIED",
+                    "meta_indexer_config": {},
+                },
+                "user_data": g.user_data,
                 "version": g.version + 1,
             },
         })
@@ -117,15 +111,15 @@ def export_study(target: str | Path, out_dir: Path, *, study_name: str | None = 
         out_dir: where to write.
         study_name: the study in a storage URL (default ``kvsim``; a directory knows it).
         trial: export this trial number instead of the chosen one.
-        block_bytes: bytes per block where the config's instances do not say (else, when
-            the study has a cost model: its bytes per token x the block size).
+        block_bytes: write block quotas in bytes, ``quota_blocks x block_bytes`` (for a
+            manager without ``capacity_blocks``); 0 = in blocks.
 
     Returns:
         The trial number, its predicted figures and the written paths.
     """
     import optuna
 
-    from kvsim.optimizer.tune import TuneSpec, chosen_trial, load_study_dir
+    from kvsim.optimizer.tune import chosen_trial, load_study_dir
 
     study, _meta = load_study_dir(target, study_name)
     if trial is None:
@@ -136,12 +130,6 @@ def export_study(target: str | Path, out_dir: Path, *, study_name: str | None = 
             raise ValueError(f"trial {trial} is not a complete trial of the study")
         t = found[0]
     cfg = KVSimConfig.from_dict(t.user_attrs["config"], source=f"trial {t.number}")
-    if not block_bytes and study.user_attrs.get("spec"):
-        spec = TuneSpec.from_dict(study.user_attrs["spec"])
-        if spec.cost is not None:
-            bs = cfg.replay.block_size or int(study.user_attrs.get("block_size", 0))
-            if bs:
-                block_bytes = spec.cost.shape.block_bytes(bs)
     out_dir = Path(out_dir)
     cfg_path = out_dir / "config.yaml"
     json_path = out_dir / "instance_groups.json"
