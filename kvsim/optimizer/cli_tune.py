@@ -103,8 +103,8 @@ def tune_cmd(config_path: Path, trace: Path | None, fmt: str, block_size: int | 
 
     \b
     Examples:
-      kvsim tune cfg.yaml t.parquet --budget 20k --trials 50
-      kvsim tune cfg.yaml t.parquet --budget 20k --split-only
+      kvsim tune cfg.yaml t.parquet --budget 20000 --trials 50
+      kvsim tune cfg.yaml t.parquet --budget 20000 --split-only
       kvsim tune cfg.yaml t.parquet --objective pareto --policies lru,slru,fifo
       kvsim tune cfg.yaml t.parquet --storage postgresql://u@db/optuna --workers 4
     """
