@@ -457,6 +457,12 @@ from kvsim.optimizer.cli_compare import compare_cmd  # noqa: E402
 
 main.add_command(compare_cmd, "compare")
 
+from kvsim.optimizer.cli_tune import export_cmd, report_cmd, tune_cmd  # noqa: E402
+
+main.add_command(tune_cmd, "tune")
+main.add_command(export_cmd, "export")
+main.add_command(report_cmd, "report")
+
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install the servers the tests start themselves (on free loopback ports): Redis.
+# Install the servers the tests start themselves (on free loopback ports): Redis and
+# PostgreSQL.
 # Idempotent and quick when they are already there. Needs root (or sudo) for apt.
 set -euo pipefail
 SUDO=""
@@ -16,3 +17,5 @@ if [ ${#need[@]} -gt 0 ]; then
   (command -v systemctl >/dev/null && $SUDO systemctl disable --now redis-server) \
     >/dev/null 2>&1 || true
 fi
+# PostgreSQL server binaries (the optimizer's shared-study test runs its own cluster)
+bash "$(dirname "$0")/install_postgres.sh"

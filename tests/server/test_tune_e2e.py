@@ -1,0 +1,96 @@
+"""End to end: tune, export, serve the exported config live, drive the same trace.
+
+The live server's hit tokens must equal the tuned prediction, both when ``kvsim serve``
+starts from the exported ``config.yaml`` and when a server running the untuned config
+takes the exported ``instance_groups.json`` through ``updateInstanceGroup``.
+
+Needs the server (``kvsim.server.service`` and ``tests/server/transports.py``); skipped on
+a branch without it. Verified on a trial merge of ``opt`` with ``main`` (2 passes).
+
+The search is quotas only (``lru``, ``group_precise``, ``used_percentage`` 1): the space in
+which the live server is known to equal replay. Outside it they differ today (measured on
+the trial merge, this trace, quotas 300 + 300 blocks, hit tokens replay vs live): ``lru`` at
+``used_percentage`` 0.9: 547,712 vs 596,608 (the server reclaims past the watermark only
+on its background tick, replay evicts at the watermark on write); ``lfu`` 687,104 vs
+662,144, ``sieve`` 696,576 vs 550,656, ``slru`` 693,120 vs 596,608 (``fifo`` and ``lru``
+equal). TODO(issue 5 / server): widen the search here once the server's read + write
+sequence gives the policies the same hits as replay's combined request.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+transports = pytest.importorskip("transports", reason="needs the kvsim server (kvsim serve)")
+
+from kvsim.config import KVSimConfig  # noqa: E402
+from kvsim.optimizer.export import export_study  # noqa: E402
+from kvsim.optimizer.tune import TuneSpec, run_study  # noqa: E402
+from kvsim.trace.generator import GenSpec, generate_trace  # noqa: E402
+from kvsim.trace.model import Trace  # noqa: E402
+
+
+def _base(tmp: Path, quota: int) -> KVSimConfig:
+    return KVSimConfig.from_dict({
+        "storages": [{"name": "nfs_01", "type": "file", "uri": str(tmp / "nfs")}],
+        "instance_groups": [
+            {"name": g, "quota": {"blocks": quota}, "storage_candidates": ["nfs_01"]}
+            for g in ("a", "b")],
+        "instances": [
+            {"instance_id": f"inst{i}", "group": g, "block_size": 128, "model_name": "m",
+             "dtype": "bf16"} for i, g in enumerate(("a", "b"))],
+    })
+
+
+def _drive(client: object, trace: Trace) -> int:
+    """Per request: getCacheLocation (prefix), startWriteCache, finishWriteCache (the
+    replay contract's combined request); returns the hit tokens."""
+    c = client
+    hit = 0
+    for q in range(trace.n_requests):
+        iid = trace.instances[int(trace.instance[q])]
+        keys = trace.request_keys(q).tolist()
+        g = c.meta("getCacheLocation", {"instance_id": iid, "block_keys": keys,  # type: ignore
+                                        "query_type": "QT_PREFIX_MATCH"})
+        assert g["header"]["status"]["code"] == "OK", g["header"]
+        hit += min(len(g["locations"]) * trace.block_size, int(trace.input_len[q]))
+        w = c.meta("startWriteCache", {"instance_id": iid, "block_keys": keys})  # type: ignore
+        assert w["header"]["status"]["code"] == "OK", w["header"]
+        f = c.meta("finishWriteCache", {  # type: ignore[attr-defined]
+            "instance_id": iid, "write_session_id": w["write_session_id"],
+            "success_blocks": {"offset": len(w["locations"])}})
+        assert f["header"]["status"]["code"] == "OK", f["header"]
+    return hit
+
+
+def test_tuned_config_served_live_equals_prediction(tmp_path: Path) -> None:
+    trace = generate_trace(GenSpec(seed=7, requests=400, instances=2, block_size=128))
+    base = _base(tmp_path, 300)
+    spec = TuneSpec(budget=600, trials=6, seed=0, policies=("lru",), used_low=1.0)
+    o = run_study(spec, trace, base, tmp_path / "study")
+    predicted = int(o.best.user_attrs["hit_tokens"])
+    export_study(tmp_path / "study", tmp_path / "export")
+    tuned = KVSimConfig.load(tmp_path / "export" / "config.yaml")
+    assert int(trace.key_counts().max()) < min(g.quota_blocks for g in tuned.groups)
+
+    # 1. a live HTTP server started with the exported config
+    client = transports.TRANSPORTS["http"](tmp_path / "srv1", config=tuned)
+    try:
+        assert _drive(client, trace) == predicted
+    finally:
+        client.close()
+
+    # 2. a live server on the untuned config, updated through updateInstanceGroup
+    client = transports.TRANSPORTS["http"](tmp_path / "srv2", config=base)
+    try:
+        for body in json.loads((tmp_path / "export" / "instance_groups.json").read_text()):
+            r = client.admin("updateInstanceGroup", body)
+            assert r["header"]["status"]["code"] == "OK", r["header"]
+        assert _drive(client, trace) == predicted
+    finally:
+        client.close()
+    assert predicted > 0 and np.isfinite(o.best.value)
