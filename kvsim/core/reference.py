@@ -283,7 +283,7 @@ class ReferenceCache:
                     return key
                 if budget > 0 and k < 63:
                     budget -= 1
-                    self._gd_push(key, self.L + min(63, k + self._ticks(key, self.count[key])))
+                    self._gd_push(key, self.L + k + 1)
                 else:
                     walked.add(key)
         raise AssertionError("no leaf")

@@ -17,8 +17,8 @@ of least ``H``, the least recent among equals. A hit recomputes ``H`` from the
 current ``L``. ``H - L`` is measured in ticks of ``1 / unit_ticks`` value and kept in a
 64-slot wheel per instance (the LFU bucket lists; GD-Wheel, Li & Cox, EuroSys'15), so
 it saturates at 63 ticks (16 hits of a depth-0 block at 4 ticks per unit). A block that
-still has children when the hand reaches it is not evictable: it is re-queued at
-``L + value x freq`` as if the hand had aged it once more.
+still has children when the hand reaches it is not evictable: it moves one tick past
+the hand, so it goes as soon as its subtree has gone, unless it is hit first.
 
 Depth is computed at commit from the prefix parent's depth (commit is head first,
 so the parent is committed first) and kept in the block's policy byte, saturating
@@ -138,7 +138,7 @@ def hit(t: Tables, g: int, r: int, now: int) -> None:
 
 @kernel
 def victim(t: Tables, g: int, i: int) -> int:
-    """The least-priority leaf; non-leaves met on the way are aged forward."""
+    """The least-priority leaf; non-leaves met on the way move one tick on."""
     L = t.g_pol[g, _L]
     budget = 64 * (t.i_blocks[i] + 1)
     for k in range(LFU_BUCKETS):
@@ -151,11 +151,8 @@ def victim(t: Tables, g: int, i: int) -> int:
                 return int(r)
             if budget > 0 and k < _MASK:
                 budget -= 1
-                nk = k + ticks(t, g, r, t.acc[r])
-                if nk > _MASK:
-                    nk = _MASK
                 _unlink(t, r)
-                _push(t, r, (L + nk) & _MASK)
+                _push(t, r, (L + k + 1) & _MASK)
                 r = t.f_tail[i, s]
             else:
                 r = t.prv[r]
