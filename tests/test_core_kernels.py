@@ -28,9 +28,10 @@ from kvsim.core.table import DELETING, SERVING, WRITING, BlockTable, alloc_row, 
 from kvsim.sim.replay import replay
 from kvsim.trace.model import KIND_READ, KIND_WRITE, Trace
 
-REFERENCED = tuple(ref.TAIL_FIRST)  # lru, lru_head_first, fifo, lfu, leaf_aware_lru, sieve, slru
+REFERENCED = tuple(ref.TAIL_FIRST)  # every policy but random_lru and ttl
 # policies whose group_precise eviction is exactly one shared cache across instances (sieve's
-# hand and slru's segments are per instance: across instances they are an approximation)
+# hand, slru's segments, s3fifo's and arc's lists are per instance, cost_aware breaks ties
+# by recency, workload_aware ranks instances by their estimates: approximations there)
 SHARED_EXACT = ("lru", "lru_head_first", "fifo", "lfu", "leaf_aware_lru")
 STATE_CODE = {"serving": SERVING, "writing": WRITING, "deleting": DELETING}
 SETTINGS = settings(max_examples=examples(60), deadline=None,
@@ -39,7 +40,7 @@ SETTINGS = settings(max_examples=examples(60), deadline=None,
 
 def test_reference_covers_the_expected_policies() -> None:
     assert set(REFERENCED) == {"lru", "lru_head_first", "fifo", "lfu", "leaf_aware_lru", "sieve",
-                               "slru"}
+                               "slru", "s3fifo", "arc", "cost_aware", "workload_aware"}
 
 
 # ---------------------------------------------------------------- matching

@@ -88,7 +88,12 @@ def test_commit_order_and_leaf_tracking_follow_spec(name: str) -> None:
     m.access("i0", [1, 2, 3])
     t = m.table.t
     rows = [lookup(t, 0, k) for k in (1, 2, 3)]
-    newest = int(t.f_head[0, 1]) if name == "lfu" else int(t.i_head[0])
+    if name == "lfu":
+        newest = int(t.f_head[0, 1])
+    elif name == "cost_aware":  # priority wheel slots: the newest by access stamp
+        newest = max(rows, key=lambda r: int(t.t_access[r]))
+    else:
+        newest = int(t.i_head[0])
     assert newest == (rows[0] if spec.tail_first else rows[2])
     if spec.tracks_leaves:
         assert [int(t.parent[r]) for r in rows] == [-1, rows[0], rows[1]]

@@ -216,6 +216,8 @@ class CacheManager:
         t.g_used[gi] = 0
         t.g_rr[gi] = 0
         t.g_evicted[gi] = 0
+        t.g_pol[gi] = 0
+        self.table.set_ghost(gi, 0, 0, 0)  # a reused slot forgets the old group's ghosts
         self._groups[spec.name] = (gi, spec)
         self._apply_group(gi, spec)
 
@@ -277,6 +279,8 @@ class CacheManager:
         t.g_quota[gi] = quota if quota > 0 else _UNLIMITED
         cap = spec.capacity_units()
         t.g_cap[gi] = cap if quota > 0 else _UNLIMITED
+        if t.g_policy[gi] != pol.code:
+            t.g_pol[gi] = 0
         t.g_policy[gi] = pol.code
         t.g_mode[gi] = spec.eviction.mode_code
         t.g_batch[gi] = max(1, spec.eviction.batch_size)
@@ -286,6 +290,21 @@ class CacheManager:
         for name, (ii, ispec) in self._instances.items():
             if ispec.group == spec.name:
                 t.i_cost[ii] = self._cost(ispec, spec, name)
+        self._sync_ghost(gi, spec)
+
+    def _sync_ghost(self, gi: int, spec: GroupSpec) -> None:
+        """Size the group's ghost storage from its capacity in blocks (policies with ghosts)."""
+        t = self.table.t
+        pol = get_policy(spec.eviction.policy)
+        cap = 0
+        if spec.quota_units() > 0:
+            costs = [int(t.i_cost[ii]) for ii, s in self._instances.values()
+                     if s.group == spec.name]
+            cap = int(spec.capacity_units()) // max(1, min(costs, default=1))
+        rings, ring_len = (0, 0)
+        if pol.ghost_rings is not None:
+            rings, ring_len = pol.ghost_rings(pol.params_cls.from_dict(spec.eviction.params), cap)
+        self.table.set_ghost(gi, rings, ring_len, cap)
 
     def _group_blocks(self, gi: int) -> int:
         t = self.table.t
@@ -333,6 +352,7 @@ class CacheManager:
         t.i_cost[ii] = cost
         self._instances[spec.instance_id] = (ii, spec)
         self._inst_names.append(spec.instance_id)
+        self._sync_ghost(gi, gspec)
         return ii
 
     def remove_instance(self, instance_id: str) -> None:

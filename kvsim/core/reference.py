@@ -14,12 +14,15 @@ Example:
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
+
+from kvsim.core.policies.s3fifo import ghost_len as _s3fifo_ghost_len
 
 LFU_SATURATION = 63
 TAIL_FIRST = {"lru": True, "lru_head_first": False, "fifo": True, "lfu": True,
-              "leaf_aware_lru": False, "sieve": True, "slru": True}
+              "leaf_aware_lru": False, "sieve": True, "slru": True, "s3fifo": True,
+              "arc": True, "cost_aware": False, "workload_aware": True}
 
 
 # ---------------------------------------------------------------- matching twins
@@ -58,21 +61,92 @@ def match_sliding_window(cache: Mapping[int, str], keys: Sequence[int],
     return -1
 
 
+# ---------------------------------------------------------------- ghost twin
+class GhostRings:
+    """Twin of ``kvsim.core.policies._ghost``: FIFO rings of keys with lazy deletion.
+
+    A key is a live ghost while ``where`` maps it to its own ``(ring, seq)``; taking it
+    leaves a stale ring slot; pushing into a full ring drops its oldest slot.
+    """
+
+    def __init__(self, rings: int, length: int) -> None:
+        self.length = length
+        self.rings: list[deque[tuple[int, object]]] = [deque() for _ in range(rings)]
+        self.next = [0] * rings
+        self.live = [0] * rings
+        self.where: dict[object, tuple[int, int]] = {}
+
+    def _pop_slot(self, k: int) -> bool:
+        seq, key = self.rings[k].popleft()
+        if self.where.get(key) == (k, seq):
+            del self.where[key]
+            self.live[k] -= 1
+            return True
+        return False
+
+    def push(self, k: int, key: object) -> None:
+        """Remember ``key`` in ring ``k``."""
+        if not self.length:
+            return
+        if len(self.rings[k]) == self.length:
+            self._pop_slot(k)
+        if key in self.where:
+            self.live[self.where.pop(key)[0]] -= 1
+        self.where[key] = (k, self.next[k])
+        self.rings[k].append((self.next[k], key))
+        self.next[k] += 1
+        self.live[k] += 1
+
+    def take(self, key: object) -> int:
+        """Forget ``key``; its ring, or -1 when it is no ghost."""
+        if key not in self.where:
+            return -1
+        k = self.where.pop(key)[0]
+        self.live[k] -= 1
+        return k
+
+    def pop_oldest(self, k: int) -> None:
+        """Drop ring ``k``'s oldest live key."""
+        while self.rings[k]:
+            if self._pop_slot(k):
+                return
+
+
 # ---------------------------------------------------------------- replay twin
 class ReferenceCache:
     """One cache (one instance, one group) replayed per the contract.
 
-    Supports ``lru``, ``lru_head_first``, ``fifo``, ``lfu`` and ``leaf_aware_lru``;
-    capacity in blocks (0 = unbounded). ``batch=True`` replays each request as its
+    Supports every policy of :data:`TAIL_FIRST` (``workload_aware`` for one instance,
+    where it is LRU); capacity in blocks (0 = unbounded). ``batch=True`` replays each request as its
     flattened block stream in commit order.
     """
 
     def __init__(self, policy: str, capacity: int, *, batch: bool = False,
-                 protected_frac: float = 0.8) -> None:
+                 protected_frac: float = 0.8, small_frac: float = 0.1,
+                 move_threshold: int = 1, depth_weight: float = 0.02,
+                 unit_ticks: float = 4.0) -> None:
         if policy not in TAIL_FIRST:
             raise ValueError(f"no reference for policy {policy!r}")
         self.policy = policy
         self.protected_frac = protected_frac
+        # s3fifo: order = small FIFO, protected = main FIFO; arc: order = T1, protected = T2
+        self.small_frac = small_frac
+        self.move_threshold = move_threshold
+        self.freq: dict[int, int] = {}
+        self.p = 0
+        self.from_b2 = False
+        if policy == "s3fifo":
+            self.ghost = GhostRings(1, _s3fifo_ghost_len(capacity, small_frac))
+        else:
+            self.ghost = GhostRings(2, capacity if policy == "arc" else 0)
+        # cost_aware: depth, priority H, push order, the hand L
+        self.depth_weight = depth_weight
+        self.unit_ticks = unit_ticks
+        self.depth: dict[int, int] = {}
+        self.prio: dict[int, int] = {}
+        self.pushed: dict[int, int] = {}
+        self.L = 0
+        self._pushes = 0
         self.visited: dict[int, bool] = {}
         self.hand: int | None = None
         self.protected: OrderedDict[int, None] = OrderedDict()
@@ -91,20 +165,128 @@ class ReferenceCache:
 
     def _insert(self, key: int, parent: int | None) -> None:
         self.visited[key] = False
-        self.order[key] = None
         self.count[key] = 1
         self.stamp[key] = self._tick()
         self.parent[key] = parent
+        if self.policy == "s3fifo":
+            self.freq[key] = 0
+            (self.protected if self.ghost.take(key) >= 0 else self.order)[key] = None
+        elif self.policy == "arc":
+            self._arc_insert(key)
+        else:
+            self.order[key] = None
+        if self.policy == "cost_aware":
+            d = 0
+            if parent is not None and parent in self.depth:
+                d = min(self.depth[parent] + 1, 127)
+            self.depth[key] = d
+            self._gd_push(key, self.L + self._ticks(key, 1))
 
     def _touch(self, key: int) -> None:
         if self.policy == "sieve":
             self.visited[key] = True
         elif self.policy == "slru":
             self._slru_hit(key)
+        elif self.policy == "s3fifo":
+            self.freq[key] = min(self.freq[key] + 1, 3)
+        elif self.policy == "arc":
+            if key in self.order:
+                del self.order[key]
+            self.protected[key] = None
+            self.protected.move_to_end(key)
+        elif self.policy == "cost_aware":
+            self._gd_push(key, self.L + self._ticks(key, self.count[key] + 1))
         elif self.policy != "fifo":
             self.order.move_to_end(key)
         self.count[key] += 1
         self.stamp[key] = self._tick()
+
+    # ---- arc
+    def _arc_insert(self, key: int) -> None:
+        k = self.ghost.take(key)
+        c = self.capacity
+        if k == 0:
+            b1, b2 = self.ghost.live[0] + 1, self.ghost.live[1]
+            self.p = min(c, self.p + (1 if b1 >= b2 else b2 // b1))
+        elif k == 1:
+            b1, b2 = self.ghost.live[0], self.ghost.live[1] + 1
+            self.p = max(0, self.p - (1 if b2 >= b1 else b1 // b2))
+        self.from_b2 = k == 1
+        (self.protected if k >= 0 else self.order)[key] = None
+
+    def _arc_victim(self) -> int:
+        n1 = len(self.order)
+        if n1 >= 1 and (n1 > self.p or (self.from_b2 and n1 == self.p)):
+            return next(iter(self.order))
+        return next(iter(self.protected)) if self.protected else next(iter(self.order))
+
+    def _arc_removed(self, key: int, from_t1: bool) -> None:
+        self.ghost.push(0 if from_t1 else 1, key)
+        g, c = self.ghost, self.capacity
+        while g.live[0] > 0 and len(self.order) + g.live[0] > c:
+            g.pop_oldest(0)
+        while g.live[0] + g.live[1] > c:
+            g.pop_oldest(1 if g.live[1] > 0 else 0)
+
+    # ---- s3fifo
+    def _s3fifo_victim(self) -> int:
+        small, main = self.order, self.protected
+        while True:
+            sn, mn = len(small), len(main)
+            if sn > 0 and (mn == 0 or sn >= self.small_frac * (sn + mn)):
+                k = next(iter(small))
+                if self.freq[k] >= self.move_threshold:
+                    del small[k]
+                    main[k] = None
+                    continue
+                return k
+            k = next(iter(main))
+            if self.freq[k] > 0:
+                self.freq[k] -= 1
+                main.move_to_end(k)
+                continue
+            return k
+
+    # ---- cost_aware (GreedyDual on a 64-slot wheel, leaves only)
+    def _ticks(self, key: int, freq: int) -> int:
+        v = 1.0 + self.depth_weight * self.depth[key]
+        return max(1, min(63, int(self.unit_ticks * v * freq + 0.5)))
+
+    def _gd_push(self, key: int, prio: int) -> None:
+        self.prio[key] = prio
+        self._pushes += 1
+        self.pushed[key] = self._pushes
+
+    def _children(self) -> dict[int, int]:
+        held = self.cached()
+        out: dict[int, int] = {}
+        for k in held:
+            p = self.parent.get(k)
+            if p is not None and p in held:
+                out[p] = out.get(p, 0) + 1
+        return out
+
+    def _gd_victim(self) -> int:
+        children = self._children()
+        budget = 64 * (len(self) + 1)
+        for k in range(64):
+            h = self.L + k
+            walked: set[int] = set()
+            while True:
+                slot = sorted((self.pushed[x], x) for x in self.order
+                              if self.prio[x] == h and x not in walked)
+                if not slot:
+                    break
+                key = slot[0][1]
+                if children.get(key, 0) == 0:
+                    self.L = h
+                    return key
+                if budget > 0 and k < 63:
+                    budget -= 1
+                    self._gd_push(key, self.L + k + 1)
+                else:
+                    walked.add(key)
+        raise AssertionError("no leaf")
 
     def _slru_hit(self, key: int) -> None:
         if key in self.protected:
@@ -131,6 +313,12 @@ class ReferenceCache:
     def _victim(self) -> int:
         if self.policy == "sieve":
             return self._sieve_victim()
+        if self.policy == "s3fifo":
+            return self._s3fifo_victim()
+        if self.policy == "arc":
+            return self._arc_victim()
+        if self.policy == "cost_aware":
+            return self._gd_victim()
         if self.policy == "slru":
             return next(iter(self.order)) if self.order else next(iter(self.protected))
         if self.policy == "lfu":
@@ -154,10 +342,15 @@ class ReferenceCache:
         n = 0
         while self.capacity and len(self) > self.capacity:
             v = self._victim()
-            if v in self.order:
+            in_first = v in self.order
+            if in_first:
                 del self.order[v]
             else:
                 del self.protected[v]
+            if self.policy == "s3fifo" and in_first:
+                self.ghost.push(0, v)
+            elif self.policy == "arc":
+                self._arc_removed(v, in_first)
             n += 1
         return n
 

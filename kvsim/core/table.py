@@ -96,6 +96,13 @@ class Tables(NamedTuple):
     g_rng: np.ndarray  # uint64 xorshift state
     g_params: np.ndarray  # float64[G, N_PARAMS]
     g_evicted: np.ndarray  # int64 evicted blocks
+    # ---- policy state beyond the per-row fields (see kvsim/core/policies/_ghost.py)
+    g_pol: np.ndarray  # int64[G, G_POL] policy state per group (starts at 0)
+    i_polf: np.ndarray  # float64[I, I_POLF] float policy state per instance (starts at 0)
+    gh_meta: np.ndarray  # int64[G, GH_META] ghost layout and ring counters per group
+    gh_ring: np.ndarray  # uint64 ghost rings (key hashes) of every group, one region each
+    gh_skey: np.ndarray  # uint64 ghost sets: key hash (0 = empty slot), one region each
+    gh_sval: np.ndarray  # int64 ghost sets: 2 * sequence number + ring
 
 
 # Row layout: the fields every access touches share one aligned 32-byte record
@@ -113,6 +120,11 @@ COLD_DTYPE = np.dtype([
 I_POL = 8
 I_POL_ROWS = 6
 COUNT_MAX = np.iinfo(np.int16).max  # access counts saturate here
+# per-group integer policy state and per-instance float policy state (all start at 0)
+G_POL = 8
+I_POLF = 4
+# per-group ghost metadata (kvsim/core/policies/_ghost.py): layout and ring counters
+GH_META = 12
 
 ROW_FIELDS = (
     "key", "inst", "state", "loc", "prv", "nxt", "parent", "nchild", "pbits", "t_write",
@@ -204,6 +216,12 @@ class BlockTable:
                 f_tail=np.full((instances, LFU_BUCKETS), -1, dtype=np.int32),
                 **grp,
                 g_params=np.zeros((groups, N_PARAMS), dtype=np.float64),
+                g_pol=np.zeros((groups, G_POL), dtype=np.int64),
+                i_polf=np.zeros((instances, I_POLF), dtype=np.float64),
+                gh_meta=np.zeros((groups, GH_META), dtype=np.int64),
+                gh_ring=np.zeros(1, dtype=np.uint64),
+                gh_skey=np.zeros(1, dtype=np.uint64),
+                gh_sval=np.zeros(1, dtype=np.int64),
             )
         )
 
@@ -280,6 +298,9 @@ class BlockTable:
             arr = np.full((size, LFU_BUCKETS), -1, dtype=np.int32)
             arr[:cur] = getattr(self.t, name)
             upd[name] = arr
+        polf = np.zeros((size, I_POLF), dtype=np.float64)
+        polf[:cur] = self.t.i_polf
+        upd["i_polf"] = polf
         self.t = self.t._replace(**upd)
 
     def ensure_groups(self, n: int) -> None:
@@ -296,7 +317,57 @@ class BlockTable:
         params = np.zeros((size, N_PARAMS), dtype=np.float64)
         params[:cur] = self.t.g_params
         upd["g_params"] = params
+        for name, width in (("g_pol", G_POL), ("gh_meta", GH_META)):
+            arr2 = np.zeros((size, width), dtype=np.int64)
+            arr2[:cur] = getattr(self.t, name)
+            upd[name] = arr2
         self.t = self.t._replace(**upd)
+
+    def set_ghost(self, g: int, rings: int, ring_len: int, cap_blocks: int) -> None:
+        """Give group ``g`` ghost storage: ``rings`` FIFO rings of ``ring_len`` key hashes
+        and one open-addressing set over them (``rings = 0`` or ``ring_len = 0``: none).
+
+        Ghosts are per group and sized from the group's capacity, never per block row,
+        so the bytes per cached block do not change. An unchanged layout keeps the
+        group's ghosts; a new one starts empty. Other groups' ghosts are kept.
+        """
+        from kvsim.core.policies._ghost import M_CAP, M_LEN, M_RINGS, M_ROFS, M_SLEN, M_SOFS
+
+        rings = max(0, int(rings))
+        ring_len = max(0, int(ring_len)) if rings else 0
+        if ring_len == 0:
+            rings = 0
+        m = self.t.gh_meta
+        if int(m[g, M_RINGS]) == rings and int(m[g, M_LEN]) == ring_len:
+            m[g, M_CAP] = cap_blocks
+            return
+        n_groups = m.shape[0]
+        want = {gi: (int(m[gi, M_RINGS]), int(m[gi, M_LEN])) for gi in range(n_groups)}
+        want[g] = (rings, ring_len)
+        sizes = {gi: (r * ln, index_size_for(r * ln) + 1 if r * ln else 0)
+                 for gi, (r, ln) in want.items()}
+        ring = np.zeros(max(1, sum(a for a, _ in sizes.values())), dtype=np.uint64)
+        skey = np.zeros(max(1, sum(b for _, b in sizes.values())), dtype=np.uint64)
+        sval = np.zeros(skey.shape[0], dtype=np.int64)
+        meta = m.copy()
+        ro = so = 0
+        for gi in range(n_groups):
+            a, b = sizes[gi]
+            if gi == g:
+                meta[gi, :] = 0
+                meta[gi, M_RINGS] = rings
+                meta[gi, M_LEN] = ring_len
+                meta[gi, M_CAP] = cap_blocks
+            elif a:
+                ring[ro:ro + a] = self.t.gh_ring[m[gi, M_ROFS]:m[gi, M_ROFS] + a]
+                skey[so:so + b] = self.t.gh_skey[m[gi, M_SOFS]:m[gi, M_SOFS] + b]
+                sval[so:so + b] = self.t.gh_sval[m[gi, M_SOFS]:m[gi, M_SOFS] + b]
+            meta[gi, M_ROFS] = ro
+            meta[gi, M_SOFS] = so
+            meta[gi, M_SLEN] = b
+            ro += a
+            so += b
+        self.t = self.t._replace(gh_meta=meta, gh_ring=ring, gh_skey=skey, gh_sval=sval)
 
 
 def bytes_per_row(table: BlockTable) -> float:

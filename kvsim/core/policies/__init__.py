@@ -2,7 +2,7 @@
 
 Example:
     >>> sorted(POLICIES)[:3]
-    ['fifo', 'leaf_aware_lru', 'lfu']
+    ['arc', 'cost_aware', 'fifo']
     >>> POLICIES["lru"].tail_first
     True
 """
@@ -10,21 +10,26 @@ Example:
 from __future__ import annotations
 
 from kvsim.core.policies import (
+    arc,
+    cost_aware,
     fifo,
     leaf_aware_lru,
     lfu,
     lru,
     lru_head_first,
     random_lru,
+    s3fifo,
     sieve,
     slru,
     ttl,
+    workload_aware,
 )
 from kvsim.core.policies.base import PolicyParams, PolicySpec, param_field
 
 POLICIES: dict[str, PolicySpec] = {
     m.SPEC.name: m.SPEC
-    for m in (lru, lru_head_first, random_lru, leaf_aware_lru, fifo, lfu, sieve, slru, ttl)
+    for m in (lru, lru_head_first, random_lru, leaf_aware_lru, fifo, lfu, sieve, slru, ttl,
+              s3fifo, arc, cost_aware, workload_aware)
 }
 BY_CODE: dict[int, PolicySpec] = {s.code: s for s in POLICIES.values()}
 

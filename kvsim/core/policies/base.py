@@ -27,6 +27,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -103,6 +104,9 @@ class PolicySpec:
         prefix_closed: the policy claims a cache that never holds a block without its
             prefix (under combined read+write replay of complete prefixes).
         summary: one line for ``--help`` and reports.
+        ghost_rings: for policies that remember evicted keys, ``(params, capacity in
+            blocks) -> (rings, ring length)`` of the group's ghost storage (see
+            :mod:`kvsim.core.policies._ghost`); None = no ghost.
     """
 
     name: str
@@ -112,5 +116,6 @@ class PolicySpec:
     tracks_leaves: bool
     prefix_closed: bool
     summary: str
+    ghost_rings: Callable[[PolicyParams, int], tuple[int, int]] | None = None
 
     CODES: ClassVar[dict[int, str]] = {}

@@ -7,7 +7,19 @@ The one place that lists every policy's kernels; a new policy adds its module to
 from __future__ import annotations
 
 from kvsim.core._jit import kernel
-from kvsim.core.policies import fifo, leaf_aware_lru, lfu, lru, random_lru, sieve, slru
+from kvsim.core.policies import (
+    arc,
+    cost_aware,
+    fifo,
+    leaf_aware_lru,
+    lfu,
+    lru,
+    random_lru,
+    s3fifo,
+    sieve,
+    slru,
+    workload_aware,
+)
 from kvsim.core.table import Tables
 
 # codes (kept equal to each module's SPEC.code; checked by a test)
@@ -20,18 +32,22 @@ LFU = 6
 SIEVE = 7
 SLRU = 8
 TTL = 9
+S3FIFO = 10
+ARC = 11
+COST_AWARE = 12
+WORKLOAD_AWARE = 13
 
 
 @kernel
 def tail_first(code: int) -> bool:
     """Whether the policy commits a request's blocks from the last to the first."""
-    return not (code == LRU_HEAD_FIRST or code == LEAF_AWARE_LRU)
+    return not (code == LRU_HEAD_FIRST or code == LEAF_AWARE_LRU or code == COST_AWARE)
 
 
 @kernel
 def tracks_leaves(code: int) -> bool:
     """Whether the core maintains parent/child counts for the policy."""
-    return code == LEAF_AWARE_LRU
+    return code == LEAF_AWARE_LRU or code == COST_AWARE
 
 
 @kernel
@@ -53,6 +69,14 @@ def commit(t: Tables, code: int, g: int, r: int, now: int) -> None:
         slru.commit(t, g, r, now)
     elif code == TTL:
         lru.commit(t, g, r, now)
+    elif code == S3FIFO:
+        s3fifo.commit(t, g, r, now)
+    elif code == ARC:
+        arc.commit(t, g, r, now)
+    elif code == COST_AWARE:
+        cost_aware.commit(t, g, r, now)
+    elif code == WORKLOAD_AWARE:
+        workload_aware.commit(t, g, r, now)
 
 
 @kernel
@@ -74,6 +98,14 @@ def hit(t: Tables, code: int, g: int, r: int, now: int) -> None:
         slru.hit(t, g, r, now)
     elif code == TTL:
         lru.hit(t, g, r, now)
+    elif code == S3FIFO:
+        s3fifo.hit(t, g, r, now)
+    elif code == ARC:
+        arc.hit(t, g, r, now)
+    elif code == COST_AWARE:
+        cost_aware.hit(t, g, r, now)
+    elif code == WORKLOAD_AWARE:
+        workload_aware.hit(t, g, r, now)
 
 
 @kernel
@@ -95,6 +127,14 @@ def victim(t: Tables, code: int, g: int, i: int) -> int:
         return slru.victim(t, g, i)
     if code == TTL:
         return lru.victim(t, g, i)
+    if code == S3FIFO:
+        return s3fifo.victim(t, g, i)
+    if code == ARC:
+        return arc.victim(t, g, i)
+    if code == COST_AWARE:
+        return cost_aware.victim(t, g, i)
+    if code == WORKLOAD_AWARE:
+        return workload_aware.victim(t, g, i)
     return -1
 
 
@@ -117,6 +157,14 @@ def remove(t: Tables, code: int, g: int, r: int) -> None:
         slru.remove(t, g, r)
     elif code == TTL:
         lru.remove(t, g, r)
+    elif code == S3FIFO:
+        s3fifo.remove(t, g, r)
+    elif code == ARC:
+        arc.remove(t, g, r)
+    elif code == COST_AWARE:
+        cost_aware.remove(t, g, r)
+    elif code == WORKLOAD_AWARE:
+        workload_aware.remove(t, g, r)
 
 
 @kernel
@@ -128,4 +176,12 @@ def rank(t: Tables, code: int, r: int) -> tuple[int, int]:
         return (1 if t.pbits[r] & 2 else 0), t.t_access[r]
     if code == LFU:
         return lfu.bucket(t, r), t.t_access[r]
+    if code == S3FIFO:
+        return s3fifo.rank(t, r)
+    if code == ARC:
+        return arc.rank(t, r)
+    if code == COST_AWARE:
+        return cost_aware.rank(t, r)
+    if code == WORKLOAD_AWARE:
+        return workload_aware.rank(t, r)
     return 0, t.t_access[r]
