@@ -264,3 +264,18 @@ def test_cli_simulate(tmp_path) -> None:
     bad = CliRunner().invoke(main, ["simulate", str(p), "--config", str(cfg),
                                     "--capacity-blocks", "5"])
     assert bad.exit_code != 0 and "--capacity-blocks" in bad.output
+
+
+@pytest.mark.parametrize(("capacity", "hit_blocks"), [(5_859, 40_644), (20_000, 84_692)])
+def test_pool_zero_time_reproduces_the_golden_figures(mooncake_path, capacity: int,
+                                                      hit_blocks: int) -> None:
+    """Four instances sharing one pool, zero times: the contract's single-cache integers."""
+    from kvsim.trace.readers import read_trace
+
+    t = read_trace(mooncake_path, "mooncake")
+    cfg = KVSimConfig.from_dict({
+        "tiers": {"levels": [{"name": "pool", "scope": "pool", "capacity_blocks": capacity}]},
+        "routing": {"policy": "round_robin", "instances": 4}})
+    r = simulate(t, cfg)
+    assert int(r.hit_blocks.sum()) == hit_blocks
+    assert sorted(r.load_balance()["requests"].values()) == [3007, 3008, 3008, 3008]
