@@ -27,24 +27,33 @@ def _held(t: Tables, i: int, key: int) -> bool:
 @kernel
 def read_tiers(
     t0: Tables, i0: int, t1: Tables, i1: int, t2: Tables, i2: int, n_tiers: int,
-    keys: np.ndarray, counts: np.ndarray,
+    keys: np.ndarray, counts: np.ndarray, rows0: np.ndarray,
 ) -> int:
     """Longest prefix of ``keys`` held by the union of the tiers; returns its length.
 
     Each key is served by the first tier (in read order) that holds it SERVING;
     ``counts[k]`` gets the number of prefix keys served by tier ``k``. The read
     does not refresh recency (the write at prefill end does, as in the replay).
+    When ``rows0`` is not empty it gets the tier-0 rows of the leading run of keys
+    that tier 0 serves, and ``counts[3]`` that run's length.
     """
     for k in range(counts.shape[0]):
         counts[k] = 0
     n = keys.shape[0]
     if n > 8:
         prefetch_keys(t0, i0, keys, 0, n)
+    record = rows0.shape[0] > 0
+    lead = True
     for j in range(n):
         key = keys[j]
-        if _held(t0, i0, key):
+        r = lookup(t0, i0, key)
+        if r >= 0 and t0.state[r] == SERVING:
             counts[0] += 1
+            if record and lead:
+                rows0[j] = r
+                counts[3] += 1
             continue
+        lead = False
         if n_tiers > 1 and _held(t1, i1, key):
             counts[1] += 1
             continue
@@ -58,17 +67,18 @@ def read_tiers(
 @kernel
 def write_tier(
     t: Tables, ev: EventArrays, i: int, keys: np.ndarray, now: int, rows: np.ndarray,
-    isnew: np.ndarray, delete_now: bool, evict: bool,
+    isnew: np.ndarray, delete_now: bool, evict: bool, known: int = 0,
 ) -> int:
     """Write every key (tail-first commit, as the replay contract), then evict to
     capacity when ``evict``; returns the number of new blocks.
 
+    ``rows[:known]`` may carry the (checked) SERVING rows of the first keys.
     ``rows[:len(keys)]`` gets each key's row (-1 for a repeat or a WRITING block).
     The caller guarantees ``len(keys)`` free rows.
     """
     if keys.shape[0] > 8:
-        prefetch_keys(t, i, keys, 0, keys.shape[0])
-    n_new = write_serving(t, ev, i, keys, now, rows, isnew, 0)
+        prefetch_keys(t, i, keys, known, keys.shape[0])
+    n_new = write_serving(t, ev, i, keys, now, rows, isnew, known)
     if evict:
         g = t.i_group[i]
         evict_to(t, ev, g, i, t.g_cap[g], now, delete_now)
@@ -157,6 +167,7 @@ def timed_loop(
     o_load: np.ndarray, o_pre: np.ndarray, o_ttft: np.ndarray, o_nc: np.ndarray,
     free: np.ndarray, free_nc: np.ndarray, busy: np.ndarray, write_ns: np.ndarray,
     counts: np.ndarray, rows: np.ndarray, isnew: np.ndarray, pick: np.ndarray,
+    krows: np.ndarray, kn: np.ndarray,
 ) -> int:
     """The event loop of :func:`kvsim.sim.timed.simulate` for the common case.
 
@@ -164,9 +175,12 @@ def timed_loop(
     ``(time, request)`` order, arrivals first. ``n_write`` tiers get every key; when
     ``n_write < n_tiers`` the last tier (the pool) gets the keys whose access count
     in tier 0 passed ``min_reuse`` (selective write-through). ``state`` = [next
-    arrival, heap size]. Returns 0 when arrivals up to ``p_limit`` are done (and, at
-    the end, the heap is empty), or 1 when a tier needs more rows (nothing of the
-    pending event was done; grow and call again).
+    arrival, heap size]. ``krows`` (aligned with ``keys``) and ``kn`` keep the tier-0
+    rows the read found; the write reuses those still valid (same key, instance and
+    SERVING) instead of looking them up again, as the replay does. Returns 0 when
+    arrivals up to ``p_limit`` are done (and, at the end, the heap is empty), or 1
+    when a tier needs more rows (nothing of the pending event was done; grow and call
+    again).
     """
     n = ts.shape[0]
     p = state[0]
@@ -180,7 +194,9 @@ def timed_loop(
             a = off[q]
             kq = keys[a:off[q + 1]]
             h = read_tiers(t0, tidx[0, s], t1, tidx[min(1, n_tiers - 1), s], t2,
-                           tidx[min(2, n_tiers - 1), s], n_tiers, kq, counts)
+                           tidx[min(2, n_tiers - 1), s], n_tiers, kq, counts,
+                           krows[a:off[q + 1]])
+            kn[q] = counts[3]
             o_hit[q] = h
             load = 0.0
             for k in range(n_tiers):
@@ -225,10 +241,18 @@ def timed_loop(
         s = route[q]
         kq = keys[a:a + m]
         n_pick = 0
+        known = 0
+        i0 = tidx[0, s]
+        for j in range(kn[q]):
+            r = krows[a + j]
+            if t0.inst[r] != i0 or t0.key[r] != kq[j] or t0.state[r] != SERVING:
+                break
+            rows[j] = r
+            known += 1
         for k in range(n_write):
             tk = _tier(t0, t1, t2, k)
             w = write_tier(tk, _ev(e0, e1, e2, k), tidx[k, s], kq, now, rows, isnew,
-                           dnow[k, s], evict)
+                           dnow[k, s], evict, known if k == 0 else 0)
             o_wr[q, k] += w
             if wbps[k] > 0 and w > 0:
                 write_ns[k] += w * bb * 1e9 / wbps[k]

@@ -419,7 +419,8 @@ class _Sim:
         max_len = int(trace.key_counts().max()) if n else 0
         self.tmp_rows = np.zeros(max(1, 4 * max_len), dtype=np.int32)
         self.tmp_new = np.zeros(max(1, 4 * max_len), dtype=bool)
-        self.counts = np.zeros(3, dtype=np.int64)
+        self.counts = np.zeros(4, dtype=np.int64)
+        self._no_rows = np.zeros(0, dtype=np.int32)
         self.rr = 0
 
     # -------------------------------------------------------------- reads
@@ -430,7 +431,8 @@ class _Sim:
         t1 = ts[1] if self.n_tiers > 1 else t0
         t2 = ts[2] if self.n_tiers > 2 else t0
         return int(TK.read_tiers(t0.mgr.table.t, t0.idx[s], t1.mgr.table.t, t1.idx[s],
-                                 t2.mgr.table.t, t2.idx[s], self.n_tiers, keys, self.counts))
+                                 t2.mgr.table.t, t2.idx[s], self.n_tiers, keys, self.counts,
+                                 self._no_rows))
 
     def load_ns(self, counts: np.ndarray) -> float:
         total = 0.0
@@ -630,6 +632,8 @@ class _Sim:
         rows = np.zeros(max_len + 1, dtype=np.int32)
         isnew = np.zeros(max_len + 1, dtype=bool)
         pick = np.zeros(max_len + 1, dtype=np.int64)
+        krows = np.zeros(tr.n_keys, dtype=np.int32)
+        kn = np.zeros(n, dtype=np.int64)
         ts = tr.ts_ns
         il = tr.input_len
         bounds = np.searchsorted(tr.offsets, np.arange(0, tr.n_keys + _CHUNK_KEYS, _CHUNK_KEYS))
@@ -647,7 +651,7 @@ class _Sim:
                     self.config.tiers.selective_min_reuse, hk, hq, state, int(limit),
                     self.hit, self.tier_hits, self.written, self.queue, self.load,
                     self.prefill, self.ttft, self.ttft_nc, free, free_nc, busy, write_ns,
-                    self.counts, rows, isnew, pick,
+                    self.counts, rows, isnew, pick, krows, kn,
                 )
                 if rc == 0:
                     break
