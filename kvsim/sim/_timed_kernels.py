@@ -6,6 +6,19 @@ to its capacity exactly as the plain replay does (:func:`write_tier`).
 :func:`timed_loop` runs the whole event loop of the common case (writes at prefill
 end, write-through or selective, fixed routing) in one call; the Python loop of
 :mod:`kvsim.sim.timed` runs every other case, and the tests hold the two equal.
+
+Example:
+    >>> import numpy as np
+    >>> hk, hq = np.zeros(4, dtype=np.int64), np.zeros(4, dtype=np.int64)
+    >>> size = 0
+    >>> for key, q in [(5, 0), (3, 1), (5, 2)]:
+    ...     size = heap_push(hk, hq, size, key, q)
+    >>> out = []
+    >>> while size:
+    ...     out.append((int(hk[0]), int(hq[0])))
+    ...     size = heap_pop(hk, hq, size)
+    >>> out   # by time, then request
+    [(3, 1), (5, 0), (5, 2)]
 """
 
 from __future__ import annotations
