@@ -62,6 +62,99 @@ class ReplayOptions:
     block_size: int = 0
 
 
+WRITE_MODES = ("at_end", "two_phase")
+WRITE_POLICIES = ("through", "back", "selective")
+TIER_SCOPES = ("local", "pool")
+ROUTING_POLICIES = ("trace", "round_robin", "prefix", "load")
+MAX_TIERS = 3
+
+
+@dataclass(frozen=True)
+class TimingOptions:
+    """Virtual-time parameters of ``kvsim simulate`` (all zero = the plain replay).
+
+    Attributes:
+        prefill_tokens_per_s: prefill throughput of one instance (0 = infinite).
+        decode_ms_per_token: decode time per output token (0 = none).
+        block_bytes: bytes of one KV block (traffic and bandwidth time; 0 = none).
+        write: ``at_end`` (every key written at prefill end, as the replay contract
+            writes) or ``two_phase`` (``start_write`` at read time, ``finish_write``
+            at prefill end, as the server does).
+        write_timeout_s: two-phase write sessions expire after this long.
+        reclaim_interval_ms: reclaimer cadence (expire sessions, reclaim, reap);
+            0 = evict to capacity after every write, as the replay does.
+        session_outputs: at decode end, write the previous turn's output blocks
+            (the next turn's keys that cover prompt + output) when the trace has sessions.
+    """
+
+    prefill_tokens_per_s: float = 0.0
+    decode_ms_per_token: float = 0.0
+    block_bytes: int = 0
+    write: str = "at_end"
+    write_timeout_s: float = 30.0
+    reclaim_interval_ms: float = 0.0
+    session_outputs: bool = False
+
+
+@dataclass(frozen=True)
+class TierSpec:
+    """One cache tier: per instance (``local``) or shared by all (``pool``).
+
+    Attributes:
+        name: tier name (``gpu``, ``host``, ``pool``...).
+        scope: ``local`` (one cache per instance) or ``pool`` (one shared cache).
+        capacity_blocks: per instance for a local tier, in total for the pool (0 = unbounded).
+        policy: eviction policy.
+        read_bytes_per_s: load bandwidth (0 = infinite).
+        write_bytes_per_s: store bandwidth (0 = infinite).
+        latency_us: fixed cost of one load from the tier.
+    """
+
+    name: str
+    scope: str = "local"
+    capacity_blocks: int = 0
+    policy: str = "lru"
+    read_bytes_per_s: float = 0.0
+    write_bytes_per_s: float = 0.0
+    latency_us: float = 0.0
+
+
+@dataclass(frozen=True)
+class TiersOptions:
+    """Cache tiers in read order (local tiers first, then at most one pool).
+
+    Attributes:
+        levels: the tiers; empty = one tier made of the config's groups.
+        write_policy: ``through`` (every tier gets every block), ``back`` (the first
+            tier only; evicted blocks are demoted to the next tier) or ``selective``
+            (local tiers get every block, the pool only blocks reused at least
+            ``selective_min_reuse`` times in the first tier).
+        selective_min_reuse: the reuse threshold of ``selective``.
+    """
+
+    levels: tuple[TierSpec, ...] = ()
+    write_policy: str = "through"
+    selective_min_reuse: int = 1
+
+
+@dataclass(frozen=True)
+class RoutingOptions:
+    """How requests are spread over instances.
+
+    Attributes:
+        policy: ``trace`` (the trace's own instance), ``round_robin``, ``prefix`` (the
+            instance with the most cached prefix; ties to the shortest queue, then the
+            least busy time so far) or ``load`` (least estimated time to first token:
+            queue + load + prefill of the input minus ``prefix_bonus`` x cached tokens).
+        instances: number of instances for the policies other than ``trace``.
+        prefix_bonus: weight of cached tokens in ``load`` (1 = their full prefill time).
+    """
+
+    policy: str = "trace"
+    instances: int = 1
+    prefix_bonus: float = 1.0
+
+
 @dataclass(frozen=True)
 class ServerOptions:
     """How ``kvsim serve`` runs (the optional ``server:`` section; flags override it).
@@ -101,7 +194,8 @@ class ServerOptions:
 
 @dataclass(frozen=True)
 class KVSimConfig:
-    """Storages, groups, instances, replay options and (for ``kvsim serve``) server options."""
+    """Storages, groups, instances, replay options, (for ``kvsim serve``) server options and
+    the optional simulation sections (``kvsim simulate``)."""
 
     storages: tuple[StorageSpec, ...] = ()
     groups: tuple[GroupSpec, ...] = ()
@@ -109,6 +203,9 @@ class KVSimConfig:
     replay: ReplayOptions = field(default_factory=ReplayOptions)
     source: str = "<config>"
     server: ServerOptions = field(default_factory=ServerOptions)
+    timing: TimingOptions = field(default_factory=TimingOptions)
+    tiers: TiersOptions = field(default_factory=TiersOptions)
+    routing: RoutingOptions = field(default_factory=RoutingOptions)
 
     # ------------------------------------------------------------ constructors
     @staticmethod
@@ -159,7 +256,8 @@ class KVSimConfig:
     def from_dict(data: dict[str, Any], source: str = "<config>") -> KVSimConfig:
         """Validate and build from a mapping; errors name ``source`` and the field."""
         r = _Reader(source)
-        r.known(data, "", {"storages", "instance_groups", "instances", "replay", "server"})
+        r.known(data, "", {"storages", "instance_groups", "instances", "replay", "server",
+                           "timing", "tiers", "routing"})
         storages = tuple(r.storage(s, f"storages[{i}]")
                          for i, s in enumerate(r.list_of(data, "storages", "")))
         groups = tuple(r.group(g, f"instance_groups[{i}]")
@@ -189,7 +287,13 @@ class KVSimConfig:
             raise ConfigError(
                 f"{source}: replay.default_group: unknown group {replay.default_group!r}"
             )
-        return KVSimConfig(storages, groups, instances, replay, source, server)
+        timing = r.timing(data.get("timing") or {}, "timing")
+        tiers = r.tiers(data.get("tiers") or {}, "tiers")
+        routing = r.routing(data.get("routing") or {}, "routing")
+        if tiers.write_policy == "back" and timing.write == "two_phase":
+            raise ConfigError(f"{source}: tiers.write_policy: 'back' needs timing.write 'at_end'")
+        return KVSimConfig(storages, groups, instances, replay, source, server=server,
+                           timing=timing, tiers=tiers, routing=routing)
 
     # ------------------------------------------------------------ output
     def to_dict(self) -> dict[str, Any]:
@@ -217,7 +321,21 @@ class KVSimConfig:
                  "model_name": s.model_name, "dtype": s.dtype} for s in self.instances
             ],
             "replay": asdict(self.replay),
-        } | ({"server": asdict(self.server)} if self.server != ServerOptions() else {})
+        } | ({"server": asdict(self.server)} if self.server != ServerOptions() else {}) \
+          | self._sim_dict()
+
+    def _sim_dict(self) -> dict[str, Any]:
+        """The simulation sections that differ from their defaults."""
+        out: dict[str, Any] = {}
+        if self.timing != TimingOptions():
+            out["timing"] = asdict(self.timing)
+        if self.tiers != TiersOptions():
+            t = asdict(self.tiers)
+            t["levels"] = [asdict(x) for x in self.tiers.levels]
+            out["tiers"] = t
+        if self.routing != RoutingOptions():
+            out["routing"] = asdict(self.routing)
+        return out
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write YAML (or JSON for a ``.json`` path) atomically."""
@@ -397,4 +515,63 @@ class _Reader:
             tail=self.choice(d, "tail", path, "drop", ["drop", "keep"]),
             default_group=self.text(d, "default_group", path, "default"),
             block_size=self.num(d, "block_size", path, 0, integer=True, low=0),
+        )
+
+    def timing(self, d: Any, path: str) -> TimingOptions:
+        self.known(d, path, {"prefill_tokens_per_s", "decode_ms_per_token", "block_bytes",
+                             "write", "write_timeout_s", "reclaim_interval_ms",
+                             "session_outputs"})
+        so = d.get("session_outputs", False)
+        if not isinstance(so, bool):
+            raise self.fail(f"{path}.session_outputs", f"expected true or false, got {so!r}")
+        return TimingOptions(
+            prefill_tokens_per_s=self.num(d, "prefill_tokens_per_s", path, 0.0, integer=False,
+                                          low=0),
+            decode_ms_per_token=self.num(d, "decode_ms_per_token", path, 0.0, integer=False,
+                                         low=0),
+            block_bytes=self.num(d, "block_bytes", path, 0, integer=True, low=0),
+            write=self.choice(d, "write", path, "at_end", list(WRITE_MODES)),
+            write_timeout_s=self.num(d, "write_timeout_s", path, 30.0, integer=False, low=1e-9),
+            reclaim_interval_ms=self.num(d, "reclaim_interval_ms", path, 0.0, integer=False,
+                                         low=0),
+            session_outputs=so,
+        )
+
+    def tier(self, d: Any, path: str) -> TierSpec:
+        self.known(d, path, {"name", "scope", "capacity_blocks", "policy", "read_bytes_per_s",
+                             "write_bytes_per_s", "latency_us"})
+        return TierSpec(
+            name=self.text(d, "name", path),
+            scope=self.choice(d, "scope", path, "local", list(TIER_SCOPES)),
+            capacity_blocks=self.num(d, "capacity_blocks", path, 0, integer=True, low=0),
+            policy=self.choice(d, "policy", path, "lru", sorted(POLICIES)),
+            read_bytes_per_s=self.num(d, "read_bytes_per_s", path, 0.0, integer=False, low=0),
+            write_bytes_per_s=self.num(d, "write_bytes_per_s", path, 0.0, integer=False, low=0),
+            latency_us=self.num(d, "latency_us", path, 0.0, integer=False, low=0),
+        )
+
+    def tiers(self, d: Any, path: str) -> TiersOptions:
+        self.known(d, path, {"levels", "write_policy", "selective_min_reuse"})
+        levels = tuple(self.tier(x, f"{path}.levels[{i}]")
+                       for i, x in enumerate(self.list_of(d, "levels", f"{path}.")))
+        if len(levels) > MAX_TIERS:
+            raise self.fail(f"{path}.levels", f"at most {MAX_TIERS} tiers, got {len(levels)}")
+        names = [x.name for x in levels]
+        for i, x in enumerate(levels):
+            if names.index(x.name) != i:
+                raise self.fail(f"{path}.levels[{i}].name", f"duplicate tier {x.name!r}")
+            if x.scope == "pool" and i != len(levels) - 1:
+                raise self.fail(f"{path}.levels[{i}].scope", "the pool must be the last tier")
+        return TiersOptions(
+            levels=levels,
+            write_policy=self.choice(d, "write_policy", path, "through", list(WRITE_POLICIES)),
+            selective_min_reuse=self.num(d, "selective_min_reuse", path, 1, integer=True, low=0),
+        )
+
+    def routing(self, d: Any, path: str) -> RoutingOptions:
+        self.known(d, path, {"policy", "instances", "prefix_bonus"})
+        return RoutingOptions(
+            policy=self.choice(d, "policy", path, "trace", list(ROUTING_POLICIES)),
+            instances=self.num(d, "instances", path, 1, integer=True, low=1),
+            prefix_bonus=self.num(d, "prefix_bonus", path, 1.0, integer=False, low=0),
         )
