@@ -63,6 +63,11 @@ def _cost_model(model: str | None, prices: tuple[str, ...], default_tier: str,
 @click.option("--used-low", type=click.FloatRange(0, 1, min_open=True), default=0.8,
               show_default=True, help="Lowest used_percentage tried (1 = not searched).")
 @click.option("--trials", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option("--flow", type=click.Choice(["combined", "server"]), default="combined",
+              show_default=True,
+              help="combined: the replay contract's read+write request; server: a read then "
+                   "a write per request, as clients of `kvsim serve` do (predicts the live "
+                   "server for every policy).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--steps", type=click.IntRange(min=1), default=4, show_default=True,
               help="Intermediate hit-rate reports per trial (for the pruner).")
@@ -94,8 +99,9 @@ def _cost_model(model: str | None, prices: tuple[str, ...], default_tier: str,
 def tune_cmd(config_path: Path, trace: Path | None, fmt: str, block_size: int | None,
              tail: str, chain: str, strict: bool, instance: str | None, limit: int | None,
              budget: int | None, objective: str, policies: str, modes: str, used_low: float,
-             trials: int, seed: int, steps: int, split_step: int | None, no_warm_start: bool,
-             split_only: bool, storage: str | None, study_name: str, workers: int,
+             trials: int, flow: str, seed: int, steps: int, split_step: int | None,
+             no_warm_start: bool, split_only: bool, storage: str | None, study_name: str,
+             workers: int,
              model: str | None, prices: tuple[str, ...], default_tier: str, gpu_price: float,
              prefill_tps: float, out_dir: Path, as_json: bool) -> None:
     """Tune quotas, policy, parameters and watermarks of CONFIG on TRACE (default: the
@@ -153,7 +159,7 @@ def tune_cmd(config_path: Path, trace: Path | None, fmt: str, block_size: int | 
             modes=tuple(m.strip() for m in modes.split(",") if m.strip()),
             used_low=used_low, trials=trials, seed=seed, steps=steps,
             warm_start=not no_warm_start, split_step=split_step, cost=cost,
-            study_name=study_name, storage=storage, workers=workers,
+            study_name=study_name, storage=storage, workers=workers, flow=flow,
         )
         o = run_study(spec, t, base, out_dir, trace_source=str(trace), progress=not as_json,
                       console=err)

@@ -92,6 +92,11 @@ class TuneSpec:
         study_name: the study's name in the storage.
         storage: an RDB URL, or None for a journal file in the output directory.
         workers: local worker processes.
+        flow: how requests reach the cache in a trial: ``combined`` (the replay
+            contract's read+write request, fast) or ``server`` (the calls a client of
+            ``kvsim serve`` makes, through the same manager calls as the server: predicts
+            the live server for every policy, not only ``lru``; see
+            :func:`kvsim.sim.server_flow.replay_server_flow`).
     """
 
     budget: int
@@ -108,6 +113,7 @@ class TuneSpec:
     study_name: str = "kvsim"
     storage: str | None = None
     workers: int = 1
+    flow: str = "combined"
 
     def __post_init__(self) -> None:
         from kvsim.core.policies import POLICIES
@@ -123,6 +129,8 @@ class TuneSpec:
         badm = [m for m in self.modes if m not in EVICTION_MODES]
         if badm or not self.modes:
             raise ValueError(f"unknown modes {badm}; known: {', '.join(EVICTION_MODES)}")
+        if self.flow not in ("combined", "server"):
+            raise ValueError(f"flow must be 'combined' or 'server', got {self.flow!r}")
         if not 0.0 < self.used_low <= 1.0:
             raise ValueError(f"used_low must be in (0, 1], got {self.used_low}")
         if self.budget < 1 or self.trials < 1 or self.steps < 1 or self.workers < 1:
@@ -140,6 +148,7 @@ class TuneSpec:
         """Inverse of :meth:`to_dict`."""
         d = dict(d)
         d["cost"] = CostModel.from_dict(d["cost"]) if d.get("cost") else None
+        d.setdefault("flow", "combined")
         d["policies"], d["modes"] = tuple(d["policies"]), tuple(d["modes"])
         return TuneSpec(**d)
 
@@ -353,7 +362,12 @@ def evaluate(spec: TuneSpec, trace: Trace, config: KVSimConfig,
         if trial.should_prune():
             raise optuna.TrialPruned()
 
-    r = replay_steps(trace, config, spec.steps, on_step)
+    if spec.flow == "server":
+        from kvsim.sim.server_flow import replay_server_flow
+
+        r = replay_server_flow(trace, config, spec.steps, on_step)
+    else:
+        r = replay_steps(trace, config, spec.steps, on_step)
     s = r.summary()
     out: dict[str, Any] = {
         "token_hit_rate": float(s["token_hit_rate"]), "hit_tokens": int(s["hit_tokens"]),
@@ -506,7 +520,7 @@ def run_study(spec: TuneSpec, trace: Trace, base: KVSimConfig, out_dir: Path, *,
     study = create_study(spec, storage)
     prev = study.user_attrs.get("spec")
     if prev is not None and study.trials:
-        keys = ("budget", "objective", "policies", "modes", "used_low", "cost")
+        keys = ("budget", "objective", "policies", "modes", "used_low", "cost", "flow")
         changed = [k for k in keys if prev.get(k) != spec.to_dict()[k]]
         if changed or study.user_attrs.get("base_config") != base.to_dict():
             raise ValueError(

@@ -1246,9 +1246,13 @@ class Service:
         keep = ~ses.is_new
         keep[np.flatnonzero(ses.is_new)[ok]] = True
         held = ses.keys[keep]
+        old = ses.keys[~ses.is_new]
+        if old.shape[0]:
+            # a write refreshes the keys it found held, after committing the new ones: the
+            # replay contract's tail-first write (the new keys are the request's tail)
+            self.mgr.match(ses.instance_id, old, query=QUERY_BATCH, touch=True)
         if held.shape[0]:
-            # a write refreshes every key it covered, tail first (the replay contract)
-            m = self.mgr.match(ses.instance_id, held, query=QUERY_BATCH, touch=True)
+            m = self.mgr.match(ses.instance_id, held, query=QUERY_BATCH, touch=False)
             if self.store is not None:
                 rows = m.rows[m.rows >= 0]
                 t = self.mgr.table.t

@@ -13,8 +13,12 @@ the trial merge, this trace, quotas 300 + 300 blocks, hit tokens replay vs live)
 ``used_percentage`` 0.9: 547,712 vs 596,608 (the server reclaims past the watermark only
 on its background tick, replay evicts at the watermark on write); ``lfu`` 687,104 vs
 662,144, ``sieve`` 696,576 vs 550,656, ``slru`` 693,120 vs 596,608 (``fifo`` and ``lru``
-equal). TODO(issue 5 / server): widen the search here once the server's read + write
-sequence gives the policies the same hits as replay's combined request.
+equal). The first test searches quotas only (``lru``, where the contract's combined request and
+the server's call sequence agree). ``--flow server``
+(:func:`kvsim.sim.server_flow.replay_server_flow`) replays through the same manager calls
+the server makes and so predicts the live server for every policy; the second test checks
+that on frequency, reference-bit and ghost policies. The watermark (``used_percentage`` <
+1) still differs: the server reclaims on its tick.
 """
 
 from __future__ import annotations
@@ -94,3 +98,22 @@ def test_tuned_config_served_live_equals_prediction(tmp_path: Path) -> None:
     finally:
         client.close()
     assert predicted > 0 and np.isfinite(o.best.value)
+
+
+@pytest.mark.parametrize("policies", [("lfu", "sieve", "slru", "s3fifo", "arc")])
+def test_server_flow_predicts_live_for_other_policies(tmp_path: Path,
+                                                      policies: tuple[str, ...]) -> None:
+    trace = generate_trace(GenSpec(seed=7, requests=400, instances=2, block_size=128))
+    base = _base(tmp_path, 300)
+    spec = TuneSpec(budget=600, trials=8, seed=1, policies=policies, used_low=1.0,
+                    flow="server", warm_start=False)
+    o = run_study(spec, trace, base, tmp_path / "study")
+    export_study(tmp_path / "study", tmp_path / "export")
+    tuned = KVSimConfig.load(tmp_path / "export" / "config.yaml")
+    assert tuned.groups[0].eviction.policy in policies
+    predicted = int(o.best.user_attrs["hit_tokens"])
+    client = transports.TRANSPORTS["inproc"](tmp_path / "srv", config=tuned)
+    try:
+        assert _drive(client, trace) == predicted
+    finally:
+        client.close()
