@@ -317,13 +317,7 @@ def _facts_kernel(
             if dist > cur:
                 cur = dist
             if ln > 0 and kc != sc:  # a class change closes the segment
-                if ns == thr.shape[0]:
-                    thr, sln, stp, scl = _grow_segments(thr, sln, stp, scl, ns)
-                thr[ns] = t0
-                sln[ns] = ln
-                stp[ns] = st
-                scl[ns] = sc
-                ns += 1
+                thr, sln, stp, scl, ns = _push_segment(thr, sln, stp, scl, ns, t0, ln, st, sc)
                 ln = 0
             sc = kc
             if ln == 0:
@@ -336,24 +330,12 @@ def _facts_kernel(
             elif ln >= 2 and cur == t0 + st * ln:
                 ln += 1
             else:
-                if ns == thr.shape[0]:
-                    thr, sln, stp, scl = _grow_segments(thr, sln, stp, scl, ns)
-                thr[ns] = t0
-                sln[ns] = ln
-                stp[ns] = st
-                scl[ns] = sc
-                ns += 1
+                thr, sln, stp, scl, ns = _push_segment(thr, sln, stp, scl, ns, t0, ln, st, sc)
                 t0 = cur
                 ln = 1
                 st = 0
         if ln > 0:
-            if ns == thr.shape[0]:
-                thr, sln, stp, scl = _grow_segments(thr, sln, stp, scl, ns)
-            thr[ns] = t0
-            sln[ns] = ln
-            stp[ns] = st
-            scl[ns] = sc
-            ns += 1
+            thr, sln, stp, scl, ns = _push_segment(thr, sln, stp, scl, ns, t0, ln, st, sc)
         internal[q] = nint
         internal1[q] = nint1
         seg_off[q + 1] = ns
@@ -390,6 +372,20 @@ def _fenwick_build(words: np.ndarray, fen: np.ndarray) -> None:
         j = i + (i & (-i))
         if j <= nb:
             fen[j] += fen[i]
+
+
+@numba.njit(cache=True)
+def _push_segment(thr: np.ndarray, sln: np.ndarray, stp: np.ndarray, scl: np.ndarray, ns: int,
+                  t0: int, ln: int, st: int, sc: int
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """Append segment ``(t0, ln, st, sc)`` at ``ns`` (growing the arrays when full)."""
+    if ns == thr.shape[0]:
+        thr, sln, stp, scl = _grow_segments(thr, sln, stp, scl, ns)
+    thr[ns] = t0
+    sln[ns] = ln
+    stp[ns] = st
+    scl[ns] = sc
+    return thr, sln, stp, scl, ns + 1
 
 
 @numba.njit(cache=True)

@@ -217,6 +217,26 @@ class _TouchBuffer:
         return out
 
 
+class _Touching:
+    """Write-behind recency shared by the stores: ``touch`` buffers, ``flush`` writes."""
+
+    _touches: _TouchBuffer
+
+    def touch(self, instance_id: str, keys: np.ndarray, t_access: int) -> None:
+        """Buffer a recency refresh."""
+        self._touches.add(instance_id, keys, t_access)
+
+    def flush(self) -> int:
+        """Write the buffered refreshes (only to blocks that still exist); returns how many."""
+        pending = self._touches.take()
+        if pending:
+            self._write_touches(pending)
+        return len(pending)
+
+    def _write_touches(self, pending: dict[tuple[str, int], list[int]]) -> None:
+        raise NotImplementedError
+
+
 # ----------------------------------------------------------------------------- SQLite
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
@@ -232,7 +252,7 @@ CREATE TABLE IF NOT EXISTS sessions (
 """
 
 
-class SqliteStore:
+class SqliteStore(_Touching):
     """The embedded store: one SQLite file in WAL mode.
 
     Args:
@@ -300,15 +320,7 @@ class SqliteStore:
                 db.execute("ROLLBACK")
                 raise
 
-    def touch(self, instance_id: str, keys: np.ndarray, t_access: int) -> None:
-        """Buffer a recency refresh."""
-        self._touches.add(instance_id, keys, t_access)
-
-    def flush(self) -> int:
-        """Write the buffered refreshes (only to blocks that still exist)."""
-        pending = self._touches.take()
-        if not pending:
-            return 0
+    def _write_touches(self, pending: dict[tuple[str, int], list[int]]) -> None:
         with self._lock:
             self._db.execute("BEGIN")
             self._db.executemany(
@@ -316,7 +328,6 @@ class SqliteStore:
                 "WHERE inst = ? AND key = ?",
                 [(t, n, inst, k) for (inst, k), (t, n) in pending.items()])
             self._db.execute("COMMIT")
-        return len(pending)
 
     def load_records(self) -> list[tuple[str, dict[str, Any]]]:
         """The registry journal, in order."""

@@ -32,12 +32,13 @@ from kvsim.server.store import (
     StoreBatch,
     StoreError,
     _TouchBuffer,
+    _Touching,
 )
 
 _REC = struct.Struct("<qqqi")  # t_write, t_access, access count, storage slot
 
 
-class RedisStore:
+class RedisStore(_Touching):
     """State in a Redis server (see the module docstring).
 
     Args:
@@ -118,15 +119,7 @@ class RedisStore:
                 "deadline_ns": s.deadline_ns, "loc": s.loc, "extra": s.extra}, sort_keys=True))
         p.execute()
 
-    def touch(self, instance_id: str, keys: np.ndarray, t_access: int) -> None:
-        """Buffer a recency refresh."""
-        self._touches.add(instance_id, keys, t_access)
-
-    def flush(self) -> int:
-        """Write the buffered refreshes to blocks that still exist."""
-        pending = self._touches.take()
-        if not pending:
-            return 0
+    def _write_touches(self, pending: dict[tuple[str, int], list[int]]) -> None:
         by_inst: dict[str, list[tuple[int, list[int]]]] = {}
         for (inst, k), v in pending.items():
             by_inst.setdefault(inst, []).append((k, v))
@@ -141,7 +134,6 @@ class RedisStore:
                 upd[str(k)] = _REC.pack(w, max(a, t), c + n, lc)
             if upd:
                 self._r.hset(h, mapping=upd)
-        return len(pending)
 
     def load_records(self) -> list[tuple[str, dict[str, Any]]]:
         """The registry journal, in order."""
