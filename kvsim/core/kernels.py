@@ -132,6 +132,38 @@ def match_sliding_window(
     return -1
 
 
+Q_PREFIX = 0
+Q_BATCH = 1
+Q_SW = 2
+
+
+@kernel
+def match_and_touch(
+    t: Tables, i: int, keys: np.ndarray, mask: np.ndarray, has_mask: bool, query: int,
+    w: int, out: np.ndarray, now: int, touch: bool,
+) -> int:
+    """One read in one call: match (``query`` = ``Q_PREFIX``, ``Q_BATCH`` or ``Q_SW``)
+    then, if ``touch``, refresh the hit rows as :func:`touch_rows` would.
+
+    ``out`` must come filled with -1. Returns what the match kernel returns (prefix:
+    the prefix length; batch: available blocks; sliding window: the window's start
+    or -1). A server read is one kernel dispatch instead of two.
+    """
+    n = keys.shape[0]
+    if query == Q_PREFIX:
+        res = match_prefix(t, i, keys, mask, has_mask, out)
+        n_touch = res
+    elif query == Q_BATCH:
+        res = match_batch(t, i, keys, mask, has_mask, out)
+        n_touch = n
+    else:
+        res = match_sliding_window(t, i, keys, mask, has_mask, w, out)
+        n_touch = n
+    if touch:
+        touch_rows(t, out, n_touch, now)
+    return res
+
+
 # ---------------------------------------------------------------- leaves
 @kernel
 def _orphan_children(t: Tables, r: int) -> None:

@@ -45,6 +45,7 @@ from kvsim.core.table import M_HWM, M_STAMP, SERVING, WRITING, BlockTable, looku
 QUERY_PREFIX = "prefix"
 QUERY_BATCH = "batch"
 QUERY_SW = "sw"
+_QUERY_CODES = {QUERY_PREFIX: K.Q_PREFIX, QUERY_BATCH: K.Q_BATCH, QUERY_SW: K.Q_SW}
 
 _UNLIMITED = np.iinfo(np.int64).max // 4
 _RESTORE_CHUNK = 4096
@@ -401,32 +402,30 @@ class CacheManager:
         """Find which keys are cached; a hit refreshes recency unless ``touch=False``."""
         ii, _ = self._need_instance(instance_id)
         k = _keys(keys)
-        m, has = _mask(mask, k.shape[0])
-        rows = np.full(k.shape[0], -1, dtype=np.int32)
-        t = self.table.t
-        start = -1
-        if query == QUERY_PREFIX:
-            n = K.match_prefix(t, ii, k, m, has, rows)
-            rows[n:] = -1
-            found = np.zeros(k.shape[0], dtype=bool)
-            found[:n] = True
-            hit = int(np.count_nonzero(found))
-        elif query == QUERY_BATCH:
-            hit = int(K.match_batch(t, ii, k, m, has, rows))
-            found = rows != -1
-        elif query == QUERY_SW:
-            if not 1 <= sw_size <= k.shape[0]:
-                raise InvalidArgument(
-                    f"sw_size must be in 1..{k.shape[0]} (the number of keys), got {sw_size}"
-                )
-            start = int(K.match_sliding_window(t, ii, k, m, has, int(sw_size), rows))
-            found = rows != -1
-            hit = int(np.count_nonzero(found))
-        else:
+        n_keys = k.shape[0]
+        m, has = _mask(mask, n_keys)
+        code = _QUERY_CODES.get(query)
+        if code is None:
             raise InvalidArgument(f"unknown query type {query!r}")
-        if touch:
-            sel = rows[rows >= 0].astype(np.int32)
-            K.touch_rows(t, sel, sel.shape[0], self.clock.now_ns())
+        if code == K.Q_SW and not 1 <= sw_size <= n_keys:
+            raise InvalidArgument(
+                f"sw_size must be in 1..{n_keys} (the number of keys), got {sw_size}"
+            )
+        rows = np.full(n_keys, -1, dtype=np.int32)
+        res = int(K.match_and_touch(self.table.t, ii, k, m, has, code, int(sw_size), rows,
+                                    self.clock.now_ns() if touch else 0, touch))
+        start = -1
+        if code == K.Q_PREFIX:
+            found = np.zeros(n_keys, dtype=bool)
+            found[:res] = True
+            hit = res
+        else:
+            found = rows != -1
+            if code == K.Q_BATCH:
+                hit = res
+            else:
+                start = res
+                hit = int(np.count_nonzero(found))
         return MatchResult(hit_blocks=hit, found=found, rows=rows, window_start=start)
 
     def block_info(self, instance_id: str, keys: Sequence[int] | np.ndarray) -> list[dict]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import logging
 import os
 import socket
 import tempfile
@@ -32,10 +33,13 @@ import uvicorn
 
 from kvsim.config import KVSimConfig
 from kvsim.core.clock import Clock
-from kvsim.server.http import create_app
+from kvsim.core.warm import warm_up
+from kvsim.server.http import create_app, fast_protocol
 from kvsim.server.service import Service
 
 __all__ = ["ServerHandle", "start_server"]
+
+log = logging.getLogger("kvsim.server")
 
 
 class _Server(uvicorn.Server):
@@ -86,8 +90,11 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 def _serve(app: Any, sock: socket.socket, access_log: bool) -> tuple[_Server, threading.Thread]:
+    http: Any = "h11" if _no_module("httptools") else "auto"
+    if http == "auto" and os.environ.get("KVSIM_HTTP_FAST", "1") != "0":
+        http = fast_protocol(app) or http
     cfg = uvicorn.Config(app, log_level="warning", access_log=access_log, lifespan="off",
-                         loop="asyncio", http="h11" if _no_module("httptools") else "auto")
+                         loop="asyncio", http=http)
     srv = _Server(cfg)
 
     def run() -> None:
@@ -221,6 +228,9 @@ def start_server(
         elector.on_change = lambda lead: service.reload() if lead else None
         elector.start()
     handle = ServerHandle(service=service, host=host, http_port=0, admin_http_port=0)
+    # load the core's compiled kernels now, not inside the first clients' calls
+    secs = warm_up({g.eviction.policy for g in service.mgr.groups()} | {"lru"})
+    log.info("core kernels loaded in %.2f s", secs)
     try:
         msock = _bind(host, http_port)
         asock = _bind(host, admin_http_port)

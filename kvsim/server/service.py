@@ -58,7 +58,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,7 @@ from kvsim.core.spec import (
     LocationSpec,
     StorageSpec,
 )
+from kvsim.core.table import SERVING
 from kvsim.server import wire as W
 from kvsim.server.auth import Account, Accounts
 from kvsim.server.clock import MonotonicClock
@@ -95,6 +96,7 @@ DEFAULT_ADMIN_PASSWORD = "kvsim-admin"
 DEFAULT_QUOTA_BYTES = 30 * 10**9
 DEFAULT_WRITE_TIMEOUT_S = 30
 
+_LOC_CACHE_MAX = 1 << 16  # cached location dicts per instance and storage
 _PLACEHOLDER: dict[str, Any] = {"type": "ST_UNSPECIFIED", "spec_size": 0, "location_specs": []}
 _URI_SCHEME = {"file": "file", "hf3fs": "3fs", "mooncake": "mooncake", "pace": "pace",
                "memory": "memory"}  # fmt: skip
@@ -147,6 +149,9 @@ class _Instance:
     spec_names: list[str]
     spec_sizes: list[int]
     spec_groups: dict[str, list[str]]
+    # location dicts already built, per storage slot: key -> location (see _row_locations)
+    loc_cache: dict[int, dict[int, dict[str, Any]]] = field(default_factory=dict)
+    loc_gen: int = -1
 
 
 class Service:
@@ -173,6 +178,8 @@ class Service:
         node_id: this node's id in cluster info (default: host name).
         endpoints: ports reported by ``getManagerClusterInfo`` (set by the starter).
     """
+
+    _read_rows: np.ndarray  # table rows read since the last recency flush
 
     def __init__(
         self,
@@ -350,12 +357,7 @@ class Service:
             for sid in overdue:
                 self._batch.close_session(sid)
             self._save()
-        if self.store is not None:
-            try:
-                self.store.flush()
-            except Exception:
-                self.store_errors += 1
-                log.exception("state store: recency flush failed")
+        self._flush_recency()
         if self.events is not None:
             self.events.flush()
         return {"expired": expired, "reclaimed": reclaimed, "reaped": reaped}
@@ -388,7 +390,55 @@ class Service:
         if self.elector is not None:
             self.elector.stop()
         if self.store is not None:
+            self._flush_recency()
             self.store.close()
+
+    # ------------------------------------------------------------ recency (write-behind)
+    def _mark_read(self, rows: np.ndarray) -> None:
+        """Note the table rows a read refreshed; the tick persists their recency."""
+        if self.store is None or not rows.shape[0]:
+            return
+        n = self.mgr.table.t.key.shape[0]
+        if self._read_rows.shape[0] < n:
+            grown = np.zeros(n, dtype=bool)
+            grown[: self._read_rows.shape[0]] = self._read_rows
+            self._read_rows = grown
+        self._read_rows[rows] = True
+
+    def _flush_recency(self) -> int:
+        """Write the current access time and count of every block read since the last
+        flush (SERVING rows only) to the store; returns how many blocks.
+
+        The rows are collected under the lock (a bitmap scan, no per-read log), the store
+        is written outside it; the store only updates blocks that still exist, so a
+        block deleted meanwhile is not revived.
+        """
+        if self.store is None:
+            return 0
+        with self._lock:
+            if self.elector is not None and not self.elector.is_leader:
+                self._read_rows[:] = False
+                return 0
+            marked = self._read_rows
+            rows = np.flatnonzero(marked)
+            if not rows.shape[0]:
+                return 0
+            marked[rows] = False
+            t = self.mgr.table.t
+            rows = rows[t.state[rows] == SERVING]
+            inst = t.inst[rows]
+            parts = []
+            for i in np.unique(inst).tolist():
+                sel = rows[inst == i]
+                parts.append((self.mgr.instance_name(i), t.key[sel].copy(),
+                              t.t_access[sel].copy(), t.acc[sel].astype(np.int64)))
+        try:
+            for name, keys, ta, acc in parts:
+                self.store.write_recency(name, keys, ta, acc)
+        except Exception:
+            self.store_errors += 1
+            log.exception("state store: recency write failed")
+        return int(rows.shape[0])
 
     # ================================================================ registry state
     def _reset_registry(self) -> None:
@@ -398,9 +448,11 @@ class Service:
         self._storage_cfg: dict[str, dict[str, Any]] = {}
         self._storage_idx: dict[str, int] = {}
         self._storage_slots: list[StorageSpec | None] = [None]  # index 0 = unknown
+        self._loc_gen = getattr(self, "_loc_gen", 0) + 1  # drops cached locations
         self._group_cfg: dict[str, dict[str, Any]] = {}
         self._inst: dict[str, _Instance] = {}
         self._sessions: dict[int, _Session] = {}
+        self._read_rows = np.zeros(0, dtype=bool)  # rows read since the last recency flush
 
     def _load_config(self, config: KVSimConfig) -> None:
         for st in config.storages:
@@ -590,6 +642,7 @@ class Service:
         return wire, st
 
     def _put_storage(self, wire: dict[str, Any], st: StorageSpec) -> None:
+        self._loc_gen += 1
         if st.name not in self._storage_idx and len(self._storage_slots) >= 127:
             raise W.WireError("too many storages (at most 126)")
         if st.type == "file":
@@ -624,6 +677,7 @@ class Service:
             raise NotFound(f"storage {st.name!r} does not exist")
         st = replace(st, available=old.available)
         self.mgr.update_storage(st)
+        self._loc_gen += 1
         self._storage_cfg[st.name] = wire
         self._storage_slots[self._storage_idx[st.name]] = st
         self._persist("updateStorage", wire)
@@ -642,6 +696,7 @@ class Service:
             raise InvalidArgument(f"storage {name!r} is a candidate of groups {users}; "
                                   "update them first")
         self.mgr.remove_storage(name)
+        self._loc_gen += 1
         del self._storage_cfg[name]
         self._persist("removeStorage", {"name": name})
         return {}
@@ -1120,6 +1175,42 @@ class Service:
         idx = np.where(rows >= 0, self.mgr.table.t.loc[np.maximum(rows, 0)], -1)
         return [slots[i] if i >= 0 else None for i in idx.tolist()]
 
+    def _row_locations(self, rec: _Instance, iid: str, keys: np.ndarray, rows: np.ndarray,
+                       only: set[str] | None) -> list[dict[str, Any]]:
+        """The locations of ``keys`` held at table ``rows`` (a row < 0: the placeholder).
+
+        The read path's common case (every block on one storage, no spec filter) reuses
+        location dicts built for earlier replies: a key's location depends only on the
+        instance, the storage and the key, so each is built once and shared (replies
+        are serialized, never mutated). The cache is per instance record (a re-register
+        starts a new one), bounded by ``_LOC_CACHE_MAX`` keys per storage, and dropped
+        whenever a storage is added, updated or removed.
+        """
+        n = keys.shape[0]
+        if n == 0:
+            return []
+        slots = np.where(rows >= 0, self.mgr.table.t.loc[np.maximum(rows, 0)], -1)
+        s0 = int(slots[0])
+        st = self._storage_slots[s0] if 0 <= s0 < len(self._storage_slots) else None
+        if only is not None or st is None or not (slots == s0).all():
+            return self._locations(rec, iid, keys.tolist(), self._storages_of_rows(rows), only)
+        if rec.loc_gen != self._loc_gen:
+            rec.loc_cache.clear()
+            rec.loc_gen = self._loc_gen
+        cache = rec.loc_cache.get(s0)
+        if cache is None:
+            cache = rec.loc_cache[s0] = {}
+        kl = keys.tolist()
+        out: list[Any] = list(map(cache.get, kl))
+        if None in out:
+            miss = [j for j, v in enumerate(out) if v is None]
+            built = self._locations(rec, iid, [kl[j] for j in miss], [st] * len(miss), None)
+            if len(cache) + len(miss) > _LOC_CACHE_MAX:
+                cache.clear()
+            for j, loc in zip(miss, built, strict=True):
+                out[j] = cache[kl[j]] = loc
+        return out
+
     def _read_args(self, body: dict[str, Any]
                    ) -> tuple[str, InstanceSpec, _Instance, np.ndarray, np.ndarray | None]:
         iid, spec, rec = self._need_instance(body)
@@ -1140,16 +1231,17 @@ class Service:
         only = set(names) if names else None
         res = self.mgr.match(iid, keys, query=query, mask=mask, sw_size=sw)
         rows = res.rows
-        if self.store is not None:  # recency: write-behind
-            got = rows >= 0
-            if got.any():
-                self.store.touch(iid, keys[got], self.clock.now_ns())
         if query == QUERY_PREFIX:
-            hit = rows >= 0
-            locs = self._locations(rec, iid, keys[hit].tolist(),
-                                   self._storages_of_rows(rows[hit]), only)
+            if mask is None:  # the common read: the hits are the first hit_blocks keys
+                hk, hr = keys[:res.hit_blocks], rows[:res.hit_blocks]
+            else:
+                hit = rows >= 0
+                hk, hr = keys[hit], rows[hit]
+            locs = self._row_locations(rec, iid, hk, hr, only)
+            self._mark_read(hr)
         else:
-            locs = self._locations(rec, iid, keys.tolist(), self._storages_of_rows(rows), only)
+            locs = self._row_locations(rec, iid, keys, rows, only)
+            self._mark_read(rows[rows >= 0])
         self._emit("GetCacheLocation", iid, trace_id=_trace_id(body), query_type=qt,
                    block_keys=keys.tolist(), sw_size=sw, hit_blocks=res.hit_blocks,
                    **({} if mask is None else {"block_mask": mask.tolist()}))

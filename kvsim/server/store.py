@@ -13,9 +13,10 @@ whole table:
 
 Changes of one request go in one :class:`StoreBatch`, applied in one transaction
 *before* the request is acknowledged. Recency (reads refreshing last access) is
-write-behind: :meth:`BlockStore.touch` buffers it and :meth:`BlockStore.flush`
-writes it (the server calls it on its background tick), so after a crash blocks
-keep the access time of the last flush.
+write-behind: the server marks the table rows a read refreshed and, on its background
+tick, writes their current access time and count with
+:meth:`BlockStore.write_recency`, so after a crash blocks keep the recency of the
+last tick.
 
 SQLite runs in WAL mode with ``synchronous=NORMAL``: a committed transaction
 survives the process being killed (``kill -9``); an operating-system crash may
@@ -156,12 +157,10 @@ class BlockStore(Protocol):
         """Apply one request's changes atomically and durably."""
         ...
 
-    def touch(self, instance_id: str, keys: np.ndarray, t_access: int) -> None:
-        """Buffer a recency refresh (write-behind)."""
-        ...
-
-    def flush(self) -> int:
-        """Write buffered recency refreshes; returns how many blocks."""
+    def write_recency(self, instance_id: str, keys: np.ndarray, t_access: np.ndarray,
+                      access_count: np.ndarray) -> None:
+        """Set the last access (never backwards) and access count of existing blocks;
+        keys with no block are ignored."""
         ...
 
     def load_records(self) -> list[tuple[str, dict[str, Any]]]:
@@ -189,54 +188,6 @@ class BlockStore(Protocol):
         ...
 
 
-class _TouchBuffer:
-    """Pending recency refreshes: (instance, key) -> [latest access time, reads]."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._pending: dict[tuple[str, int], list[int]] = {}
-
-    def add(self, instance_id: str, keys: np.ndarray, t_access: int) -> None:
-        with self._lock:
-            for k in np.asarray(keys, np.int64).tolist():
-                e = self._pending.get((instance_id, k))
-                if e is None:
-                    self._pending[(instance_id, k)] = [int(t_access), 1]
-                else:
-                    e[0] = max(e[0], int(t_access))
-                    e[1] += 1
-
-    def forget(self, instance_id: str, keys: np.ndarray) -> None:
-        with self._lock:
-            for k in np.asarray(keys, np.int64).tolist():
-                self._pending.pop((instance_id, k), None)
-
-    def take(self) -> dict[tuple[str, int], list[int]]:
-        with self._lock:
-            out, self._pending = self._pending, {}
-        return out
-
-
-class _Touching:
-    """Write-behind recency shared by the stores: ``touch`` buffers, ``flush`` writes."""
-
-    _touches: _TouchBuffer
-
-    def touch(self, instance_id: str, keys: np.ndarray, t_access: int) -> None:
-        """Buffer a recency refresh."""
-        self._touches.add(instance_id, keys, t_access)
-
-    def flush(self) -> int:
-        """Write the buffered refreshes (only to blocks that still exist); returns how many."""
-        pending = self._touches.take()
-        if pending:
-            self._write_touches(pending)
-        return len(pending)
-
-    def _write_touches(self, pending: dict[tuple[str, int], list[int]]) -> None:
-        raise NotImplementedError
-
-
 # ----------------------------------------------------------------------------- SQLite
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
@@ -252,7 +203,7 @@ CREATE TABLE IF NOT EXISTS sessions (
 """
 
 
-class SqliteStore(_Touching):
+class SqliteStore:
     """The embedded store: one SQLite file in WAL mode.
 
     Args:
@@ -277,7 +228,6 @@ class SqliteStore(_Touching):
             raise StoreError(f"{self.path}: state schema {row[0]}, this kvsim reads "
                              f"{SCHEMA_VERSION}")
         self._lock = threading.RLock()
-        self._touches = _TouchBuffer()
         self._closed = False
 
     def apply(self, batch: StoreBatch) -> None:
@@ -302,7 +252,6 @@ class SqliteStore(_Touching):
                 for inst, keys in batch.deletes:
                     db.executemany("DELETE FROM blocks WHERE inst = ? AND key = ?",
                                    [(inst, k) for k in keys.tolist()])
-                    self._touches.forget(inst, keys)
                 for inst, keys, tw, ta, acc, loc in batch.puts:
                     db.executemany(
                         "INSERT OR REPLACE INTO blocks VALUES (?, ?, ?, ?, ?, ?)",
@@ -320,14 +269,23 @@ class SqliteStore(_Touching):
                 db.execute("ROLLBACK")
                 raise
 
-    def _write_touches(self, pending: dict[tuple[str, int], list[int]]) -> None:
+    def write_recency(self, instance_id: str, keys: np.ndarray, t_access: np.ndarray,
+                      access_count: np.ndarray) -> None:
+        """Update the recency of existing blocks in one transaction."""
+        if not len(keys):
+            return
         with self._lock:
             self._db.execute("BEGIN")
-            self._db.executemany(
-                "UPDATE blocks SET t_access = MAX(t_access, ?), acc = acc + ? "
-                "WHERE inst = ? AND key = ?",
-                [(t, n, inst, k) for (inst, k), (t, n) in pending.items()])
-            self._db.execute("COMMIT")
+            try:
+                self._db.executemany(
+                    "UPDATE blocks SET t_access = MAX(t_access, ?), acc = ? "
+                    "WHERE inst = ? AND key = ?",
+                    zip(np.asarray(t_access).tolist(), np.asarray(access_count).tolist(),
+                        [instance_id] * len(keys), np.asarray(keys).tolist(), strict=True))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
 
     def load_records(self) -> list[tuple[str, dict[str, Any]]]:
         """The registry journal, in order."""
@@ -369,7 +327,6 @@ class SqliteStore(_Touching):
 
     def clear(self) -> None:
         """Forget everything."""
-        self._touches.take()
         with self._lock:
             self._db.execute("BEGIN")
             for tbl in ("registry", "blocks", "sessions"):
@@ -377,10 +334,9 @@ class SqliteStore(_Touching):
             self._db.execute("COMMIT")
 
     def close(self) -> None:
-        """Flush the recency buffer and close the file (again: no-op)."""
+        """Close the file (again: no-op)."""
         if self._closed:
             return
-        self.flush()
         with self._lock:
             self._db.close()
             self._closed = True

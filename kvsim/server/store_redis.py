@@ -31,14 +31,12 @@ from kvsim.server.store import (
     SessionRecord,
     StoreBatch,
     StoreError,
-    _TouchBuffer,
-    _Touching,
 )
 
 _REC = struct.Struct("<qqqi")  # t_write, t_access, access count, storage slot
 
 
-class RedisStore(_Touching):
+class RedisStore:
     """State in a Redis server (see the module docstring).
 
     Args:
@@ -55,7 +53,6 @@ class RedisStore(_Touching):
             self._r.ping()
         except redis.RedisError as e:
             raise StoreError(f"{conn_url}: cannot reach Redis ({e})") from None
-        self._touches = _TouchBuffer()
         self._closed = False
 
     @staticmethod
@@ -103,7 +100,6 @@ class RedisStore(_Touching):
         for inst, keys in batch.deletes:
             if len(keys):
                 p.hdel(self._k("blocks", inst), *[str(k) for k in keys.tolist()])
-                self._touches.forget(inst, keys)
         for inst, keys, tw, ta, acc, loc in batch.puts:
             if len(keys):
                 p.hset(self._k("blocks", inst), mapping={
@@ -119,21 +115,29 @@ class RedisStore(_Touching):
                 "deadline_ns": s.deadline_ns, "loc": s.loc, "extra": s.extra}, sort_keys=True))
         p.execute()
 
-    def _write_touches(self, pending: dict[tuple[str, int], list[int]]) -> None:
-        by_inst: dict[str, list[tuple[int, list[int]]]] = {}
-        for (inst, k), v in pending.items():
-            by_inst.setdefault(inst, []).append((k, v))
-        for inst, items in by_inst.items():
-            h = self._k("blocks", inst)
-            cur = self._r.hmget(h, [str(k) for k, _ in items])
+    def write_recency(self, instance_id: str, keys: np.ndarray, t_access: np.ndarray,
+                      access_count: np.ndarray) -> None:
+        """Update the recency of existing blocks: read them and write them back in one
+        optimistic transaction (WATCH), so a block deleted meanwhile is never revived."""
+        if not len(keys):
+            return
+        h = self._k("blocks", instance_id)
+        names = [str(k) for k in np.asarray(keys).tolist()]
+        ts, ns = np.asarray(t_access).tolist(), np.asarray(access_count).tolist()
+
+        def update(p: Any) -> None:
+            cur = p.hmget(h, names)
             upd = {}
-            for (k, (t, n)), raw in zip(items, cur, strict=True):
+            for name, t, n, raw in zip(names, ts, ns, cur, strict=True):
                 if raw is None:
                     continue
-                w, a, c, lc = _REC.unpack(raw)
-                upd[str(k)] = _REC.pack(w, max(a, t), c + n, lc)
+                w, a, _, lc = _REC.unpack(raw)
+                upd[name] = _REC.pack(w, max(a, t), n, lc)
+            p.multi()
             if upd:
-                self._r.hset(h, mapping=upd)
+                p.hset(h, mapping=upd)
+
+        self._r.transaction(update, h)
 
     def load_records(self) -> list[tuple[str, dict[str, Any]]]:
         """The registry journal, in order."""
@@ -177,15 +181,13 @@ class RedisStore(_Touching):
 
     def clear(self) -> None:
         """Forget everything under the prefix."""
-        self._touches.take()
         keys = list(self._r.scan_iter(match=self._k("*"), count=1000))
         if keys:
             self._r.delete(*keys)
 
     def close(self) -> None:
-        """Flush the recency buffer and drop the connection (again: no-op)."""
+        """Drop the connection (again: no-op)."""
         if self._closed:
             return
-        self.flush()
         self._r.close()
         self._closed = True

@@ -66,9 +66,8 @@ def test_batches_round_trip(store: BlockStore, tmp_path: Path) -> None:
     b.open_session(SessionRecord(8, "i1", np.array([6]), 100))
     b.close_session(7)
     store.apply(b)
-    store.touch("i0", np.array([1, 1]), 50)
-    store.touch("i0", np.array([2]), 60)  # deleted: ignored
-    assert store.flush() == 2
+    store.write_recency("i0", np.array([1, 2]), np.array([50, 60]), np.array([2, 7]))  # 2: gone
+    store.write_recency("i0", np.array([3]), np.array([5]), np.array([0]))  # never backwards
     store = _reopen(store, tmp_path)
     assert store.load_records() == [("addStorage", {"name": "nfs_01", "n": 1}),
                                     ("createInstanceGroup", {"name": "g"})]
