@@ -265,3 +265,60 @@ def test_groups_are_independent_caches(tt: TreeTrace, c1: int, c2: int, policy: 
         assert r.hit_blocks[idx].tolist() == want, (group_b, cap)
         if cap and group_b:
             assert (r.group_used[idx] <= 3000 * cap).all()
+
+
+# ---------------------------------------------------------------- fused read
+@settings(max_examples=examples(40), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(tt=tree_traces(), data=st.data())
+def test_match_and_touch_equals_match_then_touch(tt: TreeTrace, data: st.DataObject) -> None:
+    """The server's one-call read (match_and_touch) leaves every table array and returns
+    exactly what the match kernel followed by touch_rows does."""
+    from kvsim.core.clock import ManualClock
+    from kvsim.core.kernels import Q_BATCH, Q_PREFIX, Q_SW, match_and_touch, touch_rows
+    from kvsim.core.manager import CacheManager
+    from kvsim.core.spec import EvictionSpec, GroupSpec, InstanceSpec
+
+    policy = data.draw(st.sampled_from(REFERENCED))
+    cap = data.draw(st.integers(2, 40))
+    mgrs = []
+    for _ in range(2):  # two identical managers
+        m = CacheManager(ManualClock(1))
+        m.create_group(GroupSpec("g", quota_blocks=cap, eviction=EvictionSpec(policy=policy)))
+        m.register_instance(InstanceSpec("i", "g"))
+        mgrs.append(m)
+    for j, req in enumerate(tt.requests):
+        keys = np.asarray(req, dtype=np.int64)
+        if data.draw(st.booleans()):
+            for m in mgrs:
+                m.clock.set(10 * j + 1)  # type: ignore[attr-defined]
+                m.access("i", keys)
+        else:
+            q = data.draw(st.sampled_from([Q_PREFIX, Q_BATCH, Q_SW]))
+            w = data.draw(st.integers(1, max(1, keys.shape[0])))
+            drawn = data.draw(masks_for(keys.shape[0]))
+            mask = (np.zeros(keys.shape[0], dtype=bool) if drawn is None
+                    else np.asarray(drawn, dtype=bool).reshape(keys.shape[0]))
+            fused, split = mgrs
+            t1, t2 = fused.table.t, split.table.t
+            out1 = np.full(keys.shape[0], -1, dtype=np.int32)
+            out2 = out1.copy()
+            has = bool(mask.any())
+            r1 = match_and_touch(t1, 0, keys, mask, has, q, w, out1, 10 * j + 5, True)
+            if q == Q_PREFIX:
+                r2 = match_prefix(t2, 0, keys, mask, has, out2)
+                n_touch = r2
+            elif q == Q_BATCH:
+                r2 = match_batch(t2, 0, keys, mask, has, out2)
+                n_touch = keys.shape[0]
+            else:
+                if keys.shape[0] == 0:
+                    continue
+                r2 = match_sliding_window(t2, 0, keys, mask, has, w, out2)
+                n_touch = keys.shape[0]
+            touch_rows(t2, out2, n_touch, 10 * j + 5)
+            assert r1 == r2
+            assert out1.tolist() == out2.tolist()
+    t1, t2 = mgrs[0].table.t, mgrs[1].table.t
+    for name, a, b in zip(t1._fields, t1, t2, strict=True):
+        assert np.array_equal(a, b), name
