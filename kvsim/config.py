@@ -176,6 +176,8 @@ class ServerOptions:
         leader: leader election: ``auto`` (a Redis lease with a Redis state, else a
             lock file in the data dir), ``file``, ``redis`` or ``none``.
         leader_lease_ms: the lease; a dead leader is replaced within it.
+        storage_probe_seconds: how often the tick probes each ``file`` storage (write,
+            fsync, read back, delete a small file); 0 = never.
     """
 
     host: str = "127.0.0.1"
@@ -190,6 +192,7 @@ class ServerOptions:
     state: str = "sqlite"
     leader: str = "auto"
     leader_lease_ms: int = 3000
+    storage_probe_seconds: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -306,13 +309,16 @@ class KVSimConfig:
             "instance_groups": [
                 {
                     "name": g.name,
-                    "quota": {"blocks": g.quota_blocks, "bytes": g.quota_bytes},
+                    "quota": {"blocks": g.quota_blocks, "bytes": g.quota_bytes}
+                    | ({"storage_types": dict(g.storage_type_quotas)}
+                       if g.storage_type_quotas else {}),
                     "used_percentage": g.used_percentage,
                     "storage_candidates": list(g.storage_candidates),
                     "eviction": asdict(g.eviction),
                     "delay_before_delete_ms": g.delay_before_delete_ms,
                     "max_instance_count": g.max_instance_count,
-                } for g in self.groups
+                } | ({"max_key_count": g.max_key_count} if g.max_key_count else {})
+                for g in self.groups
             ],
             "instances": [
                 {"instance_id": s.instance_id, "group": s.group, "block_size": s.block_size,
@@ -422,13 +428,25 @@ class _Reader:
     def group(self, d: Any, path: str) -> GroupSpec:
         self.known(d, path, {"name", "quota", "used_percentage", "storage_candidates",
                              "eviction", "delay_before_delete_ms", "max_instance_count",
-                             "user_data", "version"})
+                             "user_data", "version", "max_key_count"})
         quota = d.get("quota") or {}
-        self.known(quota, f"{path}.quota", {"blocks", "bytes"})
+        self.known(quota, f"{path}.quota", {"blocks", "bytes", "storage_types"})
         blocks = self.num(quota, "blocks", f"{path}.quota", 0, integer=True, low=0)
         nbytes = self.num(quota, "bytes", f"{path}.quota", 0, integer=True, low=0)
         if blocks and nbytes:
             raise self.fail(f"{path}.quota", "give blocks or bytes, not both")
+        per_type = quota.get("storage_types") or {}
+        if not isinstance(per_type, dict):
+            raise self.fail(f"{path}.quota.storage_types",
+                            "expected a mapping of storage type to bytes")
+        type_quotas = []
+        for stype in per_type:
+            tp = f"{path}.quota.storage_types"
+            if stype not in STORAGE_TYPES:
+                raise self.fail(f"{tp}.{stype}", f"unknown storage type (one of "
+                                f"{', '.join(STORAGE_TYPES)})")
+            type_quotas.append((stype, int(self.num(per_type, stype, tp, 0, integer=True,
+                                                    low=1))))
         ev = d.get("eviction") or {}
         self.known(ev, f"{path}.eviction", {"policy", "params", "mode", "batch_size"})
         policy = self.choice(ev, "policy", f"{path}.eviction", "lru", sorted(POLICIES))
@@ -462,6 +480,8 @@ class _Reader:
             max_instance_count=self.num(d, "max_instance_count", path, 0, integer=True, low=0),
             user_data=str(d.get("user_data", "")),
             version=self.num(d, "version", path, 1, integer=True, low=0),
+            storage_type_quotas=tuple(type_quotas),
+            max_key_count=self.num(d, "max_key_count", path, 0, integer=True, low=0),
         )
 
     def instance(self, d: Any, path: str) -> InstanceSpec:
@@ -506,6 +526,8 @@ class _Reader:
             leader=self.choice(d, "leader", path, "auto", ["auto", "file", "redis", "none"]),
             leader_lease_ms=int(self.num(d, "leader_lease_ms", path, 3000, integer=True,
                                          low=100, high=600_000)),
+            storage_probe_seconds=self.num(d, "storage_probe_seconds", path, 5.0,
+                                           integer=False, low=0, high=86400),
         )
 
     def replay(self, d: Any, path: str) -> ReplayOptions:

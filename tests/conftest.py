@@ -11,6 +11,18 @@ MOONCAKE_PATH = (
 )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _core_kernels_loaded() -> None:
+    """Compile (first run after a core change) or load every core kernel once, up front.
+
+    Otherwise the first test to call a kernel pays for compiling it (minutes on a fresh
+    checkout), inside whatever timeout that test gives a server subprocess or a client.
+    """
+    from kvsim.core.warm import warm_up
+
+    warm_up()
+
+
 @pytest.fixture(scope="session")
 def mooncake_path() -> Path:
     """The Mooncake conversation trace of the replay contract (``../shared`` of the repo)."""

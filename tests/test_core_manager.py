@@ -418,3 +418,93 @@ def test_usage_is_consistent(ops, quota: int, pct: float) -> None:
         assert u.pending_blocks == held - serving
         assert u.used == u.serving_blocks + u.pending_blocks <= quota
         assert m.table.used_rows == held
+
+
+# ---------------------------------------------------------------- server trigger helpers
+def _victims(m: CacheManager, before: dict[str, list[int]]) -> set[tuple[str, int]]:
+    return {(i, k) for i, ks in before.items() for k in ks
+            if k not in set(m.cached_keys(i).tolist())}
+
+
+@pytest.mark.parametrize("policy", ["lru", "lfu", "fifo", "ttl"])
+@given(ops=st.lists(st.tuples(st.integers(0, 2), st.lists(st.integers(0, 30), min_size=1,
+                                                          max_size=5)),
+                    min_size=5, max_size=30),
+       n=st.integers(1, 12))
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+def test_evict_on_slots_equals_group_precise_reclaim(policy: str, ops, n: int) -> None:
+    """All blocks on one slot: the rank-order filtered eviction picks the same victims as
+    the ordinary group_precise eviction (exact policies; fifo with one block per write,
+    as blocks written in the same nanosecond tie)."""
+    from kvsim.core.manager import STORAGE_SLOTS
+
+    params = {"ttl_s": 10**6} if policy == "ttl" else {}
+    a, b = CacheManager(ManualClock(1_000)), CacheManager(ManualClock(1_000))
+    for m in (a, b):
+        m.create_group(GroupSpec("g", eviction=EvictionSpec(policy=policy, params=params)))
+        for name in ("i0", "i1", "i2"):
+            m.register_instance(InstanceSpec(name, "g"))
+    for m in (a, b):
+        for j, (inst, keys) in enumerate(ops):
+            m.clock.advance(MS)  # type: ignore[attr-defined]
+            if policy == "fifo":
+                keys = keys[:1]
+            if j % 3 == 2:
+                m.match(f"i{inst}", keys)
+            else:
+                m.access(f"i{inst}", keys)
+    before = {f"i{i}": a.cached_keys(f"i{i}").tolist() for i in range(3)}
+    total = sum(len(v) for v in before.values())
+    n = min(n, total)
+    slots = np.zeros(STORAGE_SLOTS, dtype=bool)
+    slots[0] = True
+    got = a.evict_on_slots("g", slots, n, np.ones(3, dtype=np.int64))
+    assert got == (n, n)
+    assert b.evict_blocks("g", n) == n
+    assert _victims(a, before) == _victims(b, before)
+
+
+def test_evict_on_slots_leaves_other_slots_alone() -> None:
+    from kvsim.core.manager import STORAGE_SLOTS
+
+    m = make(instances=("i0",))
+    m.access("i0", list(range(10)))
+    t = m.table.t
+    rows = m.match("i0", [1, 3, 5], query="batch", touch=False).rows
+    t.loc[rows] = 2
+    on2 = np.zeros(STORAGE_SLOTS, dtype=bool)
+    on2[2] = True
+    held, serving = m.slot_usage("g", np.full(1, 7, dtype=np.int64))
+    assert (held[2], held[0], serving[2]) == (21, 49, 21)
+    assert m.evict_on_slots("g", on2, 100, np.ones(1, dtype=np.int64)) == (3, 3)
+    assert m.cached_keys("i0").tolist() == [0, 2, 4, 6, 7, 8, 9]
+    assert m.evict_on_slots("g", on2, 1, np.ones(1, dtype=np.int64)) == (0, 0)
+
+
+@pytest.mark.parametrize("mode", ["group_precise", "instance_precise"])
+def test_evict_blocks_exact_in_precise_modes_with_mixed_costs(mode: str) -> None:
+    m = CacheManager(ManualClock(1_000))
+    m.create_group(GroupSpec("g", quota_bytes=10**9, eviction=EvictionSpec(mode=mode)))
+    m.register_instance(InstanceSpec("big", "g", location_specs=(LocationSpec("a", 3000),)))
+    m.register_instance(InstanceSpec("small", "g", location_specs=(LocationSpec("a", 1000),)))
+    for k in range(12):
+        m.clock.advance(MS)  # type: ignore[attr-defined]
+        m.access("big" if k % 3 == 0 else "small", [k])
+    for want in (1, 2, 5):
+        held = m.key_count("g")[0]
+        assert m.evict_blocks("g", want, writer="small") == want
+        assert m.key_count("g")[0] == held - want
+    assert m.count_new("small", [1, 2, 99, 99, 100]) >= 2
+
+
+def test_count_new_matches_start_write() -> None:
+    m = make(instances=("i0",))
+    m.access("i0", [1, 2, 3])
+    w0 = m.start_write("i0", [9])  # WRITING
+    for keys in ([1, 4, 4, 5], [9, 9, 10], [], [1, 2, 3]):
+        n = m.count_new("i0", keys)
+        w = m.start_write("i0", keys)
+        assert n == int(w.is_new.sum())
+        m.finish_write(w.session_id, [False] * len(w.new_keys))
+    m.finish_write(w0.session_id, [True])

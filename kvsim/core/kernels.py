@@ -721,3 +721,52 @@ def replay_requests(
         out_used[q] = t.g_used[g]
         out_evicted[q] = t.g_evicted[g] - ev0
     return end
+
+
+# ---------------------------------------------------------------- filtered eviction
+# Used only by the server's per-storage-type reclaim (the manager picks the victims with
+# numpy from the policy's rank keys); replay and the ordinary reclaim never call these.
+@kernel
+def count_new_keys(t: Tables, i: int, keys: np.ndarray) -> int:
+    """How many of ``keys`` a ``start_write`` would allocate now (no block, or a
+    DELETING one; a key listed twice counts once). Changes nothing."""
+    n = keys.shape[0]
+    n_new = 0
+    for j in range(n):
+        r = lookup(t, i, keys[j])
+        if r >= 0 and t.state[r] != DELETING:
+            continue
+        dup = False
+        for k in range(j):
+            if keys[k] == keys[j]:
+                dup = True
+                break
+        if not dup:
+            n_new += 1
+    return n_new
+
+
+@kernel
+def rank_rows(t: Tables, code: int, rows: np.ndarray, r1: np.ndarray, r2: np.ndarray) -> None:
+    """The policy's cross-instance eviction rank of each row (smaller goes first)."""
+    for j in range(rows.shape[0]):
+        a, b = dispatch.rank(t, code, rows[j])
+        r1[j] = a
+        r2[j] = b
+
+
+@kernel
+def evict_rows(
+    t: Tables, ev: EventArrays, g: int, rows: np.ndarray, now: int, delete_now: bool
+) -> int:
+    """Evict ``rows`` in order (those still SERVING in group ``g``); returns how many."""
+    n = 0
+    for j in range(rows.shape[0]):
+        r = rows[j]
+        if r < 0 or t.state[r] != SERVING or t.i_group[t.inst[r]] != g:
+            continue
+        evict_row(t, ev, r, now, delete_now)
+        n += 1
+    flush_frees(t)
+    t.g_evicted[g] += n
+    return n

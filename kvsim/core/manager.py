@@ -39,7 +39,13 @@ from kvsim.core.errors import (
 )
 from kvsim.core.events import EV_EXPIRED, EV_WRITE_STARTED, Event, EventBuffer, emit
 from kvsim.core.policies import get_policy
-from kvsim.core.spec import EVICTION_MODES, GroupSpec, InstanceSpec, StorageSpec
+from kvsim.core.spec import (
+    EVICTION_MODES,
+    STORAGE_TYPES,
+    GroupSpec,
+    InstanceSpec,
+    StorageSpec,
+)
 from kvsim.core.table import M_HWM, M_STAMP, SERVING, WRITING, BlockTable, lookup
 
 QUERY_PREFIX = "prefix"
@@ -48,6 +54,7 @@ QUERY_SW = "sw"
 _QUERY_CODES = {QUERY_PREFIX: K.Q_PREFIX, QUERY_BATCH: K.Q_BATCH, QUERY_SW: K.Q_SW}
 
 _UNLIMITED = np.iinfo(np.int64).max // 4
+STORAGE_SLOTS = 128  # a block's storage slot (``loc``) is an int8
 _RESTORE_CHUNK = 4096
 
 
@@ -271,6 +278,20 @@ class CacheManager:
             raise InvalidArgument(f"group {spec.name!r}: used_percentage must be in (0, 1]")
         if spec.quota_blocks < 0 or spec.quota_bytes < 0:
             raise InvalidArgument(f"group {spec.name!r}: quota must be >= 0")
+        if spec.max_key_count < 0:
+            raise InvalidArgument(f"group {spec.name!r}: max_key_count must be >= 0")
+        seen: set[str] = set()
+        for i, (stype, cap) in enumerate(spec.storage_type_quotas):
+            if stype not in STORAGE_TYPES:
+                raise InvalidArgument(f"group {spec.name!r}: storage_type_quotas[{i}]: "
+                                      f"unknown storage type {stype!r}")
+            if stype in seen:
+                raise InvalidArgument(f"group {spec.name!r}: storage_type_quotas[{i}]: "
+                                      f"storage type {stype!r} listed twice")
+            seen.add(stype)
+            if cap <= 0:
+                raise InvalidArgument(f"group {spec.name!r}: storage_type_quotas[{i}]: "
+                                      f"capacity must be > 0 bytes, got {cap}")
 
     def _apply_group(self, gi: int, spec: GroupSpec) -> None:
         t = self.table.t
@@ -398,12 +419,26 @@ class CacheManager:
         mask: np.ndarray | None = None,
         sw_size: int = 0,
         touch: bool = True,
+        slot_ok: np.ndarray | None = None,
     ) -> MatchResult:
-        """Find which keys are cached; a hit refreshes recency unless ``touch=False``."""
+        """Find which keys are cached; a hit refreshes recency unless ``touch=False``.
+
+        ``slot_ok`` (bool per storage slot, :data:`STORAGE_SLOTS`) makes a SERVING block
+        whose slot is False count as a miss under every query rule (the server's
+        unusable storages); None = every slot counts.
+        """
         ii, _ = self._need_instance(instance_id)
         k = _keys(keys)
         n_keys = k.shape[0]
         m, has = _mask(mask, n_keys)
+        if slot_ok is not None:
+            rows = np.full(n_keys, -1, dtype=np.int32)
+            hit, found, start = self._match_filtered(ii, k, m, has, query, sw_size, rows,
+                                                     np.asarray(slot_ok, dtype=bool))
+            if touch:
+                sel = rows[rows >= 0].astype(np.int32)
+                K.touch_rows(self.table.t, sel, sel.shape[0], self.clock.now_ns())
+            return MatchResult(hit_blocks=hit, found=found, rows=rows, window_start=start)
         code = _QUERY_CODES.get(query)
         if code is None:
             raise InvalidArgument(f"unknown query type {query!r}")
@@ -427,6 +462,40 @@ class CacheManager:
                 start = res
                 hit = int(np.count_nonzero(found))
         return MatchResult(hit_blocks=hit, found=found, rows=rows, window_start=start)
+
+    def _match_filtered(self, ii: int, k: np.ndarray, m: np.ndarray, has: bool, query: str,
+                        sw_size: int, rows: np.ndarray, slot_ok: np.ndarray
+                        ) -> tuple[int, np.ndarray, int]:
+        """:meth:`match` with blocks on unusable slots as misses (``rows`` is filled)."""
+        if query not in (QUERY_PREFIX, QUERY_BATCH, QUERY_SW):
+            raise InvalidArgument(f"unknown query type {query!r}")
+        n = k.shape[0]
+        if query == QUERY_SW and not 1 <= sw_size <= n:
+            raise InvalidArgument(f"sw_size must be in 1..{n} (the number of keys), got {sw_size}")
+        t = self.table.t
+        K.match_batch(t, ii, k, m, has, rows)
+        srv = rows >= 0
+        ok = rows == K.MASKED
+        ok[srv] = slot_ok[t.loc[rows[srv]].astype(np.int64) % STORAGE_SLOTS]
+        rows[~ok] = -1
+        if query == QUERY_PREFIX:
+            bad = np.flatnonzero(~ok)
+            cut = int(bad[0]) if bad.shape[0] else n
+            rows[cut:] = -1
+            found = np.zeros(n, dtype=bool)
+            found[:cut] = True
+            return cut, found, -1
+        if query == QUERY_BATCH:
+            found = rows != -1
+            return int(np.count_nonzero(found)), found, -1
+        run = np.concatenate(([0], np.cumsum(ok, dtype=np.int64)))
+        full = np.flatnonzero(run[sw_size:] - run[:-sw_size] == sw_size)
+        start = int(full[-1]) if full.shape[0] else -1
+        keep = np.zeros(n, dtype=bool)
+        if start >= 0:
+            keep[start:start + sw_size] = True
+        rows[~keep] = -1
+        return int(np.count_nonzero(keep)), keep, start
 
     def block_info(self, instance_id: str, keys: Sequence[int] | np.ndarray) -> list[dict]:
         """Per key: state and, when present, write time, last access and access count."""
@@ -586,6 +655,151 @@ class CacheManager:
         for gi, spec in self._groups.values():
             cutoff[gi] = now - spec.delay_before_delete_ms * 1_000_000
         return int(K.reap_deleting_by_group(t, cutoff, now))
+
+    # ================================================================ server triggers
+    # Key-count and per-storage-type eviction (the server's max_key_count and
+    # quota_config); pure, and never on the replay path.
+    def key_count(self, group: str) -> tuple[int, int]:
+        """``(held, serving)`` blocks of a group: held = WRITING + SERVING (the keys a
+        ``max_key_count`` limits), serving = the evictable ones."""
+        self._need_group(group)
+        t = self.table.t
+        members = [ii for ii, s in self._instances.values() if s.group == group]
+        serving = int(sum(int(t.i_blocks[i]) for i in members))
+        return serving + int(sum(int(t.i_pending[i]) for i in members)), serving
+
+    def count_new(self, instance_id: str, keys: Sequence[int] | np.ndarray) -> int:
+        """How many blocks ``start_write(instance_id, keys)`` would allocate now."""
+        ii, _ = self._need_instance(instance_id)
+        return int(K.count_new_keys(self.table.t, ii, _keys(keys)))
+
+    def evict_blocks(self, group: str, count: int, *, writer: str | None = None) -> int:
+        """Evict ``count`` blocks of a group in its eviction order and mode (fewer when
+        fewer are evictable); returns how many were evicted.
+
+        Runs the group's ordinary eviction (``evict_to``) with unit targets derived from
+        the remaining block count and the group's cheapest block, so it never evicts
+        more than ``count`` blocks in the precise modes (the rough modes evict whole
+        batches, as they do for the quota). ``writer`` is the writing instance (the
+        ``instance_*`` modes evict from it first).
+
+        Example:
+            >>> from kvsim.core.clock import ManualClock
+            >>> m = CacheManager(ManualClock())
+            >>> m.create_group(GroupSpec("g")); _ = m.register_instance(InstanceSpec("i", "g"))
+            >>> _ = m.access("i", [1, 2, 3, 4])
+            >>> m.evict_blocks("g", 3), m.cached_keys("i").tolist()
+            (3, [1])
+        """
+        gi, spec = self._need_group(group)
+        wi = -1 if writer is None else self._need_instance(writer)[0]
+        t = self.table.t
+        costs = [int(t.i_cost[ii]) for ii, s in self._instances.values() if s.group == group]
+        if count <= 0 or not costs:
+            return 0
+        unit = max(1, min(costs))
+        total = 0
+        now = self.clock.now_ns()
+        while total < count:
+            self.events.reserve(int(self.table.used_rows) + 4)
+            target = int(t.g_used[gi]) - (count - total) * unit
+            n = int(K.evict_to(t, self.events.arrays, gi, wi, max(target, -1), now,
+                               spec.delay_before_delete_ms == 0))
+            if n == 0:
+                break
+            total += n
+        return total
+
+    def slot_usage(self, group: str, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per storage slot, the weight of a group's blocks: ``(held, serving)``.
+
+        Args:
+            group: the group.
+            weights: int64 per instance index (e.g. a block's bytes).
+
+        Returns:
+            Two int64 arrays of :data:`STORAGE_SLOTS`: WRITING + SERVING, and SERVING.
+        """
+        gi, _ = self._need_group(group)
+        t = self.table.t
+        rows = self._group_rows(gi, serving_only=False)
+        held = np.zeros(STORAGE_SLOTS, dtype=np.int64)
+        serving = np.zeros(STORAGE_SLOTS, dtype=np.int64)
+        if rows.shape[0]:
+            loc = t.loc[rows].astype(np.int64) % STORAGE_SLOTS
+            w = np.asarray(weights, dtype=np.int64)[t.inst[rows]]
+            np.add.at(held, loc, w)
+            srv = t.state[rows] == SERVING
+            np.add.at(serving, loc[srv], w[srv])
+        return held, serving
+
+    def evict_on_slots(self, group: str, slots: np.ndarray, amount: int,
+                       weights: np.ndarray) -> tuple[int, int]:
+        """Evict a group's SERVING blocks whose storage slot is selected, in the policy's
+        rank order, until at least ``amount`` weight is freed (or none is left).
+
+        Only blocks on the selected slots leave (no collateral eviction elsewhere). The
+        order is the policy's cross-instance rank (what ``group_precise`` compares),
+        whatever the group's mode: exact for ``lru``, ``lru_head_first``, ``ttl`` and
+        ``lfu``, for ``fifo`` up to blocks written in the same nanosecond and read since
+        (ties go to the earlier access stamp), and the
+        group-precise approximation for the other policies (sieve's visited bits,
+        the leaf constraint of ``leaf_aware_lru``/``cost_aware`` are not consulted).
+
+        Args:
+            group: the group.
+            slots: bool per storage slot (:data:`STORAGE_SLOTS`).
+            amount: weight to free.
+            weights: int64 per instance index (the unit of ``amount``).
+
+        Returns:
+            ``(blocks, weight)`` evicted.
+
+        Example:
+            >>> from kvsim.core.clock import ManualClock
+            >>> m = CacheManager(ManualClock())
+            >>> m.create_group(GroupSpec("g")); _ = m.register_instance(InstanceSpec("i", "g"))
+            >>> _ = m.access("i", [1, 2, 3])
+            >>> m.table.t.loc[m.match("i", [2], query="batch").rows] = 1   # key 2 on slot 1
+            >>> on1 = np.zeros(STORAGE_SLOTS, dtype=bool); on1[1] = True
+            >>> m.evict_on_slots("g", on1, 5, np.ones(1, dtype=np.int64))
+            (1, 1)
+            >>> m.cached_keys("i").tolist()
+            [1, 3]
+        """
+        gi, spec = self._need_group(group)
+        if amount <= 0:
+            return 0, 0
+        t = self.table.t
+        rows = self._group_rows(gi, serving_only=True)
+        rows = rows[np.asarray(slots, dtype=bool)[t.loc[rows].astype(np.int64) % STORAGE_SLOTS]]
+        if rows.shape[0] == 0:
+            return 0, 0
+        rows = rows.astype(np.int32)
+        r1 = np.zeros(rows.shape[0], dtype=np.int64)
+        r2 = np.zeros(rows.shape[0], dtype=np.int64)
+        K.rank_rows(t, int(t.g_policy[gi]), rows, r1, r2)
+        # ties (fifo: one write's blocks share t_write) go to the earlier stamp (commit
+        # order unless touched since), then to the lower instance index
+        order = np.lexsort((rows, t.inst[rows], t.t_access[rows], r2, r1))
+        rows = rows[order]
+        w = np.asarray(weights, dtype=np.int64)[t.inst[rows]]
+        cum = np.cumsum(w)
+        k = int(np.searchsorted(cum, amount, side="left")) + 1
+        rows = np.ascontiguousarray(rows[:k])
+        self.events.reserve(rows.shape[0] + 4)
+        n = int(K.evict_rows(t, self.events.arrays, gi, rows, self.clock.now_ns(),
+                             spec.delay_before_delete_ms == 0))
+        return n, int(cum[min(k, cum.shape[0]) - 1])
+
+    def _group_rows(self, gi: int, *, serving_only: bool) -> np.ndarray:
+        """Rows of group slot ``gi`` that are SERVING (or WRITING too)."""
+        t = self.table.t
+        hwm = int(t.meta[M_HWM])
+        st = t.state[:hwm]
+        rows = np.flatnonzero(st == SERVING) if serving_only else np.flatnonzero(
+            (st == SERVING) | (st == WRITING))
+        return rows[t.i_group[t.inst[rows]] == gi]
 
     # ================================================================ combined access
     def access(

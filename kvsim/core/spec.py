@@ -68,6 +68,13 @@ class GroupSpec:
     Give the quota in blocks (``quota_blocks``) or bytes (``quota_bytes``); 0 means
     unlimited. Eviction starts when usage passes ``quota x used_percentage``;
     writes that would pass the quota itself are refused.
+
+    ``storage_type_quotas`` (``(storage type, bytes)`` pairs, KVCM's
+    ``quota.quota_config``) and ``max_key_count`` (KVCM's
+    ``cache_config.meta_indexer_config.max_key_count``, blocks WRITING or SERVING; 0 =
+    unlimited) are enforced by the server (:mod:`kvsim.server.service`): placement of
+    writes and reclaim triggers at the same ``used_percentage``. The core and the replay
+    carry them but do not enforce them (a replayed block has no storage).
     """
 
     name: str
@@ -80,6 +87,17 @@ class GroupSpec:
     max_instance_count: int = 0
     user_data: str = ""
     version: int = 1
+    storage_type_quotas: tuple[tuple[str, int], ...] = ()
+    max_key_count: int = 0
+
+    def type_quota(self, storage_type: str) -> int:
+        """The byte quota of one storage type in this group (0 = none).
+
+        Example:
+            >>> GroupSpec("g", storage_type_quotas=(("file", 100),)).type_quota("file")
+            100
+        """
+        return dict(self.storage_type_quotas).get(storage_type, 0)
 
     @property
     def unit(self) -> str:

@@ -35,7 +35,7 @@ from kvsim.config import KVSimConfig
 from kvsim.core.clock import Clock
 from kvsim.core.warm import warm_up
 from kvsim.server.http import create_app, fast_protocol
-from kvsim.server.service import Service
+from kvsim.server.service import DEFAULT_PROBE_S, Service
 
 __all__ = ["ServerHandle", "start_server"]
 
@@ -179,6 +179,7 @@ def start_server(
     leader: str | None = None,
     leader_lease_ms: int | None = None,
     node_id: str | None = None,
+    storage_probe_seconds: float | None = None,
 ) -> ServerHandle:
     """Start the meta and admin listeners in background threads.
 
@@ -203,6 +204,8 @@ def start_server(
             ``config.server.leader``; see :class:`~kvsim.config.ServerOptions`).
         leader_lease_ms: the leader lease (default ``config.server.leader_lease_ms``).
         node_id: this node's id (default: host name).
+        storage_probe_seconds: file storage health probe period (default
+            ``config.server.storage_probe_seconds``, else 5 s; 0 = never).
 
     Returns:
         The running server's handle.
@@ -223,6 +226,9 @@ def start_server(
         admin_password=admin_password,
         event_log=event_log if event_log is not None else (opts.event_log if opts else True),
         store=store, elector=elector, node_id=node_id,
+        storage_probe_seconds=(storage_probe_seconds if storage_probe_seconds is not None
+                               else (opts.storage_probe_seconds if opts is not None
+                                     else DEFAULT_PROBE_S)),
     )
     if elector is not None:
         elector.on_change = lambda lead: service.reload() if lead else None

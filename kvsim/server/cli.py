@@ -46,13 +46,17 @@ __all__ = ["serve_cmd"]
 @click.option("--leader", type=click.Choice(["auto", "file", "redis", "none"]), default=None,
               help="Leader election [default: auto: a Redis lease with a Redis state, else a "
                    "lock file in the data dir]; followers answer SERVER_NOT_LEADER.")
+@click.option("--storage-probe-seconds", type=click.FloatRange(0, 86400), default=None,
+              help="Probe each file storage (write, fsync, read back, delete a small file) "
+                   "this often; a failing one is unhealthy and unused until it recovers; "
+                   "0 = never [default: 5].")
 @click.option("--access-log/--no-access-log", default=True, show_default=True,
               help="One line per call on stderr.")
 def serve_cmd(config_path: Path | None, host: str | None, http_port: int | None,
               admin_http_port: int | None, grpc_port: int | None,
               admin_grpc_port: int | None, no_grpc: bool, data_dir: Path | None,
               admin_password: str | None, state: str | None, leader: str | None,
-              access_log: bool) -> None:
+              storage_probe_seconds: float | None, access_log: bool) -> None:
     """Serve the KV-cache manager API (Tair KVCM compatible) over HTTP and gRPC.
 
     \b
@@ -101,6 +105,7 @@ def serve_cmd(config_path: Path | None, host: str | None, http_port: int | None,
             data_dir=ddir, admin_password=admin_password,
             state=state if state is not None else opts.state,
             leader=leader if leader is not None else opts.leader,
+            storage_probe_seconds=storage_probe_seconds,
         )
     except RuntimeError as e:
         raise click.ClickException(str(e)) from None

@@ -11,9 +11,15 @@ raises for bad input: core errors map to their status codes, malformed fields to
 One lock serializes every call into the :class:`~kvsim.core.manager.CacheManager`
 (which is not thread-safe). Time comes from an injected clock (default
 :class:`~kvsim.server.clock.MonotonicClock`); :meth:`Service.tick` expires write
-sessions past their timeout, runs the reclaimer on groups above their
-``used_percentage`` and reaps delayed deletions; :meth:`Service.start_background`
-runs it on a thread.
+sessions past their timeout, runs the reclaimer (group quota, ``max_key_count`` and
+per-storage-type quota triggers, each at the group's ``used_percentage``), reaps delayed
+deletions and probes ``file`` storages; :meth:`Service.start_background` runs it on a
+thread.
+
+Storages: a storage is usable when the admin has it enabled and (``file`` storages) its
+last health probe passed. Writes go to the first usable candidate whose storage type
+has room under the group's type quota; a block on an unusable storage is not handed out
+by reads (one location per key: "prefer available replicas" reduces to a miss).
 
 Write semantics follow the replay contract: ``finishWriteCache`` refreshes every
 key the write covered (the ones it skipped because they were held, and the ones it
@@ -48,6 +54,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -66,9 +73,21 @@ import numpy as np
 
 from kvsim.config import KVSimConfig
 from kvsim.core.clock import Clock
-from kvsim.core.errors import DuplicateEntity, InvalidArgument, KVSimError, NotFound
+from kvsim.core.errors import (
+    DuplicateEntity,
+    InvalidArgument,
+    KVSimError,
+    NotFound,
+    QuotaExceeded,
+)
 from kvsim.core.events import EV_EVICTED, EV_REMOVED
-from kvsim.core.manager import QUERY_BATCH, QUERY_PREFIX, QUERY_SW, CacheManager
+from kvsim.core.manager import (
+    QUERY_BATCH,
+    QUERY_PREFIX,
+    QUERY_SW,
+    STORAGE_SLOTS,
+    CacheManager,
+)
 from kvsim.core.policies import POLICIES
 from kvsim.core.spec import (
     EVICTION_MODES,
@@ -95,6 +114,7 @@ DEFAULT_ADMIN_USER = "admin"
 DEFAULT_ADMIN_PASSWORD = "kvsim-admin"
 DEFAULT_QUOTA_BYTES = 30 * 10**9
 DEFAULT_WRITE_TIMEOUT_S = 30
+DEFAULT_PROBE_S = 5.0
 
 _LOC_CACHE_MAX = 1 << 16  # cached location dicts per instance and storage
 _PLACEHOLDER: dict[str, Any] = {"type": "ST_UNSPECIFIED", "spec_size": 0, "location_specs": []}
@@ -177,6 +197,9 @@ class Service:
             and on becoming leader the state is reloaded from ``store``.
         node_id: this node's id in cluster info (default: host name).
         endpoints: ports reported by ``getManagerClusterInfo`` (set by the starter).
+        storage_probe_seconds: how often :meth:`tick` probes each ``file`` storage
+            (write, fsync, read back and delete a small file in its root; see
+            :meth:`probe_storages`), on ``clock``; 0 = never.
     """
 
     _read_rows: np.ndarray  # table rows read since the last recency flush
@@ -195,6 +218,7 @@ class Service:
         elector: Any = None,
         node_id: str | None = None,
         endpoints: dict[str, Any] | None = None,
+        storage_probe_seconds: float = DEFAULT_PROBE_S,
     ) -> None:
         self.data_dir = Path(data_dir) if data_dir is not None else Path(
             tempfile.mkdtemp(prefix="kvsim-serve-"))
@@ -224,6 +248,11 @@ class Service:
         self.latency: dict[tuple[str, str], list[float]] = {}  # [count, seconds]
         self.reclaimed_blocks = 0
         self.expired_sessions = 0
+        # blocks evicted per trigger: the tick's quota / max_key_count / storage_type and
+        # the write-time write_max_key_count / write_storage_type
+        self.evicted_by_trigger: dict[str, int] = {}
+        self.probe_interval_ns = int(max(0.0, storage_probe_seconds) * 1e9)
+        self._probe_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._reset_registry()
@@ -331,11 +360,28 @@ class Service:
 
     # ================================================================ lifecycle
     def tick(self) -> dict[str, int]:
-        """Expire overdue write sessions, reclaim groups past their watermark, reap
-        delayed deletions and flush the event log. Returns what was done (nothing
-        on a follower)."""
+        """The background reclaimer: expire overdue write sessions, reclaim, reap delayed
+        deletions, probe storages when due and flush the event log.
+
+        Reclaim triggers, each down to its limit x the group's ``used_percentage``, each
+        reported as a ``CacheReclaimSubmit`` event naming its ``trigger``:
+
+        * ``quota``: the group's usage (its unit) passed ``quota x used_percentage``;
+          evicts in the group's eviction order and mode.
+        * ``max_key_count``: the group's keys (blocks WRITING or SERVING) passed
+          ``max_key_count x used_percentage``; evicts that many blocks in the group's
+          order and mode (never more in the precise modes).
+        * ``storage_type``: the bytes of the group's blocks on storages of one type
+          passed that type's ``quota_config`` capacity x ``used_percentage``; evicts only
+          blocks on that type, in the policy's rank order
+          (:meth:`~kvsim.core.manager.CacheManager.evict_on_slots`).
+
+        DELETING blocks count as freed. Returns what was done (nothing on a follower).
+        """
         if self.elector is not None and not self.elector.is_leader:
             return {"expired": 0, "reclaimed": 0, "reaped": 0}
+        if self.probe_interval_ns > 0 and self.clock.now_ns() >= self._next_probe_ns:
+            self.probe_storages()
         with self._lock:
             now = self.clock.now_ns()
             overdue = [sid for sid, s in self._sessions.items() if s.deadline_ns <= now]
@@ -350,8 +396,10 @@ class Service:
                 if u.quota > 0 and u.used > u.capacity:
                     n = self.mgr.reclaim(u.name)
                     reclaimed += n
-                    self._emit("CacheReclaimSubmit", u.name, group=u.name, blocks=n,
-                               used=u.used, capacity=u.capacity)
+                    self._count_evicted("quota", n)
+                    self._emit("CacheReclaimSubmit", u.name, group=u.name, trigger="quota",
+                               blocks=n, used=u.used, capacity=u.capacity)
+            reclaimed += self._reclaim_keys_and_types()
             self.reclaimed_blocks += reclaimed
             reaped = self.mgr.reap()
             for sid in overdue:
@@ -453,6 +501,11 @@ class Service:
         self._inst: dict[str, _Instance] = {}
         self._sessions: dict[int, _Session] = {}
         self._read_rows = np.zeros(0, dtype=bool)  # rows read since the last recency flush
+        # storage health (runtime only: every storage starts healthy and is re-probed)
+        self._health: dict[str, str] = {}  # unhealthy storage -> the failed probe's reason
+        self._next_probe_ns = 0
+        self._slot_ok = np.ones(STORAGE_SLOTS, dtype=bool)
+        self._all_ok = True
 
     def _load_config(self, config: KVSimConfig) -> None:
         for st in config.storages:
@@ -461,8 +514,10 @@ class Service:
             self.mgr.create_group(g)
             self._group_cfg[g.name] = self._group_to_wire(g, {})
         for s in config.instances:
+            self._check_sized(self.mgr.group(s.group), [s], f"instances: {s.instance_id!r}")
             self.mgr.register_instance(s)
             self._inst[s.instance_id] = self._instance_record(s, {}, [])
+        self._refresh_usable()
 
     def _persist(self, op: str, payload: dict[str, Any]) -> None:
         if self._restoring:
@@ -579,6 +634,234 @@ class Service:
             self.events.append({"type": kind, "source": source,
                                 "trigger_time_us": self.clock.now_ns() // 1000, **fields})
 
+    # ------------------------------------------------------------ storage rules
+    # Usability (admin enable AND probe health), per-storage-type quotas and
+    # max_key_count: placement of writes, write-time room and the tick's triggers.
+    def _usable(self, name: str) -> bool:
+        """A storage takes writes and serves reads: enabled by the admin and healthy."""
+        st = next((s for s in self.mgr.storages() if s.name == name), None)
+        return st is not None and st.available and name not in self._health
+
+    def _refresh_usable(self) -> None:
+        """Recompute the per-slot usability mask the reads filter with."""
+        avail = {s.name: s.available for s in self.mgr.storages()}
+        ok = np.ones(STORAGE_SLOTS, dtype=bool)
+        for i, st in enumerate(self._storage_slots):
+            # a removed storage keeps its last state (its blocks stay readable, as before)
+            if st is not None and (not avail.get(st.name, True) or st.name in self._health):
+                ok[i] = False
+        self._slot_ok = ok
+        self._all_ok = bool(ok.all())
+
+    def _type_slots(self, stype: str) -> np.ndarray:
+        """Bool per storage slot: the slot's storage is of type ``stype``."""
+        m = np.zeros(STORAGE_SLOTS, dtype=bool)
+        for i, st in enumerate(self._storage_slots):
+            if st is not None and st.type == stype:
+                m[i] = True
+        return m
+
+    def _inst_bytes(self) -> np.ndarray:
+        """Bytes of one block per instance index (what type quotas count)."""
+        w = np.zeros(max(1, self.mgr.table.t.i_group.shape[0]), dtype=np.int64)
+        for spec in self.mgr.instances():
+            w[self.mgr.instance_index(spec.instance_id)] = spec.block_bytes
+        return w
+
+    def _check_sized(self, g: GroupSpec, specs: list[InstanceSpec], where: str) -> None:
+        """Per-storage-type quotas count bytes: the group's instances need block sizes."""
+        if not g.storage_type_quotas:
+            return
+        for spec in specs:
+            if spec.block_bytes <= 0:
+                raise W.WireError(
+                    f"{where}: instance {spec.instance_id!r} has no location_spec_infos "
+                    f"sizes, but group {g.name!r} has per-storage-type quotas "
+                    "(quota.quota_config, bytes)")
+
+    def _count_evicted(self, trigger: str, n: int) -> None:
+        if n:
+            self.evicted_by_trigger[trigger] = self.evicted_by_trigger.get(trigger, 0) + n
+
+    def _reclaim_keys_and_types(self) -> int:
+        """The tick's ``max_key_count`` and ``storage_type`` triggers (see :meth:`tick`)."""
+        total = 0
+        for g in self.mgr.groups():
+            if g.max_key_count > 0:
+                held, _ = self.mgr.key_count(g.name)
+                target = int(g.max_key_count * g.used_percentage)
+                if held > target:
+                    n = self.mgr.evict_blocks(g.name, held - target)
+                    total += n
+                    self._count_evicted("max_key_count", n)
+                    self._emit("CacheReclaimSubmit", g.name, group=g.name,
+                               trigger="max_key_count", blocks=n, used=held, capacity=target,
+                               max_key_count=g.max_key_count)
+            if g.storage_type_quotas:
+                weights = self._inst_bytes()
+                used_slots, _ = self.mgr.slot_usage(g.name, weights)
+                for stype, cap in g.storage_type_quotas:
+                    slots = self._type_slots(stype)
+                    used = int(used_slots[slots].sum())
+                    target = int(cap * g.used_percentage)
+                    if used <= target:
+                        continue
+                    n, freed = self.mgr.evict_on_slots(g.name, slots, used - target, weights)
+                    total += n
+                    self._count_evicted("storage_type", n)
+                    self._emit("CacheReclaimSubmit", g.name, group=g.name,
+                               trigger="storage_type", storage_type=W.TYPE_ENUM.get(stype, stype),
+                               blocks=n, freed_bytes=freed, used=used, capacity=target,
+                               quota=cap)
+        return total
+
+    def _relocate_unusable(self, iid: str, keys: np.ndarray) -> None:
+        """Forget the request's blocks held on unusable storages, so the write places
+        them again on a usable one (their one location cannot be read)."""
+        m = self.mgr.match(iid, keys, query=QUERY_BATCH, touch=False)
+        rows = m.rows
+        srv = rows >= 0
+        if not srv.any():
+            return
+        bad = np.zeros(rows.shape[0], dtype=bool)
+        bad[srv] = ~self._slot_ok[self.mgr.table.t.loc[rows[srv]].astype(np.int64)
+                                  % STORAGE_SLOTS]
+        if bad.any():
+            self.mgr.remove(iid, keys[bad])
+
+    def _make_key_room(self, iid: str, g: GroupSpec, keys: np.ndarray) -> None:
+        """Evict (group order and mode) so that the write's new keys fit ``max_key_count``.
+
+        Raises:
+            QuotaExceeded: they would pass it even with every SERVING block evicted.
+        """
+        limit = g.max_key_count
+        while True:
+            held, serving = self.mgr.key_count(g.name)
+            n_new = self.mgr.count_new(iid, keys)
+            excess = held + n_new - limit
+            if excess <= 0:
+                return
+            if held - serving + n_new > limit:
+                raise QuotaExceeded(
+                    f"instance group {g.name!r}: writing {n_new} new blocks would pass its "
+                    f"max_key_count of {limit} ({held - serving} blocks are being written)")
+            n = self.mgr.evict_blocks(g.name, excess, writer=iid)
+            self._count_evicted("write_max_key_count", n)
+            if n == 0:  # pragma: no cover - defensive: serving blocks are evictable
+                raise QuotaExceeded(f"instance group {g.name!r}: no room under max_key_count "
+                                    f"{limit}")
+
+    def _place(self, iid: str, ispec: InstanceSpec, g: GroupSpec, keys: np.ndarray) -> int:
+        """The storage slot of a write's new blocks.
+
+        The first usable storage in the group's ``storage_candidates`` order (every
+        storage when it lists none) whose type has room for the new blocks' bytes
+        under the group's quota for that type; when none has room as it is, the first
+        one where evicting blocks of that type (policy rank order, only that type)
+        makes room, after that eviction.
+
+        Raises:
+            QuotaExceeded: no candidate is usable, or none has room even after eviction.
+        """
+        cands = list(g.storage_candidates) or [s.name for s in self.mgr.storages()]
+        if not cands:
+            return 0
+        usable = [c for c in cands if self._usable(c)]
+        if not usable:
+            why = ", ".join(f"{c}: unhealthy ({self._health[c]})" if c in self._health
+                            else f"{c}: disabled" for c in cands)
+            raise QuotaExceeded(f"instance group {g.name!r}: no usable storage among "
+                                f"{cands} ({why})")
+        stypes = {c: self._storage_slots[self._storage_idx[c]] for c in usable}
+        caps = {c: g.type_quota(st.type) if st is not None else 0 for c, st in stypes.items()}
+        first = usable[0]
+        if not caps[first]:
+            return self._storage_idx[first]
+        n_new = self.mgr.count_new(iid, keys)
+        need = n_new * ispec.block_bytes
+        if need == 0:
+            return self._storage_idx[first]
+        weights = self._inst_bytes()
+        t = self.mgr.table.t
+        # the whole group's bytes bound every type's usage: often no count is needed
+        total = sum((int(t.i_blocks[ii]) + int(t.i_pending[ii])) * int(weights[ii])
+                    for ii in (self.mgr.instance_index(s.instance_id)
+                               for s in self.mgr.instances() if s.group == g.name))
+        held: np.ndarray | None = None
+        for c in usable:
+            cap = caps[c]
+            if not cap or total + need <= cap:
+                return self._storage_idx[c]
+            if held is None:
+                held, _ = self.mgr.slot_usage(g.name, weights)
+            st = stypes[c]
+            assert st is not None
+            if int(held[self._type_slots(st.type)].sum()) + need <= cap:
+                return self._storage_idx[c]
+        for c in usable:
+            cap = caps[c]
+            st = stypes[c]
+            assert st is not None
+            slots = self._type_slots(st.type)
+            while True:
+                h, sv = self.mgr.slot_usage(g.name, weights)
+                used, evictable = int(h[slots].sum()), int(sv[slots].sum())
+                need = self.mgr.count_new(iid, keys) * ispec.block_bytes
+                if used + need <= cap:
+                    return self._storage_idx[c]
+                if used - evictable + need > cap:
+                    break
+                n, _ = self.mgr.evict_on_slots(g.name, slots, used + need - cap, weights)
+                self._count_evicted("write_storage_type", n)
+                if n == 0:  # pragma: no cover - defensive
+                    break
+        quotas = ", ".join(f"{c}: {caps[c]} bytes" for c in usable if caps[c])
+        raise QuotaExceeded(f"instance group {g.name!r}: no room for {n_new} new blocks "
+                            f"({need} bytes) within the storage type quotas ({quotas})")
+
+    def probe_storages(self) -> dict[str, bool]:
+        """Probe every ``file`` storage now: write a small file in its root, fsync, read
+        it back and delete it. A failing storage becomes unhealthy (not usable: writes
+        avoid it, reads treat its blocks as misses) until a probe succeeds again; each
+        change is logged and emitted as a ``StorageHealthChange`` event. Other storage
+        types are location descriptors: always healthy (usable per enable/disable).
+
+        The probes run outside the service lock (a hung mount does not stall calls).
+
+        Returns:
+            Health per probed storage.
+        """
+        with self._probe_lock:
+            with self._lock:
+                self._next_probe_ns = self.clock.now_ns() + self.probe_interval_ns
+                todo = [(s.name, s.uri) for s in self.mgr.storages() if s.type == "file"]
+            results = {name: probe_directory(root) for name, root in todo}
+            with self._lock:
+                known = {s.name for s in self.mgr.storages()}
+                changed = False
+                for name, err in results.items():
+                    if name not in known:
+                        continue
+                    was_ok = name not in self._health
+                    if err is None and not was_ok:
+                        del self._health[name]
+                        log.warning("storage %s is healthy again", name)
+                    elif err is not None and (was_ok or self._health[name] != err):
+                        self._health[name] = err
+                        if was_ok:
+                            log.warning("storage %s is unhealthy: %s", name, err)
+                    else:
+                        continue
+                    if was_ok != (err is None):
+                        changed = True
+                        self._emit("StorageHealthChange", name, storage=name,
+                                   healthy=err is None, **({} if err is None
+                                                           else {"reason": err}))
+                if changed:
+                    self._refresh_usable()
+            return {name: err is None for name, err in results.items()}
+
     # ------------------------------------------------------------ storages
     def _storage_root(self, spec: StorageSpec) -> str:
         if spec.type != "file":
@@ -658,6 +941,7 @@ class Service:
             self._storage_slots.append(st)
         else:
             self._storage_slots[self._storage_idx[st.name]] = st
+        self._refresh_usable()
 
     def _add_storage(self, body: dict[str, Any]) -> dict[str, Any]:
         wire, st = self._storage_from_wire(body)
@@ -680,12 +964,15 @@ class Service:
         self._loc_gen += 1
         self._storage_cfg[st.name] = wire
         self._storage_slots[self._storage_idx[st.name]] = st
+        self._health.pop(st.name, None)  # a new definition: healthy until probed
+        self._refresh_usable()
         self._persist("updateStorage", wire)
         return {}
 
     def _enable_storage(self, body: dict[str, Any], on: bool) -> dict[str, Any]:
         name = W.get_str(body, "storage_unique_name", required=True)
         self.mgr.set_storage_available(name, on)
+        self._refresh_usable()
         self._persist("enableStorage" if on else "disableStorage", {"name": name})
         return {}
 
@@ -698,12 +985,19 @@ class Service:
         self.mgr.remove_storage(name)
         self._loc_gen += 1
         del self._storage_cfg[name]
+        self._health.pop(name, None)
         self._persist("removeStorage", {"name": name})
         return {}
 
     def _list_storage(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Every storage with ``available`` (admin enable/disable) and ``healthy`` (the
+        last probe; non-file storages are always healthy) and, when unhealthy,
+        ``health_message``; a storage is used only when both are true."""
         avail = {s.name: s.available for s in self.mgr.storages()}
-        return {"storage": [self._storage_cfg[n] | {"available": avail[n]}
+        return {"storage": [self._storage_cfg[n] | {"available": avail[n],
+                                                    "healthy": n not in self._health}
+                            | ({"health_message": self._health[n]} if n in self._health
+                               else {})
                             for n in sorted(self._storage_cfg)]}
 
     # ------------------------------------------------------------ groups
@@ -715,7 +1009,9 @@ class Service:
             "global_quota_group_name": extra.get("global_quota_group_name", g.name),
             "max_instance_count": g.max_instance_count,
             "quota": {"capacity": g.quota_bytes, "capacity_blocks": g.quota_blocks,
-                      "quota_config": extra.get("quota_config", [])},
+                      "quota_config": extra.get("quota_config") or [
+                          {"storage_type": W.TYPE_ENUM[t], "capacity": c}
+                          for t, c in g.storage_type_quotas]},
             "cache_config": {
                 "reclaim_strategy": {
                     "reclaim_policy": rev.get(g.eviction.policy, "POLICY_UNSPECIFIED"),
@@ -725,7 +1021,8 @@ class Service:
                                  "mode": g.eviction.mode, "batch_size": g.eviction.batch_size},
                 },
                 "data_storage_strategy": extra.get("data_storage_strategy", "CPS_UNSPECIFIED"),
-                "meta_indexer_config": extra.get("meta_indexer_config", {}),
+                "meta_indexer_config": extra.get("meta_indexer_config") or (
+                    {"max_key_count": g.max_key_count} if g.max_key_count else {}),
             },
             "user_data": g.user_data,
             "version": g.version,
@@ -746,14 +1043,25 @@ class Service:
             raise W.WireError(f"{p}quota: give capacity (bytes) or capacity_blocks, not both")
         qconf = W.get_list(quota, "quota_config", where=f"{p}quota.")
         norm_qconf = []
+        type_quotas: dict[str, tuple[int, int]] = {}  # kvsim type -> (capacity, entry)
         for i, q in enumerate(qconf):
             w = f"{p}quota.quota_config[{i}]."
             if not isinstance(q, dict):
                 raise W.WireError(f"{w[:-1]}: expected an object")
-            norm_qconf.append({
-                "storage_type": W.get_enum(q, "storage_type", W.STORAGE_TYPES, "ST_UNSPECIFIED",
-                                           where=w),
-                "capacity": W.get_int(q, "capacity", 0, low=0, where=w)})
+            ste = W.get_enum(q, "storage_type", W.STORAGE_TYPES, "ST_UNSPECIFIED", where=w)
+            stype = W.ENUM_TYPE.get(ste)
+            if stype is None:
+                raise W.WireError(f"{w}storage_type: required, one of "
+                                  f"{', '.join(sorted(W.ENUM_TYPE))}, got {ste}")
+            if stype in type_quotas:
+                raise W.WireError(f"{w}storage_type: {ste} has a quota already "
+                                  f"(quota_config[{type_quotas[stype][1]}])")
+            cap = W.get_int(q, "capacity", 0, low=0, where=w)
+            if cap <= 0:
+                raise W.WireError(f"{w}capacity: must be > 0 bytes (leave the storage type "
+                                  f"out for no limit), got {cap}")
+            type_quotas[stype] = (cap, i)
+            norm_qconf.append({"storage_type": ste, "capacity": cap})
         cc = W.get_dict(g, "cache_config", where=p)
         rs = W.get_dict(cc, "reclaim_strategy", where=f"{p}cache_config.")
         w = f"{p}cache_config.reclaim_strategy."
@@ -772,6 +1080,11 @@ class Service:
             raise W.WireError(f"{w}eviction.mode: {mode!r} is not one of "
                               f"{', '.join(EVICTION_MODES)}")
         params = W.get_dict(ev, "params", where=f"{w}eviction.")
+        mic = dict(W.get_dict(cc, "meta_indexer_config", where=f"{p}cache_config."))
+        max_keys = W.get_int(mic, "max_key_count", 0, low=0,
+                             where=f"{p}cache_config.meta_indexer_config.")
+        if "max_key_count" in mic:
+            mic["max_key_count"] = max_keys
         spec = GroupSpec(
             name=name, quota_blocks=qblocks, quota_bytes=qbytes,
             used_percentage=up if up > 0 else 1.0,
@@ -783,6 +1096,8 @@ class Service:
             max_instance_count=W.get_int(g, "max_instance_count", 0, low=0, where=p),
             user_data=W.get_str(g, "user_data", where=p),
             version=W.get_int(g, "version", 1, low=0, where=p),
+            storage_type_quotas=tuple((t, c) for t, (c, _) in type_quotas.items()),
+            max_key_count=max_keys,
         )
         extra = {
             "global_quota_group_name": W.get_str(g, "global_quota_group_name", name, where=p),
@@ -790,8 +1105,7 @@ class Service:
             "data_storage_strategy": W.get_enum(cc, "data_storage_strategy",
                                                 W.PREFER_STRATEGIES, "CPS_UNSPECIFIED",
                                                 where=f"{p}cache_config."),
-            "meta_indexer_config": W.get_dict(cc, "meta_indexer_config",
-                                              where=f"{p}cache_config."),
+            "meta_indexer_config": mic,
         }
         return spec, extra
 
@@ -800,6 +1114,8 @@ class Service:
         if not g:
             raise W.WireError("instance_group: required (an InstanceGroup object)")
         spec, extra = self._group_from_wire(g)
+        self._check_sized(spec, [s for s in self.mgr.instances() if s.group == spec.name],
+                          "instance_group.quota.quota_config")
         self.mgr.create_group(spec)
         self._group_cfg[spec.name] = self._group_to_wire(spec, extra)
         self._persist("createInstanceGroup", self._group_cfg[spec.name])
@@ -820,6 +1136,8 @@ class Service:
         if spec.version <= old.version:
             raise InvalidArgument(f"instance_group.version: must be larger than the stored "
                                   f"version {old.version}, got {spec.version}")
+        self._check_sized(spec, [s for s in self.mgr.instances() if s.group == spec.name],
+                          "instance_group.quota.quota_config")
         self.mgr.update_group(spec)
         self._group_cfg[spec.name] = self._group_to_wire(spec, extra)
         self._persist("updateInstanceGroup", self._group_cfg[spec.name])
@@ -906,6 +1224,7 @@ class Service:
         if iid in self._inst:
             self.mgr.register_instance(spec)  # identical -> no-op, else DuplicateEntity
         else:
+            self._check_sized(self.mgr.group(group), [spec], "location_spec_infos")
             self.mgr.register_instance(spec)
             md["user_data"] = W.get_str(md_in, "user_data", where="model_deployment.")
             self._inst[iid] = self._instance_record(spec, md, groups)
@@ -992,7 +1311,8 @@ class Service:
         if not isinstance(snap, dict):
             raise W.WireError("config_snapshot: expected a JSON object")
         saved = (self.mgr, self._storage_cfg, self._storage_idx, self._storage_slots,
-                 self._group_cfg, self._inst, self._sessions, self.accounts)
+                 self._group_cfg, self._inst, self._sessions, self.accounts, self._health,
+                 self._slot_ok, self._all_ok)
         try:
             self._reset_registry()
             self._apply_snapshot(snap)
@@ -1001,7 +1321,8 @@ class Service:
                 self._batch.drop_everything()
         except BaseException:
             (self.mgr, self._storage_cfg, self._storage_idx, self._storage_slots,
-             self._group_cfg, self._inst, self._sessions, self.accounts) = saved
+             self._group_cfg, self._inst, self._sessions, self.accounts, self._health,
+             self._slot_ok, self._all_ok) = saved
             raise
         self._persist("loadConfigSnapshot", snap)
         return {}
@@ -1014,6 +1335,7 @@ class Service:
             self._put_storage(wire, spec)
             if st.get("available") is False:
                 self.mgr.set_storage_available(spec.name, False)
+                self._refresh_usable()
         for i, g in enumerate(W.get_list(snap, "instance_groups", where="config_snapshot.")):
             if not isinstance(g, dict):
                 raise W.WireError(f"config_snapshot.instance_groups[{i}]: expected an object")
@@ -1043,7 +1365,9 @@ class Service:
 
     # ------------------------------------------------------------ monitoring
     def metrics(self) -> list[tuple[str, float, dict[str, str]]]:
-        """(name, value, tags) of every metric (group usage, calls, sessions)."""
+        """(name, value, tags) of every metric (group usage, key counts and per-type
+        bytes, storage availability and health, evictions per trigger, calls,
+        sessions)."""
         out: list[tuple[str, float, dict[str, str]]] = []
         for u in self.mgr.usage():
             tags = {"group": u.name, "unit": u.unit}
@@ -1052,6 +1376,24 @@ class Service:
                     ("kvsim_group_serving_blocks", u.serving_blocks, tags),
                     ("kvsim_group_pending_blocks", u.pending_blocks, tags),
                     ("kvsim_group_evicted_blocks", u.evicted_blocks, tags)]
+        for g in self.mgr.groups():
+            if g.max_key_count > 0:
+                held, _ = self.mgr.key_count(g.name)
+                out += [("kvsim_group_keys", held, {"group": g.name}),
+                        ("kvsim_group_max_key_count", g.max_key_count, {"group": g.name})]
+            if g.storage_type_quotas:
+                used, _ = self.mgr.slot_usage(g.name, self._inst_bytes())
+                for stype, cap in g.storage_type_quotas:
+                    tags = {"group": g.name, "storage_type": W.TYPE_ENUM.get(stype, stype)}
+                    out += [("kvsim_storage_type_used_bytes",
+                             int(used[self._type_slots(stype)].sum()), tags),
+                            ("kvsim_storage_type_quota_bytes", cap, tags)]
+        avail = {s.name: s.available for s in self.mgr.storages()}
+        for name in sorted(avail):
+            out += [("kvsim_storage_available", int(avail[name]), {"storage": name}),
+                    ("kvsim_storage_healthy", int(name not in self._health), {"storage": name})]
+        for trig, n in sorted(self.evicted_by_trigger.items()):
+            out.append(("kvsim_evicted_blocks", n, {"trigger": trig}))
         out.append(("kvsim_write_sessions", len(self._sessions), {}))
         out.append(("kvsim_expired_sessions", self.expired_sessions, {}))
         out.append(("kvsim_reclaimed_blocks", self.reclaimed_blocks, {}))
@@ -1225,11 +1567,20 @@ class Service:
         return qt, query, sw
 
     def _get_cache_location(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Locations of the keys' blocks under the query rule.
+
+        The wire contract says reads prefer available replicas; kvsim keeps one location
+        per key, so the rule reduces to: a block on an unusable storage (disabled by the
+        admin, or failing its health probe) is not handed out. A prefix match stops
+        before it (a miss), a batch get answers the placeholder location for it, and a
+        sliding window counts it as a miss.
+        """
         iid, _, rec, keys, mask = self._read_args(body)
         qt, query, sw = self._query(body)
         names = W.get_str_list(body, "location_spec_names")
         only = set(names) if names else None
-        res = self.mgr.match(iid, keys, query=query, mask=mask, sw_size=sw)
+        res = self.mgr.match(iid, keys, query=query, mask=mask, sw_size=sw,
+                             slot_ok=None if self._all_ok else self._slot_ok)
         rows = res.rows
         if query == QUERY_PREFIX:
             if mask is None:  # the common read: the hits are the first hit_blocks keys
@@ -1250,7 +1601,8 @@ class Service:
     def _get_cache_location_len(self, body: dict[str, Any]) -> dict[str, Any]:
         iid, _, _, keys, mask = self._read_args(body)
         _, query, sw = self._query(body)
-        res = self.mgr.match(iid, keys, query=query, mask=mask, sw_size=sw, touch=False)
+        res = self.mgr.match(iid, keys, query=query, mask=mask, sw_size=sw, touch=False,
+                             slot_ok=None if self._all_ok else self._slot_ok)
         return {"cache_location_len": int(np.count_nonzero(res.rows >= 0))}
 
     def _get_cache_meta(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -1264,6 +1616,8 @@ class Service:
             status = _STATUS_NAMES[info["status"]]
             meta: dict[str, Any] = {"id": str(info["key"]), "status": status}
             st = self._storage_slots[int(loc[info["row"]])] if "row" in info else None
+            if "row" in info and not self._slot_ok[int(loc[info["row"]]) % STORAGE_SLOTS]:
+                st = None  # on an unusable storage: not handed out
             locs.append(self._location(rec, iid, info["key"], st if status != "CLS_NOT_FOUND"
                                        else None, None))
             if detail >= 1 and "row" in info:
@@ -1275,6 +1629,14 @@ class Service:
 
     # ================================================================ meta: writes
     def _start_write(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Reserve WRITING blocks for the keys that have none and hand out their URIs.
+
+        Before the core's write (which enforces the group quota): keys held on an
+        unusable storage are forgotten (written again), ``max_key_count`` makes room
+        (:meth:`_make_key_room`) and the storage is chosen (:meth:`_place`: usable,
+        within the type quotas, by candidate order). Any of them refusing is
+        ``REACH_MAX_ENTITY_CAPACITY``.
+        """
         iid, spec, rec = self._need_instance(body)
         keys = self._keys(body, spec)
         n = keys.shape[0]
@@ -1286,8 +1648,14 @@ class Service:
             if g not in rec.spec_groups:
                 raise W.WireError(f"location_spec_group_names[{i}]: unknown spec group {g!r}")
         timeout = W.get_int(body, "write_timeout_seconds", 0, low=0, high=W.INT32_MAX)
+        # storages, key count and type quotas (the core enforces the group quota)
+        grp = self.mgr.group(spec.group)
+        if not self._all_ok:
+            self._relocate_unusable(iid, keys)
+        if grp.max_key_count > 0:
+            self._make_key_room(iid, grp, keys)
+        idx = self._place(iid, spec, grp, keys)
         ws = self.mgr.start_write(iid, keys, timeout_s=float(timeout or DEFAULT_WRITE_TIMEOUT_S))
-        idx = self._storage_idx.get(ws.storage, 0)
         # the core allocates rows with storage slot 0; record the chosen storage
         ses_rows = self.mgr._sessions[ws.session_id].rows
         self.mgr.table.t.loc[ses_rows] = idx
@@ -1391,6 +1759,44 @@ _FOLLOWER_CALLS = frozenset({"checkHealth", "getManagerClusterInfo", "getMetrics
 
 class _IOError(KVSimError):
     code = "IO_ERROR"
+
+
+def probe_directory(root: str | os.PathLike[str]) -> str | None:
+    """Probe a ``file`` storage root: write a small file, fsync, read it back, delete it.
+
+    The root must exist (a missing mount is a failure; the probe never creates it).
+
+    Returns:
+        None when the storage works, else the reason it failed.
+
+    Example:
+        >>> d = tempfile.mkdtemp()
+        >>> probe_directory(d) is None, os.listdir(d)
+        (True, [])
+        >>> probe_directory(os.path.join(d, "missing"))
+        'FileNotFoundError: No such file or directory'
+    """
+    path = os.path.join(root, f".kvsim-probe-{uuid.uuid4().hex}")
+    data = f"kvsim storage probe {uuid.uuid4().hex}\n".encode()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        with open(path, "rb") as f:
+            back = f.read()
+        os.unlink(path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        return f"{type(e).__name__}: {e.strerror or e}"
+    if back != data:
+        return "the probe file read back differs from what was written"
+    return None
 
 
 def _trace_id(body: dict[str, Any]) -> str:
