@@ -93,7 +93,8 @@ class KVSimApp:
                     for k, v in headers:
                         if k == b"authorization":
                             cred = decode_basic(v.decode("latin-1"))
-                reply = self.service.call(api, method, body, credential=cred)
+                reply = self.service.call(api, method, body, credential=cred,
+                                          json_fragments=True)
         data = orjson.dumps(reply)
         if access_log.isEnabledFor(logging.INFO):
             access_log.info("%s %s/%s %d %s %.2fms",

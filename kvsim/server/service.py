@@ -70,6 +70,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 
 from kvsim.config import KVSimConfig
 from kvsim.core.clock import Clock
@@ -170,7 +171,9 @@ class _Instance:
     spec_sizes: list[int]
     spec_groups: dict[str, list[str]]
     # location dicts already built, per storage slot: key -> location (see _row_locations)
-    loc_cache: dict[int, dict[int, dict[str, Any]]] = field(default_factory=dict)
+    loc_cache: dict[int, dict[int, Any]] = field(default_factory=dict)
+    # the same as serialized JSON (orjson.Fragment), for the HTTP transport
+    frag_cache: dict[int, dict[int, Any]] = field(default_factory=dict)
     loc_gen: int = -1
 
 
@@ -302,7 +305,7 @@ class Service:
 
     # ================================================================ entry point
     def call(self, api: str, method: str, body: dict[str, Any], *,
-             credential: str | None = None) -> dict[str, Any]:
+             credential: str | None = None, json_fragments: bool = False) -> dict[str, Any]:
         """Run one call and return its JSON-shaped reply (never raises for bad input).
 
         Args:
@@ -310,6 +313,9 @@ class Service:
             method: the lowerCamel call name, e.g. ``"getCacheLocation"``.
             body: the decoded JSON request (snake_case; unknown fields ignored).
             credential: ``"user:password"``; admin calls need an admin account's.
+            json_fragments: the caller serializes the reply with orjson (HTTP): block
+                locations may then come as cached ``orjson.Fragment`` objects (the same
+                JSON, already encoded) instead of dicts.
 
         Returns:
             The reply: ``header{status{code, message}, request_id}`` plus the call's
@@ -334,9 +340,11 @@ class Service:
                 raise NotLeader(f"this node ({self.node_id}) is not the leader; leader: "
                                 f"{self.elector.lease.holder() or 'none yet'}")
             with self._lock:
+                self._fragments = json_fragments
                 try:
                     out = fn(body)
                 finally:
+                    self._fragments = False
                     self._save()
         except KVSimError as e:
             code, message = e.code, str(e)
@@ -501,6 +509,7 @@ class Service:
         self._inst: dict[str, _Instance] = {}
         self._sessions: dict[int, _Session] = {}
         self._read_rows = np.zeros(0, dtype=bool)  # rows read since the last recency flush
+        self._fragments = False  # set per call (see call(json_fragments=...))
         # storage health (runtime only: every storage starts healthy and is re-probed)
         self._health: dict[str, str] = {}  # unhealthy storage -> the failed probe's reason
         self._next_probe_ns = 0
@@ -1538,10 +1547,13 @@ class Service:
             return self._locations(rec, iid, keys.tolist(), self._storages_of_rows(rows), only)
         if rec.loc_gen != self._loc_gen:
             rec.loc_cache.clear()
+            rec.frag_cache.clear()
             rec.loc_gen = self._loc_gen
-        cache = rec.loc_cache.get(s0)
+        frag = self._fragments
+        caches = rec.frag_cache if frag else rec.loc_cache
+        cache = caches.get(s0)
         if cache is None:
-            cache = rec.loc_cache[s0] = {}
+            cache = caches[s0] = {}
         kl = keys.tolist()
         out: list[Any] = list(map(cache.get, kl))
         if None in out:
@@ -1550,7 +1562,7 @@ class Service:
             if len(cache) + len(miss) > _LOC_CACHE_MAX:
                 cache.clear()
             for j, loc in zip(miss, built, strict=True):
-                out[j] = cache[kl[j]] = loc
+                out[j] = cache[kl[j]] = orjson.Fragment(orjson.dumps(loc)) if frag else loc
         return out
 
     def _read_args(self, body: dict[str, Any]
