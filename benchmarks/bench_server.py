@@ -12,18 +12,26 @@ loop for ``--seconds`` (default 5) from one client process:
 at 1 and 32 concurrent clients (asyncio tasks over keep-alive connections, each sending
 its next request when the reply comes: a closed loop, which measures capacity), and
 ``getCacheLocation`` once more in an open loop: 32 clients offering ``--rate`` (default
-3,000) requests/s together on a fixed schedule, latency counted from each request's
-scheduled time (what a fleet of engines sees at that load). Every row also gives the
-server's own CPU time per operation (from /proc), which other jobs on the machine do
-not inflate the way they do wall-clock rates. The
-client is a minimal raw HTTP/1.1 client over asyncio streams (default: it costs the
-client process far less CPU, so on a small machine the figure is closer to the server's
-own capacity) or httpx (``--client httpx``). Prints a table and writes
-``reports/bench_server.json``. Target: >= 3,000 getCacheLocation/s with p99 < 10 ms
-at 32 clients.
+3,000) requests/s together on a fixed schedule for ``--open-seconds`` (default 10, after
+1 s of warm-up), latency counted from each request's scheduled time (what a fleet of
+engines sees at that load).
+
+Every row also gives the server's own CPU time per operation (from /proc), which other
+jobs on the machine do not inflate the way they do wall-clock rates; the p99 of the time
+spent inside the service (from the server's ``kvsim_call_seconds`` histogram on
+``/metrics``: a bucket bound); and the hypervisor's steal share of the machine's CPU
+time. The open-loop row gives how late the client itself sent (``client_late_p99_ms``).
+
+On a machine with 2 or more CPUs the server is pinned to the last CPU and the client to
+the others (``--no-pin`` turns that off): a load generator and a server taking turns on
+one CPU measure their scheduling, not the server. The client is a minimal raw HTTP/1.1
+client over asyncio streams (default: it costs the client process far less CPU) or httpx
+(``--client httpx``). Prints a table and writes ``reports/bench_server.json``. Target:
+>= 3,000 getCacheLocation/s with p99 < 10 ms at 32 clients.
 
 Usage:
-    python benchmarks/bench_server.py [--seconds 5] [--client httpx|raw] [--quick]
+    python benchmarks/bench_server.py [--seconds 5] [--open-seconds 10] [--rate 3000]
+        [--client httpx|raw] [--no-pin] [--quick]
 """
 
 from __future__ import annotations
@@ -122,6 +130,79 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _cpu_times() -> list[int]:
+    """The machine's aggregate CPU times (``/proc/stat`` line ``cpu``), in ticks."""
+    try:
+        return [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except OSError:
+        return []
+
+
+def _steal_share(t0: list[int], t1: list[int]) -> float | None:
+    """Share of CPU time the hypervisor gave to other guests between two readings."""
+    if len(t0) < 8 or len(t1) < 8:
+        return None
+    d = [b - a for a, b in zip(t0, t1, strict=False)]
+    total = sum(d[:8])
+    return round(d[7] / total, 3) if total > 0 else None
+
+
+def _server_hist(port: int, method: str) -> dict[str, float]:
+    """The server's own ``kvsim_call_seconds`` histogram of ``method`` (cumulative
+    counts by bucket bound ``le``), from its Prometheus ``/metrics``."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    out: dict[str, float] = {}
+    for fam in text_string_to_metric_families(text):
+        if fam.name == "kvsim_call_seconds":
+            for s in fam.samples:
+                if s.name.endswith("_bucket") and s.labels.get("method") == method:
+                    out[s.labels["le"]] = s.value
+    return out
+
+
+def _server_p99_bound_ms(h0: dict[str, float], h1: dict[str, float]) -> float | None:
+    """Upper bound of the server-side p99 between two histogram readings: the smallest
+    bucket bound at or under which 99% of the calls made in between finished."""
+    d = {le: h1[le] - h0.get(le, 0.0) for le in h1}
+    n = d.get("+Inf", 0.0)
+    if n <= 0:
+        return None
+    for le in sorted((x for x in d if x != "+Inf"), key=float):
+        if d[le] >= 0.99 * n:
+            return float(le) * 1e3
+    return float("inf")
+
+
+_SERVICE_METHOD = {"getCacheLocation": "getCacheLocation", "write_pair": "startWriteCache"}
+
+
+def _measure(port: int, pid: int, op: str) -> dict[str, Any]:
+    """Start readings of the server's CPU, its latency histogram and the machine's steal."""
+    m = _SERVICE_METHOD.get(op)
+    return {"cpu": _cpu_s(pid), "times": _cpu_times(), "hist": _server_hist(port, m) if m else {},
+            "method": m}
+
+
+def _measured(port: int, pid: int, start: dict[str, Any], wall: float,
+              n: int) -> dict[str, Any]:
+    cpu = _cpu_s(pid) - start["cpu"]
+    out: dict[str, Any] = {
+        # the server's own CPU per operation: what one core of it can serve,
+        # whatever the client and other jobs take from the machine
+        "server_cpu_us_per_op": round(cpu / max(1, n) * 1e6, 1),
+        "server_cpu_share": round(cpu / wall, 2),
+        "steal_share": _steal_share(start["times"], _cpu_times())}
+    if start["method"]:
+        # time inside the service (after the request was read, before the reply is
+        # written): what is left of p99 once client, loop and socket queueing are out
+        out["server_p99_ms_at_most"] = _server_p99_bound_ms(
+            start["hist"], _server_hist(port, start["method"]))
+    return out
+
+
 async def _point(port: int, op: str, conc: int, seconds: float, kind: str,
                  counter: list[int], pid: int) -> dict[str, Any]:
     import httpx
@@ -141,36 +222,37 @@ async def _point(port: int, op: str, conc: int, seconds: float, kind: str,
                 await _op(cl, op, counter)
                 lat.append(time.perf_counter() - t0)
 
+        start = _measure(port, pid, op)
         t0 = time.perf_counter()
-        cpu0 = _cpu_s(pid)
         await asyncio.gather(*(worker(cl) for cl in clients))
         wall = time.perf_counter() - t0
-        cpu = _cpu_s(pid) - cpu0
         for cl in clients:
             await cl.close()
     a = np.array(lat) * 1e3
     return {"op": op, "clients": conc, "requests": len(lat), "seconds": round(wall, 3),
             "ops_per_s": round(len(lat) / wall, 1), "p50_ms": round(float(np.percentile(a, 50)), 3),
-            "p99_ms": round(float(np.percentile(a, 99)), 3),
-            # the server's own CPU per operation: what one core of it can serve,
-            # whatever the client and other jobs take from the machine
-            "server_cpu_us_per_op": round(cpu / max(1, len(lat)) * 1e6, 1),
-            "server_cpu_share": round(cpu / wall, 2)}
+            "p99_ms": round(float(np.percentile(a, 99)), 3)} | _measured(
+                port, pid, start, wall, len(lat))
 
 
 async def _open_point(port: int, op: str, conc: int, rate: float, seconds: float,
-                      counter: list[int], pid: int) -> dict[str, Any]:
+                      counter: list[int], pid: int, warmup: float = 1.0) -> dict[str, Any]:
     """Open loop: ``conc`` clients together offer ``rate`` requests/s on a fixed schedule
     (each client every ``conc / rate`` s, phases staggered). Latency counts from the
     *scheduled* send time, so a slow reply delays the next request of that client and
-    that delay is counted too (no coordinated omission, as in wrk2)."""
+    that delay is counted too (no coordinated omission, as in wrk2). The first
+    ``warmup`` seconds of the schedule run but are not counted. ``client_late_p99_ms``
+    is how late the client itself sent (its own scheduling, not the server's reply):
+    when it is large, the load generator, not the server, made the tail."""
     clients = [RawClient(port) for _ in range(conc)]
     for cl in clients:
         await _op(cl, op, counter)
     period = conc / rate
     lat: list[float] = []
+    late: list[float] = []
     t_start = time.perf_counter() + 0.05
-    t_end = t_start + seconds
+    t_count = t_start + warmup
+    t_end = t_count + seconds
 
     async def worker(j: int, cl: Any) -> None:
         k = 0
@@ -181,14 +263,31 @@ async def _open_point(port: int, op: str, conc: int, rate: float, seconds: float
             now = time.perf_counter()
             if due > now:
                 await asyncio.sleep(due - now)
+                now = time.perf_counter()
             await _op(cl, op, counter)
-            lat.append(time.perf_counter() - due)
+            t_done = time.perf_counter()
+            if due >= t_count:
+                lat.append(t_done - due)
+                late.append(max(0.0, now - due))
+            if t_done >= t_read[0]:
+                done[0] += 1
             k += 1
 
-    cpu0 = _cpu_s(pid)
+    # the start readings (blocking calls) are taken in the warm-up, 0.25 s before
+    # counting starts; server CPU per op covers everything served from then on
+    t_read, done = [float("inf")], [0]
+
+    async def measure() -> dict[str, Any]:
+        await asyncio.sleep(max(0.0, t_count - 0.25 - time.perf_counter()))
+        m = _measure(port, pid, op)
+        t_read[0] = time.perf_counter()
+        return m
+
+    task = asyncio.ensure_future(measure())
     await asyncio.gather(*(worker(j, cl) for j, cl in enumerate(clients)))
-    wall = time.perf_counter() - t_start
-    cpu = _cpu_s(pid) - cpu0
+    start = await task
+    t_stop = time.perf_counter()
+    wall = t_stop - t_count
     for cl in clients:
         await cl.close()
     a = np.array(lat) * 1e3
@@ -197,8 +296,9 @@ async def _open_point(port: int, op: str, conc: int, rate: float, seconds: float
             "ops_per_s": round(len(lat) / wall, 1),
             "p50_ms": round(float(np.percentile(a, 50)), 3),
             "p99_ms": round(float(np.percentile(a, 99)), 3),
-            "server_cpu_us_per_op": round(cpu / max(1, len(lat)) * 1e6, 1),
-            "server_cpu_share": round(cpu / wall, 2)}
+            "max_ms": round(float(a.max()), 3),
+            "client_late_p99_ms": round(float(np.percentile(np.array(late) * 1e3, 99)), 3),
+            } | _measured(port, pid, start, t_stop - t_read[0], done[0])
 
 
 def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
@@ -216,23 +316,50 @@ def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 120) 
     raise RuntimeError("server did not start")
 
 
+def _cpu_split(pin: bool) -> tuple[set[int] | None, set[int] | None]:
+    """(server CPUs, client CPUs): the last usable CPU for the server, the others for
+    the client, so the two never take turns on one CPU (each gets a core of its own, as
+    engines and the manager do in production). None, None when not pinning."""
+    if not pin or not hasattr(os, "sched_getaffinity"):
+        return None, None
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None, None
+    return {cpus[-1]}, set(cpus[:-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--seconds", type=float, default=5.0, help="per closed-loop point")
+    ap.add_argument("--open-seconds", type=float, default=10.0,
+                    help="counted seconds of the open-loop point (after 1 s of warm-up)")
     ap.add_argument("--client", choices=["httpx", "raw"], default="raw")
     ap.add_argument("--quick", action="store_true", help="1 s per point")
     ap.add_argument("--rate", type=float, default=3000.0,
                     help="offered getCacheLocation/s of the open-loop point (default 3000)")
+    ap.add_argument("--no-pin", dest="pin", action="store_false",
+                    help="let server and client share every CPU (default: the server gets "
+                         "the last CPU, the client the others)")
     ap.add_argument("--out", type=Path, default=ROOT / "reports" / "bench_server.json")
     args = ap.parse_args()
     seconds = 1.0 if args.quick else args.seconds
+    open_seconds = 2.0 if args.quick else args.open_seconds
     port, aport = _free_port(), _free_port()
     data = tempfile.mkdtemp(prefix="kvsim-bench-")
     env = os.environ | {"PYTHONPATH": str(ROOT), "KVSIM_ADMIN_PASSWORD": "bench"}
+    srv_cpus, cli_cpus = _cpu_split(args.pin)
+
+    def pin_server() -> None:  # runs in the child before exec: every thread inherits it
+        if srv_cpus is not None:
+            os.sched_setaffinity(0, srv_cpus)
+
     proc = subprocess.Popen(
         [sys.executable, "-m", "kvsim", "serve", "--no-grpc", "--no-access-log",
          "--http-port", str(port), "--admin-http-port", str(aport), "--data-dir", data],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        preexec_fn=pin_server if srv_cpus is not None else None)
+    if cli_cpus is not None:
+        os.sched_setaffinity(0, cli_cpus)
     try:
         _wait_ready(port, proc)
         import httpx
@@ -252,37 +379,52 @@ def main() -> None:
         rows = []
         counter = [0]
         slo: dict[str, Any] = {}
+
+        def extra(res: dict[str, Any]) -> str:
+            out = (f"server {res['server_cpu_us_per_op']:6.1f} CPU-us/op "
+                   f"({res['server_cpu_share']:.2f} cores)")
+            if res.get("server_p99_ms_at_most") is not None:
+                out += f", in-service p99 <= {res['server_p99_ms_at_most']:g} ms"
+            if res.get("steal_share"):
+                out += f", steal {res['steal_share']:.0%}"
+            return out
+
         # the open-loop point runs before the writes (they evict the 64 read keys)
         for op in ("noop", "getCacheLocation", "open", "write_pair"):
             if op == "open":
                 slo = asyncio.run(_open_point(port, "getCacheLocation", 32, args.rate,
-                                              seconds, counter, proc.pid))
+                                              open_seconds, counter, proc.pid))
                 rows.append(slo)
                 print(f"getCacheLocation  32 clients, open loop at {args.rate:.0f}/s offered: "
                       f"{slo['ops_per_s']:9.1f} ops/s  p50 {slo['p50_ms']:7.3f} ms  "
-                      f"p99 {slo['p99_ms']:7.3f} ms  server {slo['server_cpu_us_per_op']:6.1f} "
-                      f"CPU-us/op ({slo['server_cpu_share']:.2f} cores)", flush=True)
+                      f"p99 {slo['p99_ms']:7.3f} ms  max {slo['max_ms']:7.3f} ms  client late "
+                      f"p99 {slo['client_late_p99_ms']:.3f} ms  {extra(slo)}", flush=True)
                 continue
             for conc in (1, 32):
                 res = asyncio.run(_point(port, op, conc, seconds, args.client, counter, proc.pid))
                 rows.append(res)
                 print(f"{op:17s} {conc:3d} clients: {res['ops_per_s']:9.1f} ops/s  "
-                      f"p50 {res['p50_ms']:7.3f} ms  p99 {res['p99_ms']:7.3f} ms  server "
-                      f"{res['server_cpu_us_per_op']:6.1f} CPU-us/op "
-                      f"({res['server_cpu_share']:.2f} cores)", flush=True)
+                      f"p50 {res['p50_ms']:7.3f} ms  p99 {res['p99_ms']:7.3f} ms  {extra(res)}",
+                      flush=True)
         load1 = os.getloadavg()
     finally:
         proc.terminate()
         proc.wait(timeout=30)
     g32 = next(r for r in rows if r["op"] == "getCacheLocation" and r["clients"] == 32
                and r.get("loop") != "open")
+    pinned = srv_cpus is not None
     doc = {
         "benchmark": "bench_server", "client": args.client, "seconds_per_point": seconds,
+        "open_loop_seconds": open_seconds,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "loadavg_before": [round(x, 2) for x in load0],
                     "loadavg_after": [round(x, 2) for x in load1]},
-        "note": "server and client share the machine's CPUs with each other (and with any "
-                "other jobs: see loadavg)",
+        "cpus": ({"server": sorted(srv_cpus or ()), "client": sorted(cli_cpus or ())}
+                 if pinned else None),
+        "note": ("server and client pinned to separate CPUs (other jobs still share them: "
+                 "see loadavg and steal_share)" if pinned else
+                 "server and client share the machine's CPUs with each other (and with any "
+                 "other jobs: see loadavg)"),
         "results": rows,
         "target": {
             "getCacheLocation_32_ops_per_s": 3000, "p99_ms": 10,
@@ -294,12 +436,16 @@ def main() -> None:
             "met_closed_loop": g32["ops_per_s"] >= 3000 and g32["p99_ms"] < 10},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    tmp = args.out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    tmp.replace(args.out)
     tg = doc["target"]
     print(f"target (>= 3000 getCacheLocation/s, p99 < 10 ms at 32 clients): open loop "
           f"{'met' if tg['met_open_loop'] else 'NOT met'}, closed loop "
           f"{'met' if tg['met_closed_loop'] else 'NOT met'}; load avg {load0[0]:.2f} -> "
-          f"{load1[0]:.2f} on {os.cpu_count()} CPUs; wrote {args.out}")
+          f"{load1[0]:.2f} on {os.cpu_count()} CPUs"
+          f"{'; server on CPU ' + str(sorted(srv_cpus or ())) if pinned else ''}; "
+          f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -164,6 +164,22 @@ def match_and_touch(
     return res
 
 
+
+@kernel
+def common_slot(loc: np.ndarray, rows: np.ndarray) -> int:
+    """The storage slot (``loc``) every one of ``rows`` shares, or -1 when ``rows`` is
+    empty, holds a row < 0 or spans several slots. Reads nothing else."""
+    n = rows.shape[0]
+    if n == 0 or rows[0] < 0:
+        return -1
+    s = loc[rows[0]]
+    for j in range(1, n):
+        r = rows[j]
+        if r < 0 or loc[r] != s:
+            return -1
+    return int(s)
+
+
 # ---------------------------------------------------------------- leaves
 @kernel
 def _orphan_children(t: Tables, r: int) -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import numpy as np
 
@@ -64,16 +65,26 @@ class MatchResult:
 
     Attributes:
         hit_blocks: blocks available to the engine (masked ones included).
-        found: bool per key: available (masked or SERVING, within the match rule).
         rows: per key, the table row (or -2 masked, -1 absent) - for adapters that
             build locations.
         window_start: for sliding-window reads, the first block of the window (-1 none).
+        prefix: a prefix read: the hits are exactly the first ``hit_blocks`` keys.
     """
 
     hit_blocks: int
-    found: np.ndarray
     rows: np.ndarray
     window_start: int = -1
+    prefix: bool = False
+
+    @cached_property
+    def found(self) -> np.ndarray:
+        """bool per key: available (masked or SERVING, within the match rule); built on
+        first use (the server's read path never needs it)."""
+        if self.prefix:
+            f = np.zeros(self.rows.shape[0], dtype=bool)
+            f[: self.hit_blocks] = True
+            return f
+        return self.rows != -1
 
 
 @dataclass(frozen=True)
@@ -433,12 +444,13 @@ class CacheManager:
         m, has = _mask(mask, n_keys)
         if slot_ok is not None:
             rows = np.full(n_keys, -1, dtype=np.int32)
-            hit, found, start = self._match_filtered(ii, k, m, has, query, sw_size, rows,
-                                                     np.asarray(slot_ok, dtype=bool))
+            hit, start = self._match_filtered(ii, k, m, has, query, sw_size, rows,
+                                              np.asarray(slot_ok, dtype=bool))
             if touch:
                 sel = rows[rows >= 0].astype(np.int32)
                 K.touch_rows(self.table.t, sel, sel.shape[0], self.clock.now_ns())
-            return MatchResult(hit_blocks=hit, found=found, rows=rows, window_start=start)
+            return MatchResult(hit_blocks=hit, rows=rows, window_start=start,
+                               prefix=query == QUERY_PREFIX)
         code = _QUERY_CODES.get(query)
         if code is None:
             raise InvalidArgument(f"unknown query type {query!r}")
@@ -449,24 +461,18 @@ class CacheManager:
         rows = np.full(n_keys, -1, dtype=np.int32)
         res = int(K.match_and_touch(self.table.t, ii, k, m, has, code, int(sw_size), rows,
                                     self.clock.now_ns() if touch else 0, touch))
-        start = -1
         if code == K.Q_PREFIX:
-            found = np.zeros(n_keys, dtype=bool)
-            found[:res] = True
-            hit = res
-        else:
-            found = rows != -1
-            if code == K.Q_BATCH:
-                hit = res
-            else:
-                start = res
-                hit = int(np.count_nonzero(found))
-        return MatchResult(hit_blocks=hit, found=found, rows=rows, window_start=start)
+            return MatchResult(hit_blocks=res, rows=rows, prefix=True)
+        if code == K.Q_BATCH:
+            return MatchResult(hit_blocks=res, rows=rows)
+        return MatchResult(hit_blocks=int(np.count_nonzero(rows != -1)), rows=rows,
+                           window_start=res)
 
     def _match_filtered(self, ii: int, k: np.ndarray, m: np.ndarray, has: bool, query: str,
                         sw_size: int, rows: np.ndarray, slot_ok: np.ndarray
-                        ) -> tuple[int, np.ndarray, int]:
-        """:meth:`match` with blocks on unusable slots as misses (``rows`` is filled)."""
+                        ) -> tuple[int, int]:
+        """:meth:`match` with blocks on unusable slots as misses (``rows`` is filled):
+        (hit blocks, window start)."""
         if query not in (QUERY_PREFIX, QUERY_BATCH, QUERY_SW):
             raise InvalidArgument(f"unknown query type {query!r}")
         n = k.shape[0]
@@ -482,12 +488,9 @@ class CacheManager:
             bad = np.flatnonzero(~ok)
             cut = int(bad[0]) if bad.shape[0] else n
             rows[cut:] = -1
-            found = np.zeros(n, dtype=bool)
-            found[:cut] = True
-            return cut, found, -1
+            return cut, -1
         if query == QUERY_BATCH:
-            found = rows != -1
-            return int(np.count_nonzero(found)), found, -1
+            return int(np.count_nonzero(rows != -1)), -1
         run = np.concatenate(([0], np.cumsum(ok, dtype=np.int64)))
         full = np.flatnonzero(run[sw_size:] - run[:-sw_size] == sw_size)
         start = int(full[-1]) if full.shape[0] else -1
@@ -495,7 +498,7 @@ class CacheManager:
         if start >= 0:
             keep[start:start + sw_size] = True
         rows[~keep] = -1
-        return int(np.count_nonzero(keep)), keep, start
+        return int(np.count_nonzero(keep)), start
 
     def block_info(self, instance_id: str, keys: Sequence[int] | np.ndarray) -> list[dict]:
         """Per key: state and, when present, write time, last access and access count."""
@@ -709,6 +712,22 @@ class CacheManager:
                 break
             total += n
         return total
+
+    def rows_slot(self, rows: np.ndarray) -> int:
+        """The storage slot all of ``rows`` (table rows, e.g. a read's hits) are on, or
+        -1 when there are none, one is not a row (< 0) or they are on several slots.
+
+        Example:
+            >>> from kvsim.core.clock import ManualClock
+            >>> from kvsim.core.spec import GroupSpec, InstanceSpec
+            >>> m = CacheManager(ManualClock())
+            >>> m.create_group(GroupSpec("g", quota_blocks=4))
+            >>> _ = m.register_instance(InstanceSpec("i0", "g"))
+            >>> w = m.start_write("i0", [1, 2]); _ = m.finish_write(w.session_id, [True, True])
+            >>> m.rows_slot(m.match("i0", [1, 2]).rows), m.rows_slot(m.match("i0", [1, 5]).rows)
+            (0, -1)
+        """
+        return int(K.common_slot(self.table.t.loc, np.asarray(rows, dtype=np.int32)))
 
     def slot_usage(self, group: str, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per storage slot, the weight of a group's blocks: ``(held, serving)``.

@@ -57,7 +57,8 @@ def warm_up(policies: Iterable[str] = ("lru",), *, modes: Iterable[str] | None =
                 mask[0] = True
                 for query in (QUERY_PREFIX, QUERY_BATCH, QUERY_SW):
                     mgr.match(iid, keys, query=query, sw_size=2)
-                    mgr.match(iid, keys, query=query, sw_size=2, mask=mask, touch=False)
+                    r = mgr.match(iid, keys, query=query, sw_size=2, mask=mask, touch=False)
+                    mgr.rows_slot(r.rows)
                 mgr.access(iid, keys + 1)
             mgr.start_write(iid, np.arange(100, 103, dtype=np.int64), timeout_s=1e-3)
             clock.advance(10_000_000)

@@ -24,6 +24,8 @@ from typing import Any
 
 import orjson
 
+_OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
+
 
 class EventLog:
     """Append-only JSONL writer; lines are buffered and flushed by :meth:`flush`.
@@ -39,31 +41,41 @@ class EventLog:
         self._f = open(self.path, "ab")  # noqa: SIM115 - kept open for the log's life
         self._buf: list[bytes] = []
         self._max = max_buffered
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _buf: held only to append or swap it
+        self._write_lock = threading.Lock()  # one writer at a time: lines stay in order
         self.written = 0
 
     def append(self, event: dict[str, Any]) -> None:
-        """Queue one event (flushes when the buffer is full)."""
-        line = orjson.dumps(event) + b"\n"
+        """Queue one event (flushes when the buffer is full); values may be numpy arrays
+        (written as JSON lists)."""
+        line = orjson.dumps(event, option=_OPTS)
         with self._lock:
             self._buf.append(line)
-            if len(self._buf) >= self._max:
-                self._flush_locked()
+            full = len(self._buf) >= self._max
+        if full:
+            self.flush()
 
     def flush(self) -> None:
-        """Write the queued lines to the file."""
-        with self._lock:
-            self._flush_locked()
+        """Write the queued lines to the file.
 
-    def _flush_locked(self) -> None:
-        if self._buf and not self._f.closed:
-            self._f.write(b"".join(self._buf))
-            self._f.flush()
-            self.written += len(self._buf)
-            self._buf.clear()
+        The buffer is swapped out under the append lock and written outside it, so a
+        flush (a write of up to ``max_buffered`` lines) never makes :meth:`append` wait.
+        """
+        with self._write_lock:
+            with self._lock:
+                buf, self._buf = self._buf, []
+            if buf and not self._f.closed:
+                self._f.write(b"".join(buf))
+                self._f.flush()
+                self.written += len(buf)
 
     def close(self) -> None:
         """Flush and close the file."""
-        with self._lock:
-            self._flush_locked()
-            self._f.close()
+        with self._write_lock:
+            with self._lock:
+                buf, self._buf = self._buf, []
+            if not self._f.closed:
+                if buf:
+                    self._f.write(b"".join(buf))
+                    self.written += len(buf)
+                self._f.close()

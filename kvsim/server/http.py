@@ -30,7 +30,7 @@ import orjson
 from fastapi import FastAPI
 from fastapi.responses import Response
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from kvsim.server.auth import decode_basic
@@ -41,6 +41,9 @@ __all__ = ["KVSimApp", "create_app", "fast_protocol"]
 access_log = logging.getLogger("kvsim.access")
 log = logging.getLogger("kvsim.server")
 
+_HIST = "kvsim_call_seconds"
+
+
 class _ServiceCollector(Collector):
     """Exposes :meth:`Service.metrics` as Prometheus gauges at scrape time."""
 
@@ -50,13 +53,28 @@ class _ServiceCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         families: dict[str, GaugeMetricFamily] = {}
         rows = self.service.locked_metrics()
+        # kvsim_call_seconds_{bucket,sum,count}: one Prometheus histogram per (api, method)
+        hist: dict[tuple[str, str], dict[str, Any]] = {}
         for name, value, tags in rows:
+            if name.startswith(_HIST + "_"):
+                h = hist.setdefault((tags["api"], tags["method"]), {"buckets": []})
+                if name.endswith("_bucket"):
+                    h["buckets"].append((tags["le"], value))
+                else:
+                    h[name.rsplit("_", 1)[1]] = value
+                continue
             fam = families.get(name)
             if fam is None:
                 fam = families[name] = GaugeMetricFamily(name, name.replace("_", " "),
                                                          labels=sorted(tags))
             fam.add_metric([tags[k] for k in sorted(tags)], float(value))
         yield from families.values()
+        if hist:
+            hf = HistogramMetricFamily(_HIST, "seconds per call, measured inside the service",
+                                       labels=["api", "method"])
+            for (api, method), h in sorted(hist.items()):
+                hf.add_metric([api, method], buckets=h["buckets"], sum_value=h.get("sum", 0.0))
+            yield hf
 
 
 class KVSimApp:

@@ -54,6 +54,7 @@ Example:
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import itertools
 import json
@@ -118,6 +119,10 @@ DEFAULT_WRITE_TIMEOUT_S = 30
 DEFAULT_PROBE_S = 5.0
 
 _LOC_CACHE_MAX = 1 << 16  # cached location dicts per instance and storage
+_READ_LOG_FOLD = 256  # reads whose hit rows are logged before folding into the bitmap
+# upper bounds (seconds) of the call-latency histogram's buckets (Prometheus ``le``)
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                   0.25, 1.0)
 _PLACEHOLDER: dict[str, Any] = {"type": "ST_UNSPECIFIED", "spec_size": 0, "location_specs": []}
 _URI_SCHEME = {"file": "file", "hf3fs": "3fs", "mooncake": "mooncake", "pace": "pace",
                "memory": "memory"}  # fmt: skip
@@ -248,7 +253,8 @@ class Service:
             password = os.environ.get("KVSIM_ADMIN_PASSWORD", DEFAULT_ADMIN_PASSWORD)
         self.accounts.add(admin_user, password, "ROLE_ADMIN")
         self.calls: dict[tuple[str, str, str], int] = {}
-        self.latency: dict[tuple[str, str], list[float]] = {}  # [count, seconds]
+        # per (api, method): [count, seconds, per-bucket counts (LATENCY_BUCKETS, +Inf)]
+        self.latency: dict[tuple[str, str], list[Any]] = {}
         self.reclaimed_blocks = 0
         self.expired_sessions = 0
         # blocks evicted per trigger: the tick's quota / max_key_count / storage_type and
@@ -357,9 +363,12 @@ class Service:
         ck = (api, method if method in known else "<unknown>", code)
         with self._lock:  # gRPC serves from a thread pool
             self.calls[ck] = self.calls.get(ck, 0) + 1
-            lat = self.latency.setdefault(ck[:2], [0, 0.0])
+            lat = self.latency.get(ck[:2])
+            if lat is None:
+                lat = self.latency[ck[:2]] = [0, 0.0, [0] * (len(LATENCY_BUCKETS) + 1)]
             lat[0] += 1
             lat[1] += dt
+            lat[2][bisect.bisect_left(LATENCY_BUCKETS, dt)] += 1
         reply: dict[str, Any] = {"header": {"status": {"code": code, "message": message},
                                             "request_id": rid}}
         if code == "OK":
@@ -451,9 +460,24 @@ class Service:
 
     # ------------------------------------------------------------ recency (write-behind)
     def _mark_read(self, rows: np.ndarray) -> None:
-        """Note the table rows a read refreshed; the tick persists their recency."""
+        """Note the table rows a read refreshed; the tick persists their recency.
+
+        A read only appends its rows array (it is not modified afterwards); every
+        ``_READ_LOG_FOLD`` reads, and at the flush, they are folded into the bitmap.
+        """
         if self.store is None or not rows.shape[0]:
             return
+        log_ = self._read_log
+        log_.append(rows)
+        if len(log_) >= _READ_LOG_FOLD:
+            self._fold_reads()
+
+    def _fold_reads(self) -> None:
+        """Move the logged read rows into the ``_read_rows`` bitmap (under the lock)."""
+        if not self._read_log:
+            return
+        rows = np.concatenate(self._read_log)
+        self._read_log.clear()
         n = self.mgr.table.t.key.shape[0]
         if self._read_rows.shape[0] < n:
             grown = np.zeros(n, dtype=bool)
@@ -473,8 +497,10 @@ class Service:
             return 0
         with self._lock:
             if self.elector is not None and not self.elector.is_leader:
+                self._read_log.clear()
                 self._read_rows[:] = False
                 return 0
+            self._fold_reads()
             marked = self._read_rows
             rows = np.flatnonzero(marked)
             if not rows.shape[0]:
@@ -509,6 +535,7 @@ class Service:
         self._inst: dict[str, _Instance] = {}
         self._sessions: dict[int, _Session] = {}
         self._read_rows = np.zeros(0, dtype=bool)  # rows read since the last recency flush
+        self._read_log: list[np.ndarray] = []  # reads' hit rows not yet in _read_rows
         self._fragments = False  # set per call (see call(json_fragments=...))
         # storage health (runtime only: every storage starts healthy and is re-probed)
         self._health: dict[str, str] = {}  # unhealthy storage -> the failed probe's reason
@@ -1409,9 +1436,14 @@ class Service:
         out.append(("kvsim_instances", len(self._inst), {}))
         for (api, method, code), n in sorted(self.calls.items()):
             out.append(("kvsim_calls", n, {"api": api, "method": method, "code": code}))
-        for (api, method), (count, secs) in sorted(self.latency.items()):
-            out.append(("kvsim_call_seconds_sum", secs, {"api": api, "method": method}))
-            out.append(("kvsim_call_seconds_count", count, {"api": api, "method": method}))
+        for (api, method), (count, secs, per_bucket) in sorted(self.latency.items()):
+            tags = {"api": api, "method": method}
+            cum = 0
+            for le, n in zip((*map(str, LATENCY_BUCKETS), "+Inf"), per_bucket, strict=True):
+                cum += n
+                out.append(("kvsim_call_seconds_bucket", cum, tags | {"le": le}))
+            out.append(("kvsim_call_seconds_sum", secs, tags))
+            out.append(("kvsim_call_seconds_count", count, tags))
         return out
 
     def locked_metrics(self) -> list[tuple[str, float, dict[str, str]]]:
@@ -1537,13 +1569,11 @@ class Service:
         starts a new one), bounded by ``_LOC_CACHE_MAX`` keys per storage, and dropped
         whenever a storage is added, updated or removed.
         """
-        n = keys.shape[0]
-        if n == 0:
+        if keys.shape[0] == 0:
             return []
-        slots = np.where(rows >= 0, self.mgr.table.t.loc[np.maximum(rows, 0)], -1)
-        s0 = int(slots[0])
+        s0 = self.mgr.rows_slot(rows)  # -1: not all rows on one slot
         st = self._storage_slots[s0] if 0 <= s0 < len(self._storage_slots) else None
-        if only is not None or st is None or not (slots == s0).all():
+        if only is not None or st is None:
             return self._locations(rec, iid, keys.tolist(), self._storages_of_rows(rows), only)
         if rec.loc_gen != self._loc_gen:
             rec.loc_cache.clear()
@@ -1606,7 +1636,7 @@ class Service:
             locs = self._row_locations(rec, iid, keys, rows, only)
             self._mark_read(rows[rows >= 0])
         self._emit("GetCacheLocation", iid, trace_id=_trace_id(body), query_type=qt,
-                   block_keys=keys.tolist(), sw_size=sw, hit_blocks=res.hit_blocks,
+                   block_keys=keys, sw_size=sw, hit_blocks=res.hit_blocks,
                    **({} if mask is None else {"block_mask": mask.tolist()}))
         return {"locations": locs}
 

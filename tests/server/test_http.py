@@ -84,6 +84,35 @@ def test_basic_auth_and_metrics(server: ServerHandle, http: httpx.Client) -> Non
     assert http.post(f"{meta}/api/noop", json={}).json()["header"]["status"]["code"] == "OK"
 
 
+def test_call_latency_histogram(server: ServerHandle, http: httpx.Client) -> None:
+    """``/metrics`` has a Prometheus histogram of each call's time in the service: the
+    buckets are cumulative, end at +Inf = count, and count every call made."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    meta, _ = urls(server)
+
+    def samples() -> dict[tuple[str, str], float]:
+        fams = {f.name: f for f in text_string_to_metric_families(
+            http.get(f"{meta}/metrics").text)}
+        assert fams["kvsim_call_seconds"].type == "histogram"
+        return {(s.name, s.labels.get("le", "")): s.value
+                for s in fams["kvsim_call_seconds"].samples
+                if s.labels["method"] == "getInstanceInfo"}
+
+    before = samples() if "kvsim_call_seconds" in http.get(f"{meta}/metrics").text else {}
+    for _ in range(7):
+        http.post(f"{meta}/api/getInstanceInfo", json={"instance_id": "nope"})
+    after = samples()
+    n = after[("kvsim_call_seconds_count", "")] - before.get(("kvsim_call_seconds_count", ""), 0)
+    assert n == 7
+    les = [k[1] for k in after if k[0] == "kvsim_call_seconds_bucket"]
+    assert les[-1] == "+Inf" and len(les) == 13
+    cum = [after[("kvsim_call_seconds_bucket", le)] for le in les]
+    assert cum == sorted(cum) and cum[-1] == after[("kvsim_call_seconds_count", "")]
+    assert 0 < after[("kvsim_call_seconds_sum", "")] < 7 + before.get(
+        ("kvsim_call_seconds_sum", ""), 0)
+
+
 def test_access_log(server: ServerHandle, http: httpx.Client,
                     caplog: pytest.LogCaptureFixture) -> None:
     meta, _ = urls(server)
