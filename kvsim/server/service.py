@@ -788,14 +788,53 @@ class Service:
                 raise QuotaExceeded(f"instance group {g.name!r}: no room under max_key_count "
                                     f"{limit}")
 
+    def _limits(self, g: GroupSpec, idx: int) -> list[tuple[str, np.ndarray, int, bool]]:
+        """The byte limits a write of group ``g`` to storage slot ``idx`` must keep:
+        ``(name, slots, cap, all_groups)``: the group's quota for the storage's type
+        (its blocks on storages of that type) and the storage's own ``capacity_bytes``
+        (every group's blocks on it)."""
+        st = self._storage_slots[idx]
+        if st is None:
+            return []
+        out: list[tuple[str, np.ndarray, int, bool]] = []
+        tq = g.type_quota(st.type)
+        if tq:
+            out.append((f"storage type {st.type!r} quota of group {g.name!r}",
+                        self._type_slots(st.type), tq, False))
+        if st.capacity_bytes:
+            one = np.zeros(STORAGE_SLOTS, dtype=bool)
+            one[idx] = True
+            out.append((f"capacity of storage {st.name!r}", one, st.capacity_bytes, True))
+        return out
+
+    def _held_bytes(self, group: str | None, weights: np.ndarray) -> np.ndarray:
+        """Bytes per storage slot of one group's blocks (WRITING + SERVING), or of every
+        group's (``group`` None)."""
+        names = [group] if group is not None else [x.name for x in self.mgr.groups()]
+        held = np.zeros(STORAGE_SLOTS, dtype=np.int64)
+        for name in names:
+            held += self.mgr.slot_usage(name, weights)[0]
+        return held
+
+    def _bytes_bound(self, group: str | None, weights: np.ndarray) -> int:
+        """An upper bound of :meth:`_held_bytes` on any slots, from per-instance block
+        counts alone (no pass over the table)."""
+        t = self.mgr.table.t
+        return sum((int(t.i_blocks[ii]) + int(t.i_pending[ii])) * int(weights[ii])
+                   for ii in (self.mgr.instance_index(s.instance_id)
+                              for s in self.mgr.instances()
+                              if group is None or s.group == group))
+
     def _place(self, iid: str, ispec: InstanceSpec, g: GroupSpec, keys: np.ndarray) -> int:
         """The storage slot of a write's new blocks.
 
         The first usable storage in the group's ``storage_candidates`` order (every
-        storage when it lists none) whose type has room for the new blocks' bytes
-        under the group's quota for that type; when none has room as it is, the first
-        one where evicting blocks of that type (policy rank order, only that type)
-        makes room, after that eviction.
+        storage when it lists none) where the new blocks' bytes fit both the group's
+        quota for the storage's type and the storage's ``capacity_bytes`` (counting
+        every group's blocks on it); when none has room as it is, the first one where
+        evicting this group's blocks (policy rank order, only blocks on that type or
+        that storage) makes room, after that eviction. Another group's blocks are never
+        evicted to make room.
 
         Raises:
             QuotaExceeded: no candidate is usable, or none has room even after eviction.
@@ -809,52 +848,61 @@ class Service:
                             else f"{c}: disabled" for c in cands)
             raise QuotaExceeded(f"instance group {g.name!r}: no usable storage among "
                                 f"{cands} ({why})")
-        stypes = {c: self._storage_slots[self._storage_idx[c]] for c in usable}
-        caps = {c: g.type_quota(st.type) if st is not None else 0 for c, st in stypes.items()}
+        limits = {c: self._limits(g, self._storage_idx[c]) for c in usable}
         first = usable[0]
-        if not caps[first]:
+        if not limits[first]:
             return self._storage_idx[first]
         n_new = self.mgr.count_new(iid, keys)
         need = n_new * ispec.block_bytes
         if need == 0:
             return self._storage_idx[first]
         weights = self._inst_bytes()
-        t = self.mgr.table.t
-        # the whole group's bytes bound every type's usage: often no count is needed
-        total = sum((int(t.i_blocks[ii]) + int(t.i_pending[ii])) * int(weights[ii])
-                    for ii in (self.mgr.instance_index(s.instance_id)
-                               for s in self.mgr.instances() if s.group == g.name))
-        held: np.ndarray | None = None
+        # the bytes of the group (of every group) bound each limit's usage: often no
+        # pass over the table is needed
+        bound: dict[bool, int] = {}
+        held: dict[bool, np.ndarray] = {}
+
+        def fits(c: str) -> bool:
+            for _, slots, cap, every in limits[c]:
+                if every not in bound:
+                    bound[every] = self._bytes_bound(None if every else g.name, weights)
+                if bound[every] + need <= cap:
+                    continue
+                if every not in held:
+                    held[every] = self._held_bytes(None if every else g.name, weights)
+                if int(held[every][slots].sum()) + need > cap:
+                    return False
+            return True
+
         for c in usable:
-            cap = caps[c]
-            if not cap or total + need <= cap:
-                return self._storage_idx[c]
-            if held is None:
-                held, _ = self.mgr.slot_usage(g.name, weights)
-            st = stypes[c]
-            assert st is not None
-            if int(held[self._type_slots(st.type)].sum()) + need <= cap:
+            if fits(c):
                 return self._storage_idx[c]
         for c in usable:
-            cap = caps[c]
-            st = stypes[c]
-            assert st is not None
-            slots = self._type_slots(st.type)
             while True:
-                h, sv = self.mgr.slot_usage(g.name, weights)
-                used, evictable = int(h[slots].sum()), int(sv[slots].sum())
                 need = self.mgr.count_new(iid, keys) * ispec.block_bytes
-                if used + need <= cap:
+                mine, mine_srv = self.mgr.slot_usage(g.name, weights)
+                every = self._held_bytes(None, weights)
+                over = None
+                for name, slots, cap, all_groups in limits[c]:
+                    used = int((every if all_groups else mine)[slots].sum())
+                    if used + need > cap:
+                        over = (name, slots, cap, used, int(mine_srv[slots].sum()), all_groups)
+                        break
+                if over is None:
                     return self._storage_idx[c]
+                _, slots, cap, used, evictable, all_groups = over
                 if used - evictable + need > cap:
                     break
                 n, _ = self.mgr.evict_on_slots(g.name, slots, used + need - cap, weights)
-                self._count_evicted("write_storage_type", n)
+                self._count_evicted("write_storage_capacity" if all_groups
+                                    else "write_storage_type", n)
                 if n == 0:  # pragma: no cover - defensive
                     break
-        quotas = ", ".join(f"{c}: {caps[c]} bytes" for c in usable if caps[c])
+        why = "; ".join(f"{c}: " + ", ".join(f"{name} ({cap} bytes)"
+                                             for name, _, cap, _ in limits[c])
+                        for c in usable if limits[c])
         raise QuotaExceeded(f"instance group {g.name!r}: no room for {n_new} new blocks "
-                            f"({need} bytes) within the storage type quotas ({quotas})")
+                            f"({need} bytes) on any usable storage ({why})")
 
     def probe_storages(self) -> dict[str, bool]:
         """Probe every ``file`` storage now: write a small file in its root, fsync, read
@@ -1425,9 +1473,16 @@ class Service:
                              int(used[self._type_slots(stype)].sum()), tags),
                             ("kvsim_storage_type_quota_bytes", cap, tags)]
         avail = {s.name: s.available for s in self.mgr.storages()}
-        for name in sorted(avail):
-            out += [("kvsim_storage_available", int(avail[name]), {"storage": name}),
-                    ("kvsim_storage_healthy", int(name not in self._health), {"storage": name})]
+        on_slot = self._held_bytes(None, self._inst_bytes()) if avail else None
+        for st in sorted(self.mgr.storages(), key=lambda x: x.name):
+            name, tags = st.name, {"storage": st.name}
+            out += [("kvsim_storage_available", int(avail[name]), tags),
+                    ("kvsim_storage_healthy", int(name not in self._health), tags)]
+            if on_slot is not None and name in self._storage_idx:
+                out.append(("kvsim_storage_used_bytes",
+                            int(on_slot[self._storage_idx[name]]), tags))
+            if st.capacity_bytes:
+                out.append(("kvsim_storage_capacity_bytes", st.capacity_bytes, tags))
         for trig, n in sorted(self.evicted_by_trigger.items()):
             out.append(("kvsim_evicted_blocks", n, {"trigger": trig}))
         out.append(("kvsim_write_sessions", len(self._sessions), {}))

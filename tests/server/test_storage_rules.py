@@ -143,7 +143,7 @@ def test_type_quota_placement_spills_in_candidate_order_then_evicts_that_type(
     r = c.meta("startWriteCache", {"instance_id": "i0", "block_keys": [20, 21, 22, 23, 24,
                                                                        25, 26]})
     assert code(r) == "REACH_MAX_ENTITY_CAPACITY", r
-    assert "storage type quotas" in msg(r)
+    assert "storage type 'mooncake' quota" in msg(r)
     assert len(c.s.mgr.cached_keys("i0")) == 10
     # per-type usage in the metrics (bytes; WRITING + SERVING)
     assert metric(s, "kvsim_storage_type_used_bytes", group="g",
@@ -544,4 +544,88 @@ def test_unfiltered_reads_unchanged_when_all_usable(tmp_path: Path, clock: Manua
                             slot_ok=allok)
             assert (a.hit_blocks, a.window_start) == (b.hit_blocks, b.window_start)
             assert a.rows.tolist() == b.rows.tolist() and a.found.tolist() == b.found.tolist()
+    s.close()
+
+
+# ---------------------------------------------------------------- storage capacity
+def capacity_config(tmp: Path, fast_blocks: int, nfs_blocks: int) -> KVSimConfig:
+    """Storages ``fast`` and ``nfs_a`` with capacities in blocks; groups ``g`` (both
+    storages) and ``h`` (``fast`` only), no type quotas."""
+    sts = storage_cfg(tmp)
+    sts[0]["capacity_bytes"] = fast_blocks * BLOCK
+    sts[1]["capacity_bytes"] = nfs_blocks * BLOCK
+    inst = [{"instance_id": i, "group": g, "block_size": 16, "location_spec_infos": SPEC}
+            for i, g in (("i0", "g"), ("h0", "h"))]
+    return KVSimConfig.from_dict({
+        "storages": sts,
+        "instance_groups": [
+            {"name": "g", "quota": {"bytes": 10**9}, "used_percentage": 1.0,
+             "storage_candidates": ["fast", "nfs_a"]},
+            {"name": "h", "quota": {"bytes": 10**9}, "used_percentage": 1.0,
+             "storage_candidates": ["fast"]}],
+        "instances": inst})
+
+
+def test_storage_capacity_spills_then_evicts_own_group(tmp_path: Path,
+                                                       clock: ManualClock) -> None:
+    s = service(tmp_path, clock, capacity_config(tmp_path, 4, 6))
+    c = Calls(s)
+    c.write([1, 2, 3, 4])  # fills fast
+    clock.advance(10**6)
+    c.write([5, 6])  # fast is full: the next candidate
+    assert c.storage([1, 2, 3, 4, 5, 6]) == ["fast"] * 4 + ["nfs_a"] * 2
+    clock.advance(10**6)
+    c.write([7, 8, 9, 10])  # nfs_a full too
+    clock.advance(10**6)
+    c.meta("getCacheLocation", {"instance_id": "i0", "block_keys": [1, 2]})  # 3, 4 are LRU
+    clock.advance(10**6)
+    c.write([11, 12])  # evicts the LRU blocks on the first candidate only
+    assert c.storage([11, 12]) == ["fast", "fast"]
+    assert s.mgr.cached_keys("i0").tolist() == [1, 2, 5, 6, 7, 8, 9, 10, 11, 12]
+    assert s.evicted_by_trigger == {"write_storage_capacity": 2}
+    r = c.meta("startWriteCache", {"instance_id": "i0", "block_keys": list(range(20, 27))})
+    assert code(r) == "REACH_MAX_ENTITY_CAPACITY"  # 7 blocks fit neither storage
+    assert "capacity of storage 'fast'" in msg(r) and "capacity of storage 'nfs_a'" in msg(r)
+    assert len(s.mgr.cached_keys("i0")) == 10  # refused: nothing evicted
+    m = {(n, t.get("storage")): v for n, v, t in s.metrics()}
+    assert m[("kvsim_storage_used_bytes", "fast")] == 4 * BLOCK
+    assert m[("kvsim_storage_used_bytes", "nfs_a")] == 6 * BLOCK
+    assert m[("kvsim_storage_capacity_bytes", "fast")] == 4 * BLOCK
+    assert m[("kvsim_storage_used_bytes", "nfs_b")] == 0
+    assert ("kvsim_storage_capacity_bytes", "nfs_b") not in m
+    s.close()
+
+
+def test_storage_capacity_is_shared_and_never_evicts_another_group(
+        tmp_path: Path, clock: ManualClock) -> None:
+    s = service(tmp_path, clock, capacity_config(tmp_path, 4, 6))
+    c = Calls(s)
+    c.write([1, 2, 3])  # group g: 3 of fast's 4 blocks
+    ok(c.meta("startWriteCache", {"instance_id": "h0", "block_keys": [50]}))  # WRITING
+    r = c.meta("startWriteCache", {"instance_id": "h0", "block_keys": [51]})
+    assert code(r) == "REACH_MAX_ENTITY_CAPACITY", r  # g's blocks are not h's to evict
+    assert "capacity of storage 'fast'" in msg(r)
+    assert s.mgr.cached_keys("i0").tolist() == [1, 2, 3]
+    clock.advance(10**6)
+    c.write([4, 5])  # g spills to nfs_a: fast is full with h's pending block
+    assert c.storage([4, 5]) == ["nfs_a", "nfs_a"]
+    # a larger capacity over the wire takes effect at the next write
+    ok(c.admin("updateStorage", {"storage": {
+        "global_unique_name": "fast", "capacity_bytes": 6 * BLOCK,
+        "mooncake": {"master_service_entry": "mc-master:50051"}}}))
+    clock.advance(10**6)
+    w = ok(c.meta("startWriteCache", {"instance_id": "h0", "block_keys": [51, 52]}))
+    assert len(w["locations"]) == 2
+    s.close()
+
+
+def test_storage_capacity_from_the_wire_is_validated(tmp_path: Path,
+                                                     clock: ManualClock) -> None:
+    s = service(tmp_path, clock, capacity_config(tmp_path, 4, 6))
+    c = Calls(s)
+    r = c.admin("addStorage", {"storage": {"global_unique_name": "m2", "capacity_bytes": -1,
+                                           "mooncake": {"master_service_entry": "x:1"}}})
+    assert code(r) == "INVALID_ARGUMENT" and "storage.capacity_bytes" in msg(r)
+    listed = {x["global_unique_name"]: x for x in ok(c.admin("listStorage", {}))["storage"]}
+    assert listed["fast"]["capacity_bytes"] == 4 * BLOCK
     s.close()
