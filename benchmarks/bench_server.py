@@ -1,11 +1,12 @@
 """HTTP server throughput and latency on loopback.
 
-Starts ``kvsim serve`` (HTTP only, no access log) in its own process, registers an
+Starts ``kvsim serve`` (HTTP and gRPC, no access log) in its own process, registers an
 instance and fills 64 blocks, then for each operation and concurrency runs a closed
 loop for ``--seconds`` (default 5) from one client process:
 
 * ``noop``: ``POST /api/noop`` (the HTTP stack alone: the baseline),
 * ``getCacheLocation``: prefix match of 64 keys, all hits (64 locations in the reply),
+* ``grpc_getCacheLocation``: the same read over gRPC (``MetaService``, grpc.aio client),
 * ``write_pair``: ``startWriteCache`` of 64 new keys + ``finishWriteCache`` (counted as
   one operation; latency is the pair's),
 
@@ -102,7 +103,39 @@ class HttpxClient:
         pass
 
 
+class GrpcReadClient:
+    """``getCacheLocation`` over gRPC (``MetaService/GetCacheLocation``), one request
+    message built once; a channel of its own (an HTTP/2 connection) per client."""
+
+    def __init__(self, port: int) -> None:
+        import grpc
+
+        from kvsim.server.grpc_client import body_to_message
+        from kvsim.server.grpc_server import method_table
+
+        spec = method_table("meta")["getCacheLocation"]
+        self.req = body_to_message({"instance_id": "bench", "block_keys": KEYS,
+                                    "query_type": "QT_PREFIX_MATCH"}, spec.request)
+        self.ch = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        self.stub = self.ch.unary_unary(spec.path,
+                                        request_serializer=spec.request.SerializeToString,
+                                        response_deserializer=spec.response.FromString)
+
+    async def get(self) -> Any:
+        return await self.stub(self.req)
+
+    async def close(self) -> None:
+        await self.ch.close()
+
+
+_GRPC_OK = 1  # ErrorCode.OK
+
+
 async def _op(cl: Any, op: str, counter: list[int]) -> None:
+    if op == "grpc_getCacheLocation":
+        g = await cl.get()
+        assert g.header.status.code == _GRPC_OK and len(g.locations) == 64, g.header
+        return
     if op == "noop":
         r = await cl.post("/api/noop", {})
     elif op == "getCacheLocation":
@@ -176,7 +209,8 @@ def _server_p99_bound_ms(h0: dict[str, float], h1: dict[str, float]) -> float | 
     return float("inf")
 
 
-_SERVICE_METHOD = {"getCacheLocation": "getCacheLocation", "write_pair": "startWriteCache"}
+_SERVICE_METHOD = {"getCacheLocation": "getCacheLocation", "write_pair": "startWriteCache",
+                   "grpc_getCacheLocation": "getCacheLocation"}
 
 
 def _measure(port: int, pid: int, op: str) -> dict[str, Any]:
@@ -204,12 +238,13 @@ def _measured(port: int, pid: int, start: dict[str, Any], wall: float,
 
 
 async def _point(port: int, op: str, conc: int, seconds: float, kind: str,
-                 counter: list[int], pid: int) -> dict[str, Any]:
+                 counter: list[int], pid: int, grpc_port: int = 0) -> dict[str, Any]:
     import httpx
 
     limits = httpx.Limits(max_connections=conc, max_keepalive_connections=conc)
     async with httpx.AsyncClient(limits=limits, timeout=30) as hc:
-        clients = [RawClient(port) if kind == "raw" else HttpxClient(port, hc)
+        clients = [GrpcReadClient(grpc_port) if op.startswith("grpc_") else
+                   RawClient(port) if kind == "raw" else HttpxClient(port, hc)
                    for _ in range(conc)]
         for cl in clients:  # warm up connections
             await _op(cl, op, counter)
@@ -344,7 +379,7 @@ def main() -> None:
     args = ap.parse_args()
     seconds = 1.0 if args.quick else args.seconds
     open_seconds = 2.0 if args.quick else args.open_seconds
-    port, aport = _free_port(), _free_port()
+    port, aport, gport = _free_port(), _free_port(), _free_port()
     data = tempfile.mkdtemp(prefix="kvsim-bench-")
     env = os.environ | {"PYTHONPATH": str(ROOT), "KVSIM_ADMIN_PASSWORD": "bench"}
     srv_cpus, cli_cpus = _cpu_split(args.pin)
@@ -354,8 +389,9 @@ def main() -> None:
             os.sched_setaffinity(0, srv_cpus)
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "kvsim", "serve", "--no-grpc", "--no-access-log",
-         "--http-port", str(port), "--admin-http-port", str(aport), "--data-dir", data],
+        [sys.executable, "-m", "kvsim", "serve", "--no-access-log",
+         "--http-port", str(port), "--admin-http-port", str(aport), "--grpc-port", str(gport),
+         "--admin-grpc-port", str(_free_port()), "--data-dir", data],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         preexec_fn=pin_server if srv_cpus is not None else None)
     if cli_cpus is not None:
@@ -390,7 +426,7 @@ def main() -> None:
             return out
 
         # the open-loop point runs before the writes (they evict the 64 read keys)
-        for op in ("noop", "getCacheLocation", "open", "write_pair"):
+        for op in ("noop", "getCacheLocation", "open", "grpc_getCacheLocation", "write_pair"):
             if op == "open":
                 slo = asyncio.run(_open_point(port, "getCacheLocation", 32, args.rate,
                                               open_seconds, counter, proc.pid))
@@ -401,9 +437,10 @@ def main() -> None:
                       f"p99 {slo['client_late_p99_ms']:.3f} ms  {extra(slo)}", flush=True)
                 continue
             for conc in (1, 32):
-                res = asyncio.run(_point(port, op, conc, seconds, args.client, counter, proc.pid))
+                res = asyncio.run(_point(port, op, conc, seconds, args.client, counter, proc.pid,
+                                         gport))
                 rows.append(res)
-                print(f"{op:17s} {conc:3d} clients: {res['ops_per_s']:9.1f} ops/s  "
+                print(f"{op:22s} {conc:3d} clients: {res['ops_per_s']:9.1f} ops/s  "
                       f"p50 {res['p50_ms']:7.3f} ms  p99 {res['p99_ms']:7.3f} ms  {extra(res)}",
                       flush=True)
         load1 = os.getloadavg()

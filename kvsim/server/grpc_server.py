@@ -33,7 +33,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import inspect
 import logging
+import math
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent import futures
@@ -266,6 +268,52 @@ def int64_numbers(desc: _descriptor.Descriptor, d: dict[str, Any]) -> dict[str, 
     return d
 
 
+def message_to_body_slow(msg: Message) -> dict[str, Any]:
+    """:func:`message_to_body` by the book (``json_format``): the reference its fast
+    path is tested against, and the path for messages that path declines."""
+    body = json_format.MessageToDict(msg, preserving_proto_field_name=True)
+    return struct_numbers(msg.DESCRIPTOR, int64_numbers(msg.DESCRIPTOR, body))
+
+
+_FD = _descriptor.FieldDescriptor
+_PLAIN_TYPES = frozenset({
+    _FD.TYPE_INT64, _FD.TYPE_UINT64, _FD.TYPE_SINT64, _FD.TYPE_FIXED64, _FD.TYPE_SFIXED64,
+    _FD.TYPE_INT32, _FD.TYPE_UINT32, _FD.TYPE_SINT32, _FD.TYPE_FIXED32, _FD.TYPE_SFIXED32,
+    _FD.TYPE_BOOL, _FD.TYPE_STRING})
+
+
+class _Declined(Exception):
+    """The fast conversion does not handle this message (the slow path will)."""
+
+
+def _fast_body(msg: Message) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for fd, v in msg.ListFields():
+        t = fd.type
+        rep = fd.is_repeated
+        if t in _PLAIN_TYPES:
+            out[fd.name] = list(v) if rep else v
+        elif t == _FD.TYPE_ENUM:
+            by_num = fd.enum_type.values_by_number
+            if rep:
+                out[fd.name] = [by_num[x].name if x in by_num else x for x in v]
+            else:
+                out[fd.name] = by_num[v].name if v in by_num else v
+        elif t == _FD.TYPE_DOUBLE:
+            vals = list(v) if rep else [v]
+            if not all(math.isfinite(x) for x in vals):
+                raise _Declined  # json_format writes "NaN" / "Infinity"
+            out[fd.name] = vals if rep else v
+        elif t == _FD.TYPE_MESSAGE:
+            mt = fd.message_type
+            if mt.GetOptions().map_entry or not mt.full_name.startswith("kv_cache_manager."):
+                raise _Declined  # maps, Struct and other well-known types
+            out[fd.name] = [_fast_body(m) for m in v] if rep else _fast_body(v)
+        else:  # float (json_format rounds it to float precision), bytes, groups
+            raise _Declined
+    return out
+
+
 def message_to_body(msg: Message) -> dict[str, Any]:
     """Converts a request message into the dict ``Service.call`` takes.
 
@@ -273,13 +321,19 @@ def message_to_body(msg: Message) -> dict[str, Any]:
         msg: A request message.
 
     Returns:
-        ``MessageToDict(msg, preserving_proto_field_name=True)``: snake_case names, enums
-        as names, fields at their default value left out (a set oneof member, such as
-        ``block_mask.offset = 0``, is kept); then int64 fields and whole numbers inside
-        ``Struct`` fields turned back into ints.
+        What ``MessageToDict(msg, preserving_proto_field_name=True)`` gives: snake_case
+        names, enums as names, fields at their default value left out (a set oneof
+        member, such as ``block_mask.offset = 0``, is kept); then int64 fields and
+        whole numbers inside ``Struct`` fields turned back into ints. Built directly
+        from the set fields (``ListFields``: ~10x faster than ``json_format``, ~3 us for
+        64 keys) unless the message holds something only ``json_format`` renders
+        (``Struct``, maps, bytes, float, non-finite doubles): then
+        :func:`message_to_body_slow`. Tests check both give the same dict.
     """
-    body = json_format.MessageToDict(msg, preserving_proto_field_name=True)
-    return struct_numbers(msg.DESCRIPTOR, int64_numbers(msg.DESCRIPTOR, body))
+    try:
+        return _fast_body(msg)
+    except _Declined:
+        return message_to_body_slow(msg)
 
 
 def reply_to_message(reply: Mapping[str, Any], response_cls: type[Message]) -> Message:
@@ -343,14 +397,52 @@ def _error_reply(code: str, message: str) -> dict[str, Any]:
     }
 
 
+_ENCODERS: dict[type[Message], Callable[[dict[str, Any]], Message]] = {}
+
+
+def location_encoder(cls: type[Message]) -> Callable[[dict[str, Any]], Message]:
+    """The service's location encoder for replies whose ``locations`` are ``cls``
+    messages: one function per class (the service caches encodings by its identity),
+    so a cached block's location message is built once, not per read."""
+    enc = _ENCODERS.get(cls)
+    if enc is None:
+        def enc(loc: dict[str, Any], cls: type[Message] = cls) -> Message:
+            try:
+                return cls(**loc)
+            except Exception:  # the constructor's refusals: json_format decides
+                return json_format.ParseDict(loc, cls(), ignore_unknown_fields=True)
+
+        _ENCODERS[cls] = enc
+    return enc
+
+
+def _encoder_kwargs(service: ServiceLike, spec: MethodSpec) -> dict[str, Any]:
+    """``location_encoder=`` for the read whose locations the service caches
+    (getCacheLocation), when the service takes one."""
+    if spec.call_name != "getCacheLocation":
+        return {}
+    try:
+        params = inspect.signature(service.call).parameters
+    except (TypeError, ValueError):
+        return {}
+    field_ = spec.response.DESCRIPTOR.fields_by_name.get("locations")
+    if "location_encoder" not in params or field_ is None or field_.message_type is None:
+        return {}
+    cls = message_factory.GetMessageClass(field_.message_type)
+    return {"location_encoder": location_encoder(cls)}
+
+
 def _make_behavior(
     service: ServiceLike, spec: MethodSpec
 ) -> Callable[[Message, grpc.ServicerContext], Message]:
+    kwargs = _encoder_kwargs(service, spec)
+
     def behavior(request: Message, context: grpc.ServicerContext) -> Message:
         try:
             body = message_to_body(request)
             credential = decode_credential(context.invocation_metadata())
-            reply = service.call(spec.api, spec.call_name, body, credential=credential)
+            reply = service.call(spec.api, spec.call_name, body, credential=credential,
+                                 **kwargs)
         except Exception as exc:
             log.exception("grpc %s: the service raised", spec.path)
             reply = _error_reply("INTERNAL_ERROR", f"{type(exc).__name__}: {exc}")

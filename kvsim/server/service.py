@@ -175,11 +175,16 @@ class _Instance:
     spec_names: list[str]
     spec_sizes: list[int]
     spec_groups: dict[str, list[str]]
-    # location dicts already built, per storage slot: key -> location (see _row_locations)
-    loc_cache: dict[int, dict[int, Any]] = field(default_factory=dict)
-    # the same as serialized JSON (orjson.Fragment), for the HTTP transport
-    frag_cache: dict[int, dict[int, Any]] = field(default_factory=dict)
+    # locations already built, per storage slot (and transport encoder): key -> location
+    # (a dict, or the transport's encoded form of it; see _row_locations)
+    loc_cache: dict[Any, dict[int, Any]] = field(default_factory=dict)
     loc_gen: int = -1
+
+
+def json_fragment(loc: dict[str, Any]) -> Any:
+    """A location as pre-encoded JSON (``orjson.Fragment``): the HTTP transport's
+    location encoder (see :meth:`Service.call`)."""
+    return orjson.Fragment(orjson.dumps(loc))
 
 
 class Service:
@@ -252,6 +257,7 @@ class Service:
         if password is None:
             password = os.environ.get("KVSIM_ADMIN_PASSWORD", DEFAULT_ADMIN_PASSWORD)
         self.accounts.add(admin_user, password, "ROLE_ADMIN")
+        self._encoder: Callable[[dict[str, Any]], Any] | None = None  # per call (see call)
         self.calls: dict[tuple[str, str, str], int] = {}
         # per (api, method): [count, seconds, per-bucket counts (LATENCY_BUCKETS, +Inf)]
         self.latency: dict[tuple[str, str], list[Any]] = {}
@@ -311,7 +317,9 @@ class Service:
 
     # ================================================================ entry point
     def call(self, api: str, method: str, body: dict[str, Any], *,
-             credential: str | None = None, json_fragments: bool = False) -> dict[str, Any]:
+             credential: str | None = None, json_fragments: bool = False,
+             location_encoder: Callable[[dict[str, Any]], Any] | None = None
+             ) -> dict[str, Any]:
         """Run one call and return its JSON-shaped reply (never raises for bad input).
 
         Args:
@@ -321,7 +329,12 @@ class Service:
             credential: ``"user:password"``; admin calls need an admin account's.
             json_fragments: the caller serializes the reply with orjson (HTTP): block
                 locations may then come as cached ``orjson.Fragment`` objects (the same
-                JSON, already encoded) instead of dicts.
+                JSON, already encoded) instead of dicts. Shorthand for
+                ``location_encoder=json_fragment``.
+            location_encoder: a transport's encoding of one location dict (e.g. a
+                protobuf message), applied once per cached location: the read path's
+                locations then come in that form. Must be one long-lived function per
+                form (cached encodings are keyed by its identity).
 
         Returns:
             The reply: ``header{status{code, message}, request_id}`` plus the call's
@@ -346,11 +359,12 @@ class Service:
                 raise NotLeader(f"this node ({self.node_id}) is not the leader; leader: "
                                 f"{self.elector.lease.holder() or 'none yet'}")
             with self._lock:
-                self._fragments = json_fragments
+                self._encoder = location_encoder or (json_fragment if json_fragments
+                                                     else None)
                 try:
                     out = fn(body)
                 finally:
-                    self._fragments = False
+                    self._encoder = None
                     self._save()
         except KVSimError as e:
             code, message = e.code, str(e)
@@ -536,7 +550,7 @@ class Service:
         self._sessions: dict[int, _Session] = {}
         self._read_rows = np.zeros(0, dtype=bool)  # rows read since the last recency flush
         self._read_log: list[np.ndarray] = []  # reads' hit rows not yet in _read_rows
-        self._fragments = False  # set per call (see call(json_fragments=...))
+        self._encoder = None  # per call (see call)
         # storage health (runtime only: every storage starts healthy and is re-probed)
         self._health: dict[str, str] = {}  # unhealthy storage -> the failed probe's reason
         self._next_probe_ns = 0
@@ -1632,13 +1646,12 @@ class Service:
             return self._locations(rec, iid, keys.tolist(), self._storages_of_rows(rows), only)
         if rec.loc_gen != self._loc_gen:
             rec.loc_cache.clear()
-            rec.frag_cache.clear()
             rec.loc_gen = self._loc_gen
-        frag = self._fragments
-        caches = rec.frag_cache if frag else rec.loc_cache
-        cache = caches.get(s0)
+        enc = self._encoder
+        ck = s0 if enc is None else (s0, enc)
+        cache = rec.loc_cache.get(ck)
         if cache is None:
-            cache = caches[s0] = {}
+            cache = rec.loc_cache[ck] = {}
         kl = keys.tolist()
         out: list[Any] = list(map(cache.get, kl))
         if None in out:
@@ -1647,7 +1660,7 @@ class Service:
             if len(cache) + len(miss) > _LOC_CACHE_MAX:
                 cache.clear()
             for j, loc in zip(miss, built, strict=True):
-                out[j] = cache[kl[j]] = orjson.Fragment(orjson.dumps(loc)) if frag else loc
+                out[j] = cache[kl[j]] = loc if enc is None else enc(loc)
         return out
 
     def _read_args(self, body: dict[str, Any]

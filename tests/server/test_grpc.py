@@ -21,6 +21,8 @@ import pytest
 from google.protobuf import descriptor as _d
 from google.protobuf import json_format
 from google.protobuf.message import Message
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kvsim.server import grpc_server as gs
 from kvsim.server.grpc_client import GrpcClient, body_to_message, message_to_reply
@@ -202,6 +204,75 @@ def test_reply_dict_round_trip(api: str, spec: gs.MethodSpec) -> None:
     msg = fill(spec.response())
     reply = message_to_reply(msg)
     assert gs.reply_to_message(reply, spec.response) == msg
+
+
+def draw_fill(data: st.DataObject, msg: Message, depth: int = 0) -> Message:
+    """Sets a hypothesis-chosen subset of ``msg``'s fields (any oneof member, values at
+    the extremes, defaults, unknown enum numbers, non-finite doubles), recursively."""
+    ints = {FD.TYPE_INT64: st.integers(-(2**63), 2**63 - 1),
+            FD.TYPE_UINT64: st.integers(0, 2**64 - 1),
+            FD.TYPE_INT32: st.integers(-(2**31), 2**31 - 1),
+            FD.TYPE_UINT32: st.integers(0, 2**32 - 1)}
+    for f in msg.DESCRIPTOR.fields:
+        if not data.draw(st.booleans()):
+            continue
+        if f.type == FD.TYPE_MESSAGE:
+            if f.message_type.full_name == "google.protobuf.Struct":
+                getattr(msg, f.name).update(data.draw(st.dictionaries(
+                    st.text(max_size=3), st.integers(-5, 5) | st.floats(-9, 9) | st.text(
+                        max_size=3), max_size=3)))
+            elif f.message_type.GetOptions().map_entry:
+                continue
+            elif depth < 4:
+                if f.is_repeated:
+                    for _ in range(data.draw(st.integers(0, 2))):
+                        draw_fill(data, getattr(msg, f.name).add(), depth + 1)
+                else:
+                    sub = getattr(msg, f.name)
+                    sub.SetInParent()
+                    draw_fill(data, sub, depth + 1)
+            continue
+        if f.type == FD.TYPE_ENUM:
+            strat: st.SearchStrategy[Any] = st.sampled_from(
+                [e.number for e in f.enum_type.values] + [77])
+        elif f.type == FD.TYPE_BOOL:
+            strat = st.booleans()
+        elif f.type == FD.TYPE_STRING:
+            strat = st.text(max_size=5)
+        elif f.type == FD.TYPE_DOUBLE:
+            strat = st.floats(allow_nan=True, allow_infinity=True)
+        elif f.type == FD.TYPE_FLOAT:
+            strat = st.floats(width=32)
+        elif f.type == FD.TYPE_BYTES:
+            strat = st.binary(max_size=4)
+        else:
+            strat = ints.get(f.type, st.integers(-(2**31), 2**31 - 1))
+        if f.is_repeated:
+            getattr(msg, f.name).extend(data.draw(st.lists(strat, max_size=3)))
+        else:
+            setattr(msg, f.name, data.draw(strat))
+    return msg
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal, with NaN equal to NaN."""
+    if isinstance(a, float) and isinstance(b, float) and a != a and b != b:
+        return True
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(map(_same, a, b))
+    return bool(type(a) is type(b) and a == b)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(ALL_METHODS), st.data())
+def test_fast_request_conversion_equals_json_format(method: tuple[str, gs.MethodSpec],
+                                                    data: st.DataObject) -> None:
+    """``message_to_body`` (built from the set fields) gives exactly what the
+    ``json_format`` path gives, for every request type."""
+    msg = draw_fill(data, method[1].request())
+    assert _same(gs.message_to_body(msg), gs.message_to_body_slow(msg))
 
 
 def test_int64_reach_the_service_as_ints() -> None:
@@ -543,3 +614,54 @@ def test_server_equals_replay_over_grpc(tmp_path: Path) -> None:
     from test_parity import test_server_equals_replay
 
     test_server_equals_replay("grpc", 300, 800, tmp_path)
+
+
+def test_cached_location_encodings_match_the_dicts_and_follow_storage_changes(
+        tmp_path: Path) -> None:
+    """The read path's cached encodings (protobuf messages for gRPC, orjson fragments
+    for HTTP) equal the plain dicts, are built once per block, and are rebuilt when a
+    storage changes."""
+    import orjson
+
+    from kvsim.server.service import Service, json_fragment
+
+    svc = Service(None, data_dir=tmp_path, event_log=False, admin_password="pw")
+    keys = list(range(100, 108))
+    try:
+        assert svc.call("meta", "registerInstance", {
+            "instance_group": "default", "instance_id": "i", "block_size": 4,
+            "location_spec_infos": [{"name": "tp0", "size": 64}],
+            "model_deployment": {"model_name": "m", "dtype": "bf16"}})["header"]["status"][
+                "code"] == "OK"
+        w = svc.call("meta", "startWriteCache", {"instance_id": "i", "block_keys": keys})
+        svc.call("meta", "finishWriteCache", {"write_session_id": w["write_session_id"],
+                                              "success_blocks": {"offset": 8}})
+        cls = meta_service_pb2.GetCacheLocationResponse
+        loc_cls = type(cls().locations.add())
+        enc = gs.location_encoder(loc_cls)
+        assert gs.location_encoder(loc_cls) is enc  # one per class
+        body = {"instance_id": "i", "block_keys": keys}
+
+        def read(**kw: Any) -> list[Any]:
+            r = svc.call("meta", "getCacheLocation", body, **kw)
+            assert r["header"]["status"]["code"] == "OK"
+            return list(r["locations"])
+
+        plain = read()
+        msgs = read(location_encoder=enc)
+        assert msgs == [body_to_message(d, loc_cls) for d in plain]
+        assert all(a is b for a, b in zip(msgs, read(location_encoder=enc), strict=True))
+        frags = read(json_fragments=True)
+        assert orjson.loads(orjson.dumps(frags)) == plain
+        assert all(a is b for a, b in zip(frags, read(location_encoder=json_fragment),
+                                          strict=True))
+        new_root = str(tmp_path / "moved")
+        assert svc.call("admin", "updateStorage", {"storage": {
+            "global_unique_name": "nfs_01", "nfs": {"root_path": new_root}}},
+            credential="admin:pw")["header"]["status"]["code"] == "OK"
+        plain2 = read()
+        assert plain2 != plain and new_root in plain2[0]["location_specs"][0]["uri"]
+        assert read(location_encoder=enc) == [body_to_message(d, loc_cls) for d in plain2]
+        assert orjson.loads(orjson.dumps(read(json_fragments=True))) == plain2
+    finally:
+        svc.close()
