@@ -60,7 +60,8 @@ def _drive(client: object, trace: Trace) -> np.ndarray:
 
 
 @pytest.mark.parametrize(("transport", "requests", "quota"),
-                         [("inproc", 1500, 1000), ("inproc", 1500, 6000), ("http", 300, 800)])
+                         [("inproc", 1500, 1000), ("inproc", 1500, 6000), ("http", 300, 800),
+                          ("grpc", 300, 800)])
 def test_server_equals_replay(transport: str, requests: int, quota: int,
                               tmp_path: Path) -> None:
     trace = generate_trace(GenSpec(seed=7, requests=requests, instances=2, block_size=128))
