@@ -406,6 +406,9 @@ class Service:
           passed that type's ``quota_config`` capacity x ``used_percentage``; evicts only
           blocks on that type, in the policy's rank order
           (:meth:`~kvsim.core.manager.CacheManager.evict_on_slots`).
+        * ``storage_capacity``: every group's bytes on one storage passed its
+          ``capacity_bytes`` (no watermark: storages have none); each group with blocks
+          there gives back its share of the excess, in its policy's rank order.
 
         DELETING blocks count as freed. Returns what was done (nothing on a follower).
         """
@@ -763,6 +766,47 @@ class Service:
                                trigger="storage_type", storage_type=W.TYPE_ENUM.get(stype, stype),
                                blocks=n, freed_bytes=freed, used=used, capacity=target,
                                quota=cap)
+        return total + self._reclaim_storage_capacity()
+
+    def _reclaim_storage_capacity(self) -> int:
+        """The tick's ``storage_capacity`` trigger: a storage holding more bytes than its
+        ``capacity_bytes`` (say, after ``updateStorage`` lowered it) is brought back to
+        it. Every group with SERVING blocks on it gives back its share of the excess (in
+        proportion to those bytes, rounded up), in its own policy's rank order; one
+        ``CacheReclaimSubmit`` event per storage."""
+        limited = [st for st in self.mgr.storages()
+                   if st.capacity_bytes and st.name in self._storage_idx]
+        if not limited:
+            return 0
+        weights = self._inst_bytes()
+        usage = {g.name: self.mgr.slot_usage(g.name, weights) for g in self.mgr.groups()}
+        total = 0
+        for st in limited:
+            i = self._storage_idx[st.name]
+            used = sum(int(held[i]) for held, _ in usage.values())
+            excess = used - st.capacity_bytes
+            if excess <= 0:
+                continue
+            share = {g: int(srv[i]) for g, (_, srv) in usage.items() if srv[i] > 0}
+            serving = sum(share.values())
+            if serving == 0:
+                continue
+            one = np.zeros(STORAGE_SLOTS, dtype=bool)
+            one[i] = True
+            blocks = freed = 0
+            for g, b in sorted(share.items()):
+                amount = min(b, -(-excess * b // serving))
+                n, f = self.mgr.evict_on_slots(g, one, amount, weights)
+                self._count_evicted("storage_capacity", n)
+                blocks += n
+                freed += f
+            total += blocks
+            self._emit("CacheReclaimSubmit", st.name, storage=st.name,
+                       trigger="storage_capacity", blocks=blocks, freed_bytes=freed,
+                       used=used, capacity=st.capacity_bytes)
+            if blocks:  # usage changed: recount for the next storage
+                usage = {g.name: self.mgr.slot_usage(g.name, weights)
+                         for g in self.mgr.groups()}
         return total
 
     def _relocate_unusable(self, iid: str, keys: np.ndarray) -> None:

@@ -629,3 +629,35 @@ def test_storage_capacity_from_the_wire_is_validated(tmp_path: Path,
     listed = {x["global_unique_name"]: x for x in ok(c.admin("listStorage", {}))["storage"]}
     assert listed["fast"]["capacity_bytes"] == 4 * BLOCK
     s.close()
+
+
+def test_storage_capacity_trigger_shares_the_excess_between_groups(
+        tmp_path: Path, clock: ManualClock) -> None:
+    """Lowering a storage's capacity below what it holds: the tick brings it back, each
+    group giving back its share of the excess in its own LRU order."""
+    s = service(tmp_path, clock, capacity_config(tmp_path, 6, 6))
+    c = Calls(s)
+    for k in (1, 2, 3, 4):  # group g: 4 blocks on fast, 1 oldest
+        c.write([k])
+        clock.advance(10**6)
+    for k in (50, 51):  # group h: 2 blocks on fast
+        c.write([k], iid="h0")
+        clock.advance(10**6)
+    c.meta("getCacheLocation", {"instance_id": "i0", "block_keys": [1]})  # 2, 3 are g's LRU
+    clock.advance(10**6)
+    assert s.tick()["reclaimed"] == 0  # 6 of 6 blocks: nothing to do
+    ok(c.admin("updateStorage", {"storage": {
+        "global_unique_name": "fast", "capacity_bytes": 3 * BLOCK,
+        "mooncake": {"master_service_entry": "mc-master:50051"}}}))
+    assert s.tick()["reclaimed"] == 3
+    # excess 3 blocks: g (4 of 6) gives back 2, h (2 of 6) gives back 1
+    assert s.mgr.cached_keys("i0").tolist() == [1, 4]
+    assert s.mgr.cached_keys("h0").tolist() == [51]
+    assert s.evicted_by_trigger == {"storage_capacity": 3}
+    ev = events(tmp_path, s, "CacheReclaimSubmit")
+    assert [(e["trigger"], e["storage"], e["blocks"], e["used"], e["capacity"])
+            for e in ev] == [("storage_capacity", "fast", 3, 6 * BLOCK, 3 * BLOCK)]
+    assert s.tick()["reclaimed"] == 0
+    m = {(n, t.get("storage")): v for n, v, t in s.metrics()}
+    assert m[("kvsim_storage_used_bytes", "fast")] == 3 * BLOCK
+    s.close()
