@@ -13,10 +13,11 @@ from kvsim.core.errors import (
     DuplicateEntity,
     InstanceNotFound,
     InvalidArgument,
+    KVSimError,
     NotFound,
     QuotaExceeded,
 )
-from kvsim.core.manager import CacheManager
+from kvsim.core.manager import STORAGE_SLOTS, CacheManager
 from kvsim.core.spec import EvictionSpec, GroupSpec, InstanceSpec, LocationSpec, StorageSpec
 
 MS = 1_000_000
@@ -472,7 +473,8 @@ def test_evict_on_slots_leaves_other_slots_alone() -> None:
     m.access("i0", list(range(10)))
     t = m.table.t
     rows = m.match("i0", [1, 3, 5], query="batch", touch=False).rows
-    t.loc[rows] = 2
+    m.set_loc(rows, 2)
+    assert t.loc[rows].tolist() == [2, 2, 2]
     on2 = np.zeros(STORAGE_SLOTS, dtype=bool)
     on2[2] = True
     held, serving = m.slot_usage("g", np.full(1, 7, dtype=np.int64))
@@ -508,3 +510,66 @@ def test_count_new_matches_start_write() -> None:
         assert n == int(w.is_new.sum())
         m.finish_write(w.session_id, [False] * len(w.new_keys))
     m.finish_write(w0.session_id, [True])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(["write", "finish", "access", "remove", "trim",
+                                           "expire", "evict_slot", "evict", "drop"]),
+                          st.integers(0, 2), st.lists(st.integers(0, 40), min_size=1,
+                                                      max_size=8),
+                          st.integers(0, 3), st.integers(0, 255)),
+                min_size=1, max_size=40),
+       st.sampled_from(["lru", "fifo", "s3fifo"]), st.booleans())
+def test_slot_counts_equal_a_table_scan(ops: list, policy: str, delayed: bool) -> None:
+    """The per-slot block counts the kernels keep (``slot_counts=True``) equal a pass
+    over the table after any sequence of writes (placed on slots), commits and failures,
+    reads, evictions (quota, per slot, by count), removals, trims, expiries and a
+    removed instance."""
+    m = CacheManager(ManualClock(1_000), event_level=1, slot_counts=True)
+    m.create_group(GroupSpec("g", quota_blocks=30, eviction=EvictionSpec(policy=policy),
+                             delay_before_delete_ms=5 if delayed else 0))
+    m.create_group(GroupSpec("h", quota_blocks=12))
+    names = ["a", "b", "c"]
+    for n, g in zip(names, ("g", "g", "h"), strict=True):
+        m.register_instance(InstanceSpec(n, g))
+    w = np.array([3, 5, 7], dtype=np.int64)
+    open_: list[int] = []
+    for op, who, keys, slot, bits in ops:
+        inst = names[who]
+        if inst not in {s.instance_id for s in m.instances()}:
+            continue
+        m.clock.advance(MS)  # type: ignore[attr-defined]
+        try:
+            if op == "write":
+                ws = m.start_write(inst, keys, timeout_s=0.003)
+                m.set_loc(m._sessions[ws.session_id].rows, slot)
+                open_.append(ws.session_id)
+            elif op == "finish" and open_:
+                sid = open_.pop(bits % len(open_))
+                if sid in m._sessions:
+                    n_new = m._sessions[sid].keys.shape[0]
+                    m.finish_write(sid, [(bits >> (j % 8)) & 1 == 1 for j in range(n_new)])
+            elif op == "access":
+                m.access(inst, keys)
+            elif op == "remove":
+                m.remove(inst, keys)
+            elif op == "trim":
+                m.trim(inst)
+            elif op == "expire":
+                m.clock.advance(10 * MS)  # type: ignore[attr-defined]
+                m.expire_sessions()
+                m.reap()
+            elif op == "evict_slot":
+                on = np.zeros(STORAGE_SLOTS, dtype=bool)
+                on[slot] = True
+                m.evict_on_slots(m.instance(inst).group, on, bits % 20, w)
+            elif op == "evict":
+                m.evict_blocks(m.instance(inst).group, bits % 5)
+            elif op == "drop" and bits % 4 == 0:
+                m.remove_instance(inst)
+        except KVSimError:
+            pass
+        for g in ("g", "h"):
+            fast, scan = m.slot_usage(g, w), m.slot_usage_scan(g, w)
+            np.testing.assert_array_equal(fast[0], scan[0])
+            np.testing.assert_array_equal(fast[1], scan[1])

@@ -34,8 +34,10 @@ from kvsim.core.table import (
     COUNT_MAX,
     DELETING,
     M_HWM,
+    M_SLOT_COUNTS,
     M_USED,
     SERVING,
+    STORAGE_SLOTS,
     WRITING,
     Tables,
     alloc_row,
@@ -53,6 +55,38 @@ MODE_INSTANCE_PRECISE = 3
 MODE_GROUP_PRECISE = 4
 
 MASKED = -2  # row placeholder for a masked key in match outputs
+
+
+@kernel
+def slot_add(t: Tables, r: int, held: int, serving: int) -> None:
+    """Count row ``r`` in (or out of) its instance's per-storage-slot block counts, when
+    the table keeps them (``meta[M_SLOT_COUNTS]``: the server's managers do; replay's
+    hot loops skip the work)."""
+    if t.meta[M_SLOT_COUNTS] == 0:
+        return
+    s = t.loc[r] % STORAGE_SLOTS
+    i = t.inst[r]
+    t.i_slots[i, s, 0] += held
+    t.i_slots[i, s, 1] += serving
+
+
+@kernel
+def set_loc(t: Tables, rows: np.ndarray, loc: np.ndarray) -> None:
+    """Move ``rows`` to storage slots ``loc`` (one per row, or one for all), keeping the
+    per-slot block counts of WRITING and SERVING rows true."""
+    one = loc.shape[0] == 1
+    for j in range(rows.shape[0]):
+        r = rows[j]
+        if r < 0:
+            continue
+        st = t.state[r]
+        counted = st == WRITING or st == SERVING
+        srv = 1 if st == SERVING else 0
+        if counted:
+            slot_add(t, r, -1, -srv)
+        t.loc[r] = loc[0] if one else loc[j]
+        if counted:
+            slot_add(t, r, 1, srv)
 # t_access sentinel marking rows already resolved within the request being written
 _SEEN = np.iinfo(np.int64).min
 
@@ -284,6 +318,7 @@ def write_serving(
         if isnew[j]:
             n_new += 1
             t.i_blocks[i] += 1
+            slot_add(t, r, 1, 1)
             t.g_used[g] += cost
             if leaves:
                 _link_parent(t, r, prev)
@@ -322,6 +357,7 @@ def evict_row(t: Tables, ev: EventArrays, r: int, now: int, delete_now: bool) ->
     if dispatch.tracks_leaves(code):
         _detach(t, r)
     t.i_blocks[i] -= 1
+    slot_add(t, r, -1, -1)
     t.g_used[g] -= t.i_cost[i]
     emit(ev, EV_EVICTED, i, t.key[r], now, 0)
     t.state[r] = DELETING
@@ -514,6 +550,7 @@ def start_write(
             r = alloc_row(t, i, keys[j], WRITING, now)
         rows[j] = r
         t.i_pending[i] += 1
+        slot_add(t, r, 1, 0)
         t.g_used[g] += cost
         if leaves:
             _link_parent(t, r, prev)
@@ -549,11 +586,13 @@ def finish_write(
             t.t_write[r] = now
             t.t_access[r] = stamp(t, now)
             t.i_blocks[i] += 1
+            slot_add(t, r, 0, 1)
             dispatch.commit(t, code, g, r, now)
             emit(ev, EV_STORED, i, keys[j], now, 0)
             done += 1
         else:
             t.g_used[g] -= cost
+            slot_add(t, r, -1, 0)
             if leaves:
                 _detach(t, r)
             emit(ev, EV_WRITE_FAILED, i, keys[j], now, 0)
@@ -572,6 +611,7 @@ def remove_row(t: Tables, ev: EventArrays, r: int, now: int) -> None:
     if dispatch.tracks_leaves(code):
         _detach(t, r)
     t.i_blocks[i] -= 1
+    slot_add(t, r, -1, -1)
     t.g_used[g] -= t.i_cost[i]
     emit(ev, EV_REMOVED, i, t.key[r], now, 0)
     free_row(t, r)

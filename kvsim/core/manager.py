@@ -47,7 +47,16 @@ from kvsim.core.spec import (
     InstanceSpec,
     StorageSpec,
 )
-from kvsim.core.table import M_HWM, M_STAMP, SERVING, WRITING, BlockTable, lookup
+from kvsim.core.table import (
+    M_HWM,
+    M_SLOT_COUNTS,
+    M_STAMP,
+    SERVING,
+    STORAGE_SLOTS,
+    WRITING,
+    BlockTable,
+    lookup,
+)
 
 QUERY_PREFIX = "prefix"
 QUERY_BATCH = "batch"
@@ -55,7 +64,6 @@ QUERY_SW = "sw"
 _QUERY_CODES = {QUERY_PREFIX: K.Q_PREFIX, QUERY_BATCH: K.Q_BATCH, QUERY_SW: K.Q_SW}
 
 _UNLIMITED = np.iinfo(np.int64).max // 4
-STORAGE_SLOTS = 128  # a block's storage slot (``loc``) is an int8
 _RESTORE_CHUNK = 4096
 
 
@@ -170,11 +178,16 @@ class CacheManager:
             clock when serving).
         rows: initial block rows (the table doubles as needed).
         event_level: 0 records nothing, 1 per-call events, 2 also per-block events.
+        slot_counts: keep per-instance block counts by storage slot as blocks come and
+            go, so :meth:`slot_usage` costs O(instances), not a pass over the table (the
+            server's per-storage limits ask on every write; replay does not need them).
     """
 
-    def __init__(self, clock: Clock, *, rows: int = 1024, event_level: int = 1) -> None:
+    def __init__(self, clock: Clock, *, rows: int = 1024, event_level: int = 1,
+                 slot_counts: bool = False) -> None:
         self.clock = clock
         self.table = BlockTable.create(rows=rows)
+        self.table.t.meta[M_SLOT_COUNTS] = int(slot_counts)
         self.events = EventBuffer(level=event_level)
         self._groups: dict[str, tuple[int, GroupSpec]] = {}
         self._instances: dict[str, tuple[int, InstanceSpec]] = {}
@@ -732,13 +745,43 @@ class CacheManager:
     def slot_usage(self, group: str, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per storage slot, the weight of a group's blocks: ``(held, serving)``.
 
+        From the per-slot block counts when the manager keeps them (``slot_counts``),
+        else by a pass over the table (:meth:`slot_usage_scan`); both give the same.
+
         Args:
             group: the group.
             weights: int64 per instance index (e.g. a block's bytes).
 
         Returns:
             Two int64 arrays of :data:`STORAGE_SLOTS`: WRITING + SERVING, and SERVING.
+
+        Example:
+            >>> from kvsim.core.clock import ManualClock
+            >>> m = CacheManager(ManualClock(), slot_counts=True)
+            >>> m.create_group(GroupSpec("g")); _ = m.register_instance(InstanceSpec("i", "g"))
+            >>> _ = m.access("i", [1, 2, 3])
+            >>> m.set_loc(m.match("i", [3], query="batch").rows, 5)   # key 3 on slot 5
+            >>> held, serving = m.slot_usage("g", np.array([10]))
+            >>> int(held[0]), int(held[5]), int(serving[5])
+            (20, 10, 10)
         """
+        t = self.table.t
+        if not t.meta[M_SLOT_COUNTS]:
+            return self.slot_usage_scan(group, weights)
+        gi, _ = self._need_group(group)
+        n = len(self._inst_names)
+        idx = np.flatnonzero(t.i_group[:n] == gi)
+        if idx.shape[0] == 0:
+            return (np.zeros(STORAGE_SLOTS, dtype=np.int64),
+                    np.zeros(STORAGE_SLOTS, dtype=np.int64))
+        w = np.asarray(weights, dtype=np.int64)[idx]
+        counts = t.i_slots[idx]  # [instances, slots, 2]
+        return ((counts[:, :, 0] * w[:, None]).sum(axis=0),
+                (counts[:, :, 1] * w[:, None]).sum(axis=0))
+
+    def slot_usage_scan(self, group: str, weights: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`slot_usage` by a pass over the table's rows (the reference)."""
         gi, _ = self._need_group(group)
         t = self.table.t
         rows = self._group_rows(gi, serving_only=False)
@@ -751,6 +794,19 @@ class CacheManager:
             srv = t.state[rows] == SERVING
             np.add.at(serving, loc[srv], w[srv])
         return held, serving
+
+    def set_loc(self, rows: np.ndarray, loc: int | np.ndarray) -> None:
+        """Put blocks (table ``rows``; rows < 0 are skipped) on storage slot ``loc`` (one
+        for all, or one per row). The only way a block's slot should change: it keeps the
+        per-slot counts true."""
+        r = np.ascontiguousarray(rows, dtype=np.int32)
+        lc = np.ascontiguousarray(np.atleast_1d(np.asarray(loc, dtype=np.int64)))
+        if lc.shape[0] not in (1, r.shape[0]):
+            raise InvalidArgument(f"set_loc: {lc.shape[0]} slots for {r.shape[0]} rows")
+        if ((lc < 0) | (lc >= STORAGE_SLOTS)).any():
+            raise InvalidArgument(f"set_loc: storage slots are 0..{STORAGE_SLOTS - 1}")
+        if r.shape[0]:
+            K.set_loc(self.table.t, r, lc)
 
     def evict_on_slots(self, group: str, slots: np.ndarray, amount: int,
                        weights: np.ndarray) -> tuple[int, int]:
@@ -779,7 +835,7 @@ class CacheManager:
             >>> m = CacheManager(ManualClock())
             >>> m.create_group(GroupSpec("g")); _ = m.register_instance(InstanceSpec("i", "g"))
             >>> _ = m.access("i", [1, 2, 3])
-            >>> m.table.t.loc[m.match("i", [2], query="batch").rows] = 1   # key 2 on slot 1
+            >>> m.set_loc(m.match("i", [2], query="batch").rows, 1)   # key 2 on slot 1
             >>> on1 = np.zeros(STORAGE_SLOTS, dtype=bool); on1[1] = True
             >>> m.evict_on_slots("g", on1, 5, np.ones(1, dtype=np.int64))
             (1, 1)
@@ -975,7 +1031,7 @@ class CacheManager:
         t = self.table.t
         new = rows[isnew]
         sel = idx[isnew]
-        t.loc[new] = lc[sel]
+        self.set_loc(new, lc[sel])
         done = K.finish_write(t, self.events.arrays, ii, new, kk[isnew],
                               np.ones(new.shape[0], dtype=bool), now)
         t.t_write[new] = tw[sel]
@@ -1024,7 +1080,7 @@ class CacheManager:
         if K.start_write(self.table.t, self.events.arrays, ii, k, self.clock.now_ns(), rows,
                          isnew, gspec.delay_before_delete_ms == 0) < 0:
             raise QuotaExceeded(f"group {gspec.name!r}: no room to restore session {sid}")
-        self.table.t.loc[rows[isnew]] = loc
+        self.set_loc(rows[isnew], loc)
         self._sessions[sid] = _Session(ii, rows[isnew].copy(), k[isnew].copy(), int(deadline_ns))
         self._next_sid = max(self._next_sid, sid + 1)
         return WriteStart(sid, isnew, k[isnew].copy(), int(deadline_ns), "")

@@ -40,6 +40,7 @@ M_HWM = 2  # high-water mark: rows [0, hwm) have been handed out at least once
 M_SLOTS = 3  # index size (slots)
 M_PENDING = 4  # evicted rows waiting in ``scratch`` to be freed
 M_STAMP = 5  # last time stamp handed out (see ``stamp``)
+M_SLOT_COUNTS = 6  # 1: keep ``i_slots`` (per-storage-slot block counts), 0: do not
 M_NMETA = 8
 
 # Group parameter matrix width (policy parameters, floats).
@@ -99,6 +100,9 @@ class Tables(NamedTuple):
     # ---- policy state beyond the per-row fields (see kvsim/core/policies/_ghost.py)
     g_pol: np.ndarray  # int64[G, G_POL] policy state per group (starts at 0)
     i_polf: np.ndarray  # float64[I, I_POLF] float policy state per instance (starts at 0)
+    # blocks per instance and storage slot: [..., 0] WRITING + SERVING, [..., 1] SERVING
+    # (kept by the kernels that change a row's state; loc changes go through set_loc)
+    i_slots: np.ndarray  # int64[I, STORAGE_SLOTS, 2]
     gh_meta: np.ndarray  # int64[G, GH_META] ghost layout and ring counters per group
     gh_ring: np.ndarray  # uint64 ghost rings (key hashes) of every group, one region each
     gh_skey: np.ndarray  # uint64 ghost sets: key hash (0 = empty slot), one region each
@@ -125,6 +129,7 @@ G_POL = 8
 I_POLF = 4
 # per-group ghost metadata (kvsim/core/policies/_ghost.py): layout and ring counters
 GH_META = 12
+STORAGE_SLOTS = 128  # a block's storage slot (``loc``) is an int8
 
 ROW_FIELDS = (
     "key", "inst", "state", "loc", "prv", "nxt", "parent", "nchild", "pbits", "t_write",
@@ -218,6 +223,7 @@ class BlockTable:
                 g_params=np.zeros((groups, N_PARAMS), dtype=np.float64),
                 g_pol=np.zeros((groups, G_POL), dtype=np.int64),
                 i_polf=np.zeros((instances, I_POLF), dtype=np.float64),
+                i_slots=np.zeros((instances, STORAGE_SLOTS, 2), dtype=np.int64),
                 gh_meta=np.zeros((groups, GH_META), dtype=np.int64),
                 gh_ring=np.zeros(1, dtype=np.uint64),
                 gh_skey=np.zeros(1, dtype=np.uint64),
@@ -301,6 +307,9 @@ class BlockTable:
         polf = np.zeros((size, I_POLF), dtype=np.float64)
         polf[:cur] = self.t.i_polf
         upd["i_polf"] = polf
+        isl = np.zeros((size, STORAGE_SLOTS, 2), dtype=np.int64)
+        isl[:cur] = self.t.i_slots
+        upd["i_slots"] = isl
         self.t = self.t._replace(**upd)
 
     def ensure_groups(self, n: int) -> None:

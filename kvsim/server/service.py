@@ -543,7 +543,8 @@ class Service:
     def _reset_registry(self) -> None:
         # per-block events feed the state store (evictions and removals)
         self.mgr = CacheManager(self.clock, rows=1 << 14,
-                                event_level=2 if self.store is not None else 0)
+                                event_level=2 if self.store is not None else 0,
+                                slot_counts=True)
         self._storage_cfg: dict[str, dict[str, Any]] = {}
         self._storage_idx: dict[str, int] = {}
         self._storage_slots: list[StorageSpec | None] = [None]  # index 0 = unknown
@@ -1811,8 +1812,7 @@ class Service:
         idx = self._place(iid, spec, grp, keys)
         ws = self.mgr.start_write(iid, keys, timeout_s=float(timeout or DEFAULT_WRITE_TIMEOUT_S))
         # the core allocates rows with storage slot 0; record the chosen storage
-        ses_rows = self.mgr._sessions[ws.session_id].rows
-        self.mgr.table.t.loc[ses_rows] = idx
+        self.mgr.set_loc(self.mgr._sessions[ws.session_id].rows, idx)
         st = self._storage_slots[idx]
         self._sessions[ws.session_id] = _Session(iid, keys.copy(), ws.is_new.copy(),
                                                  ws.deadline_ns)
