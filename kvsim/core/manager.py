@@ -798,7 +798,22 @@ class CacheManager:
     def set_loc(self, rows: np.ndarray, loc: int | np.ndarray) -> None:
         """Put blocks (table ``rows``; rows < 0 are skipped) on storage slot ``loc`` (one
         for all, or one per row). The only way a block's slot should change: it keeps the
-        per-slot counts true."""
+        per-slot counts true.
+
+        Raises:
+            InvalidArgument: a slot outside ``0..STORAGE_SLOTS-1``, or as many slots as
+                neither 1 nor the rows.
+
+        Example:
+            >>> from kvsim.core.clock import ManualClock
+            >>> m = CacheManager(ManualClock(), slot_counts=True)
+            >>> m.create_group(GroupSpec("g")); _ = m.register_instance(InstanceSpec("i", "g"))
+            >>> _ = m.access("i", [1, 2])
+            >>> rows = m.match("i", [1, 2], query="batch").rows
+            >>> m.set_loc(rows, [3, 4])
+            >>> m.table.t.loc[rows].tolist(), int(m.slot_usage("g", np.ones(1))[0][3])
+            ([3, 4], 1)
+        """
         r = np.ascontiguousarray(rows, dtype=np.int32)
         lc = np.ascontiguousarray(np.atleast_1d(np.asarray(loc, dtype=np.int64)))
         if lc.shape[0] not in (1, r.shape[0]):

@@ -403,7 +403,17 @@ _ENCODERS: dict[type[Message], Callable[[dict[str, Any]], Message]] = {}
 def location_encoder(cls: type[Message]) -> Callable[[dict[str, Any]], Message]:
     """The service's location encoder for replies whose ``locations`` are ``cls``
     messages: one function per class (the service caches encodings by its identity),
-    so a cached block's location message is built once, not per read."""
+    so a cached block's location message is built once, not per read.
+
+    Example:
+        >>> from kvsim.server.proto import meta_service_pb2 as pb
+        >>> enc = location_encoder(pb.CacheLocation)
+        >>> enc is location_encoder(pb.CacheLocation)
+        True
+        >>> enc({"type": "ST_NFS", "spec_size": 1,
+        ...      "location_specs": [{"name": "tp0", "uri": "file://x/1"}]}).spec_size
+        1
+    """
     enc = _ENCODERS.get(cls)
     if enc is None:
         def enc(loc: dict[str, Any], cls: type[Message] = cls) -> Message:

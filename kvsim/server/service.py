@@ -183,7 +183,12 @@ class _Instance:
 
 def json_fragment(loc: dict[str, Any]) -> Any:
     """A location as pre-encoded JSON (``orjson.Fragment``): the HTTP transport's
-    location encoder (see :meth:`Service.call`)."""
+    location encoder (see :meth:`Service.call`).
+
+    Example:
+        >>> orjson.dumps([json_fragment({"type": "ST_NFS", "spec_size": 0})])
+        b'[{"type":"ST_NFS","spec_size":0}]'
+    """
     return orjson.Fragment(orjson.dumps(loc))
 
 
