@@ -573,3 +573,42 @@ def test_slot_counts_equal_a_table_scan(ops: list, policy: str, delayed: bool) -
             fast, scan = m.slot_usage(g, w), m.slot_usage_scan(g, w)
             np.testing.assert_array_equal(fast[0], scan[0])
             np.testing.assert_array_equal(fast[1], scan[1])
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(["lru", "fifo", "lfu", "s3fifo", "slru"]),
+       st.lists(st.tuples(st.integers(0, 2), st.lists(st.integers(0, 60), min_size=1,
+                                                       max_size=6), st.integers(0, 3)),
+                min_size=5, max_size=40),
+       st.sets(st.integers(0, 3), min_size=1), st.integers(1, 60))
+def test_evict_on_slots_takes_the_prefix_of_the_full_rank_order(
+        policy: str, writes: list, on: set, amount: int) -> None:
+    """Whatever ``amount`` asks, ``evict_on_slots`` evicts exactly the shortest prefix of
+    the full rank order (what evicting everything on those slots walks) that frees it:
+    the top-k shortcut never changes the victims (mixed weights, ties in ``t_write``)."""
+    def build() -> CacheManager:
+        m = CacheManager(ManualClock(1_000), event_level=2, slot_counts=True)
+        m.create_group(GroupSpec("g", eviction=EvictionSpec(policy=policy)))
+        for n in ("a", "b", "c"):
+            m.register_instance(InstanceSpec(n, "g"))
+        for who, keys, slot in writes:
+            m.clock.advance(MS if slot else 0)  # type: ignore[attr-defined]
+            ws = m.start_write("abc"[who], keys)
+            m.set_loc(m._sessions[ws.session_id].rows, slot)
+            m.finish_write(ws.session_id, [True] * len(ws.new_keys))
+            m.match("abc"[(who + 1) % 3], keys[:1])  # some reads: recency and counts move
+        m.drain_events()
+        return m
+
+    w = np.array([2, 3, 5], dtype=np.int64)
+    mask = np.zeros(STORAGE_SLOTS, dtype=bool)
+    mask[sorted(on)] = True
+    full, part = build(), build()
+    full.evict_on_slots("g", mask, 10**9, w)
+    order = [(e.instance, e.key) for e in full.drain_events() if e.kind == "evicted"]
+    n, freed = part.evict_on_slots("g", mask, amount, w)
+    got = [(e.instance, e.key) for e in part.drain_events() if e.kind == "evicted"]
+    cum = np.cumsum([w[i] for i, _ in order]) if order else np.zeros(0)
+    want = order[:int(np.searchsorted(cum, amount, side="left")) + 1] if order else []
+    assert got == want and n == len(want)
+    assert freed == (int(cum[len(want) - 1]) if want else 0)

@@ -214,6 +214,21 @@ def common_slot(loc: np.ndarray, rows: np.ndarray) -> int:
     return int(s)
 
 
+@kernel
+def serving_rows_on_slots(state: np.ndarray, inst: np.ndarray, loc: np.ndarray,
+                          i_group: np.ndarray, hwm: int, g: int, slots: np.ndarray,
+                          out: np.ndarray) -> int:
+    """Write the SERVING rows of group ``g`` whose storage slot is selected in
+    ``slots`` (bool per slot) to ``out`` in row order; returns how many. One pass over
+    rows ``[0, hwm)``, no allocation (``out`` holds at least ``hwm``)."""
+    n = 0
+    for r in range(hwm):
+        if state[r] == SERVING and slots[loc[r] % STORAGE_SLOTS] and i_group[inst[r]] == g:
+            out[n] = r
+            n += 1
+    return n
+
+
 # ---------------------------------------------------------------- leaves
 @kernel
 def _orphan_children(t: Tables, r: int) -> None:

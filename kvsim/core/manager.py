@@ -861,19 +861,36 @@ class CacheManager:
         if amount <= 0:
             return 0, 0
         t = self.table.t
-        rows = self._group_rows(gi, serving_only=True)
-        rows = rows[np.asarray(slots, dtype=bool)[t.loc[rows].astype(np.int64) % STORAGE_SLOTS]]
-        if rows.shape[0] == 0:
+        hwm = int(t.meta[M_HWM])
+        buf = np.empty(max(1, hwm), dtype=np.int32)
+        n_rows = K.serving_rows_on_slots(t.state, t.inst, t.loc, t.i_group, hwm, gi,
+                                         np.ascontiguousarray(slots, dtype=np.bool_), buf)
+        if n_rows == 0:
             return 0, 0
-        rows = rows.astype(np.int32)
-        r1 = np.zeros(rows.shape[0], dtype=np.int64)
-        r2 = np.zeros(rows.shape[0], dtype=np.int64)
+        rows = buf[:n_rows]
+        r1 = np.zeros(n_rows, dtype=np.int64)
+        r2 = np.zeros(n_rows, dtype=np.int64)
         K.rank_rows(t, int(t.g_policy[gi]), rows, r1, r2)
+        weights = np.asarray(weights, dtype=np.int64)
+        # only the first k in rank order can be victims (each weighs at least the group's
+        # lightest block): sort just the rows that can be among them, i.e. those whose
+        # (r1, r2) is at most the k-th smallest pair (ties included)
+        members = np.flatnonzero(t.i_group[:len(self._inst_names)] == gi)
+        w_min = int(weights[members].min()) if members.shape[0] else 0
+        k = n_rows if w_min <= 0 else min(n_rows, -(-int(amount) // w_min))
+        if k < n_rows:
+            v1 = np.partition(r1, k - 1)[k - 1]
+            less = r1 < v1
+            eq = r1 == v1
+            v2 = np.partition(r2[eq], k - int(np.count_nonzero(less)) - 1)[
+                k - int(np.count_nonzero(less)) - 1]
+            cut = less | (eq & (r2 <= v2))
+            rows, r1, r2 = rows[cut], r1[cut], r2[cut]
         # ties (fifo: one write's blocks share t_write) go to the earlier stamp (commit
         # order unless touched since), then to the lower instance index
         order = np.lexsort((rows, t.inst[rows], t.t_access[rows], r2, r1))
         rows = rows[order]
-        w = np.asarray(weights, dtype=np.int64)[t.inst[rows]]
+        w = weights[t.inst[rows]]
         cum = np.cumsum(w)
         k = int(np.searchsorted(cum, amount, side="left")) + 1
         rows = np.ascontiguousarray(rows[:k])
