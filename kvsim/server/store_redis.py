@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlparse, urlunparse
 
 import numpy as np
+import orjson
 
 from kvsim.server.store import (
     BlockRecords,
@@ -110,9 +111,10 @@ class RedisStore:
         for sid in batch.closed:
             p.hdel(self._k("sessions"), str(sid))
         for s in batch.opened:
-            p.hset(self._k("sessions"), str(s.session_id), json.dumps({
+            p.hset(self._k("sessions"), str(s.session_id), orjson.dumps({
                 "instance_id": s.instance_id, "keys": np.asarray(s.keys).tolist(),
-                "deadline_ns": s.deadline_ns, "loc": s.loc, "extra": s.extra}, sort_keys=True))
+                "deadline_ns": s.deadline_ns, "loc": s.loc, "extra": s.extra},
+                option=orjson.OPT_SORT_KEYS))
         p.execute()
 
     def write_recency(self, instance_id: str, keys: np.ndarray, t_access: np.ndarray,

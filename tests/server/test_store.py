@@ -189,3 +189,32 @@ def test_sqlite_survives_sigkill(tmp_path: Path) -> None:
     s.close()
     assert len(acked) >= 50
     assert set(acked) <= held
+
+
+def test_large_batches_span_several_statements(store: BlockStore, tmp_path: Path) -> None:
+    """Puts and deletes of more rows than one multi-row statement holds (and the same
+    key twice in one batch: the later row wins) land in full."""
+    n = 1234
+    keys = np.arange(n, dtype=np.int64) * 7
+    b = StoreBatch()
+    b.put_blocks("i0", keys, t_write=keys + 1, t_access=keys + 2, access_count=keys % 5,
+                 loc=keys % 3)
+    b.put_blocks("i0", keys[:3], t_write=keys[:3], t_access=keys[:3] + 99)
+    store.apply(b)
+    d = StoreBatch()
+    d.delete_blocks("i0", keys[::2])
+    store.apply(d)
+    s2 = _reopen(store, tmp_path)
+    try:
+        recs = {r.instance_id: r for r in s2.load_blocks()}
+        r = recs["i0"]
+        order = np.argsort(r.keys)
+        got = r.keys[order]
+        np.testing.assert_array_equal(got, keys[1::2])
+        ta = dict(zip(r.keys.tolist(), r.t_access.tolist(), strict=True))
+        assert ta[7] == 7 + 99 and ta[21] == 21 + 2
+        loc = dict(zip(r.keys.tolist(), r.loc.tolist(), strict=True))
+        assert loc[7] == 0 and loc[21] == 21 % 3
+    finally:
+        if s2 is not store:
+            s2.close()
