@@ -104,7 +104,6 @@ from kvsim.server import wire as W
 from kvsim.server.auth import Account, Accounts
 from kvsim.server.clock import MonotonicClock
 from kvsim.server.eventlog import EventLog
-from kvsim.server.persistence import NullPersistence, Persistence
 from kvsim.server.store import BlockStore, SessionRecord, StoreBatch
 from kvsim.trace.hashing import token_block_keys
 
@@ -205,7 +204,6 @@ class Service:
         admin_password: its password (default: ``$KVSIM_ADMIN_PASSWORD``, else
             :data:`DEFAULT_ADMIN_PASSWORD`).
         event_log: write ``<data_dir>/events.jsonl`` (one JSON object per event).
-        persistence: where registry changes are reported (default: nowhere).
         store: durable state (registry, blocks, write sessions; see
             :mod:`kvsim.server.store`). When it holds state, the service starts from
             it and ``config`` is not applied; when it is empty, ``config`` is applied
@@ -231,7 +229,6 @@ class Service:
         admin_user: str = DEFAULT_ADMIN_USER,
         admin_password: str | None = None,
         event_log: bool = True,
-        persistence: Persistence | None = None,
         store: BlockStore | None = None,
         elector: Any = None,
         node_id: str | None = None,
@@ -242,7 +239,6 @@ class Service:
             tempfile.mkdtemp(prefix="kvsim-serve-"))
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.clock: Clock = clock if clock is not None else MonotonicClock()
-        self.persistence: Persistence = persistence or NullPersistence()
         self.store = store
         self.elector = elector
         self._batch = StoreBatch()
@@ -466,14 +462,13 @@ class Service:
         self._thread.start()
 
     def close(self) -> None:
-        """Stop the background thread and flush/close the event log and persistence."""
+        """Stop the background thread and flush/close the event log and the store."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
         if self.events is not None:
             self.events.close()
-        self.persistence.close()
         if self.elector is not None:
             self.elector.stop()
         if self.store is not None:
@@ -581,7 +576,6 @@ class Service:
     def _persist(self, op: str, payload: dict[str, Any]) -> None:
         if self._restoring:
             return
-        self.persistence.record(op, payload)
         self._registry_dirty = True
 
     # ------------------------------------------------------------ durable state

@@ -18,8 +18,8 @@ from kvsim.config import ConfigError, KVSimConfig, ServerOptions
 from kvsim.core.clock import ManualClock
 from kvsim.server.auth import Accounts, decode_basic
 from kvsim.server.clock import MonotonicClock
-from kvsim.server.persistence import MemoryPersistence
 from kvsim.server.service import Service
+from kvsim.server.store import SqliteStore
 from kvsim.trace.model import TraceError
 from kvsim.trace.readers import read_kvcm_events
 
@@ -53,18 +53,20 @@ def test_clock_and_auth_helpers() -> None:
     assert all(a.digest != b"p:with:colons" for a in acc.list())
 
 
-def test_persistence_seam_records_registry_changes(tmp_path: Path) -> None:
-    p = MemoryPersistence()
-    s = Service(data_dir=tmp_path, persistence=p, clock=ManualClock(0), event_log=False)
+def test_registry_changes_reach_the_store_without_passwords(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "state.db")
+    s = Service(data_dir=tmp_path, store=store, clock=ManualClock(0), event_log=False)
     s.call("meta", "registerInstance", {"instance_group": "default", "instance_id": "i0",
                                         "block_size": 4, "model_deployment": {
                                             "model_name": "m", "dtype": "d"},
                                         "location_spec_infos": [{"name": "a", "size": 1}]})
-    s.call("admin", "addAccount", {"user_name": "u", "password": "p"},
+    s.call("admin", "addAccount", {"user_name": "u", "password": "secret-pw"},
            credential="admin:kvsim-admin")
-    assert [op for op, _ in p.load()] == ["registerInstance", "addAccount"]
-    assert "p" not in json.dumps(p.load()[1][1]).replace('"', " ").split()
     s.close()
+    records = SqliteStore(tmp_path / "state.db").load_records()
+    text = json.dumps(records)
+    assert '"i0"' in text and '"u"' in text  # the instance and the account are stored
+    assert "secret-pw" not in text  # ... the password only as a hash
 
 
 def test_read_kvcm_events_errors(tmp_path: Path) -> None:
