@@ -87,6 +87,8 @@ def set_loc(t: Tables, rows: np.ndarray, loc: np.ndarray) -> None:
         t.loc[r] = loc[0] if one else loc[j]
         if counted:
             slot_add(t, r, 1, srv)
+
+
 # t_access sentinel marking rows already resolved within the request being written
 _SEEN = np.iinfo(np.int64).min
 
@@ -196,7 +198,6 @@ def match_and_touch(
     if touch:
         touch_rows(t, out, n_touch, now)
     return res
-
 
 
 @kernel

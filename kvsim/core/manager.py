@@ -882,8 +882,8 @@ class CacheManager:
             v1 = np.partition(r1, k - 1)[k - 1]
             less = r1 < v1
             eq = r1 == v1
-            v2 = np.partition(r2[eq], k - int(np.count_nonzero(less)) - 1)[
-                k - int(np.count_nonzero(less)) - 1]
+            j = k - int(np.count_nonzero(less)) - 1  # the k-th pair's place among r1 == v1
+            v2 = np.partition(r2[eq], j)[j]
             cut = less | (eq & (r2 <= v2))
             rows, r1, r2 = rows[cut], r1[cut], r2[cut]
         # ties (fifo: one write's blocks share t_write) go to the earlier stamp (commit

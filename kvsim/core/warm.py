@@ -22,6 +22,7 @@ import numpy as np
 from kvsim.core.clock import ManualClock
 from kvsim.core.manager import QUERY_BATCH, QUERY_PREFIX, QUERY_SW, CacheManager
 from kvsim.core.spec import EVICTION_MODES, EvictionSpec, GroupSpec, InstanceSpec, StorageSpec
+from kvsim.core.table import STORAGE_SLOTS
 
 __all__ = ["warm_up"]
 
@@ -38,7 +39,7 @@ def warm_up(policies: Iterable[str] = ("lru",), *, modes: Iterable[str] | None =
     """
     t0 = time.perf_counter()
     clock = ManualClock(1)
-    mgr = CacheManager(clock, rows=64, event_level=2)
+    mgr = CacheManager(clock, rows=64, event_level=2, slot_counts=True)
     mgr.add_storage(StorageSpec("warm"))
     for policy in sorted(set(policies)):
         for mode in sorted(set(modes) if modes is not None else EVICTION_MODES):
@@ -52,6 +53,7 @@ def warm_up(policies: Iterable[str] = ("lru",), *, modes: Iterable[str] | None =
                 clock.advance(1_000_000)
                 keys = np.arange(base, base + 6, dtype=np.int64)
                 ws = mgr.start_write(iid, keys, timeout_s=1.0)
+                mgr.set_loc(mgr._sessions[ws.session_id].rows, base % 2)
                 mgr.finish_write(ws.session_id, np.ones(ws.new_keys.shape[0], dtype=bool))
                 mask = np.zeros(keys.shape[0], dtype=bool)
                 mask[0] = True
@@ -64,6 +66,10 @@ def warm_up(policies: Iterable[str] = ("lru",), *, modes: Iterable[str] | None =
             clock.advance(10_000_000)
             mgr.expire_sessions()
             mgr.reclaim(name)
+            on1 = np.zeros(STORAGE_SLOTS, dtype=bool)
+            on1[1] = True
+            mgr.evict_on_slots(name, on1, 1,
+                               np.ones(mgr.instance_index(iid) + 1, dtype=np.int64))
             mgr.reap()
             mgr.remove(iid, np.arange(0, 4, dtype=np.int64))
             mgr.trim(iid, begin_ns=0, end_ns=clock.now_ns() // 2)
