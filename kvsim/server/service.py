@@ -874,14 +874,21 @@ class Service:
             held += self.mgr.slot_usage(name, weights)[0]
         return held
 
-    def _bytes_bound(self, group: str | None, weights: np.ndarray) -> int:
-        """An upper bound of :meth:`_held_bytes` on any slots, from per-instance block
-        counts alone (no pass over the table)."""
-        t = self.mgr.table.t
-        return sum((int(t.i_blocks[ii]) + int(t.i_pending[ii])) * int(weights[ii])
-                   for ii in (self.mgr.instance_index(s.instance_id)
-                              for s in self.mgr.instances()
-                              if group is None or s.group == group))
+    def _over_limit(self, g: GroupSpec, limits: list[tuple[str, np.ndarray, int, bool]],
+                    need: int, weights: np.ndarray
+                    ) -> tuple[np.ndarray, int, int, int, bool] | None:
+        """The first of ``limits`` that ``need`` more bytes would pass, as ``(slots, cap,
+        used, evictable, all_groups)`` (evictable: the group's SERVING bytes there), or
+        None when they fit (per-slot usage is O(instances): no pass over the table)."""
+        if not limits:
+            return None
+        mine, mine_srv = self.mgr.slot_usage(g.name, weights)
+        every = self._held_bytes(None, weights) if any(a for *_, a in limits) else mine
+        for _, slots, cap, all_groups in limits:
+            used = int((every if all_groups else mine)[slots].sum())
+            if used + need > cap:
+                return slots, cap, used, int(mine_srv[slots].sum()), all_groups
+        return None
 
     def _place(self, iid: str, ispec: InstanceSpec, g: GroupSpec, keys: np.ndarray) -> int:
         """The storage slot of a write's new blocks.
@@ -915,40 +922,16 @@ class Service:
         if need == 0:
             return self._storage_idx[first]
         weights = self._inst_bytes()
-        # the bytes of the group (of every group) bound each limit's usage: often no
-        # pass over the table is needed
-        bound: dict[bool, int] = {}
-        held: dict[bool, np.ndarray] = {}
-
-        def fits(c: str) -> bool:
-            for _, slots, cap, every in limits[c]:
-                if every not in bound:
-                    bound[every] = self._bytes_bound(None if every else g.name, weights)
-                if bound[every] + need <= cap:
-                    continue
-                if every not in held:
-                    held[every] = self._held_bytes(None if every else g.name, weights)
-                if int(held[every][slots].sum()) + need > cap:
-                    return False
-            return True
-
         for c in usable:
-            if fits(c):
+            if self._over_limit(g, limits[c], need, weights) is None:
                 return self._storage_idx[c]
         for c in usable:
             while True:
                 need = self.mgr.count_new(iid, keys) * ispec.block_bytes
-                mine, mine_srv = self.mgr.slot_usage(g.name, weights)
-                every = self._held_bytes(None, weights)
-                over = None
-                for name, slots, cap, all_groups in limits[c]:
-                    used = int((every if all_groups else mine)[slots].sum())
-                    if used + need > cap:
-                        over = (name, slots, cap, used, int(mine_srv[slots].sum()), all_groups)
-                        break
+                over = self._over_limit(g, limits[c], need, weights)
                 if over is None:
                     return self._storage_idx[c]
-                _, slots, cap, used, evictable, all_groups = over
+                slots, cap, used, evictable, all_groups = over
                 if used - evictable + need > cap:
                     break
                 n, _ = self.mgr.evict_on_slots(g.name, slots, used + need - cap, weights)
