@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from kvsim.config import KVSimConfig
+from kvsim.data import sample_trace_path
 from kvsim.sim import report
 from kvsim.sim.replay import ReplayResult
 from kvsim.sim.sweep import parse_params, run_sweep, single_cache_configs, tokens_to_blocks
@@ -43,18 +44,6 @@ __all__ = ["ReplayRun", "load_trace", "replay", "sample_trace_path"]
 
 PathLike = str | os.PathLike[str]
 _TABLES = ("summary", "per_instance", "per_group", "timeseries")
-
-
-def sample_trace_path() -> Path:
-    """The shipped sample trace, ``<repo>/traces/sample.parquet``.
-
-    Example:
-        >>> sample_trace_path().name
-        'sample.parquet'
-    """
-    import kvsim
-
-    return Path(kvsim.__file__).resolve().parent.parent / "traces" / "sample.parquet"
 
 
 def load_trace(

@@ -1,7 +1,7 @@
 """The ``kvsim`` command line: ``kvsim replay``, ``kvsim trace`` and ``kvsim serve``.
 
 ``kvsim replay [TRACE]`` replays a trace (default: the shipped sample,
-``traces/sample.parquet``) through one cache, a comma list of capacities (a sweep,
+``kvsim/data/sample.parquet``) through one cache, a comma list of capacities (a sweep,
 run in parallel worker processes) or a config file, prints a summary table (or one
 JSON document with ``--json``) and writes ``summary.json``, the time series and a
 hit-rate chart into ``--out`` (default ``kvsim-out/``).
@@ -34,6 +34,7 @@ from rich.console import Console
 
 import kvsim
 from kvsim.cli_options import FORMATS, trace_options
+from kvsim.data import sample_trace_path
 
 if TYPE_CHECKING:
     from kvsim.config import KVSimConfig
@@ -46,11 +47,6 @@ _CACHE_FLAGS = (
     "capacity_blocks", "capacity_tokens", "capacity_bytes", "block_bytes", "policy", "params",
     "mode", "batch_size", "used_percentage", "match",
 )  # fmt: skip
-
-
-def sample_trace_path() -> Path:
-    """The shipped sample trace, ``<repo>/traces/sample.parquet``."""
-    return Path(kvsim.__file__).resolve().parent.parent / "traces" / "sample.parquet"
 
 
 def _err_console() -> Console:
@@ -87,7 +83,7 @@ class _LazyChoice(click.Choice):
         self._loaded: tuple[str, ...] | None = None
         super().__init__((), case_sensitive=True)
 
-    @property  # type: ignore[override]
+    @property  # type: ignore[override, unused-ignore]  # click < 8.5 types it as a plain attribute
     def choices(self) -> tuple[str, ...]:
         if self._loaded is None:
             self._loaded = tuple(self._loader())
@@ -115,8 +111,9 @@ _SUFFIXES = {"k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
 
 
 class _IntList(click.ParamType):
-    """A comma list of non-negative integers; ``k``/``M``/``G`` and ``Ki``/``Mi``/``Gi``
-    suffixes and ``_`` separators are accepted (``3M`` = 3,000,000)."""
+    """A comma list of positive integers (capacities: 0 is refused, not "unbounded");
+    ``k``/``M``/``G`` and ``Ki``/``Mi``/``Gi`` suffixes and ``_`` separators are
+    accepted (``3M`` = 3,000,000)."""
 
     name = "N[,N...]"
 
@@ -141,6 +138,9 @@ class _IntList(click.ParamType):
                 self.fail(f"{part.strip()!r} is not a number", param, ctx)
             if num < 0 or not num.is_integer():
                 self.fail(f"{part.strip()!r} is not a non-negative integer", param, ctx)
+            if num == 0:
+                self.fail(f"{part.strip()!r}: 0 is not a capacity (omit the option for an "
+                          "unbounded cache)", param, ctx)
             out.append(int(num))
         if not out:
             self.fail("expected at least one number", param, ctx)
@@ -201,6 +201,13 @@ def _check_out_dir(out: Path, names: Sequence[str]) -> None:
 def main(ctx: click.Context) -> None:
     """kvsim: size, tune and run KV caches for LLM inference."""
     _fast_exit()
+    if ctx.invoked_subcommand not in (None, "serve"):  # serve says it in its own log
+        from kvsim.compile_notice import CompileWatch
+
+        err = _err_console()
+        ctx.meta[COMPILE_WATCH] = ctx.with_resource(CompileWatch(
+            lambda line: err.print(line, style="yellow", highlight=False, soft_wrap=True),
+            command=str(ctx.invoked_subcommand)))
     if ctx.invoked_subcommand == "replay" and gc.isenabled():
         # Start-up is ~1,500 module imports; collecting while they load costs ~0.2 s.
         # ``replay`` turns the collector back on once the trace is read (and closing
@@ -224,6 +231,15 @@ def _fast_exit() -> None:
 
 
 _EXIT_HOOKED = False
+#: ``ctx.meta`` key of the command's :class:`kvsim.compile_notice.CompileWatch`.
+COMPILE_WATCH = "kvsim.compile_watch"
+
+
+def compile_seconds(ctx: click.Context | None = None) -> float:
+    """Seconds this command has spent compiling kernels so far (0 when all were cached)."""
+    ctx = ctx or click.get_current_context(silent=True)
+    watch = None if ctx is None else ctx.meta.get(COMPILE_WATCH)
+    return float(watch.seconds) if watch is not None else 0.0
 
 
 @main.command("replay")
@@ -257,7 +273,8 @@ _EXIT_HOOKED = False
               help="Print one JSON document on stdout instead of tables.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("kvsim-out"), show_default=True,
-              help="Directory for summary.json, the time series and hitrate.png.")
+              help="Directory for summary.json, the time series and hitrate.png "
+                   "(with --json: only when given).")
 @click.option("--no-out", is_flag=True, help="Write no files.")
 @click.option("--timeseries-format", type=click.Choice(["parquet", "csv"]), default="parquet",
               show_default=True)
@@ -299,6 +316,8 @@ def replay_cmd(
                                "--capacity-bytes")
     if capacity_bytes is not None and block_bytes is None:
         raise click.UsageError("--capacity-bytes needs --block-bytes (bytes of one block)")
+    if as_json and ctx.get_parameter_source("out_dir") is ParameterSource.DEFAULT:
+        no_out = True  # --json is for pipes: files only where asked for
     if not no_out:
         _check_out_dir(out_dir, ["summary.json", f"timeseries.{timeseries_format}",
                                  "hitrate.png"])
@@ -363,6 +382,8 @@ def replay_cmd(
         info = report.trace_record(t, path=str(trace), fmt=fmt,
                                    limit=limit)
         doc = report.build_document(info, sweep.results, sweep.ideal)
+        compiled = compile_seconds(ctx)
+        doc["compile_s"] = round(compiled, 3)  # kernel compile, apart from each elapsed_s
         if as_json:
             click.echo(report.document_json(doc), nl=False)
         else:
@@ -380,7 +401,9 @@ def replay_cmd(
                       soft_wrap=True)
         if not as_json:
             err.print(f"done in {time.perf_counter() - t_start:.2f}s"
-                      + (f" ({sweep.jobs} workers)" if sweep.jobs > 1 else ""),
+                      + (f" ({sweep.jobs} workers)" if sweep.jobs > 1 else "")
+                      + (f", of which {compiled:.1f}s compiling kernels (first run only)"
+                         if compiled else ""),
                       highlight=False, style="dim")
 
 

@@ -10,6 +10,8 @@ import pandas as pd
 import polars as pl
 import pytest
 from click.testing import CliRunner
+from conftest import MOONCAKE_PATH as MOONCAKE
+from conftest import needs_mooncake
 
 import kvsim.api as kv
 from kvsim.cli import main
@@ -17,7 +19,6 @@ from kvsim.config import ConfigError, KVSimConfig
 from kvsim.trace.model import TraceError
 
 SAMPLE = kv.sample_trace_path()
-MOONCAKE = Path(__file__).resolve().parents[2] / "shared" / "traces" / "mooncake_conversation.jsonl"
 CAPS = [2000, 8000, 30000]
 
 
@@ -133,7 +134,7 @@ def test_save(tmp_path: Path) -> None:
     assert (tmp_path / "x.png").read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.skipif(not MOONCAKE.is_file(), reason="shared Mooncake trace absent")
+@needs_mooncake
 def test_golden_via_api() -> None:
     r = kv.replay(MOONCAKE, capacity_tokens=[3_000_000, 50_000_000], fmt="mooncake")
     assert r.summary["capacity_blocks"].to_list() == [5859, 97656]

@@ -11,14 +11,14 @@ from typing import Any
 import polars as pl
 import pytest
 from click.testing import CliRunner, Result
+from conftest import MISSING_MOONCAKE, needs_mooncake
+from conftest import MOONCAKE_PATH as MOONCAKE
 
 from kvsim.cli import _IntList, main, sample_trace_path
 
 REPO = Path(__file__).resolve().parents[1]
-MOONCAKE = Path(__file__).resolve().parents[2] / "shared" / "traces" / "mooncake_conversation.jsonl"
 SAMPLE = sample_trace_path()
 
-needs_mooncake = pytest.mark.skipif(not MOONCAKE.is_file(), reason="shared Mooncake trace absent")
 
 GOLDEN_CAPS = [1000, 5859, 20000, 97656]
 GOLDEN_HITS = [12990, 40644, 84692, 104926]
@@ -46,7 +46,7 @@ def comparable(doc: dict[str, Any]) -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def golden_doc() -> dict[str, Any]:
     if not MOONCAKE.is_file():
-        pytest.skip("shared Mooncake trace absent")
+        pytest.skip(MISSING_MOONCAKE)
     caps = ",".join(map(str, GOLDEN_CAPS))
     return run_json(["replay", str(MOONCAKE), "--format", "mooncake", "--capacity-blocks", caps])
 
@@ -69,7 +69,7 @@ def test_golden_figures(golden_doc: dict[str, Any]) -> None:
     for r in res:
         assert r["read_blocks"] == 276491 and r["input_tokens"] == 144793823
         assert r["internal_hits"] == 0 and r["external_hits"] == r["hit_blocks"]
-        assert r["peak_cached_blocks"] <= r["capacity_blocks"]
+        assert r["peak_used"] <= r["capacity_blocks"] and r["peak_used_unit"] == "blocks"
         assert r["per_instance"][0]["hit_blocks"] == r["hit_blocks"]
         assert r["per_group"][0]["group"] == "default"
 
@@ -110,6 +110,8 @@ def test_int_list_parsing() -> None:
         t.convert("12x", None, None)
     with pytest.raises(Exception, match="non-negative integer"):
         t.convert("-5", None, None)
+    with pytest.raises(Exception, match="0 is not a capacity"):
+        t.convert("1000,0", None, None)
 
 
 # ---------------------------------------------------------------------- sweeps
@@ -263,6 +265,35 @@ def test_malformed_trace_line(tmp_path: Path) -> None:
                       '"hash_ids": [1]}\n{not json\n')
     r = run(["replay", str(broken), "--no-out"])
     assert r.exit_code != 0 and f"{broken}:2" in r.output and "invalid JSON" in r.output
+
+
+def test_json_writes_no_files_unless_out_is_given(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    args = ["replay", str(SAMPLE), "--limit", "200", "--capacity-blocks", "2000", "--json"]
+    r = run(args)
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert not (tmp_path / "kvsim-out").exists()
+    assert doc["compile_s"] >= 0 and "peak_used" in doc["legend"]
+    r = run([*args, "--out", str(tmp_path / "o")])
+    assert r.exit_code == 0 and (tmp_path / "o" / "summary.json").is_file()
+
+
+def test_capacity_zero_is_refused() -> None:
+    r = run(["replay", str(SAMPLE), "--capacity-blocks", "0", "--no-out"])
+    assert r.exit_code == 2
+    assert "--capacity-blocks" in r.output and "0 is not a capacity" in r.output
+
+
+def test_per_group_peak_is_the_groups_own() -> None:
+    """Two instances in one group: the group's peak is the group's usage (sum of both)."""
+    doc = run_json(["replay", str(SAMPLE), "--limit", "600", "--capacity-blocks", "5000"])
+    r = doc["results"][0]
+    inst_peaks = [i["peak_cached_blocks"] for i in r["per_instance"]]
+    group = r["per_group"][0]
+    assert len(inst_peaks) == 2 and group["peak_used"] <= 5000 and r["peak_used"] <= 5000
+    assert group["peak_used"] > max(inst_peaks)  # the old field was max(inst_peaks)
 
 
 def test_missing_trace_file(tmp_path: Path) -> None:

@@ -2,7 +2,7 @@
 
 The fixture starts its own server (``initdb`` + ``pg_ctl``) on a free loopback port in
 a temp directory, as user ``postgres`` when the tests run as root (the server refuses
-root). ``scripts/install_postgres.sh`` installs the binaries when they are missing.
+root). ``scripts/install_services.sh`` installs the binaries when they are missing.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import service_missing
 
 from kvsim.config import KVSimConfig
 from kvsim.optimizer.tune import TuneSpec, run_study
@@ -39,7 +40,7 @@ def _free_port() -> int:
 def postgres_url() -> Iterator[str]:
     initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
     if not initdb or not pg_ctl:
-        pytest.fail("PostgreSQL server binaries not found: run `bash scripts/install_postgres.sh`")
+        service_missing("PostgreSQL server binaries (initdb, pg_ctl) not found")
     pytest.importorskip("psycopg", reason="pip install 'psycopg[binary]' (runtime dependency)")
     prefix: list[str] = []
     d = Path(tempfile.mkdtemp(prefix="kvsim-pg-"))

@@ -24,7 +24,7 @@ from kvsim.sim.sweep import (
 from kvsim.trace.model import Trace
 from kvsim.trace.readers import read_trace
 
-SAMPLE = Path(__file__).resolve().parents[1] / "traces" / "sample.parquet"
+SAMPLE = Path(__file__).resolve().parents[1] / "kvsim" / "data" / "sample.parquet"
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def test_result_record_matches_summary(results: list[ReplayResult]) -> None:
         s = r.summary()
         for k in ("hit_blocks", "read_blocks", "hit_tokens", "input_tokens", "block_hit_rate",
                   "token_hit_rate", "internal_token_hit_rate", "external_token_hit_rate",
-                  "evicted_blocks", "peak_cached_blocks"):
+                  "evicted_blocks", "peak_used", "peak_used_unit"):
             assert rec[k] == s[k], k
         assert rec["label"] == r.label and rec["policy"] == "lru"
         assert rec["capacity_blocks"] == r.config.groups[0].quota_blocks
@@ -57,6 +57,10 @@ def test_result_record_matches_summary(results: list[ReplayResult]) -> None:
         assert [i["instance"] for i in rec["per_instance"]] != []
         assert rec["per_group"][0]["hit_tokens"] == rec["hit_tokens"]
         assert 0 < rec["peak_used"] <= rec["capacity_blocks"]
+        assert rec["peak_used_unit"] == "blocks"
+        # the group's peak is its own usage (not its largest instance's count)
+        assert rec["per_group"][0]["peak_used"] == int(r.group_used.max())
+        assert "peak_cached_blocks" in rec["per_instance"][0]
 
 
 def test_peak_used_is_exact() -> None:

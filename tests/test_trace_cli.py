@@ -7,14 +7,13 @@ from pathlib import Path
 import orjson
 import pytest
 from click.testing import CliRunner
+from conftest import MOONCAKE_PATH as MOONCAKE
+from conftest import needs_mooncake
 
 from kvsim.trace import GenSpec, generate_trace, read_trace, trace_diff
 from kvsim.trace.cli import trace_group
 
-MOONCAKE = (
-    Path(__file__).resolve().parents[1] / ".." / "shared" / "traces" / "mooncake_conversation.jsonl"
-)
-SAMPLE = Path(__file__).resolve().parents[1] / "traces" / "sample.parquet"
+SAMPLE = Path(__file__).resolve().parents[1] / "kvsim" / "data" / "sample.parquet"
 
 
 def run(*args: str | Path) -> tuple[int, str, str]:
@@ -22,6 +21,7 @@ def run(*args: str | Path) -> tuple[int, str, str]:
     return r.exit_code, r.stdout, r.stderr
 
 
+@needs_mooncake
 def test_convert_mooncake_to_parquet_then_stats(tmp_path: Path) -> None:
     out = tmp_path / "m.parquet"
     code, _, err = run("convert", MOONCAKE, out)
@@ -37,6 +37,7 @@ def test_convert_mooncake_to_parquet_then_stats(tmp_path: Path) -> None:
     assert round(s["ideal_token_hit_rate"], 6) == 0.373380
 
 
+@needs_mooncake
 def test_convert_options_and_formats(tmp_path: Path) -> None:
     keep = tmp_path / "keep.jsonl"
     code, _, err = run("convert", MOONCAKE, keep, "--to", "kvcm", "--tail", "keep")
@@ -60,6 +61,7 @@ def test_convert_options_and_formats(tmp_path: Path) -> None:
     }
 
 
+@needs_mooncake
 def test_stats_table(tmp_path: Path) -> None:
     code, stdout, err = run("stats", MOONCAKE)
     assert code == 0, err
@@ -122,7 +124,7 @@ def test_gen_options(tmp_path: Path) -> None:
 
 
 def test_sample_trace_is_reproducible(tmp_path: Path) -> None:
-    """traces/README.md's command regenerates traces/sample.parquet byte for byte."""
+    """kvsim/data/README.md's command regenerates kvsim/data/sample.parquet byte for byte."""
     out = tmp_path / "sample.parquet"
     code, _, err = run(
         "gen",

@@ -11,6 +11,8 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import MISSING_MOONCAKE, needs_mooncake
+from conftest import MOONCAKE_PATH as MOONCAKE
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -39,9 +41,6 @@ from kvsim.trace.hashing import (
 )
 from kvsim.trace.readers import session_roots
 
-MOONCAKE = Path(__file__).resolve().parents[1] / ".." / "shared" / "traces"
-MOONCAKE = MOONCAKE / "mooncake_conversation.jsonl"
-
 
 def write_lines(path: Path, records: list[object | str]) -> Path:
     """Write JSONL: dicts are serialised, strings written as they are."""
@@ -58,9 +57,12 @@ def mc(ts: int = 0, il: int = 1024, ol: int = 1, h: list[int] | None = None) -> 
 # ---------------------------------------------------------------------- Mooncake
 @pytest.fixture(scope="module")
 def mooncake() -> Trace:
+    if not MOONCAKE.is_file():
+        pytest.skip(MISSING_MOONCAKE)
     return read_trace(MOONCAKE)
 
 
+@needs_mooncake
 def test_mooncake_real_file(mooncake: Trace) -> None:
     t = mooncake
     t.validate()
@@ -77,6 +79,7 @@ def test_mooncake_real_file(mooncake: Trace) -> None:
     assert (t.key_counts() <= t.input_len // 512).all()
 
 
+@needs_mooncake
 def test_mooncake_tail_keep_and_chain(mooncake: Trace) -> None:
     keep = read_trace(MOONCAKE, tail="keep")
     assert keep.n_keys == 288_500
@@ -158,6 +161,31 @@ def test_malformed_line_names_file_line_field(tmp_path: Path, line: str, message
         read_trace(p, "mooncake")
     assert str(e.value).startswith(f"{p}:17: ")
     assert message in str(e.value)
+
+
+def test_invalid_json_names_file_line_and_column(tmp_path: Path) -> None:
+    cut = write_lines(tmp_path / "cut.jsonl", [mc(0), '{"timestamp": 1, "hash_ids": [1', mc(2)])
+    with pytest.raises(TraceError) as e:
+        read_trace(cut, "mooncake")
+    # the line's own newline is not "line 2" of anything: the error is at its end
+    assert str(e.value) == (f"{cut}:2: invalid JSON at the end of the line (column 32): "
+                            "unexpected end of data")
+    extra = write_lines(tmp_path / "extra.jsonl", [mc(0), '{"timestamp": 1} x'])
+    with pytest.raises(TraceError, match=r"extra.jsonl:2: invalid JSON at column 18: "):
+        read_trace(extra, "mooncake")
+
+
+def test_blank_lines_between_records_are_reported(tmp_path: Path) -> None:
+    p = write_lines(tmp_path / "gaps.jsonl", [mc(0), "", "  ", mc(1), "", mc(2), "", ""])
+    with pytest.warns(UserWarning, match=r"gaps.jsonl: skipped 3 blank line\(s\) between "
+                      r"records \(the first at line 2\)"):
+        t = read_trace(p, "mooncake")
+    assert t.n_requests == 3
+    # trailing blank lines alone are not worth a warning
+    tail = write_lines(tmp_path / "tail.jsonl", [mc(0), mc(1), "", ""])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_trace(tail, "mooncake").n_requests == 2
 
 
 def test_bad_value_in_a_later_chunk_names_its_line(tmp_path: Path) -> None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import orjson
 import pytest
+from conftest import MOONCAKE_PATH as MOONCAKE
+from conftest import needs_mooncake
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -22,11 +23,8 @@ from kvsim.trace import (
     trace_stats,
 )
 
-MOONCAKE = (
-    Path(__file__).resolve().parents[1] / ".." / "shared" / "traces" / "mooncake_conversation.jsonl"
-)
 
-
+@needs_mooncake
 def test_mooncake_golden_figures() -> None:
     s = trace_stats(read_trace(MOONCAKE))
     assert s.requests == 12_031

@@ -235,7 +235,10 @@ def start_server(
         elector.start()
     handle = ServerHandle(service=service, host=host, http_port=0, admin_http_port=0)
     # load the core's compiled kernels now, not inside the first clients' calls
-    secs = warm_up({g.eviction.policy for g in service.mgr.groups()} | {"lru"})
+    from kvsim.compile_notice import CompileWatch
+
+    with CompileWatch(log.warning, command="serve"):  # says so when kernels compile
+        secs = warm_up({g.eviction.policy for g in service.mgr.groups()} | {"lru"})
     log.info("core kernels loaded in %.2f s", secs)
     try:
         msock = _bind(host, http_port)

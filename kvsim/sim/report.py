@@ -65,6 +65,19 @@ __all__ = [
 ]
 
 TIMESERIES_FORMATS = ("parquet", "csv")
+#: What the document's less obvious fields mean (written into every document).
+LEGEND: dict[str, str] = {
+    "token_hit_rate": "sum of hit tokens / sum of input tokens over all requests "
+                      "(the replay contract's aggregate rate)",
+    "block_hit_rate": "sum of hit blocks / sum of read blocks",
+    "peak_used": "exact peak of the cache's usage after a request, in peak_used_unit "
+                 "(the quota's unit: blocks, or bytes), to compare with the capacity",
+    "per_group.peak_used": "the group's exact peak usage in its quota's unit",
+    "per_instance.peak_cached_blocks": "the instance's exact peak of cached blocks",
+    "elapsed_s": "wall seconds of the replay loop, kernel compile excluded",
+    "compile_s": "wall seconds spent compiling kernels in this run (0 once cached)",
+    "ideal": "an unbounded cache: only the first access of a block misses",
+}
 SUMMARY_NAME = "summary.json"
 PLOT_NAME = "hitrate.png"
 
@@ -150,28 +163,8 @@ def per_instance_frame(result: ReplayResult) -> pl.DataFrame:
 
 
 def peak_used(result: ReplayResult) -> int:
-    """Peak of the total cache usage over all groups (each group in its own unit).
-
-    Exact, unlike ``summary()["peak_cached_blocks"]``, which sums each instance's
-    count as of its own last request (stale once another instance's writes evicted
-    its blocks, so it can exceed the capacity on multi-instance traces).
-    """
-    t = result.trace
-    n = t.n_requests
-    if n == 0:
-        return 0
-    names = sorted(set(result.group_of_instance))
-    if len(names) == 1:
-        return int(result.group_used.max())
-    code = np.asarray([names.index(g) for g in result.group_of_instance], dtype=np.int64)
-    req_group = code[t.instance]
-    total = np.zeros(n, dtype=np.int64)
-    idx = np.arange(n)
-    for g in range(len(names)):
-        own = np.where(req_group == g, idx, -1)
-        last = np.maximum.accumulate(own)  # the group's latest request so far (-1: none)
-        total += np.where(last >= 0, result.group_used[np.maximum(last, 0)], 0)
-    return int(total.max())
+    """Exact peak of the total cache usage (:meth:`ReplayResult.peak_used`)."""
+    return result.peak_used()
 
 
 def result_record(result: ReplayResult) -> dict[str, Any]:
@@ -180,7 +173,6 @@ def result_record(result: ReplayResult) -> dict[str, Any]:
     rec: dict[str, Any] = {"label": result.label}
     rec.update(config_record(result.config))
     rec.update({k: _clean(v) for k, v in s.items() if k != "label"})
-    rec["peak_used"] = peak_used(result)
     rec["per_instance"] = _rows(per_instance_frame(result))
     rec["per_group"] = _rows(result.by("group"))
     return rec
@@ -191,8 +183,12 @@ def build_document(
     results: Sequence[ReplayResult],
     ideal: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    """The ``--json`` / ``summary.json`` document: ``trace``, ``ideal``, ``results``."""
+    """The ``--json`` / ``summary.json`` document: ``trace``, ``ideal``, ``results``.
+
+    ``legend`` says in the document itself what the less obvious fields mean.
+    """
     return {
+        "legend": LEGEND,
         "trace": trace_info,
         "ideal": None if ideal is None else {k: _clean(v) for k, v in ideal.items()},
         "results": [result_record(r) for r in results],
@@ -227,8 +223,8 @@ def summary_table(results: Sequence[ReplayResult], ideal: dict[str, Any] | None,
                   title: str | None = None) -> Table:
     """One row per run plus the ideal row.
 
-    ``peak used`` is :func:`peak_used` (the exact peak cache usage, in blocks for
-    block quotas); the JSON also carries ``summary()["peak_cached_blocks"]``.
+    ``peak used`` is :func:`peak_used`: the exact peak cache usage after a request, in
+    the quota's unit (blocks, or bytes), to hold against ``capacity``.
     """
     t = Table(title=title, title_justify="left")
     t.add_column("label", style="bold")
@@ -239,7 +235,9 @@ def summary_table(results: Sequence[ReplayResult], ideal: dict[str, Any] | None,
     t.add_column("internal tok", justify="right")
     t.add_column("external tok", justify="right")
     t.add_column("evicted", justify="right")
-    t.add_column("peak used", justify="right")
+    units = {r.used_unit() for r in results}
+    t.add_column("peak used" + (f" ({units.pop()})" if len(units) == 1 else ""),
+                 justify="right")
     t.add_column("time", justify="right")
     for r in results:
         s = r.summary()
@@ -247,7 +245,7 @@ def summary_table(results: Sequence[ReplayResult], ideal: dict[str, Any] | None,
             r.label, capacity_text(r.config), f"{s['hit_blocks']:,}",
             _rate(s["block_hit_rate"]), _rate(s["token_hit_rate"]),
             _rate(s["internal_token_hit_rate"]), _rate(s["external_token_hit_rate"]),
-            f"{s['evicted_blocks']:,}", f"{peak_used(r):,}", f"{s['elapsed_s']:.2f}s",
+            f"{s['evicted_blocks']:,}", f"{s['peak_used']:,}", f"{s['elapsed_s']:.2f}s",
         )  # fmt: skip
     if ideal is not None:
         t.add_row(
@@ -264,8 +262,9 @@ def _breakdown_table(results: Sequence[ReplayResult], column: str, title: str) -
     t.add_column(column, style="bold" if len(results) == 1 else None)
     if column == "instance":
         t.add_column("group")
+    peak_col = "peak cached blocks" if column == "instance" else "peak used"
     for name in ("requests", "hit blocks", "block hit", "token hit", "internal tok",
-                 "external tok", "evicted", "peak cached"):
+                 "external tok", "evicted", peak_col):
         t.add_column(name, justify="right", style="cyan" if name == "token hit" else None)
     for r in results:
         df = per_instance_frame(r) if column == "instance" else r.by("group")
@@ -279,7 +278,8 @@ def _breakdown_table(results: Sequence[ReplayResult], column: str, title: str) -
                 _rate(_clean(row["block_hit_rate"])), _rate(_clean(row["token_hit_rate"])),
                 _rate(_clean(row["internal_token_hit_rate"])),
                 _rate(_clean(row["external_token_hit_rate"])),
-                f"{row['evicted_blocks']:,}", f"{row['peak_cached_blocks']:,}",
+                f"{row['evicted_blocks']:,}",
+                f"{row['peak_cached_blocks' if column == 'instance' else 'peak_used']:,}",
             ]  # fmt: skip
             t.add_row(*cells)
     return t

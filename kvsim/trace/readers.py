@@ -237,23 +237,50 @@ def _block_size(block_size: int | None, fmt: str) -> int:
 
 
 def _iter_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(1-based line number, object) for every non-blank line."""
+    """(1-based line number, object) for every non-blank line.
+
+    Blank lines between records are skipped with one warning naming their count and the
+    first one (blank lines at the end of the file are not worth a word).
+    """
     loads = orjson.loads
     try:
         f = _open(path)
     except OSError as e:
         raise TraceError(f"{path}: cannot read: {e.strerror or e}") from None
+    blank_first = blank_count = 0  # blank lines seen since the last record
+    mid_first = mid_count = 0  # blank lines followed by a record
     with f:
         for lineno, line in enumerate(f, 1):
             try:
                 obj = loads(line)
             except orjson.JSONDecodeError as e:
                 if not line.strip():
+                    blank_first = blank_first or lineno
+                    blank_count += 1
                     continue
-                raise TraceError(f"{path}:{lineno}: invalid JSON: {e}") from None
+                raise TraceError(f"{path}:{lineno}: invalid JSON {_json_where(line, e)}"
+                                 ) from None
+            if blank_count:
+                mid_first = mid_first or blank_first
+                mid_count += blank_count
+                blank_first = blank_count = 0
             if type(obj) is not dict:
                 raise TraceError(f"{path}:{lineno}: expected a JSON object, got {_show(obj)}")
             yield lineno, obj
+    if mid_count:
+        warnings.warn(f"{path}: skipped {mid_count:,} blank line(s) between records "
+                      f"(the first at line {mid_first})", stacklevel=2)
+
+
+def _json_where(line: str | bytes, e: Any) -> str:
+    """``at column N: <reason>`` for a decode error of one line (orjson counts the line's
+    own newline as a second line: an error there is at the end of the line)."""
+    text = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
+    reason = getattr(e, "msg", None) or str(e)
+    if getattr(e, "lineno", 1) > 1:
+        return f"at the end of the line (column {len(text.rstrip(chr(13) + chr(10))) + 1}): " \
+               f"{reason}"
+    return f"at column {getattr(e, 'colno', 0)}: {reason}"
 
 
 def _show(v: Any) -> str:
