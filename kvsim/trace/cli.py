@@ -173,9 +173,7 @@ def _stats_table(s: TraceStats, title: str) -> Table:
 
 
 def _event_stats_table(s: EventStats, title: str) -> Table:
-    table = Table(title=title, show_header=False, title_justify="left",
-                  caption=f"{NOT_A_HIT_RATE} Re-stores after removal are a lower bound on "
-                  "the misses a larger cache would have saved.", caption_justify="left")
+    table = Table(title=title, show_header=False, title_justify="left")
     table.add_column("stat", style="bold")
     table.add_column("value", justify="right")
     rows = [
@@ -215,6 +213,8 @@ def _recording_stats(path: Path, as_json: bool) -> None:
                                 option=orjson.OPT_INDENT_2).decode())
     else:
         Console().print(_event_stats_table(s, f"{path} (kv-events recording)"))
+        click.echo(f"note: {NOT_A_HIT_RATE} Re-stores after removal are a lower bound on the "
+                   "misses a larger cache would have saved.")
 
 
 @trace_group.command("stats")
