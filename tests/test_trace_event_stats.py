@@ -94,5 +94,5 @@ def test_bad_recordings_name_the_file(tmp_path: Path) -> None:
         read_recording(tmp_path)
     bad = tmp_path / "part-00000.parquet"
     bad.write_bytes(b"PAR1 not really")
-    with pytest.raises(TraceError, match="part-00000.parquet: cannot read"):
+    with pytest.raises(TraceError, match=r"part-00000\.parquet: cannot read"):
         read_recording(tmp_path)

@@ -29,8 +29,9 @@ from kvsim.trace.event_stats import NOT_A_HIT_RATE, EventStats, event_stats
 from kvsim.trace.generator import GenSpec, generate_trace
 from kvsim.trace.kv_events import Limits, is_recording, read_recording
 from kvsim.trace.model import Trace, TraceError
-from kvsim.trace.readers import FORMATS, detect_format, read_trace
+from kvsim.trace.readers import FORMATS, KEY_SCHEMES, detect_format, read_trace
 from kvsim.trace.stats import TraceStats, trace_stats
+from kvsim.trace.vllm_hash import HASH_ALGOS
 from kvsim.trace.writers import lost_columns, output_format, write_trace
 
 __all__ = ["trace_group"]
@@ -65,7 +66,28 @@ def _out_format(dst: Path, to: str, src_fmt: str) -> str:
         return to
     if dst.suffix.lower() in (".parquet", ".pq") or src_fmt == "parquet":
         return output_format(dst)
-    return src_fmt
+    return src_fmt if src_fmt in _WRITABLE else "kvcm"
+
+
+_WRITABLE = ("mooncake", "bailian", "kvcm", "parquet")
+
+
+def _request_key_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--keys, --hash-algo, --hash-seed: how a request log's token ids become keys."""
+    f = click.option("--hash-seed", default="0", show_default=True,
+                     help="requests, --keys vllm: the engine's PYTHONHASHSEED.")(f)
+    f = click.option("--hash-algo", type=click.Choice(HASH_ALGOS), default="sha256",
+                     show_default=True,
+                     help="requests, --keys vllm: the engine's --prefix-caching-hash-algo.")(f)
+    return click.option("--keys", "key_scheme", type=click.Choice(KEY_SCHEMES),
+                        default="vllm", show_default=True,
+                        help="requests: vLLM's prefix-cache block hashes or upstream "
+                        "KVCM's token_ids keys.")(f)
+
+
+def _key_kw(key_scheme: str, hash_algo: str, hash_seed: str) -> dict[str, Any]:
+    return {"request_keys": {"keys": key_scheme, "hash_algo": hash_algo,
+                             "hash_seed": hash_seed}}
 
 
 def _read(path: Path, fmt: str, **kw: Any) -> tuple[Trace, str]:
@@ -120,14 +142,16 @@ def trace_group() -> None:
     help="Chain per-block ids into prefix keys.",
 )
 @click.option("--strict", is_flag=True, help="Fail on out-of-order timestamps.")
+@_request_key_options
 def convert_cmd(
     src: Path, dst: Path, src_fmt: str, dst_fmt: str, block_size: int | None, tail: str,
-    chain: str, strict: bool,
+    chain: str, strict: bool, key_scheme: str, hash_algo: str, hash_seed: str,
 ) -> None:  # fmt: skip
     """Convert trace SRC to DST (any supported format to any other)."""
     with _clean_errors():
         trace, fmt = _read(
-            src, src_fmt, block_size=block_size, tail=tail, chain=chain, strict=strict
+            src, src_fmt, block_size=block_size, tail=tail, chain=chain, strict=strict,
+            **_key_kw(key_scheme, hash_algo, hash_seed),
         )
         out = _out_format(dst, dst_fmt, fmt)
         lost = lost_columns(trace, out)
@@ -187,7 +211,8 @@ def _event_stats_table(s: EventStats, title: str) -> Table:
         ("re-stores after removal (lower bound on misses a larger cache saves)",
          f"{s.restores_after_removal:,} ({s.restored_tokens_after_removal:,} tokens)"),
         ("re-stores after a clear", f"{s.restores_after_clear:,}"),
-        ("removal -> re-store p50/p90", f"{s.restore_gap_p50_s:,.3f} / {s.restore_gap_p90_s:,.3f} s"),
+        ("removal -> re-store p50/p90",
+         f"{s.restore_gap_p50_s:,.3f} / {s.restore_gap_p90_s:,.3f} s"),
         ("block lifetime p50/p90/p99/max",
          f"{s.lifetime_p50_s:,.3f} / {s.lifetime_p90_s:,.3f} / {s.lifetime_p99_s:,.3f} / "
          f"{s.lifetime_max_s:,.3f} s ({s.completed_lifetimes:,} removed)"),
@@ -234,8 +259,10 @@ def _recording_stats(path: Path, as_json: bool) -> None:
     "--chain", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@_request_key_options
 def stats_cmd(
-    trace: Path, fmt: str, block_size: int | None, tail: str, chain: str, as_json: bool
+    trace: Path, fmt: str, block_size: int | None, tail: str, chain: str, as_json: bool,
+    key_scheme: str, hash_algo: str, hash_seed: str,
 ) -> None:
     """Print a trace's size, ideal hit rates, reuse and popularity.
 
@@ -247,7 +274,8 @@ def stats_cmd(
             _recording_stats(trace, as_json)
         return
     with _clean_errors():
-        t, fmt = _read(trace, fmt, block_size=block_size, tail=tail, chain=chain)
+        t, fmt = _read(trace, fmt, block_size=block_size, tail=tail, chain=chain,
+                       **_key_kw(key_scheme, hash_algo, hash_seed))
         s = _timed("computing statistics", lambda: trace_stats(t))
     if as_json:
         click.echo(

@@ -56,7 +56,7 @@ def _cbor(obj: Any) -> bytes:
 
 def _xxh128(data: bytes) -> bytes:
     try:
-        import xxhash  # type: ignore[import-not-found]
+        import xxhash
     except ImportError as e:
         raise RuntimeError("the xxhash algorithms need the xxhash package "
                            "(pip install xxhash)") from e
