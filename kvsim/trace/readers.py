@@ -417,6 +417,16 @@ def read_mooncake(
             raise _missing(p, lineno, "timestamp")
         ts.append(sessions.time_ms(lineno, sid, t, delay))
     lines = rows.lines
+    with warnings.catch_warnings():
+        if sessions.delays:  # closed-loop times are derived: their order is not the file's
+            warnings.simplefilter("ignore", TraceWarning)
+        return _mooncake_finish(p, rows, ts, il, ol, lines, bs, tail, chain, strict,
+                                instance, sessions)
+
+
+def _mooncake_finish(p: Path, rows: _Rows, ts: list[Any], il: list[Any], ol: list[Any],
+                     lines: list[int], bs: int, tail: Tail, chain: Chain, strict: bool,
+                     instance: str | None, sessions: _Sessions) -> Trace:
     return _finish(
         p,
         rows,
@@ -448,6 +458,7 @@ class _Sessions:
         self.turn: list[int] = []
         self.count: dict[int, int] = {}
         self.any = False
+        self.delays = False  # some time came from a delay (derived, not file order)
 
     def add(self, lineno: int, sid: Any) -> int:
         if sid is None:
@@ -470,8 +481,7 @@ class _Sessions:
                 raise _field_error(self.path, lineno, "delay", "non-negative milliseconds",
                                    delay)
             t = self.last.get(c, 0.0) + delay
-        elif type(t) in (int, float) and t == t:
-            self.any = self.any or delay is not None
+            self.delays = True
         self.last[c] = t if type(t) in (int, float) else 0.0
         return t
 
