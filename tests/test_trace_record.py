@@ -264,3 +264,51 @@ def test_bounds() -> None:
         decode_batch(msgpack.packb([1.0, [["BlockStored", [1], None, [1] * 5]]]), "f", lim)
     with pytest.raises(EventDecodeError, match="exceeds 1000"):
         decode_batch(b"\x90" * 1001, "f", lim)
+
+
+def test_two_ranks_and_hostile_frames(tmp_path: Path) -> None:
+    payloads, expected = make_batches()
+    a = Publisher(payloads[:6], skip={4}).start()  # data-parallel rank 0
+    b = Publisher(payloads[6:], skip={1}).start()  # rank 1, its own sequence from 0
+    # a third "publisher" that sends garbage: wrong frame counts, a short sequence
+    # number, a payload that is not msgpack, a batch of the wrong shape
+    ctx = zmq.Context()
+    junk = ctx.socket(zmq.PUB)
+    junk.bind("tcp://127.0.0.1:0")
+    junk_ep = junk.getsockopt_string(zmq.LAST_ENDPOINT)
+    out = tmp_path / "rec"
+    rec = Recorder([a.endpoint, b.endpoint, junk_ep], out,
+                   replay=[a.replay_endpoint, b.replay_endpoint, ""],
+                   max_batches=12 + 2, duration=20)
+
+    def spam() -> None:
+        time.sleep(1.0)  # no replay socket here: give the subscription time to join
+        for _ in range(1):
+            junk.send_multipart([b"kv"])
+            junk.send_multipart([b"kv", b"\x01"])
+            junk.send_multipart([b"kv", (0).to_bytes(8, "big"), b"\xc1\xc1"])
+            junk.send_multipart([b"kv", (1).to_bytes(8, "big"), msgpack.packb({"ts": 1})])
+            junk.send_multipart([b"kv", (2).to_bytes(8, "big"), msgpack.packb([1.0, []])])
+            junk.send_multipart([b"kv", (3).to_bytes(8, "big"),
+                                 msgpack.packb([1.0, [["AllBlocksCleared"]]])])
+            time.sleep(0.05)
+
+    t = threading.Thread(target=spam, daemon=True)
+    t.start()
+    try:
+        stats = rec.run()
+    finally:
+        a.close()
+        b.close()
+        t.join(5)
+        junk.close(linger=0)
+        ctx.term()
+    batches, _ = read_recording(out)
+    by_src: dict[str, list[tuple[int, EventBatch]]] = {}
+    for rb in batches:
+        by_src.setdefault(rb.source, []).append((rb.seq, rb.batch))
+    assert sorted(by_src[a.endpoint]) == list(enumerate(expected[:6]))
+    assert sorted(by_src[b.endpoint]) == list(enumerate(expected[6:]))
+    # the two valid junk batches: seq 2 has no events (so no rows), seq 3 has one
+    assert [s for s, _ in by_src[junk_ep]] == [3]
+    assert stats.bad_frames == 4 and stats.gap_batches == 0 and stats.batches == 14
