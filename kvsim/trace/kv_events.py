@@ -83,6 +83,7 @@ _FIELDS = {BLOCK_STORED: _STORED_FIELDS, BLOCK_REMOVED: _REMOVED_FIELDS,
            ALL_BLOCKS_CLEARED: ()}
 _I64 = (-(1 << 63), 1 << 63)
 _I32 = (-(1 << 31), 1 << 31)
+_INT_ONLY = {int}
 
 
 @dataclass(frozen=True)
@@ -227,7 +228,7 @@ def _event(ev: Any, where: str, path: str, lim: Limits) -> KVEvent | None:
         if len(ev) - 1 > len(names) + 8:
             raise _err(where, path, f"at most {len(names)} fields", f"{len(ev) - 1} fields")
         vals = dict(zip(names, ev[1:], strict=False))
-        fpath = {n: f"{path}[{k + 1}]" for k, n in enumerate(names)}
+        fpath = _Paths(path, names)
     elif isinstance(ev, dict):
         tag = ev.get("type")
         if not isinstance(tag, str):
@@ -235,7 +236,7 @@ def _event(ev: Any, where: str, path: str, lim: Limits) -> KVEvent | None:
         if tag not in _FIELDS:
             return None
         vals = ev
-        fpath = {n: f"{path}.{n}" for n in _FIELDS[tag]}
+        fpath = _Paths(path, None)
     else:
         raise _err(where, path, "an event (array or map)", ev)
     if tag == ALL_BLOCKS_CLEARED:
@@ -246,7 +247,7 @@ def _event(ev: Any, where: str, path: str, lim: Limits) -> KVEvent | None:
         raise _err(where, hp, "a list of block hashes", hashes)
     if len(hashes) > lim.max_hashes:
         raise _err(where, hp, f"at most {lim.max_hashes} hashes", f"{len(hashes)} hashes")
-    keys = tuple(_hash(h, where, f"{hp}[{j}]", lim) for j, h in enumerate(hashes))
+    keys = tuple(_hash(h, where, hp, lim, j) for j, h in enumerate(hashes))
     medium = _str(vals.get("medium"), where, fpath["medium"], lim)
     group = vals.get("group_idx")
     group = None if group is None else _int(group, where, fpath["group_idx"], _I32)
@@ -262,9 +263,11 @@ def _event(ev: Any, where: str, path: str, lim: Limits) -> KVEvent | None:
         raise _err(where, tp, "a list of token ids", toks)
     if len(toks) > lim.max_tokens:
         raise _err(where, tp, f"at most {lim.max_tokens} tokens", f"{len(toks)} tokens")
-    for j, t in enumerate(toks):
-        if type(t) is not int or not _I64[0] <= t < _I64[1]:
-            raise _err(where, f"{tp}[{j}]", "an int64 token id", t)
+    if toks and (not set(map(type, toks)) <= _INT_ONLY or min(toks) < _I64[0]
+                 or max(toks) >= _I64[1]):  # one C-speed pass; find the culprit if bad
+        for j, t in enumerate(toks):
+            if type(t) is not int or not _I64[0] <= t < _I64[1]:
+                raise _err(where, f"{tp}[{j}]", "an int64 token id", t)
     bs = vals.get("block_size")
     bs = None if bs is None else _int(bs, where, fpath["block_size"], (1, 1 << 31))
     lora = vals.get("lora_id")
@@ -275,16 +278,32 @@ def _event(ev: Any, where: str, path: str, lim: Limits) -> KVEvent | None:
                    group_idx=group)
 
 
-def _hash(h: Any, where: str, path: str, lim: Limits) -> int:
+class _Paths:
+    """Field paths for error messages, built only when one is needed."""
+
+    __slots__ = ("names", "path")
+
+    def __init__(self, path: str, names: tuple[str, ...] | None) -> None:
+        self.path, self.names = path, names
+
+    def __getitem__(self, name: str) -> str:
+        if self.names is None:
+            return f"{self.path}.{name}"
+        return f"{self.path}[{self.names.index(name) + 1}]"
+
+
+def _hash(h: Any, where: str, path: str, lim: Limits, j: int | None = None) -> int:
     if type(h) is int:
-        if not -(1 << 63) <= h < (1 << 64):
-            raise _err(where, path, "a hash in [-2**63, 2**64)", h)
-        return external_key(h)
-    if isinstance(h, bytes):
-        if not 0 < len(h) <= lim.max_hash_bytes:
-            raise _err(where, path, f"1..{lim.max_hash_bytes} hash bytes", f"{len(h)} bytes")
-        return external_key(h)
-    raise _err(where, path, "an int or bytes block hash", h)
+        if -(1 << 63) <= h < (1 << 64):
+            return external_key(h)
+        expected = "a hash in [-2**63, 2**64)"
+    elif isinstance(h, bytes):
+        if 0 < len(h) <= lim.max_hash_bytes:
+            return external_key(h)
+        expected, h = f"1..{lim.max_hash_bytes} hash bytes", f"{len(h)} bytes"
+    else:
+        expected = "an int or bytes block hash"
+    raise _err(where, path if j is None else f"{path}[{j}]", expected, h)
 
 
 def _int(v: Any, where: str, path: str, bounds: tuple[int, int]) -> int:

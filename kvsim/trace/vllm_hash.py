@@ -40,6 +40,7 @@ __all__ = ["HASH_ALGOS", "VLLM_DEFAULT_BLOCK_SIZE", "VllmBlockHasher", "external
 HASH_ALGOS = ("sha256", "sha256_cbor", "xxhash", "xxhash_cbor")
 VLLM_DEFAULT_BLOCK_SIZE = 16
 _SIGN = 1 << 63
+_INT_ONLY = {int}
 
 
 def _pickle(obj: Any) -> bytes:
@@ -124,14 +125,16 @@ class VllmBlockHasher:
                      cache_salt: str | None = None) -> list[bytes]:
         """The hash (bytes) of every full block of ``token_ids``, chained from ``NONE_HASH``."""
         bs = self.block_size
-        toks = [int(t) for t in token_ids]  # python ints: numpy scalars pickle differently
+        toks = tuple(token_ids)
+        if not set(map(type, toks)) <= _INT_ONLY:
+            toks = tuple(int(t) for t in toks)  # python ints: numpy scalars pickle differently
         parent = self.none_hash
         out = []
-        lora = [lora_name] if lora_name else []
+        fn = self.hash_fn
+        rest = (lora_name,) if lora_name else None  # extra keys of blocks after the first
+        first = (*(rest or ()), cache_salt) if cache_salt else rest
         for b in range(len(toks) // bs):
-            extra = lora + ([cache_salt] if b == 0 and cache_salt else [])
-            parent = self.hash_fn((parent, tuple(toks[b * bs:(b + 1) * bs]),
-                                   tuple(extra) if extra else None))
+            parent = fn((parent, toks[b * bs:(b + 1) * bs], first if b == 0 else rest))
             out.append(parent)
         return out
 
