@@ -402,6 +402,8 @@ def gen_cmd(
               show_default=True, help="Write a part after this many events.")
 @click.option("--rotate-seconds", type=click.FloatRange(min=0, min_open=True), default=300.0,
               show_default=True, help="Write a part at least this often.")
+@click.option("--rotate-mb", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Write a part once the buffered payloads reach this size.")
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Stop after this many seconds.")
 @click.option("--max-batches", type=click.IntRange(min=1), default=None,
@@ -415,7 +417,7 @@ def gen_cmd(
 @click.option("-v", "--verbose", is_flag=True, help="Log every batch.")
 def record_cmd(
     out: Path, endpoints: tuple[str, ...], replays: tuple[str, ...], topic: str,
-    rotate_events: int, rotate_seconds: float, duration: float | None,
+    rotate_events: int, rotate_seconds: float, rotate_mb: int, duration: float | None,
     max_batches: int | None, replay_timeout: float, catch_up: bool, max_payload_mb: int,
     verbose: bool,
 ) -> None:  # fmt: skip
@@ -434,7 +436,8 @@ def record_cmd(
     try:
         rec = Recorder(list(endpoints), out, replay=list(replays) or None, topic=topic,
                        rotate_events=rotate_events, rotate_seconds=rotate_seconds,
-                       replay_timeout=replay_timeout, catch_up=catch_up,
+                       rotate_bytes=rotate_mb << 20, replay_timeout=replay_timeout,
+                       catch_up=catch_up,
                        limits=Limits(max_payload_bytes=max_payload_mb << 20),
                        max_batches=max_batches, duration=duration)
     except ValueError as e:

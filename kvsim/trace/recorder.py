@@ -101,6 +101,8 @@ class Recorder:
         topic: subscription prefix (``""`` = every topic).
         rotate_events: write a part after this many buffered events.
         rotate_seconds: write a part at least this often (when it has events).
+        rotate_bytes: write a part once the buffered payloads reach this many bytes
+            (bounds the recorder's memory whatever the events hold).
         replay_timeout: seconds to wait for a replay to finish.
         catch_up: replay a publisher's buffer when its first batch arrives.
         limits: payload bounds.
@@ -112,6 +114,7 @@ class Recorder:
     def __init__(self, endpoints: Sequence[str], out: str | os.PathLike[str], *,
                  replay: Sequence[str | None] | None = None, topic: str = "",
                  rotate_events: int = 1_000_000, rotate_seconds: float = 300.0,
+                 rotate_bytes: int = 256 << 20,
                  replay_timeout: float = 5.0, catch_up: bool = True,
                  limits: Limits | None = None, max_batches: int | None = None,
                  duration: float | None = None,
@@ -128,6 +131,8 @@ class Recorder:
         self.topic = topic.encode()
         self.rotate_events = max(1, int(rotate_events))
         self.rotate_seconds = float(rotate_seconds)
+        self.rotate_bytes = max(1, int(rotate_bytes))
+        self._buf_bytes = 0
         self.replay_timeout = float(replay_timeout)
         self.catch_up = catch_up
         self.limits = limits or Limits()
@@ -182,7 +187,8 @@ class Recorder:
                         except zmq.Again:
                             break
                         self._on_frames(src, frames)
-                        if self._buf_events >= self.rotate_events:
+                        if self._buf_events >= self.rotate_events or \
+                                self._buf_bytes >= self.rotate_bytes:
                             self.flush()
                             last_flush = self.clock()
                         if self.max_batches is not None and \
@@ -244,6 +250,7 @@ class Recorder:
         self._buf.append(RecordedBatch(source=src.endpoint, seq=seq, batch=batch,
                                        recv_ns=time.time_ns(), replayed=replayed))
         self._buf_events += len(batch.events)
+        self._buf_bytes += len(payload)
         self.stats.batches += 1
         self.stats.events += len(batch.events)
         self.stats.skipped_events += batch.skipped
@@ -300,6 +307,7 @@ class Recorder:
         log.info("wrote %s (%d batches, %d events)", path, len(self._buf), self._buf_events)
         self._buf = []
         self._buf_events = 0
+        self._buf_bytes = 0
         self._gaps_pending = []
         self._flushed = now
         return path
