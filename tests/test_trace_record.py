@@ -312,3 +312,31 @@ def test_two_ranks_and_hostile_frames(tmp_path: Path) -> None:
     # the two valid junk batches: seq 2 has no events (so no rows), seq 3 has one
     assert [s for s, _ in by_src[junk_ep]] == [3]
     assert stats.bad_frames == 4 and stats.gap_batches == 0 and stats.batches == 14
+
+
+def test_decoder_golden_every_field() -> None:
+    """Every field in both encodings, by position as in the engines' declarations."""
+    from kvsim.trace.kv_events import decode_batch
+
+    toks = list(range(48))
+    full = ["BlockStored", [1, 2, 3], 2**63, toks, 16, 5, "CPU", "ad", [None, None, None],
+            2, "full_attention", None]
+    named = {"type": "BlockStored", "block_hashes": [1, 2, 3], "parent_block_hash": 2**63,
+             "token_ids": toks, "block_size": 16, "lora_id": 5, "medium": "CPU",
+             "lora_name": "ad", "extra_keys": [None, None, None], "group_idx": 2,
+             "kv_cache_spec_kind": "full_attention", "kv_cache_spec_sliding_window": None,
+             "some_future_field": 1}
+    want = KVEvent("BlockStored", (1, 2, 3), -(2**63), tuple(toks), 16, 5, "CPU", "ad", 2)
+    removed = KVEvent("BlockRemoved", (7,), medium="CPU", group_idx=2)
+    for batch in (msgpack.packb([5.0, [full, ["BlockRemoved", [7], "CPU", 2]], 3]),
+                  msgpack.packb({"ts": 5.0, "attn_dp_rank": 3, "events": [
+                      named, {"type": "BlockRemoved", "block_hashes": [7], "medium": "CPU",
+                              "group_idx": 2}]})):
+        b = decode_batch(batch)
+        assert b == EventBatch(5.0, (want, removed), dp_rank=3)
+    assert want.parents() == [-(2**63), 1, 2]  # a multi-block store chains its blocks
+    # SGLang's shortest form: five fields, no medium, no rank
+    b = decode_batch(msgpack.packb([1.0, [["BlockStored", [9], None, [1] * 16, 16, None],
+                                          ["AllBlocksCleared"]]]))
+    assert b.events == (KVEvent("BlockStored", (9,), None, (1,) * 16, 16),
+                        KVEvent("AllBlocksCleared")) and b.dp_rank is None
