@@ -269,7 +269,7 @@ def stats_cmd(
     On a KV-event recording (``kvsim trace record``): residency per block and medium,
     block lifetimes and re-stores after removal (it is not a hit-rate trace).
     """
-    if fmt in ("auto", "kv-events") and is_recording(trace):
+    if fmt == "kv-events" or (fmt == "auto" and is_recording(trace)):
         with _clean_errors():
             _recording_stats(trace, as_json)
         return
