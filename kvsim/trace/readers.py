@@ -463,6 +463,9 @@ class _Sessions:
     def add(self, lineno: int, sid: Any) -> int:
         if sid is None:
             c = -1 - len(self.rows)  # a session of its own (renumbered in codes())
+            self.rows.append(c)
+            self.turn.append(0)
+            return c
         else:
             if type(sid) not in (str, int) or (type(sid) is str and len(sid) > 4096):
                 raise _field_error(self.path, lineno, "session_id", "a string or an integer",
