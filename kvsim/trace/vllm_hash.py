@@ -41,6 +41,7 @@ HASH_ALGOS = ("sha256", "sha256_cbor", "xxhash", "xxhash_cbor")
 VLLM_DEFAULT_BLOCK_SIZE = 16
 _SIGN = 1 << 63
 _INT_ONLY = {int}
+_MEMO_MAX = 1 << 17  # memoised blocks (~400 bytes each: ~50 MB) before it starts over
 
 
 def _pickle(obj: Any) -> bytes:
@@ -120,6 +121,8 @@ class VllmBlockHasher:
         self.algo = algo
         self.hash_fn = hash_function(algo)
         self.none_hash = self.hash_fn(str(hash_seed))
+        # shared prefixes (turns of a chat, common system prompts) hash once
+        self._memo: dict[tuple[Any, ...], bytes] = {}
 
     def block_hashes(self, token_ids: Sequence[int], *, lora_name: str | None = None,
                      cache_salt: str | None = None) -> list[bytes]:
@@ -133,8 +136,16 @@ class VllmBlockHasher:
         fn = self.hash_fn
         rest = (lora_name,) if lora_name else None  # extra keys of blocks after the first
         first = (*(rest or ()), cache_salt) if cache_salt else rest
+        memo = self._memo
         for b in range(len(toks) // bs):
-            parent = fn((parent, toks[b * bs:(b + 1) * bs], first if b == 0 else rest))
+            arg = (parent, toks[b * bs:(b + 1) * bs], first if b == 0 else rest)
+            h = memo.get(arg)
+            if h is None:
+                h = fn(arg)
+                if len(memo) >= _MEMO_MAX:
+                    memo.clear()
+                memo[arg] = h
+            parent = h
             out.append(parent)
         return out
 
