@@ -218,3 +218,28 @@ def test_error_messages_name_file_and_line(tmp_path: Path) -> None:
     with pytest.raises(TraceError) as ei:
         read_agentic(p)
     assert re.search(r"a\.jsonl:2: missing field 'timestamp'", str(ei.value))
+
+
+def test_request_log_keys_equal_published_event_hashes(tmp_path: Path) -> None:
+    """A request log's vLLM keys are the keys of the hashes the engine publishes.
+
+    The engine's block hashes (bytes, as vLLM publishes them with
+    ``VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES=0``, or their int form by default) are computed
+    by ``vllm_reference`` and sent through the event decoder.
+    """
+    import msgpack
+
+    from kvsim.trace.kv_events import decode_batch
+
+    ser = lambda o: pickle.dumps(o, protocol=pickle.HIGHEST_PROTOCOL)  # noqa: E731
+    parent = hashlib.sha256(ser("7")).digest()
+    hashes = []
+    for b in range(2):
+        parent = hashlib.sha256(ser((parent, tuple(TOKENS[b * 16:(b + 1) * 16]), None))).digest()
+        hashes.append(parent)
+    as_ints = [int.from_bytes(h, "big") & (2**64 - 1) for h in hashes]
+    for published in (hashes, as_ints):
+        ev = decode_batch(msgpack.packb([0.0, [["BlockStored", published, None, TOKENS[:32],
+                                                16, None, "GPU"]]])).events[0]
+        p = write_jsonl(tmp_path / "r.jsonl", [{"token_ids": TOKENS}])
+        assert read_requests(p, hash_seed="7").keys.tolist() == list(ev.block_hashes)
