@@ -340,3 +340,18 @@ def test_decoder_golden_every_field() -> None:
                                           ["AllBlocksCleared"]]]))
     assert b.events == (KVEvent("BlockStored", (9,), None, (1,) * 16, 16),
                         KVEvent("AllBlocksCleared")) and b.dp_rank is None
+
+
+def test_catch_up_starts_at_the_oldest_buffered_batch(tmp_path: Path) -> None:
+    payloads, expected = make_batches()
+    # the subscriber sees nothing before seq 6; the publisher still buffers 4 and 5 only
+    pub = Publisher(payloads[:8], skip=set(range(6)), buffer_from=4).start()
+    out = tmp_path / "rec"
+    rec = Recorder([pub.endpoint], out, replay=[pub.replay_endpoint], max_batches=4,
+                   duration=20)
+    try:
+        stats = rec.run()
+    finally:
+        pub.close()
+    assert recorded(out) == [(s, expected[s]) for s in (4, 5, 6, 7)]
+    assert stats.gap_batches == 0 and pub.replay_requests == [0]

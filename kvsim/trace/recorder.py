@@ -16,7 +16,8 @@ the recording's metadata. A repeated or older sequence number is dropped as a
 duplicate, except 0 after a higher number, which is a restarted publisher. With
 ``catch_up`` the first batch seen from a publisher also asks for everything it still
 buffers (so a recording started late, or a subscription that joined after the first
-messages, begins at the publisher's oldest batch).
+messages, begins at the publisher's oldest batch; what it no longer buffers is not
+counted as a gap).
 
 Batches are buffered and written as ``OUT/part-NNNNN.parquet`` (temp file + rename)
 every ``rotate_events`` events or ``rotate_seconds``, and on stop. Every received frame
@@ -227,7 +228,7 @@ class Recorder:
             return
         if src.last is None:
             if self.catch_up and src.dealer is not None and seq > 0:
-                self._replay(src, 0, seq)
+                self._replay(src, 0, seq, catching_up=True)
         elif seq <= src.last:
             if seq == 0:
                 self.stats.restarts += 1
@@ -258,8 +259,13 @@ class Recorder:
         log.debug("recorded %s seq %d (%d events%s)", src.endpoint, seq, len(batch.events),
                   ", replayed" if replayed else "")
 
-    def _replay(self, src: _Source, first: int, upto: int) -> None:
-        """Record batches ``first .. upto - 1`` from the replay socket; note what is missing."""
+    def _replay(self, src: _Source, first: int, upto: int, *, catching_up: bool = False
+                ) -> None:
+        """Record batches ``first .. upto - 1`` from the replay socket; note what is missing.
+
+        When ``catching_up`` (the first batch of a publisher), what the publisher no
+        longer buffers is not a gap: the recording simply starts later.
+        """
         got = first
         if src.dealer is not None:
             src.dealer.send_multipart([b"", first.to_bytes(8, "big")])
@@ -278,11 +284,11 @@ class Recorder:
                 if rseq == END_SEQ:
                     break
                 if got <= rseq < upto:
-                    if rseq > got:
+                    if rseq > got and not (catching_up and got == first):
                         self._gap(src, got, rseq)
                     self._record(src, rseq, frames[2], replayed=True)
                     got = rseq + 1
-        if got < upto:
+        if got < upto and not (catching_up and got == first):
             self._gap(src, got, upto)
 
     def _gap(self, src: _Source, first: int, end: int) -> None:
