@@ -13,7 +13,8 @@ from typing import Any, TypeVar
 
 import click
 
-FORMATS = ("auto", "mooncake", "bailian", "kvcm", "kvcm-events", "parquet")
+FORMATS = ("auto", "mooncake", "bailian", "kvcm", "kvcm-events", "parquet", "requests",
+           "agentic")
 
 F = TypeVar("F", bound=Callable[..., Any])
 

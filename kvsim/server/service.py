@@ -105,7 +105,7 @@ from kvsim.server.auth import Account, Accounts
 from kvsim.server.clock import MonotonicClock
 from kvsim.server.eventlog import EventLog
 from kvsim.server.store import BlockStore, SessionRecord, StoreBatch
-from kvsim.trace.hashing import token_block_keys
+from kvsim.trace.hashing import kvcm_token_keys
 
 __all__ = ["DEFAULT_ADMIN_PASSWORD", "DEFAULT_ADMIN_USER", "Service", "default_config"]
 
@@ -1589,7 +1589,7 @@ class Service:
         tokens = body.get("token_ids")
         if tokens:
             t = _int64_list(tokens, "token_ids")
-            return token_block_keys(t, spec.block_size)
+            return kvcm_token_keys(t, spec.block_size)  # upstream KVCM's GenKeyVector keys
         if keys is not None and not isinstance(keys, list):
             raise W.WireError(f"block_keys: expected a list, got {W._show(keys)}")
         if tokens is not None and not isinstance(tokens, list):

@@ -8,7 +8,7 @@ Example:
 """
 
 from kvsim.trace.generator import SESSION_TYPES, GenSpec, generate_trace
-from kvsim.trace.hashing import CHAIN_ROOT, chain_ids, token_block_keys
+from kvsim.trace.hashing import CHAIN_ROOT, chain_ids, kvcm_token_keys, token_block_keys
 from kvsim.trace.model import (
     KIND_READ,
     KIND_REQUEST,
@@ -24,10 +24,12 @@ from kvsim.trace.readers import (
     FORMATS,
     TraceWarning,
     detect_format,
+    read_agentic,
     read_bailian,
     read_kvcm,
     read_mooncake,
     read_parquet,
+    read_requests,
     read_trace,
 )
 from kvsim.trace.stats import TraceStats, ideal_hit_blocks, trace_diff, trace_stats
@@ -59,10 +61,13 @@ __all__ = [
     "detect_format",
     "generate_trace",
     "ideal_hit_blocks",
+    "kvcm_token_keys",
+    "read_agentic",
     "read_bailian",
     "read_kvcm",
     "read_mooncake",
     "read_parquet",
+    "read_requests",
     "read_trace",
     "token_block_keys",
     "trace_diff",

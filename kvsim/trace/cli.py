@@ -25,10 +25,13 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
+from kvsim.trace.event_stats import NOT_A_HIT_RATE, EventStats, event_stats
 from kvsim.trace.generator import GenSpec, generate_trace
+from kvsim.trace.kv_events import Limits, is_recording, read_recording
 from kvsim.trace.model import Trace, TraceError
-from kvsim.trace.readers import FORMATS, detect_format, read_trace
+from kvsim.trace.readers import FORMATS, KEY_SCHEMES, detect_format, read_trace
 from kvsim.trace.stats import TraceStats, trace_stats
+from kvsim.trace.vllm_hash import HASH_ALGOS
 from kvsim.trace.writers import lost_columns, output_format, write_trace
 
 __all__ = ["trace_group"]
@@ -63,7 +66,28 @@ def _out_format(dst: Path, to: str, src_fmt: str) -> str:
         return to
     if dst.suffix.lower() in (".parquet", ".pq") or src_fmt == "parquet":
         return output_format(dst)
-    return src_fmt
+    return src_fmt if src_fmt in _WRITABLE else "kvcm"
+
+
+_WRITABLE = ("mooncake", "bailian", "kvcm", "parquet")
+
+
+def _request_key_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--keys, --hash-algo, --hash-seed: how a request log's token ids become keys."""
+    f = click.option("--hash-seed", default="0", show_default=True,
+                     help="requests, --keys vllm: the engine's PYTHONHASHSEED.")(f)
+    f = click.option("--hash-algo", type=click.Choice(HASH_ALGOS), default="sha256",
+                     show_default=True,
+                     help="requests, --keys vllm: the engine's --prefix-caching-hash-algo.")(f)
+    return click.option("--keys", "key_scheme", type=click.Choice(KEY_SCHEMES),
+                        default="vllm", show_default=True,
+                        help="requests: vLLM's prefix-cache block hashes or upstream "
+                        "KVCM's token_ids keys.")(f)
+
+
+def _key_kw(key_scheme: str, hash_algo: str, hash_seed: str) -> dict[str, Any]:
+    return {"request_keys": {"keys": key_scheme, "hash_algo": hash_algo,
+                             "hash_seed": hash_seed}}
 
 
 def _read(path: Path, fmt: str, **kw: Any) -> tuple[Trace, str]:
@@ -118,14 +142,16 @@ def trace_group() -> None:
     help="Chain per-block ids into prefix keys.",
 )
 @click.option("--strict", is_flag=True, help="Fail on out-of-order timestamps.")
+@_request_key_options
 def convert_cmd(
     src: Path, dst: Path, src_fmt: str, dst_fmt: str, block_size: int | None, tail: str,
-    chain: str, strict: bool,
+    chain: str, strict: bool, key_scheme: str, hash_algo: str, hash_seed: str,
 ) -> None:  # fmt: skip
     """Convert trace SRC to DST (any supported format to any other)."""
     with _clean_errors():
         trace, fmt = _read(
-            src, src_fmt, block_size=block_size, tail=tail, chain=chain, strict=strict
+            src, src_fmt, block_size=block_size, tail=tail, chain=chain, strict=strict,
+            **_key_kw(key_scheme, hash_algo, hash_seed),
         )
         out = _out_format(dst, dst_fmt, fmt)
         lost = lost_columns(trace, out)
@@ -170,10 +196,57 @@ def _stats_table(s: TraceStats, title: str) -> Table:
     return table
 
 
+def _event_stats_table(s: EventStats, title: str) -> Table:
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column("stat", style="bold")
+    table.add_column("value", justify="right")
+    rows = [
+        ("batches / events", f"{s.batches:,} / {s.events:,}"),
+        ("sources / caches", f"{s.sources:,} / {s.caches:,}"),
+        ("time span", f"{s.duration_s:,.1f} s"),
+        ("block stores (+ duplicates)", f"{s.stores:,} (+ {s.duplicate_stores:,})"),
+        ("block removals (+ unknown)", f"{s.removals:,} (+ {s.unknown_removals:,})"),
+        ("clears / blocks cleared", f"{s.clears:,} / {s.cleared_blocks:,}"),
+        ("distinct blocks", f"{s.distinct_blocks:,}"),
+        ("re-stores after removal (lower bound on misses a larger cache saves)",
+         f"{s.restores_after_removal:,} ({s.restored_tokens_after_removal:,} tokens)"),
+        ("re-stores after a clear", f"{s.restores_after_clear:,}"),
+        ("removal -> re-store p50/p90",
+         f"{s.restore_gap_p50_s:,.3f} / {s.restore_gap_p90_s:,.3f} s"),
+        ("block lifetime p50/p90/p99/max",
+         f"{s.lifetime_p50_s:,.3f} / {s.lifetime_p90_s:,.3f} / {s.lifetime_p99_s:,.3f} / "
+         f"{s.lifetime_max_s:,.3f} s ({s.completed_lifetimes:,} removed)"),
+        ("residency per block p50/p90/max",
+         f"{s.residency_p50_s:,.3f} / {s.residency_p90_s:,.3f} / {s.residency_max_s:,.3f} s"),
+        ("lost batches (gaps)", f"{s.gap_batches:,} ({s.gaps:,} gaps)"),
+    ]  # fmt: skip
+    for med, m in s.media.items():
+        rows.append((f"medium {med}: stores / removals / distinct",
+                     f"{m.stores:,} / {m.removals:,} / {m.distinct_blocks:,}"))
+        rows.append((f"medium {med}: resident peak / mean / at end",
+                     f"{m.peak_resident:,} / {m.mean_resident:,.1f} / {m.resident_at_end:,}"))
+    for k, v in rows:
+        table.add_row(k, v)
+    return table
+
+
+def _recording_stats(path: Path, as_json: bool) -> None:
+    batches, meta = read_recording(path)
+    s = event_stats(batches, meta.get("gaps", []))
+    if as_json:
+        click.echo(orjson.dumps({"trace": str(path), "format": "kv-events", **s.to_dict()},
+                                option=orjson.OPT_INDENT_2).decode())
+    else:
+        Console().print(_event_stats_table(s, f"{path} (kv-events recording)"))
+        click.echo(f"note: {NOT_A_HIT_RATE} Re-stores after removal are a lower bound on the "
+                   "misses a larger cache would have saved.")
+
+
 @trace_group.command("stats")
-@click.argument("trace", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("trace", type=click.Path(path_type=Path))
 @click.option(
-    "--format", "fmt", type=_FMT_CHOICE, default="auto", show_default=True, help="Input format."
+    "--format", "fmt", type=click.Choice(["auto", *FORMATS, "kv-events"]), default="auto",
+    show_default=True, help="Input format (kv-events: a `kvsim trace record` recording).",
 )
 @click.option(
     "--block-size",
@@ -186,12 +259,23 @@ def _stats_table(s: TraceStats, title: str) -> Table:
     "--chain", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@_request_key_options
 def stats_cmd(
-    trace: Path, fmt: str, block_size: int | None, tail: str, chain: str, as_json: bool
+    trace: Path, fmt: str, block_size: int | None, tail: str, chain: str, as_json: bool,
+    key_scheme: str, hash_algo: str, hash_seed: str,
 ) -> None:
-    """Print a trace's size, ideal hit rates, reuse and popularity."""
+    """Print a trace's size, ideal hit rates, reuse and popularity.
+
+    On a KV-event recording (``kvsim trace record``): residency per block and medium,
+    block lifetimes and re-stores after removal (it is not a hit-rate trace).
+    """
+    if fmt == "kv-events" or (fmt == "auto" and is_recording(trace)):
+        with _clean_errors():
+            _recording_stats(trace, as_json)
+        return
     with _clean_errors():
-        t, fmt = _read(trace, fmt, block_size=block_size, tail=tail, chain=chain)
+        t, fmt = _read(trace, fmt, block_size=block_size, tail=tail, chain=chain,
+                       **_key_kw(key_scheme, hash_algo, hash_seed))
         s = _timed("computing statistics", lambda: trace_stats(t))
     if as_json:
         click.echo(
@@ -305,6 +389,66 @@ def gen_cmd(
             highlight=False,
             soft_wrap=True,
         )
+
+
+@trace_group.command("record")
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--zmq", "endpoints", multiple=True, required=True, metavar="ENDPOINT",
+              help="A publisher's PUB endpoint (repeat: one per data-parallel rank).")
+@click.option("--replay", "replays", multiple=True, metavar="ENDPOINT",
+              help="Its replay (ROUTER) endpoint, in the same order as --zmq ('' = none).")
+@click.option("--topic", default="", show_default=True, help="Subscription topic prefix.")
+@click.option("--rotate-events", type=click.IntRange(min=1), default=1_000_000,
+              show_default=True, help="Write a part after this many events.")
+@click.option("--rotate-seconds", type=click.FloatRange(min=0, min_open=True), default=300.0,
+              show_default=True, help="Write a part at least this often.")
+@click.option("--rotate-mb", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Write a part once the buffered payloads reach this size.")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Stop after this many seconds.")
+@click.option("--max-batches", type=click.IntRange(min=1), default=None,
+              help="Stop after this many batches.")
+@click.option("--replay-timeout", type=click.FloatRange(min=0, min_open=True), default=5.0,
+              show_default=True, help="Seconds to wait for a replay.")
+@click.option("--catch-up/--no-catch-up", default=True, show_default=True,
+              help="Replay each publisher's buffer when its first batch arrives.")
+@click.option("--max-payload-mb", type=click.IntRange(min=1, max=4096), default=64,
+              show_default=True, help="Largest accepted batch payload.")
+@click.option("-v", "--verbose", is_flag=True, help="Log every batch.")
+def record_cmd(
+    out: Path, endpoints: tuple[str, ...], replays: tuple[str, ...], topic: str,
+    rotate_events: int, rotate_seconds: float, rotate_mb: int, duration: float | None,
+    max_batches: int | None, replay_timeout: float, catch_up: bool, max_payload_mb: int,
+    verbose: bool,
+) -> None:  # fmt: skip
+    """Record vLLM/SGLang KV-cache events (ZMQ) into OUT/part-NNNNN.parquet.
+
+    Sequence gaps are repaired from the replay socket; parts are written atomically on
+    rotation and when stopped (SIGINT/SIGTERM, --duration, --max-batches).
+    """
+    import logging
+    import signal
+
+    from kvsim.trace.recorder import Recorder
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        rec = Recorder(list(endpoints), out, replay=list(replays) or None, topic=topic,
+                       rotate_events=rotate_events, rotate_seconds=rotate_seconds,
+                       rotate_bytes=rotate_mb << 20, replay_timeout=replay_timeout,
+                       catch_up=catch_up,
+                       limits=Limits(max_payload_bytes=max_payload_mb << 20),
+                       max_batches=max_batches, duration=duration)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: rec.stop())
+    st = rec.run()
+    _err.print(f"recorded {st.batches:,} batches, {st.events:,} events into {out} "
+               f"({st.parts} parts; {st.replayed:,} replayed, {st.duplicates:,} duplicates, "
+               f"{st.gap_batches:,} lost, {st.bad_frames:,} bad frames)",
+               highlight=False, soft_wrap=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

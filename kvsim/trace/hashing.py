@@ -38,6 +38,7 @@ import operator
 from collections.abc import Sequence
 
 import numpy as np
+from numba import njit
 
 MASK64 = (1 << 64) - 1
 CHAIN_ROOT = 0
@@ -229,3 +230,74 @@ def is_prefix_chained(ids: np.ndarray, offsets: np.ndarray) -> bool:
     s_ids, s_pos, s_par = ids[order], pos[order], parent[order]
     same = s_ids[1:] == s_ids[:-1]
     return not bool(np.any(same & ((s_pos[1:] != s_pos[:-1]) | (s_par[1:] != s_par[:-1]))))
+
+
+# ---------------------------------------------------------------------- KVCM token_ids keys
+_KVCM_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+@njit(cache=True)
+def _kvcm_keys_kernel(
+    tokens: np.ndarray, offsets: np.ndarray, block_size: int, key_offsets: np.ndarray
+) -> np.ndarray:  # pragma: no cover - numba
+    """One pass per row: the running hash over every token, emitted at block ends."""
+    out = np.empty(key_offsets[-1], dtype=np.uint64)
+    s12 = np.uint64(12)
+    s32 = np.uint64(32)
+    s63 = np.uint64(63)
+    high = np.uint64(0xFFFFFFFF00000000)
+    for r in range(offsets.shape[0] - 1):
+        h = np.uint64(0)
+        start = offsets[r]
+        j = key_offsets[r]
+        for b in range(key_offsets[r + 1] - key_offsets[r]):
+            base = start + b * block_size
+            for i in range(base, base + block_size):
+                sar = h >> s32  # the C++ state is signed: its >> 32 extends the sign bit
+                if (h >> s63) != np.uint64(0):
+                    sar |= high
+                h ^= tokens[i] + _KVCM_GOLDEN + (h << s12) + sar
+            out[j + b] = h
+    return out
+
+
+def kvcm_token_keys(
+    token_ids: np.ndarray | Sequence[int],
+    block_size: int,
+    offsets: np.ndarray | None = None,
+) -> np.ndarray:
+    """Upstream KVCM's block keys of token ids (``GenKeyVector``), as int64.
+
+    Tair KVCM (from RTP-LLM's ``HashUtil.h``) turns ``token_ids`` into keys with one
+    running 64-bit state ``h`` (signed ``int64_t``, starting at 0) over the tokens of the
+    *full* blocks: for every token ``v``, ``h ^= v + 0x9E3779B97F4A7C15 + (h << 12) +
+    (h >> 32)`` (``std::hash<int64_t>`` is the identity; arithmetic modulo 2**64, and
+    ``>>`` on the signed state is an arithmetic shift); the key of block ``b`` is ``h``
+    after its last token. The state is *not* reset between blocks, so every key depends
+    on the whole prefix. A partial last block gets no key.
+
+    Args:
+        token_ids: the tokens (flat; int64 or uint64 values).
+        block_size: tokens per block.
+        offsets: CSR row offsets for many sequences at once; ``None`` = one sequence.
+
+    Returns:
+        int64 keys: ``len // block_size`` per row, rows concatenated.
+
+    Raises:
+        ValueError: ``block_size`` is not positive.
+
+    Example:
+        >>> kvcm_token_keys(list(range(1, 11)), 4).tolist()
+        [455111481605203084, 6902853672176602142]
+    """
+    if block_size <= 0:
+        raise ValueError(f"block_size must be positive, got {block_size}")
+    t = np.ascontiguousarray(as_uint64(token_ids).ravel())
+    if offsets is None:
+        offsets = np.array([0, t.shape[0]], dtype=np.int64)
+    offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+    counts = np.diff(offsets) // block_size
+    key_offsets = np.zeros(offsets.shape[0], dtype=np.int64)
+    np.cumsum(counts, out=key_offsets[1:])
+    return _kvcm_keys_kernel(t, offsets, int(block_size), key_offsets).view(np.int64)

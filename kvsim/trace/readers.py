@@ -64,17 +64,19 @@ __all__ = [
     "TraceWarning",
     "detect_format",
     "parse_query_type",
+    "read_agentic",
     "read_bailian",
     "read_kvcm",
     "read_kvcm_events",
     "read_mooncake",
     "read_parquet",
+    "read_requests",
     "read_trace",
 ]
 
-FORMATS = ("mooncake", "bailian", "kvcm", "kvcm-events", "parquet")
+FORMATS = ("mooncake", "bailian", "kvcm", "kvcm-events", "parquet", "requests", "agentic")
 DEFAULT_BLOCK_SIZE = {"mooncake": 512, "bailian": 16, "kvcm": 16, "kvcm-events": 16,
-                      "parquet": 16}
+                      "parquet": 16, "requests": 16, "agentic": 512}
 CHAIN_CHECK_ROWS = 1000
 _CHUNK = 1 << 20  # flush collected keys to numpy every ~1M ids (bounded memory)
 
@@ -135,6 +137,7 @@ def read_trace(
     chain: Chain = "auto",
     strict: bool = False,
     instance: str | None = None,
+    request_keys: dict[str, str] | None = None,
 ) -> Trace:
     """Read a trace file in any supported format.
 
@@ -149,6 +152,8 @@ def read_trace(
         strict: raise on out-of-order timestamps instead of sorting with a warning.
         instance: formats without instance ids put every request on this instance
             (default ``"default"``); kvcm and parquet keep only this instance's requests.
+        request_keys: for ``"requests"``: ``keys``, ``hash_algo``, ``hash_seed`` of
+            :func:`read_requests`.
 
     Returns:
         The trace, sorted by time.
@@ -183,6 +188,12 @@ def read_trace(
         return read_parquet(
             path, block_size=block_size, chain=chain, strict=strict, instance=instance
         )
+    if fmt == "requests":
+        return read_requests(path, block_size=block_size, strict=strict, instance=instance,
+                             **(request_keys or {}))
+    if fmt == "agentic":
+        return read_agentic(path, block_size=block_size, tail=tail, chain=chain,
+                            instance=instance)
     raise TraceError(f"{path}: unknown trace format {fmt!r} (choose from {', '.join(FORMATS)})")
 
 
@@ -210,15 +221,20 @@ def detect_format(path: PathLike) -> str:
             return "bailian"
         if "trigger_time_us" in obj and "type" in obj:
             return "kvcm-events"
-        if "hash_ids" in obj and "input_length" in obj:
+        if "token_ids" in obj:
+            return "requests"
+        if "hash_ids" in obj and ("wait_for" in obj or "request_id" in obj):
+            return "agentic"
+        if "hash_ids" in obj and ("input_length" in obj or "output_length" in obj):
             return "mooncake"
         if "instance_id" in obj or "keys" in obj:
             return "kvcm"
         fields = ", ".join(sorted(obj)) or "none"
         raise TraceError(
             f"{path}:{lineno}: unrecognised trace format (fields: {fields}); expected "
-            "mooncake (hash_ids, input_length), bailian (chat_id, parent_chat_id, ...) "
-            "or kvcm (instance_id, keys, ...)"
+            "mooncake (hash_ids, input_length), bailian (chat_id, parent_chat_id, ...), "
+            "kvcm (instance_id, keys, ...), requests (token_ids) or agentic (request_id, "
+            "wait_for, hash_ids)"
         )
     raise TraceError(f"{path}: empty trace (no records)")
 
@@ -409,21 +425,35 @@ def read_mooncake(
     il: list[Any] = []
     ol: list[Any] = []
     rows = _Rows(p, "hash_ids")
+    sessions = _Sessions(p)
+    get = dict.get
     for lineno, obj in _iter_objects(p):
-        try:
-            t, a, b, h = (
-                obj["timestamp"],
-                obj["input_length"],
-                obj["output_length"],
-                obj["hash_ids"],
-            )
-        except KeyError as e:
-            raise _missing(p, lineno, e.args[0]) from None
+        if "hash_ids" not in obj:
+            raise _missing(p, lineno, "hash_ids")
+        if "output_length" not in obj:
+            raise _missing(p, lineno, "output_length")
+        h = obj["hash_ids"]
         rows.add(lineno, h)
-        ts.append(t)
-        il.append(a)
-        ol.append(b)
+        a = get(obj, "input_length")
+        il.append(len(h) * bs if a is None else a)
+        ol.append(obj["output_length"])
+        t = get(obj, "timestamp", get(obj, "created_time"))
+        sid = get(obj, "session_id")
+        delay = get(obj, "delay", get(obj, "delay_ms"))
+        if t is None and sid is None and delay is None:
+            raise _missing(p, lineno, "timestamp")
+        ts.append(sessions.time_ms(lineno, sid, t, delay))
     lines = rows.lines
+    with warnings.catch_warnings():
+        if sessions.delays:  # closed-loop times are derived: their order is not the file's
+            warnings.simplefilter("ignore", TraceWarning)
+        return _mooncake_finish(p, rows, ts, il, ol, lines, bs, tail, chain, strict,
+                                instance, sessions)
+
+
+def _mooncake_finish(p: Path, rows: _Rows, ts: list[Any], il: list[Any], ol: list[Any],
+                     lines: list[int], bs: int, tail: Tail, chain: Chain, strict: bool,
+                     instance: str | None, sessions: _Sessions) -> Trace:
     return _finish(
         p,
         rows,
@@ -436,7 +466,64 @@ def read_mooncake(
         check_chain=True,
         strict=strict,
         instance_name=instance or "default",
+        session=sessions.codes() if sessions.any else None,
+        turn=sessions.turns() if sessions.any else None,
     )
+
+
+class _Sessions:
+    """Session ids -> dense codes (a row without one is its own session), turn numbers,
+    and the closed-loop times of rows given by ``delay`` after their session's previous
+    row (ms; zero service time: a turn's delay counts from the previous turn's arrival).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.code: dict[Any, int] = {}
+        self.last: dict[int, float] = {}  # session code -> last row's time (ms)
+        self.rows: list[int] = []
+        self.turn: list[int] = []
+        self.count: dict[int, int] = {}
+        self.any = False
+        self.delays = False  # some time came from a delay (derived, not file order)
+
+    def add(self, lineno: int, sid: Any) -> int:
+        if sid is None:
+            c = -1 - len(self.rows)  # a session of its own (renumbered in codes())
+            self.rows.append(c)
+            self.turn.append(0)
+            return c
+        else:
+            if type(sid) not in (str, int) or (type(sid) is str and len(sid) > 4096):
+                raise _field_error(self.path, lineno, "session_id", "a string or an integer",
+                                   sid)
+            self.any = True
+            c = self.code.setdefault(sid, len(self.code))
+        self.rows.append(c)
+        self.turn.append(self.count.get(c, 0))
+        self.count[c] = self.count.get(c, 0) + 1
+        return c
+
+    def time_ms(self, lineno: int, sid: Any, t: Any, delay: Any) -> Any:
+        c = self.add(lineno, sid)
+        if t is None:
+            if type(delay) not in (int, float) or not 0 <= delay < 1e15:
+                raise _field_error(self.path, lineno, "delay", "non-negative milliseconds",
+                                   delay)
+            t = self.last.get(c, 0.0) + delay
+            self.delays = True
+        self.last[c] = t if type(t) in (int, float) else 0.0
+        return t
+
+    def codes(self) -> np.ndarray:
+        n_named = len(self.code)
+        out = np.asarray(self.rows, dtype=np.int64)
+        own = out < 0
+        out[own] = n_named + np.arange(int(own.sum()), dtype=np.int64)
+        return out
+
+    def turns(self) -> np.ndarray:
+        return np.asarray(self.turn, dtype=np.int32)
 
 
 # ---------------------------------------------------------------------- Bailian
@@ -1121,3 +1208,273 @@ def _only_instance(trace: Trace, instance: str | None) -> Trace:
     code = trace.instances.index(instance)
     sub = trace.select(np.flatnonzero(trace.instance == code))
     return replace(sub, instance=np.zeros(sub.n_requests, dtype=np.int32), instances=(instance,))
+
+
+# ---------------------------------------------------------------------- request logs
+KEY_SCHEMES = ("vllm", "kvcm")
+
+
+def read_requests(
+    path: PathLike,
+    *,
+    block_size: int | None = None,
+    keys: str = "vllm",
+    hash_algo: str = "sha256",
+    hash_seed: str = "0",
+    strict: bool = False,
+    instance: str | None = None,
+) -> Trace:
+    """Read a JSONL request log with token ids; block keys are the engine's own.
+
+    One request per line: ``token_ids`` (the prompt's token ids, required); optional
+    ``timestamp`` (seconds; or ``timestamp_ms`` / ``timestamp_us`` / ``timestamp_ns``;
+    a row without one keeps the previous row's time), ``session_id`` (string or int),
+    ``lora_name`` (or ``lora``), ``cache_salt``, ``output_length`` (default 0) and
+    ``instance_id`` (default ``"default"``).
+
+    Keys (full blocks only; ``input_len`` is the token count):
+
+    * ``keys="vllm"``: vLLM's prefix-cache block hashes
+      (:class:`~kvsim.trace.vllm_hash.VllmBlockHasher`: ``hash_algo`` as the engine's
+      ``--prefix-caching-hash-algo``, ``hash_seed`` as its ``PYTHONHASHSEED``, LoRA name
+      and cache salt as extra keys), reduced to 64 bits as vLLM publishes them in its
+      KV events; default block size 16.
+    * ``keys="kvcm"``: upstream Tair KVCM's ``token_ids`` keys
+      (:func:`~kvsim.trace.hashing.kvcm_token_keys`; they depend on the tokens only).
+
+    Args:
+        path: the JSONL file.
+        block_size: tokens per block (default 16, vLLM's).
+        keys: ``"vllm"`` or ``"kvcm"``.
+        hash_algo: vLLM's hash algorithm (``sha256``, ``sha256_cbor``, ``xxhash``,
+            ``xxhash_cbor``).
+        hash_seed: the vLLM engine's ``PYTHONHASHSEED``.
+        strict: raise on out-of-order timestamps.
+        instance: keep only this instance's requests.
+
+    Returns:
+        The trace (``session``/``turn`` when any row has a ``session_id``).
+
+    Raises:
+        TraceError: malformed line (file, line and field named) or empty file.
+
+    Example:
+        >>> import os, tempfile
+        >>> p = os.path.join(tempfile.mkdtemp(), "req.jsonl")
+        >>> with open(p, "w") as f:
+        ...     _ = f.write('{"token_ids": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]}\\n')
+        >>> read_requests(p, block_size=4, keys="kvcm").keys.tolist()
+        [455111481605203084, 6902853672176602142]
+    """
+    from kvsim.trace.hashing import kvcm_token_keys
+    from kvsim.trace.vllm_hash import VllmBlockHasher
+
+    if keys not in KEY_SCHEMES:
+        raise ValueError(f"keys must be one of {', '.join(KEY_SCHEMES)}, got {keys!r}")
+    p = Path(path)
+    bs = _block_size(block_size, "requests")
+    hasher = VllmBlockHasher(bs, hash_algo, hash_seed) if keys == "vllm" else None
+    rows = _Rows(p, "keys")
+    toks = _Rows(p, "token_ids")
+    sessions = _Sessions(p)
+    inst_names: dict[str, int] = {}
+    inst_codes: list[int] = []
+    ts: list[int] = []
+    ol: list[Any] = []
+    ntok: list[int] = []
+    t_prev = 0
+    get = dict.get
+    for lineno, obj in _iter_objects(p):
+        t = get(obj, "token_ids")
+        if t is None:
+            raise _missing(p, lineno, "token_ids")
+        if type(t) is not list or any(type(v) is not int or not 0 <= v < (1 << 63) for v in t):
+            raise _field_error(p, lineno, "token_ids", "a list of non-negative integers",
+                               t if type(t) is not list else next(
+                                   v for v in t if type(v) is not int or not 0 <= v < 1 << 63))
+        t_ns = t_prev
+        for name, scale in (("timestamp", 10**9), ("timestamp_ms", 10**6),
+                            ("timestamp_us", 10**3), ("timestamp_ns", 1)):
+            v = get(obj, name)
+            if v is not None:
+                if type(v) not in (int, float) or v != v or not -1e18 < v * scale < 9e18:
+                    raise _field_error(p, lineno, name, "a number", v)
+                t_ns = int(v * scale) if type(v) is int else round(v * scale)
+                break
+        t_prev = t_ns
+        ts.append(t_ns)
+        ntok.append(len(t))
+        sessions.add(lineno, get(obj, "session_id"))
+        lora = get(obj, "lora_name", get(obj, "lora"))
+        salt = get(obj, "cache_salt")
+        for name, v in (("lora_name", lora), ("cache_salt", salt)):
+            if v is not None and (type(v) is not str or len(v) > 4096):
+                raise _field_error(p, lineno, name, "a string", v)
+        name = get(obj, "instance_id", get(obj, "instance", "default"))
+        if type(name) is not str:
+            raise _field_error(p, lineno, "instance_id", "a string", name)
+        inst_codes.append(inst_names.setdefault(name, len(inst_names)))
+        ol.append(get(obj, "output_length", 0))
+        if hasher is not None:
+            rows.add(lineno, hasher.keys(t, lora_name=lora, cache_salt=salt))
+        else:
+            toks.add(lineno, t)
+            rows.lines.append(lineno)
+            rows.lens.append(len(t) // bs)
+    if keys == "kvcm" and toks.lens:
+        flat = kvcm_token_keys(toks.keys(), bs, offsets=toks.offsets())
+        rows._flat = []
+        rows._chunks = [flat]
+    lines = rows.lines
+    trace = _finish(
+        p, rows, ts_ns=np.asarray(ts, dtype=np.int64),
+        input_len=np.asarray(ntok, dtype=np.int64),
+        output_len=_int_array(ol, lines, p, "output_length"), block_size=bs, tail="keep",
+        chain="off", check_chain=False, strict=strict,
+        instance_codes=np.asarray(inst_codes, dtype=np.int32), instances=tuple(inst_names),
+        session=sessions.codes() if sessions.any else None,
+        turn=sessions.turns() if sessions.any else None,
+    )
+    trace = replace(trace, meta={"keys": keys, **({"hash_algo": hash_algo} if hasher else {})})
+    return _only_instance(trace, instance)
+
+
+# ---------------------------------------------------------------------- Dynamo agentic
+_MAX_DEPS = 1 << 12
+
+
+def read_agentic(
+    path: PathLike,
+    *,
+    block_size: int | None = None,
+    tail: Tail = "drop",
+    chain: Chain = "auto",
+    strict: bool = False,
+    instance: str | None = None,
+) -> Trace:
+    """Read NVIDIA Dynamo's *Agentic Mooncake* JSONL (a request DAG) as a trace.
+
+    Rows are Mooncake rows (``hash_ids``, ``input_length`` (default ``len(hash_ids) x
+    block_size``), ``output_length`` (default 0)) plus ``request_id`` (required, unique),
+    ``session_id``, ``wait_for`` (request ids that must finish first), ``delay`` and
+    ``tool_wait_ms`` (ms after the dependencies finish), and ``timestamp`` (ms; the
+    start of a row without dependencies). ``branches``, ``prefix_reset`` and
+    ``tool_events`` are metadata and ignored, as Dynamo's replay ignores them for
+    scheduling.
+
+    kvsim has no engine model here, so a request *finishes when it starts* (zero service
+    time): a dependent row starts at ``max(start of its dependencies) + delay +
+    tool_wait_ms``. The edges thus order the trace and space it in time; the requests
+    themselves then replay as usual (``session`` = the session's code, ``turn`` = the
+    row's position in its session in file order).
+
+    ``strict`` is accepted for symmetry and ignored: times come from the DAG.
+
+    Raises:
+        TraceError: missing/duplicate ``request_id``, an unknown id or a cycle in
+            ``wait_for`` (file, line and field named), or a malformed field.
+
+    Example:
+        >>> import os, tempfile
+        >>> p = os.path.join(tempfile.mkdtemp(), "a.jsonl")
+        >>> with open(p, "w") as f:
+        ...     _ = f.write('{"request_id": "b", "wait_for": ["a"], "delay": 5, '
+        ...                 '"tool_wait_ms": 20, "hash_ids": [1, 2], "output_length": 3}\\n')
+        ...     _ = f.write('{"request_id": "a", "timestamp": 100, "hash_ids": [1], '
+        ...                 '"output_length": 3}\\n')
+        >>> t = read_agentic(p, block_size=16)
+        >>> (t.ts_ns // 10**6).tolist(), t.key_counts().tolist()
+        ([100, 125], [1, 2])
+    """
+    p = Path(path)
+    bs = _block_size(block_size, "agentic")
+    rows = _Rows(p, "hash_ids")
+    sessions = _Sessions(p)
+    il: list[Any] = []
+    ol: list[Any] = []
+    ids: dict[Any, int] = {}
+    start: list[float | None] = []
+    wait: list[list[Any]] = []
+    after: list[float] = []
+    get = dict.get
+    for lineno, obj in _iter_objects(p):
+        rid = get(obj, "request_id")
+        if rid is None:
+            raise _missing(p, lineno, "request_id")
+        if type(rid) not in (str, int) or (type(rid) is str and len(rid) > 4096):
+            raise _field_error(p, lineno, "request_id", "a string or an integer", rid)
+        if rid in ids:
+            raise _field_error(p, lineno, "request_id", "a unique id (already on line "
+                               f"{rows.lines[ids[rid]]})", rid)
+        if "hash_ids" not in obj:
+            raise _missing(p, lineno, "hash_ids")
+        h = obj["hash_ids"]
+        ids[rid] = len(start)
+        rows.add(lineno, h)
+        sessions.add(lineno, get(obj, "session_id"))
+        a = get(obj, "input_length")
+        il.append(len(h) * bs if a is None else a)
+        ol.append(get(obj, "output_length", 0))
+        deps = get(obj, "wait_for") or []
+        if type(deps) is not list or len(deps) > _MAX_DEPS:
+            raise _field_error(p, lineno, "wait_for", f"a list of at most {_MAX_DEPS} ids", deps)
+        wait.append(deps)
+        gap = 0.0
+        for name in ("delay", "tool_wait_ms"):
+            v = get(obj, name, 0) or 0
+            if type(v) not in (int, float) or not 0 <= v < 1e15:
+                raise _field_error(p, lineno, name, "non-negative milliseconds", v)
+            gap += v
+        after.append(gap)
+        t = get(obj, "timestamp", get(obj, "created_time"))
+        if not deps:
+            if t is None:
+                raise _missing(p, lineno, "timestamp")
+            if type(t) not in (int, float) or t != t or abs(t) > 1e15:
+                raise _field_error(p, lineno, "timestamp", "milliseconds", t)
+        start.append(float(t) if (t is not None and not deps) else None)
+    lines = rows.lines
+    # dependencies by row index; unknown ids are errors
+    dep_rows: list[list[int]] = []
+    for i, deps in enumerate(wait):
+        out = []
+        for j, d in enumerate(deps):
+            k = ids.get(d) if type(d) in (str, int) else None
+            if k is None:
+                raise _field_error(p, lines[i], f"wait_for[{j}]", "a request_id of this file", d)
+            out.append(k)
+        dep_rows.append(out)
+    # start times in dependency order (iterative DFS; a cycle is an error)
+    state = [0] * len(start)  # 0 new, 1 on the stack, 2 done
+    for root in range(len(start)):
+        if state[root]:
+            continue
+        stack = [root]
+        while stack:
+            i = stack[-1]
+            if state[i] == 0:
+                state[i] = 1
+                for k in dep_rows[i]:
+                    if state[k] == 1:
+                        raise TraceError(f"{p}:{lines[i]}: field 'wait_for': dependency cycle "
+                                         f"through the request on line {lines[k]}")
+                    if state[k] == 0:
+                        stack.append(k)
+            else:
+                stack.pop()
+                if state[i] == 1:
+                    state[i] = 2
+                    if dep_rows[i]:
+                        start[i] = max(start[k] or 0.0 for k in dep_rows[i]) + after[i]
+    with warnings.catch_warnings():  # the DAG's times are not a file order to warn about
+        warnings.simplefilter("ignore", TraceWarning)
+        trace = _finish(
+            p, rows,
+            ts_ns=np.rint(np.asarray(start, dtype=np.float64) * 1e6).astype(np.int64),
+            input_len=_int_array(il, lines, p, "input_length"),
+            output_len=_int_array(ol, lines, p, "output_length"),
+            block_size=bs, tail=tail, chain=chain, check_chain=True, strict=False,
+            instance_name=instance or "default",
+            session=sessions.codes(), turn=sessions.turns(),
+        )
+    return trace

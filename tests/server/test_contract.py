@@ -13,7 +13,7 @@ from transports import ADMIN_PASSWORD, TRANSPORTS, Client
 
 from kvsim.config import KVSimConfig
 from kvsim.core.clock import ManualClock
-from kvsim.trace.hashing import token_block_keys
+from kvsim.trace.hashing import kvcm_token_keys
 
 T0 = 1_700_000_000 * 10**9
 
@@ -216,7 +216,7 @@ def test_token_ids_hash_to_keys(c: Client) -> None:
     assert len(w["locations"]) == 2
     ok(c.meta("finishWriteCache", {"write_session_id": w["write_session_id"],
                                    "success_blocks": {"offset": 2}}))
-    keys = token_block_keys(tokens, 4).tolist()
+    keys = kvcm_token_keys(tokens, 4).tolist()
     assert hits(c, keys) == 2
     # keys win over tokens
     assert hits(c, [12345], token_ids=tokens) == 0
