@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import uvicorn
 
 from kvsim.config import KVSimConfig
@@ -36,6 +37,7 @@ from kvsim.core.clock import Clock
 from kvsim.core.warm import warm_up
 from kvsim.server.http import create_app, fast_protocol
 from kvsim.server.service import DEFAULT_PROBE_S, Service
+from kvsim.trace.hashing import kvcm_token_keys
 
 __all__ = ["ServerHandle", "start_server"]
 
@@ -239,6 +241,7 @@ def start_server(
 
     with CompileWatch(log.warning, command="serve"):  # says so when kernels compile
         secs = warm_up({g.eviction.policy for g in service.mgr.groups()} | {"lru"})
+        kvcm_token_keys(np.arange(4, dtype=np.int64), 2)  # token_ids reads and writes
     log.info("core kernels loaded in %.2f s", secs)
     try:
         msock = _bind(host, http_port)
