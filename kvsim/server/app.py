@@ -184,6 +184,7 @@ def start_server(
     storage_probe_seconds: float | None = None,
     admin_auth: str = "basic",
     debug_http_port: int | None = None,
+    event_format: str = "kvsim",
 ) -> ServerHandle:
     """Start the meta and admin listeners in background threads.
 
@@ -216,6 +217,8 @@ def start_server(
         debug_http_port: the debug service's HTTP port (KVCM: meta HTTP port + 3000);
             None = that, or any free port when ``http_port`` is 0; -1 = no debug
             listener.
+        event_format: the event log's shape: ``kvsim`` or ``kvcm`` (KVCM's publisher
+            format, which its optimizer reads).
 
     Returns:
         The running server's handle.
@@ -241,7 +244,7 @@ def start_server(
         storage_probe_seconds=(storage_probe_seconds if storage_probe_seconds is not None
                                else (opts.storage_probe_seconds if opts is not None
                                      else DEFAULT_PROBE_S)),
-        admin_auth=admin_auth,
+        admin_auth=admin_auth, event_format=event_format,
     )
     if elector is not None:
         elector.on_change = lambda lead: service.reload() if lead else None

@@ -61,6 +61,10 @@ __all__ = ["serve_cmd"]
 @click.option("--allow-unauthenticated-admin", is_flag=True,
               help="With --admin-auth none, also on a non-loopback bind: anyone who can "
                    "reach the admin port can then change or wipe the registry.")
+@click.option("--event-format", type=click.Choice(["kvsim", "kvcm"]), default="kvsim",
+              show_default=True,
+              help="Shape of <data-dir>/events.jsonl: kvsim's events, or KVCM's publisher "
+                   "log (what KVCM's optimizer reads); kvsim replay reads both.")
 @click.option("--debug-http-port", type=click.IntRange(-1, 65535), default=None,
               help="Debug service (fault injection) HTTP port [default: meta HTTP port + "
                    "3000, as KVCM]; -1 = none. Same credential as the admin calls.")
@@ -69,7 +73,8 @@ def serve_cmd(config_path: Path | None, host: str | None, http_port: int | None,
               admin_grpc_port: int | None, no_grpc: bool, data_dir: Path | None,
               admin_password: str | None, state: str | None, leader: str | None,
               storage_probe_seconds: float | None, access_log: bool, admin_auth: str,
-              allow_unauthenticated_admin: bool, debug_http_port: int | None) -> None:
+              allow_unauthenticated_admin: bool, event_format: str,
+              debug_http_port: int | None) -> None:
     """Serve the KV-cache manager API (Tair KVCM compatible) over HTTP and gRPC.
 
     \b
@@ -133,6 +138,7 @@ def serve_cmd(config_path: Path | None, host: str | None, http_port: int | None,
             leader=leader if leader is not None else opts.leader,
             storage_probe_seconds=storage_probe_seconds,
             admin_auth=admin_auth, debug_http_port=debug_http_port,
+            event_format=event_format,
         )
     except RuntimeError as e:
         raise click.ClickException(str(e)) from None

@@ -103,7 +103,7 @@ from kvsim.server import wire as W
 from kvsim.server.auth import Account, Accounts
 from kvsim.server.clock import MonotonicClock
 from kvsim.server.debug import Faults
-from kvsim.server.eventlog import EventLog
+from kvsim.server.eventlog import EventLog, open_event_log
 from kvsim.server.kvcm_compat import install_compat, new_node_id, storage_config_entry
 from kvsim.server.store import BlockStore, SessionRecord, StoreBatch
 from kvsim.trace.hashing import token_block_keys
@@ -236,6 +236,7 @@ class Service:
         endpoints: dict[str, Any] | None = None,
         storage_probe_seconds: float = DEFAULT_PROBE_S,
         admin_auth: str = "basic",
+        event_format: str = "kvsim",
     ) -> None:
         self.data_dir = Path(data_dir) if data_dir is not None else Path(
             tempfile.mkdtemp(prefix="kvsim-serve-"))
@@ -257,8 +258,9 @@ class Service:
         self._lock = threading.Lock()
         self._rid_prefix = uuid.uuid4().hex[:12]
         self._rid = itertools.count(1)
-        self.events: EventLog | None = (EventLog(self.data_dir / "events.jsonl")
-                                        if event_log else None)
+        self.events: EventLog | None = (
+            open_event_log(self.data_dir / "events.jsonl", event_format)
+            if event_log else None)
         self.accounts = Accounts()
         password = admin_password
         if password is None:
@@ -1234,7 +1236,7 @@ class Service:
             storage_type_quotas=tuple((t, c) for t, (c, _) in type_quotas.items()),
             max_key_count=max_keys,
         )
-        extra = {
+        extra: dict[str, Any] = {
             "global_quota_group_name": W.get_str(g, "global_quota_group_name", name, where=p),
             "quota_config": norm_qconf,
             "data_storage_strategy": W.get_enum(cc, "data_storage_strategy",
@@ -1830,7 +1832,7 @@ class Service:
                                    None)
         self._emit("StartWriteCache", iid, trace_id=_trace_id(body),
                    write_session_id=str(ws.session_id), block_keys=keys.tolist(),
-                   new_blocks=len(new_pos))
+                   new_blocks=len(new_pos), block_mask=(~ws.is_new).tolist())
         return {"write_session_id": str(ws.session_id), "block_mask": mask_out,
                 "locations": locs}
 

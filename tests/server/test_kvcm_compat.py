@@ -94,11 +94,11 @@ def test_storage_configs_in_kvcm_shape(srv: Both) -> None:
     storages = [
         {"global_unique_name": "h1", "threefs": {"mountpoint": "/3fs/stage", "root_dir": "kv"}},
         {"global_unique_name": "h2", "threefs": {"mountpoint": "/3fs/b", "root_dir": "r2"}},
-        {"global_unique_name": "mc", "mooncake": {"master_server_entry": "10.0.0.1:50051"}},
+        {"global_unique_name": "mc", "mooncake": {"master_service_entry": "10.0.0.1:50051"}},
     ]
     for st in storages:
         assert code(srv.admin("addStorage", {"storage": st})) == "OK"
-    assert code(srv.admin("disableStorage", {"global_unique_name": "h2"})) == "OK"
+    assert code(srv.admin("disableStorage", {"storage_unique_name": "h2"})) == "OK"
     assert code(srv.admin("createInstanceGroup", {"instance_group": {
         "name": "g3", "storage_candidates": ["h1", "h2", "mc", "nfs_01"],
         "quota": {"capacity": 10**9}, "version": 1}})) == "OK"
@@ -367,3 +367,45 @@ def test_node_identity_leader_and_follower_agree(tmp_path: Path) -> None:
     finally:
         hb.stop()
         ha.stop()
+
+
+# ------------------------------------------------------------------ event log format
+def _flow(tmp: Path, fmt: str) -> tuple[list[dict[str, Any]], Any]:
+    from kvsim.trace.readers import read_trace
+
+    h = start_server(None, data_dir=tmp, tick_seconds=3600, admin_auth="none",
+                     event_format=fmt)
+    try:
+        url = f"http://127.0.0.1:{h.http_port}/api/"
+        httpx.post(url + "registerInstance", json={
+            "instance_group": "default", "instance_id": "i0", "block_size": 4,
+            "location_spec_infos": [{"name": "tp0", "size": 64}], "model_deployment": MD})
+        for keys in ([1, 2], [1, 2, 3], [1, 9]):
+            httpx.post(url + "getCacheLocation", json={"instance_id": "i0", "block_keys": keys,
+                                                       "query_type": "QT_PREFIX_MATCH"})
+            w = httpx.post(url + "startWriteCache", json={"instance_id": "i0",
+                                                          "block_keys": keys}).json()
+            httpx.post(url + "finishWriteCache", json={
+                "instance_id": "i0", "write_session_id": w["write_session_id"],
+                "success_blocks": {"offset": len(w["locations"])}})
+    finally:
+        h.stop()
+    path = tmp / "events.jsonl"
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    return lines, read_trace(path)
+
+
+def test_serve_writes_kvcm_publisher_log_that_replays_the_same(tmp_path: Path) -> None:
+    ours, t_ours = _flow(tmp_path / "a", "kvsim")
+    theirs, t_theirs = _flow(tmp_path / "b", "kvcm")
+    assert [e["type"] for e in theirs] == [e["type"] for e in ours]
+    get = next(e for e in theirs if e["type"] == "GetCacheLocation")
+    assert get["component"] == "cache_manager" and get["query_type"] == "prefix_match"
+    assert get["keys"] == [1, 2] and get["block_mask"] == 0 and len(get["id"]) == 32
+    start = next(e for e in theirs if e["type"] == "StartWriteCache")
+    assert start["keys"] == [1, 2] and start["write_session_id"]
+    fin = [e for e in theirs if e["type"] == "FinishWriteCache"]
+    assert [e["success_block"] for e in fin] == [2, 1, 1]
+    # the same rows replay from either log: reads, then writes of the whole request
+    assert t_theirs.kind.tolist() == t_ours.kind.tolist()
+    assert t_theirs.keys.tolist() == t_ours.keys.tolist()
