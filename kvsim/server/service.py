@@ -273,7 +273,7 @@ class Service:
         self.reclaimed_blocks = 0
         self.expired_sessions = 0
         # blocks evicted per trigger: the tick's quota / max_key_count / storage_type and
-        # the write-time write_max_key_count / write_storage_type
+        # the write-time write_storage_type / write_storage_capacity
         self.evicted_by_trigger: dict[str, int] = {}
         self.probe_interval_ns = int(max(0.0, storage_probe_seconds) * 1e9)
         self._probe_lock = threading.Lock()
