@@ -71,7 +71,7 @@ def test_optimizer_schema_empty_mask_and_total_keys(tmp_path: Path) -> None:
                          (KIND_READ, 6, [1, 2, 3])]
     assert tr.mask is None
     bad = _jsonl(tmp_path / "b.jsonl", [{"instance_id": "a", "timestamp_us": 1, "keys": [1],
-                                         "total_keys": 3}])
+                                         "total_keys": "3"}])
     with pytest.raises(TraceError, match=r"b\.jsonl:1.*total_keys"):
         read_trace(bad)
 

@@ -571,9 +571,9 @@ def read_kvcm(
     ``QT_BATCH_GET`` or ``QT_REVERSE_ROLL_SW_MATCH``, or an int; default prefix),
     ``block_mask`` (a bool list, an int offset, ``{"offset": n}`` or
     ``{"bool_masks": {"values": [...]}}``; ``[]`` is no mask), ``sw_size``, ``input_len``
-    (default ``max(len(keys), total_keys) * block_size``), ``output_len`` (default 0),
-    ``total_keys`` (KVCM's dialog-turn rows: the keys after the turn; a row without
-    ``type`` that has them reads ``keys`` and then writes ``total_keys``)
+    (default ``len(keys) * block_size``), ``output_len`` (default 0), ``total_keys``
+    (KVCM's dialog-turn rows: the keys after the turn; a row without ``type`` that has
+    them reads ``keys`` and then writes ``total_keys``; a count is ignored)
     and ``type`` (``"get"`` -> read, ``"write"`` -> write, ``"request"`` or absent ->
     combined request).
 
@@ -656,9 +656,11 @@ def read_kvcm(
         if kcode is None:
             raise _field_error(p, lineno, "type", '"request", "get" or "write"', k)
         tk = get(obj, "total_keys")
-        if tk is not None and type(tk) is not list:
-            raise _field_error(p, lineno, "total_keys", "a list of keys", tk)
-        if tk and kcode == KIND_REQUEST:
+        if tk is not None and type(tk) is not list and type(tk) is not int:
+            raise _field_error(p, lineno, "total_keys", "a list of keys (or a count)", tk)
+        if type(tk) is int:  # a count only (older traces): nothing to write
+            tk = None
+        if type(tk) is list and tk and kcode == KIND_REQUEST:
             # KVCM's dialog-turn rows: read ``keys`` (the prompt), then write
             # ``total_keys`` (prompt + answer): two rows at the same time
             kcode = KIND_READ
