@@ -194,7 +194,8 @@ def _check_out_dir(out: Path, names: Sequence[str]) -> None:
 # ---------------------------------------------------------------------- main group
 @click.group(cls=_LazyGroup, lazy={"trace": "kvsim.trace.cli:trace_group",
                                    "serve": "kvsim.server.cli:serve_cmd",
-                                   "simulate": "kvsim.sim.timed_cli:simulate_cmd"})
+                                   "simulate": "kvsim.sim.timed_cli:simulate_cmd",
+                                   "config": "kvsim.optimizer.kvcm_config:config_group"})
 @click.version_option(getattr(kvsim, "__version__", None), "--version", package_name="kvsim",
                       prog_name="kvsim")
 @click.pass_context

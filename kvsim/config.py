@@ -240,7 +240,8 @@ class KVSimConfig:
 
     @staticmethod
     def load(path: str | os.PathLike[str]) -> KVSimConfig:
-        """Read a YAML or JSON file."""
+        """Read a YAML or JSON file (kvsim's schema, or a Tair KVCM optimizer config,
+        converted as ``kvsim config import`` does)."""
         p = Path(path)
         try:
             text = p.read_text()
@@ -253,6 +254,13 @@ class KVSimConfig:
                               ) from None
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: the top level must be a mapping")
+        from kvsim.optimizer.kvcm_config import KvcmConfigError, import_kvcm, is_kvcm_config
+
+        if is_kvcm_config(data):  # Tair KVCM's optimizer config: converted on the fly
+            try:
+                data = import_kvcm(data)[0]
+            except KvcmConfigError as e:
+                raise ConfigError(f"{p}: {e}") from None
         return KVSimConfig.from_dict(data, source=str(p))
 
     @staticmethod

@@ -13,7 +13,8 @@ PROTO_DIR=kvsim/server/proto
   --python_out="$PROTO_DIR" \
   --pyi_out="$PROTO_DIR" \
   --grpc_python_out="$PROTO_DIR" \
-  "$PROTO_DIR"/meta_service.proto "$PROTO_DIR"/admin_service.proto
+  "$PROTO_DIR"/meta_service.proto "$PROTO_DIR"/admin_service.proto \
+  "$PROTO_DIR"/debug_service.proto
 for f in "$PROTO_DIR"/*_pb2_grpc.py; do
   sed -i -E 's/^import ([a-z_]+_pb2) as /from . import \1 as /' "$f"
 done

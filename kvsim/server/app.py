@@ -36,6 +36,7 @@ from kvsim.config import KVSimConfig
 from kvsim.core.clock import Clock
 from kvsim.core.warm import warm_up
 from kvsim.server.http import create_app, fast_protocol
+from kvsim.server.kvcm_compat import new_node_id
 from kvsim.server.service import DEFAULT_PROBE_S, Service
 from kvsim.trace.hashing import kvcm_token_keys
 
@@ -59,6 +60,7 @@ class ServerHandle:
     admin_http_port: int
     grpc_port: int | None = None
     admin_grpc_port: int | None = None
+    debug_http_port: int | None = None
     _servers: list[tuple[_Server, threading.Thread]] = field(default_factory=list)
     _grpc: Any = None
 
@@ -182,6 +184,9 @@ def start_server(
     leader_lease_ms: int | None = None,
     node_id: str | None = None,
     storage_probe_seconds: float | None = None,
+    admin_auth: str = "basic",
+    debug_http_port: int | None = None,
+    event_format: str = "kvsim",
 ) -> ServerHandle:
     """Start the meta and admin listeners in background threads.
 
@@ -205,9 +210,17 @@ def start_server(
         leader: ``auto``, ``file``, ``redis`` or ``none`` (default
             ``config.server.leader``; see :class:`~kvsim.config.ServerOptions`).
         leader_lease_ms: the leader lease (default ``config.server.leader_lease_ms``).
-        node_id: this node's id (default: host name).
+        node_id: this node's id, also the leader lease's owner (default: host name, pid
+            and a random suffix: unique per process).
         storage_probe_seconds: file storage health probe period (default
             ``config.server.storage_probe_seconds``, else 5 s; 0 = never).
+        admin_auth: ``basic`` (admin and debug calls need an admin account) or
+            ``none`` (no credential asked: KVCM's own behaviour, for drop-in use).
+        debug_http_port: the debug service's HTTP port (KVCM: meta HTTP port + 3000);
+            None = that, or any free port when ``http_port`` is 0; -1 = no debug
+            listener.
+        event_format: the event log's shape: ``kvsim`` or ``kvcm`` (KVCM's publisher
+            format, which its optimizer reads).
 
     Returns:
         The running server's handle.
@@ -221,6 +234,8 @@ def start_server(
     leader = leader if leader is not None else (opts.leader if opts is not None else "none")
     lease_ms = leader_lease_ms if leader_lease_ms is not None else (
         opts.leader_lease_ms if opts is not None else 3000)
+    if node_id is None:
+        node_id = new_node_id()
     store, elector = open_state(state, leader, lease_ms, Path(data_dir), node_id)
     service = Service(
         config, data_dir=data_dir, clock=clock,
@@ -231,6 +246,7 @@ def start_server(
         storage_probe_seconds=(storage_probe_seconds if storage_probe_seconds is not None
                                else (opts.storage_probe_seconds if opts is not None
                                      else DEFAULT_PROBE_S)),
+        admin_auth=admin_auth, event_format=event_format,
     )
     if elector is not None:
         elector.on_change = lambda lead: service.reload() if lead else None
@@ -250,6 +266,13 @@ def start_server(
         handle.admin_http_port = asock.getsockname()[1]
         handle._servers.append(_serve(create_app(service, "meta"), msock, False))
         handle._servers.append(_serve(create_app(service, "admin"), asock, False))
+        if debug_http_port is None:
+            debug_http_port = (handle.http_port + 3000
+                               if http_port and handle.http_port + 3000 <= 65535 else 0)
+        if debug_http_port >= 0:
+            dsock = _bind(host, debug_http_port)
+            handle.debug_http_port = dsock.getsockname()[1]
+            handle._servers.append(_serve(create_app(service, "debug"), dsock, False))
         if grpc_port is not None:
             try:
                 mod = importlib.import_module("kvsim.server.grpc_server")

@@ -52,11 +52,29 @@ __all__ = ["serve_cmd"]
                    "0 = never [default: 5].")
 @click.option("--access-log/--no-access-log", default=True, show_default=True,
               help="One line per call on stderr.")
+@click.option("--admin-auth", type=click.Choice(["basic", "none"]), default="basic",
+              show_default=True,
+              help="basic: admin and debug calls need an admin account (HTTP basic auth / "
+                   "gRPC metadata). none: no credential asked, as a stock KVCM (drop-in for "
+                   "its clients and tests); only on a loopback bind unless "
+                   "--allow-unauthenticated-admin.")
+@click.option("--allow-unauthenticated-admin", is_flag=True,
+              help="With --admin-auth none, also on a non-loopback bind: anyone who can "
+                   "reach the admin port can then change or wipe the registry.")
+@click.option("--event-format", type=click.Choice(["kvsim", "kvcm"]), default="kvsim",
+              show_default=True,
+              help="Shape of <data-dir>/events.jsonl: kvsim's events, or KVCM's publisher "
+                   "log (what KVCM's optimizer reads); kvsim replay reads both.")
+@click.option("--debug-http-port", type=click.IntRange(-1, 65535), default=None,
+              help="Debug service (fault injection) HTTP port [default: meta HTTP port + "
+                   "3000, as KVCM]; -1 = none. Same credential as the admin calls.")
 def serve_cmd(config_path: Path | None, host: str | None, http_port: int | None,
               admin_http_port: int | None, grpc_port: int | None,
               admin_grpc_port: int | None, no_grpc: bool, data_dir: Path | None,
               admin_password: str | None, state: str | None, leader: str | None,
-              storage_probe_seconds: float | None, access_log: bool) -> None:
+              storage_probe_seconds: float | None, access_log: bool, admin_auth: str,
+              allow_unauthenticated_admin: bool, event_format: str,
+              debug_http_port: int | None) -> None:
     """Serve the KV-cache manager API (Tair KVCM compatible) over HTTP and gRPC.
 
     \b
@@ -65,6 +83,7 @@ def serve_cmd(config_path: Path | None, host: str | None, http_port: int | None,
       kvsim serve --config cache.yaml --no-grpc
       KVSIM_ADMIN_PASSWORD=... kvsim serve --http-port 8080
       kvsim serve --state redis://127.0.0.1:6379/0   # two of these: one leads
+      kvsim serve --admin-auth none                 # drop-in for a stock KVCM, loopback
     """
     from kvsim.config import ConfigError, KVSimConfig
     from kvsim.server.app import start_server
@@ -84,7 +103,19 @@ def serve_cmd(config_path: Path | None, host: str | None, http_port: int | None,
     elif not cfg.groups:
         base = default_config(ddir)
         cfg = replace(cfg, storages=cfg.storages or base.storages, groups=base.groups)
-    if admin_password is None and "KVSIM_ADMIN_PASSWORD" not in os.environ:
+    bind = host or opts.host
+    if admin_auth == "none":
+        if not _loopback(bind) and not allow_unauthenticated_admin:
+            raise click.ClickException(
+                f"--admin-auth none on {bind!r}, which is not a loopback address: anyone "
+                f"reaching the admin port could change or wipe the registry. Bind "
+                f"127.0.0.1, or add --allow-unauthenticated-admin if the network is trusted")
+        for line in ("*" * 72,
+                     f"WARNING: ADMIN AUTHENTICATION IS OFF (--admin-auth none) on {bind}:",
+                     "every admin and debug call is accepted without a credential.",
+                     "*" * 72):
+            logging.getLogger("kvsim.server").warning(line)
+    elif admin_password is None and "KVSIM_ADMIN_PASSWORD" not in os.environ:
         click.echo(f"warning: admin account {opts.admin_user!r} uses the default password "
                    f"{DEFAULT_ADMIN_PASSWORD!r}; set --admin-password or KVSIM_ADMIN_PASSWORD",
                    err=True)
@@ -97,7 +128,7 @@ def serve_cmd(config_path: Path | None, host: str | None, http_port: int | None,
         want_grpc = False
     try:
         h = start_server(
-            cfg, host=host or opts.host,
+            cfg, host=bind,
             http_port=opts.http_port if http_port is None else http_port,
             admin_http_port=opts.admin_http_port if admin_http_port is None else admin_http_port,
             grpc_port=(opts.grpc_port if grpc_port is None else grpc_port) if want_grpc else None,
@@ -106,12 +137,16 @@ def serve_cmd(config_path: Path | None, host: str | None, http_port: int | None,
             state=state if state is not None else opts.state,
             leader=leader if leader is not None else opts.leader,
             storage_probe_seconds=storage_probe_seconds,
+            admin_auth=admin_auth, debug_http_port=debug_http_port,
+            event_format=event_format,
         )
     except RuntimeError as e:
         raise click.ClickException(str(e)) from None
     except OSError as e:
         raise click.ClickException(f"cannot listen: {e.strerror or e}") from None
     grpc = (f", gRPC meta {h.grpc_port} admin {h.admin_grpc_port}" if h.grpc_port else "")
+    if h.debug_http_port:
+        grpc += f", debug HTTP {h.debug_http_port}"
     svc = h.service
     if svc.store is not None:
         role = ("" if svc.elector is None else
@@ -128,3 +163,15 @@ def serve_cmd(config_path: Path | None, host: str | None, http_port: int | None,
         h.wait()
     finally:
         h.stop()
+
+
+def _loopback(host: str) -> bool:
+    """Whether ``host`` binds only the loopback interface."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import threading
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -79,3 +80,62 @@ class EventLog:
                     self._f.write(b"".join(buf))
                     self.written += len(buf)
                 self._f.close()
+
+
+#: ``query_type`` as KVCM's publisher writes it
+_KVCM_QT = {"QT_PREFIX_MATCH": "prefix_match", "QT_UNSPECIFIED": "prefix_match",
+            "QT_BATCH_GET": "batch_get", "QT_REVERSE_ROLL_SW_MATCH": "reverse_roll_sw_match"}
+EVENT_FORMATS = ("kvsim", "kvcm")
+
+
+def to_publisher(event: dict[str, Any]) -> dict[str, Any]:
+    """One kvsim event in the shape of KVCM's log event publisher (what its optimizer's
+    publisher-log converter reads): ``id``, ``source``, ``component``, ``type``,
+    ``trigger_time_us``, then per type ``keys``, ``query_type`` (``prefix_match``, ...),
+    ``block_mask`` (an offset or booleans), ``write_session_id``, ``success_block``.
+
+    Example:
+        >>> e = to_publisher({"type": "GetCacheLocation", "source": "i0",
+        ...                   "trigger_time_us": 7, "query_type": "QT_PREFIX_MATCH",
+        ...                   "block_keys": [1, 2], "sw_size": 0})
+        >>> e["component"], e["query_type"], e["keys"], e["block_mask"]
+        ('cache_manager', 'prefix_match', [1, 2], 0)
+    """
+    typ = event.get("type")
+    out: dict[str, Any] = {"id": uuid.uuid4().hex, "source": event.get("source", ""),
+                           "component": "cache_manager", "type": typ,
+                           "trigger_time_us": event.get("trigger_time_us", 0)}
+    keys = event.get("block_keys", [])
+    mask = event.get("block_mask")
+    if typ == "GetCacheLocation":
+        out |= {"trace_id": event.get("trace_id", ""),
+                "query_type": _KVCM_QT.get(event.get("query_type", ""), "prefix_match"),
+                "keys": keys, "tokens": [], "block_mask": 0 if mask is None else mask,
+                "sw_size": event.get("sw_size", 0), "location_spec_names": [],
+                "input_token_len": 0}
+    elif typ == "StartWriteCache":
+        out |= {"write_session_id": event.get("write_session_id", ""), "keys": keys,
+                "tokens": [], "block_mask": 0 if mask is None else mask,
+                "location_spec_group_names": [], "write_timeout_seconds": 0}
+    elif typ == "FinishWriteCache":
+        out |= {"write_session_id": event.get("write_session_id", ""),
+                "success_block": int(event.get("success_count", 0))}
+    else:  # reclaims, health changes: KVCM's converter skips other types
+        out |= {k: v for k, v in event.items() if k not in out}
+    return out
+
+
+class PublisherEventLog(EventLog):
+    """An :class:`EventLog` writing KVCM's publisher format (see :func:`to_publisher`);
+    ``kvsim replay`` reads it too (format ``kvcm-events``)."""
+
+    def append(self, event: dict[str, Any]) -> None:
+        super().append(to_publisher(event))
+
+
+def open_event_log(path: str | os.PathLike[str], fmt: str = "kvsim") -> EventLog:
+    """The event log writer for ``fmt``: ``kvsim`` (kvsim's own events) or ``kvcm``
+    (KVCM's publisher format)."""
+    if fmt not in EVENT_FORMATS:
+        raise ValueError(f"event format must be one of {', '.join(EVENT_FORMATS)}, got {fmt!r}")
+    return PublisherEventLog(path) if fmt == "kvcm" else EventLog(path)

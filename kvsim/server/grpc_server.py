@@ -47,7 +47,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import json_format, message_factory
 from google.protobuf.message import Message
 
-from kvsim.server.proto import admin_service_pb2, meta_service_pb2
+from kvsim.server.proto import admin_service_pb2, debug_service_pb2, meta_service_pb2
 
 __all__ = [
     "ADMIN_SERVICE",
@@ -73,10 +73,14 @@ META_SERVICE: _descriptor.ServiceDescriptor = meta_service_pb2.DESCRIPTOR.servic
 ADMIN_SERVICE: _descriptor.ServiceDescriptor = admin_service_pb2.DESCRIPTOR.services_by_name[
     "AdminService"
 ]
+DEBUG_SERVICE: _descriptor.ServiceDescriptor = debug_service_pb2.DESCRIPTOR.services_by_name[
+    "DebugService"
+]
 #: The service descriptor of each api name ``Service.call`` takes.
 API_SERVICES: dict[str, _descriptor.ServiceDescriptor] = {
     "meta": META_SERVICE,
     "admin": ADMIN_SERVICE,
+    "debug": DEBUG_SERVICE,
 }
 
 #: Default worker threads per listener.
@@ -527,9 +531,11 @@ def _address(host: str, port: int) -> str:
 def _start_one(
     service: ServiceLike, api: str, host: str, port: int, max_workers: int
 ) -> tuple[grpc.Server, int]:
+    # every listener serves all three services: KVCM's default is one gRPC port for the
+    # meta, admin and debug services, so clients may send admin calls to the meta port
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=f"grpc-{api}"),
-        handlers=[generic_handler(service, api)],
+        handlers=[generic_handler(service, a) for a in API_SERVICES],
         options=[
             # Without this, Linux gRPC binds with SO_REUSEPORT and a second server on a
             # busy port silently shares it instead of failing.
@@ -558,6 +564,10 @@ def serve_grpc(
 ) -> GrpcHandle:
     """Starts ``MetaService`` and ``AdminService`` listeners (non-blocking).
 
+    Each listener serves ``MetaService``, ``AdminService`` and ``DebugService`` (so an
+    admin call on the meta port works, as in KVCM); with ``admin_port == meta_port``
+    (non-zero) there is one listener.
+
     Args:
         service: The transport-neutral service (``Service.call``).
         host: Interface to bind, e.g. ``"127.0.0.1"`` or ``"0.0.0.0"``.
@@ -572,6 +582,9 @@ def serve_grpc(
         OSError: If a port cannot be bound (the other listener is stopped first).
     """
     meta_server, meta_bound = _start_one(service, "meta", host, meta_port, max_workers)
+    if admin_port == meta_port and meta_port != 0:  # one port for all, as KVCM
+        log.info("grpc: meta, admin and debug on %s", _address(host, meta_bound))
+        return GrpcHandle(meta_bound, meta_bound, [meta_server])
     try:
         admin_server, admin_bound = _start_one(service, "admin", host, admin_port, max_workers)
     except BaseException:

@@ -34,6 +34,7 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Met
 from prometheus_client.registry import Collector
 
 from kvsim.server.auth import decode_basic
+from kvsim.server.kvcm_compat import reply_defaults
 from kvsim.server.service import Service
 
 __all__ = ["KVSimApp", "create_app", "fast_protocol"]
@@ -107,12 +108,15 @@ class KVSimApp:
                                     "request_id": ""}}
             else:
                 cred = None
-                if api == "admin":
+                if api != "meta":  # admin and debug calls carry the admin credential
                     for k, v in headers:
                         if k == b"authorization":
                             cred = decode_basic(v.decode("latin-1"))
                 reply = self.service.call(api, method, body, credential=cred,
                                           json_fragments=True)
+                if reply["header"]["status"]["code"] != "OK":
+                    # KVCM prints every field of the reply message, errors included
+                    reply = reply_defaults(api, method) | reply
         data = orjson.dumps(reply)
         if access_log.isEnabledFor(logging.INFO):
             access_log.info("%s %s/%s %d %s %.2fms",
@@ -145,14 +149,14 @@ _NOOP_HEADER = {"status": {"code": "OK", "message": ""}, "request_id": "noop"}
 
 
 def create_app(service: Service, api: str) -> KVSimApp:
-    """The ASGI app of one listener (``api`` = ``"meta"`` or ``"admin"``).
+    """The ASGI app of one listener (``api`` = ``"meta"``, ``"admin"`` or ``"debug"``).
 
     ``POST /api/<method>`` -> :meth:`Service.call` (HTTP 400 when the body is not JSON;
     ``/api/noop`` answers OK without touching the service); ``GET /metrics`` and the rest
     are served by a FastAPI app (:attr:`KVSimApp.fastapi`).
     """
-    if api not in ("meta", "admin"):
-        raise ValueError(f"api must be 'meta' or 'admin', got {api!r}")
+    if api not in ("meta", "admin", "debug"):
+        raise ValueError(f"api must be 'meta', 'admin' or 'debug', got {api!r}")
     app = FastAPI(title=f"kvsim {api} service", docs_url=None, redoc_url=None,
                   openapi_url=None)
     registry = CollectorRegistry()

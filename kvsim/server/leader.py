@@ -183,6 +183,7 @@ class LeaderElector:
         self._leader = False
         self._stop = threading.Event()
         self._demoted_until = 0.0
+        self.renewed_at_ms = 0
         self._thread: threading.Thread | None = None
 
     @property
@@ -205,6 +206,8 @@ class LeaderElector:
         except Exception:  # the backend is unreachable: do not claim to lead
             now = False
         self._leader = now
+        if now:  # the lease runs until renewed_at_ms + ttl (getManagerClusterInfo)
+            self.renewed_at_ms = int(time.time() * 1000)
         if now != was and self.on_change is not None:
             self.on_change(now)
         return now

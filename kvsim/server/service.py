@@ -60,7 +60,6 @@ import itertools
 import json
 import logging
 import os
-import socket
 import tempfile
 import threading
 import time
@@ -103,7 +102,9 @@ from kvsim.core.table import SERVING
 from kvsim.server import wire as W
 from kvsim.server.auth import Account, Accounts
 from kvsim.server.clock import MonotonicClock
-from kvsim.server.eventlog import EventLog
+from kvsim.server.debug import Faults
+from kvsim.server.eventlog import EventLog, open_event_log
+from kvsim.server.kvcm_compat import install_compat, new_node_id, storage_config_entry
 from kvsim.server.store import BlockStore, SessionRecord, StoreBatch
 from kvsim.trace.hashing import kvcm_token_keys
 
@@ -234,6 +235,8 @@ class Service:
         node_id: str | None = None,
         endpoints: dict[str, Any] | None = None,
         storage_probe_seconds: float = DEFAULT_PROBE_S,
+        admin_auth: str = "basic",
+        event_format: str = "kvsim",
     ) -> None:
         self.data_dir = Path(data_dir) if data_dir is not None else Path(
             tempfile.mkdtemp(prefix="kvsim-serve-"))
@@ -245,14 +248,19 @@ class Service:
         self._registry_dirty = False
         self._restoring = False
         self.store_errors = 0
-        self.node_id = node_id or socket.gethostname()
+        self.node_id = node_id or new_node_id()
+        if admin_auth not in ("basic", "none"):
+            raise ValueError(f"admin_auth must be 'basic' or 'none', got {admin_auth!r}")
+        self.admin_auth = admin_auth
+        self.faults = Faults()
         self.endpoints: dict[str, Any] = dict(endpoints or {})
         self.started_ns = self.clock.now_ns()
         self._lock = threading.Lock()
         self._rid_prefix = uuid.uuid4().hex[:12]
         self._rid = itertools.count(1)
-        self.events: EventLog | None = (EventLog(self.data_dir / "events.jsonl")
-                                        if event_log else None)
+        self.events: EventLog | None = (
+            open_event_log(self.data_dir / "events.jsonl", event_format)
+            if event_log else None)
         self.accounts = Accounts()
         password = admin_password
         if password is None:
@@ -265,7 +273,7 @@ class Service:
         self.reclaimed_blocks = 0
         self.expired_sessions = 0
         # blocks evicted per trigger: the tick's quota / max_key_count / storage_type and
-        # the write-time write_max_key_count / write_storage_type
+        # the write-time write_storage_type / write_storage_capacity
         self.evicted_by_trigger: dict[str, int] = {}
         self.probe_interval_ns = int(max(0.0, storage_probe_seconds) * 1e9)
         self._probe_lock = threading.Lock()
@@ -315,6 +323,9 @@ class Service:
             "getManagerClusterInfo": self._cluster_info,
             "leaderDemote": self._leader_demote,
         }
+        self._debug: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+        install_compat(self)  # KVCM's remaining admin calls and the debug service
+        self._apis = {"meta": self._meta, "admin": self._admin, "debug": self._debug}
 
     # ================================================================ entry point
     def call(self, api: str, method: str, body: dict[str, Any], *,
@@ -346,14 +357,15 @@ class Service:
         code, message = "OK", ""
         out: dict[str, Any] = {}
         try:
-            table = self._meta if api == "meta" else self._admin if api == "admin" else None
+            table = self._apis.get(api)
             fn = table.get(method) if table is not None else None
             if fn is None:
                 raise Unsupported(f"unknown call {api}/{method}")
             if not isinstance(body, dict):
                 raise W.WireError(f"the request body must be a JSON object, got "
                                   f"{type(body).__name__}")
-            if api == "admin" and self.accounts.check(credential) != "ROLE_ADMIN":
+            if (api != "meta" and self.admin_auth != "none"
+                    and self.accounts.check(credential) != "ROLE_ADMIN"):
                 raise AuthError('admin calls need a valid admin credential ("user:password")')
             if (self.elector is not None and not self.elector.is_leader
                     and method not in _FOLLOWER_CALLS):
@@ -363,6 +375,8 @@ class Service:
                 self._encoder = location_encoder or (json_fragment if json_fragments
                                                      else None)
                 try:
+                    if api != "debug":
+                        self.faults.check(method)
                     out = fn(body)
                 finally:
                     self._encoder = None
@@ -374,7 +388,7 @@ class Service:
             code, message = "INTERNAL_ERROR", f"{type(e).__name__}: {e}"
             out = {}
         dt = time.perf_counter() - t0
-        known = self._meta if api == "meta" else self._admin if api == "admin" else {}
+        known = self._apis.get(api, {})
         ck = (api, method if method in known else "<unknown>", code)
         with self._lock:  # gRPC serves from a thread pool
             self.calls[ck] = self.calls.get(ck, 0) + 1
@@ -824,27 +838,24 @@ class Service:
             self.mgr.remove(iid, keys[bad])
 
     def _make_key_room(self, iid: str, g: GroupSpec, keys: np.ndarray) -> None:
-        """Evict (group order and mode) so that the write's new keys fit ``max_key_count``.
+        """Refuse a write whose new keys would pass the group's ``max_key_count``.
+
+        As in KVCM, the write does not evict: the reclaimer (:meth:`tick`, trigger
+        ``max_key_count`` at ``max_key_count x used_percentage``) makes room.
 
         Raises:
-            QuotaExceeded: they would pass it even with every SERVING block evicted.
+            QuotaExceeded: the group's keys (WRITING and SERVING) plus the new ones would
+                pass ``max_key_count``.
         """
         limit = g.max_key_count
-        while True:
-            held, serving = self.mgr.key_count(g.name)
-            n_new = self.mgr.count_new(iid, keys)
-            excess = held + n_new - limit
-            if excess <= 0:
-                return
-            if held - serving + n_new > limit:
-                raise QuotaExceeded(
-                    f"instance group {g.name!r}: writing {n_new} new blocks would pass its "
-                    f"max_key_count of {limit} ({held - serving} blocks are being written)")
-            n = self.mgr.evict_blocks(g.name, excess, writer=iid)
-            self._count_evicted("write_max_key_count", n)
-            if n == 0:  # pragma: no cover - defensive: serving blocks are evictable
-                raise QuotaExceeded(f"instance group {g.name!r}: no room under max_key_count "
-                                    f"{limit}")
+        held, serving = self.mgr.key_count(g.name)
+        n_new = self.mgr.count_new(iid, keys)
+        if held + n_new > limit:
+            raise QuotaExceeded(
+                f"instance group {g.name!r}: writing {n_new} new blocks would pass its "
+                f"max_key_count of {limit} ({serving} blocks serving, {held - serving} "
+                f"being written); the reclaimer frees blocks above max_key_count x "
+                f"used_percentage")
 
     def _limits(self, g: GroupSpec, idx: int) -> list[tuple[str, np.ndarray, int, bool]]:
         """The byte limits a write of group ``g`` to storage slot ``idx`` must keep:
@@ -910,7 +921,8 @@ class Service:
         usable = [c for c in cands if self._usable(c)]
         if not usable:
             why = ", ".join(f"{c}: unhealthy ({self._health[c]})" if c in self._health
-                            else f"{c}: disabled" for c in cands)
+                            else f"{c}: disabled" if c in self._storage_idx
+                            else f"{c}: not added" for c in cands)
             raise QuotaExceeded(f"instance group {g.name!r}: no usable storage among "
                                 f"{cands} ({why})")
         limits = {c: self._limits(g, self._storage_idx[c]) for c in usable}
@@ -1140,7 +1152,8 @@ class Service:
             "cache_config": {
                 "reclaim_strategy": {
                     "reclaim_policy": rev.get(g.eviction.policy, "POLICY_UNSPECIFIED"),
-                    "trigger_strategy": {"used_percentage": g.used_percentage},
+                    "trigger_strategy": {"used_percentage": extra.get("used_percentage",
+                                                                      g.used_percentage)},
                     "delay_before_delete_ms": g.delay_before_delete_ms,
                     "eviction": {"policy": g.eviction.policy, "params": g.eviction.params,
                                  "mode": g.eviction.mode, "batch_size": g.eviction.batch_size},
@@ -1157,10 +1170,7 @@ class Service:
         p = "instance_group."
         name = W.get_str(g, "name", required=True, where=p)
         cands = W.get_str_list(g, "storage_candidates", where=p)
-        known = {s.name for s in self.mgr.storages()}
-        for i, c in enumerate(cands):
-            if c not in known:
-                raise W.WireError(f"{p}storage_candidates[{i}]: unknown storage {c!r}")
+        # as in KVCM, a candidate may name a storage not added (yet): writes skip it
         quota = W.get_dict(g, "quota", where=p)
         qbytes = W.get_int(quota, "capacity", 0, low=0, where=f"{p}quota.")
         qblocks = W.get_int(quota, "capacity_blocks", 0, low=0, where=f"{p}quota.")
@@ -1192,7 +1202,9 @@ class Service:
         w = f"{p}cache_config.reclaim_strategy."
         rp = W.get_enum(rs, "reclaim_policy", W.RECLAIM_POLICIES, "POLICY_UNSPECIFIED", where=w)
         ts = W.get_dict(rs, "trigger_strategy", where=w)
-        up = W.get_float(ts, "used_percentage", 0.0, low=0.0, high=1.0,
+        # above 1 (KVCM's "never trigger", e.g. 3.2) the reclaimer waits for the limit
+        # itself, which writes never pass: the core gets 1, the wire keeps the value
+        up = W.get_float(ts, "used_percentage", 0.0, low=0.0, high=1e6,
                          where=f"{w}trigger_strategy.")
         delay = W.get_int(rs, "delay_before_delete_ms", 0, low=0, high=W.INT32_MAX, where=w)
         ev = W.get_dict(rs, "eviction", where=w)
@@ -1212,7 +1224,7 @@ class Service:
             mic["max_key_count"] = max_keys
         spec = GroupSpec(
             name=name, quota_blocks=qblocks, quota_bytes=qbytes,
-            used_percentage=up if up > 0 else 1.0,
+            used_percentage=min(up, 1.0) if up > 0 else 1.0,
             storage_candidates=tuple(cands),
             eviction=EvictionSpec(policy=policy, params=dict(params), mode=mode,
                                   batch_size=W.get_int(ev, "batch_size", 100, low=1,
@@ -1224,7 +1236,7 @@ class Service:
             storage_type_quotas=tuple((t, c) for t, (c, _) in type_quotas.items()),
             max_key_count=max_keys,
         )
-        extra = {
+        extra: dict[str, Any] = {
             "global_quota_group_name": W.get_str(g, "global_quota_group_name", name, where=p),
             "quota_config": norm_qconf,
             "data_storage_strategy": W.get_enum(cc, "data_storage_strategy",
@@ -1232,6 +1244,8 @@ class Service:
                                                 where=f"{p}cache_config."),
             "meta_indexer_config": mic,
         }
+        if up > 1:
+            extra["used_percentage"] = up
         return spec, extra
 
     def _create_group(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -1356,8 +1370,9 @@ class Service:
             self._persist("registerInstance", self._inst[iid].info)
         gspec = self.mgr.group(group)
         names_st = list(gspec.storage_candidates) or sorted(self._storage_cfg)
-        return {"storage_configs": json.dumps([self._storage_cfg[n] for n in names_st
-                                               if n in self._storage_cfg])}
+        return {"storage_configs": json.dumps([
+            storage_config_entry(self._storage_cfg[n], self._usable(n))
+            for n in names_st if n in self._storage_cfg])}
 
     def _need_instance(self, body: dict[str, Any]) -> tuple[str, InstanceSpec, _Instance]:
         iid = W.get_str(body, "instance_id", required=True)
@@ -1817,7 +1832,7 @@ class Service:
                                    None)
         self._emit("StartWriteCache", iid, trace_id=_trace_id(body),
                    write_session_id=str(ws.session_id), block_keys=keys.tolist(),
-                   new_blocks=len(new_pos))
+                   new_blocks=len(new_pos), block_mask=(~ws.is_new).tolist())
         return {"write_session_id": str(ws.session_id), "block_mask": mask_out,
                 "locations": locs}
 
@@ -1890,7 +1905,9 @@ class NotLeader(KVSimError):
 
 
 # calls a follower still answers
-_FOLLOWER_CALLS = frozenset({"checkHealth", "getManagerClusterInfo", "getMetrics"})
+_FOLLOWER_CALLS = frozenset({"checkHealth", "getManagerClusterInfo", "getMetrics",
+                             "getLeaderElectorConfig", "updateLeaderElectorConfig",
+                             "updateLogger"})
 
 
 class _IOError(KVSimError):

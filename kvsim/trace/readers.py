@@ -657,8 +657,10 @@ def read_kvcm(
     to int64 by two's complement), ``query_type`` (a name such as ``prefix_match``,
     ``QT_BATCH_GET`` or ``QT_REVERSE_ROLL_SW_MATCH``, or an int; default prefix),
     ``block_mask`` (a bool list, an int offset, ``{"offset": n}`` or
-    ``{"bool_masks": {"values": [...]}}``), ``sw_size``, ``input_len`` (default
-    ``len(keys) * block_size``), ``output_len`` (default 0), ``total_keys`` (ignored)
+    ``{"bool_masks": {"values": [...]}}``; ``[]`` is no mask), ``sw_size``, ``input_len``
+    (default ``len(keys) * block_size``), ``output_len`` (default 0), ``total_keys``
+    (KVCM's dialog-turn rows: the keys after the turn; a row without ``type`` that has
+    them reads ``keys`` and then writes ``total_keys``; a count is ignored)
     and ``type`` (``"get"`` -> read, ``"write"`` -> write, ``"request"`` or absent ->
     combined request).
 
@@ -692,7 +694,24 @@ def read_kvcm(
     any_mask = False
     rows = _Rows(p, "keys")
     get = dict.get
+    pending: tuple[int, list[Any]] | None = None  # a dialog turn's write row
+
+    def add_write_row() -> None:
+        wl, wkeys = pending  # type: ignore[misc]
+        rows.add(wl, wkeys)
+        inst_codes.append(inst_codes[-1])
+        ts.append(ts[-1])
+        il.append(len(wkeys) * bs)
+        ol.append(0)
+        sw.append(0)
+        qt.append(QT_PREFIX)
+        kind.append(KIND_WRITE)
+        moff.append(0)
+
     for lineno, obj in _iter_objects(p):
+        if pending is not None:
+            add_write_row()
+            pending = None
         if "keys" not in obj:
             raise _missing(p, lineno, "keys")
         keys = obj["keys"]
@@ -723,9 +742,19 @@ def read_kvcm(
         kcode = _KIND_NAMES.get(k.lower()) if type(k) is str else None
         if kcode is None:
             raise _field_error(p, lineno, "type", '"request", "get" or "write"', k)
+        tk = get(obj, "total_keys")
+        if tk is not None and type(tk) is not list and type(tk) is not int:
+            raise _field_error(p, lineno, "total_keys", "a list of keys (or a count)", tk)
+        if type(tk) is int:  # a count only (older traces): nothing to write
+            tk = None
+        if type(tk) is list and tk and kcode == KIND_REQUEST:
+            # KVCM's dialog-turn rows: read ``keys`` (the prompt), then write
+            # ``total_keys`` (prompt + answer): two rows at the same time
+            kcode = KIND_READ
+            pending = (lineno, tk)
         kind.append(kcode)
         m = get(obj, "block_mask")
-        if m is None:
+        if m is None or (type(m) is list and not m):  # [] (KVCM's optimizer): no mask
             moff.append(0)
             continue
         any_mask = True
@@ -748,6 +777,8 @@ def read_kvcm(
             moff.append(min(m, n_keys))
         else:
             raise _field_error(p, lineno, "block_mask", "a non-negative offset or booleans", m)
+    if pending is not None:
+        add_write_row()
     lines = rows.lines
     ts_ns = np.asarray(ts, dtype=np.int64)
     offsets = rows.offsets()
@@ -840,8 +871,16 @@ def read_kvcm_events(
     sw: list[int] = []
     masks: list[Any] = []
     any_mask = False
+    # KVCM's publisher log: StartWriteCache carries the keys, FinishWriteCache only
+    # the session id; a session never finished is written 100 ms after its start
+    started: dict[str, tuple[int, str, list[Any], int]] = {}
     for lineno, obj in _iter_objects(p):
         typ = obj.get("type")
+        if "block_keys" not in obj and ("keys" in obj or typ == "FinishWriteCache"):
+            ev = _publisher_event(p, lineno, obj, started)
+            if ev is None:
+                continue
+            obj, typ = ev, ev["type"]
         if typ == "GetCacheLocation":
             k = KIND_READ
         elif typ == "FinishWriteCache":
@@ -863,8 +902,15 @@ def read_kvcm_events(
             raise _field_error(p, lineno, "trigger_time_us", "an integer", t)
         q = obj.get("query_type", "QT_PREFIX_MATCH")
         if k == KIND_READ and q not in _EVENT_QT:
-            raise _field_error(p, lineno, "query_type", "a QueryType name", q)
+            try:  # KVCM's publisher log: prefix_match, batch_get, ...
+                q = next(n for n, c in _EVENT_QT.items() if c == parse_query_type(q))
+            except (ValueError, TypeError):
+                raise _field_error(p, lineno, "query_type", "a QueryType name", q) from None
         m = obj.get("block_mask")
+        if type(m) is int and m >= 0:  # KVCM's publisher log: an offset
+            m = [i < m for i in range(len(keys))]
+        elif isinstance(m, list) and not m:
+            m = None
         if m is not None:
             if not isinstance(m, list) or len(m) != len(keys) or any(
                     type(v) is not bool for v in m):
@@ -880,6 +926,14 @@ def read_kvcm_events(
         qt.append(_EVENT_QT[q] if k == KIND_READ else QT_PREFIX)
         sw.append(s_ if k == KIND_READ else 0)
         masks.append(m)
+    for lineno, src, keys, t in started.values():  # never finished
+        rows.add(lineno, keys)
+        inst_codes.append(inst_names.setdefault(src, len(inst_names)))
+        ts.append((t + 100_000) * 1000)
+        kind.append(KIND_WRITE)
+        qt.append(QT_PREFIX)
+        sw.append(0)
+        masks.append(None)
     if not ts:
         raise TraceError(f"{p}: no GetCacheLocation or FinishWriteCache events")
     offsets = rows.offsets()
@@ -899,6 +953,34 @@ def read_kvcm_events(
         sw_size=np.asarray(sw, dtype=np.int32), mask=mask, offsets=offsets,
     )
     return _only_instance(trace, instance)
+
+
+def _publisher_event(p: Path, lineno: int, obj: dict[str, Any],
+                     started: dict[str, tuple[int, str, list[Any], int]]
+                     ) -> dict[str, Any] | None:
+    """One event of KVCM's publisher log in kvsim's event shape, or None (nothing to
+    replay yet): reads keep their ``keys``; ``StartWriteCache`` is remembered by its
+    ``write_session_id``; ``FinishWriteCache`` becomes a write of the session's keys."""
+    typ = obj.get("type")
+    if typ == "GetCacheLocation":
+        return obj | {"block_keys": obj.get("keys")}
+    sid = obj.get("write_session_id")
+    if typ == "StartWriteCache":
+        keys, t, src = obj.get("keys"), obj.get("trigger_time_us"), obj.get("source", "")
+        if not isinstance(keys, list):
+            raise _field_error(p, lineno, "keys", "a list of keys", keys)
+        if type(t) is not int:
+            raise _field_error(p, lineno, "trigger_time_us", "an integer", t)
+        if isinstance(sid, str) and sid and keys:
+            started[sid] = (lineno, str(src), keys, t)
+        return None
+    if typ == "FinishWriteCache":
+        got = started.pop(sid, None) if isinstance(sid, str) else None
+        if got is None:
+            return None  # KVCM's converter skips a finish it has no start for
+        return {"type": "FinishWriteCache", "source": got[1], "block_keys": got[2],
+                "trigger_time_us": obj.get("trigger_time_us")}
+    return None
 
 
 def _prefix_mask(offsets: np.ndarray, first_n: np.ndarray) -> np.ndarray:

@@ -125,7 +125,8 @@ def test_kvsim_serve_end_to_end(tmp_path: Path) -> None:
                 time.sleep(0.2)
         assert r.json()["header"]["status"]["code"] == "OK"
         st = json.loads(r.json()["storage_configs"])
-        assert st[0]["nfs"]["root_path"] == str(tmp_path / "nfs_01")
+        assert st[0]["type"] == "file" and st[0]["is_available"] is True
+        assert st[0]["storage_spec"]["root_path"] == str(tmp_path / "nfs_01")
         r = httpx.post(f"http://127.0.0.1:{aport}/api/listStorage", json={},
                        auth=("admin", "pw"))
         assert r.json()["storage"][0]["global_unique_name"] == "nfs_01"

@@ -244,14 +244,17 @@ def test_max_key_count_trigger_and_write_room_never_over_evict(
     ev = events(tmp_path, s, "CacheReclaimSubmit")
     assert [(e["trigger"], e["blocks"], e["used"], e["capacity"]) for e in ev] == \
         [("max_key_count", 2, 10, 8)]
-    # a write of 5 new keys: 8 + 5 = 13 > 10 -> exactly 3 evicted at the write
+    # a write of 5 new keys: 8 + 5 = 13 > 10 -> refused, as in KVCM (a write never
+    # evicts for max_key_count: the reclaimer does); 2 new keys fit exactly
     clock.advance(10**6)
-    c.write([20, 21, 22, 23, 24])
-    assert s.mgr.key_count("g")[0] == 10
+    r = c.meta("startWriteCache", {"instance_id": "i0", "block_keys": [20, 21, 22, 23, 24]})
+    assert code(r) == "REACH_MAX_ENTITY_CAPACITY" and "max_key_count of 10" in msg(r)
+    assert s.mgr.key_count("g")[0] == 8
+    c.write([20, 21])
     held = sorted(s.mgr.cached_keys("i0").tolist() + s.mgr.cached_keys("i1").tolist())
-    assert held == ([6, 7, 8, 9, 10, 20, 21, 22, 23, 24] if mode == "group_precise"
-                    else [2, 4, 6, 8, 10, 20, 21, 22, 23, 24])  # the writer i0's first
-    assert s.evicted_by_trigger == {"max_key_count": 2, "write_max_key_count": 3}
+    assert held == sorted(([*range(3, 11)] if mode == "group_precise"
+                           else [2, *range(4, 11)]) + [20, 21])
+    assert s.evicted_by_trigger == {"max_key_count": 2}
     assert metric(s, "kvsim_group_keys", group="g") == 10
     # more new keys than the limit: refused, nothing evicted
     r = c.meta("startWriteCache", {"instance_id": "i0", "block_keys": list(range(100, 111))})
@@ -269,8 +272,9 @@ def test_max_key_count_counts_writing_blocks(tmp_path: Path, clock: ManualClock)
     r = c.meta("startWriteCache", {"instance_id": "i1", "block_keys": [8, 9]})
     assert code(r) == "REACH_MAX_ENTITY_CAPACITY"  # 3 writing + 2 new > 4
     assert s.mgr.cached_keys("i0").tolist() == [1]  # and 1 was not evicted for nothing
-    ok(c.meta("startWriteCache", {"instance_id": "i1", "block_keys": [8]}))  # evicts 1
-    assert s.mgr.cached_keys("i0").tolist() == []
+    r = c.meta("startWriteCache", {"instance_id": "i1", "block_keys": [8]})
+    assert code(r) == "REACH_MAX_ENTITY_CAPACITY"  # 1 + 3 writing + 1 new > 4: no eviction
+    assert s.mgr.cached_keys("i0").tolist() == [1]
     s.close()
 
 
@@ -322,8 +326,9 @@ def test_new_fields_survive_a_restart(tmp_path: Path, clock: ManualClock) -> Non
     assert s.mgr.group("r").max_key_count == 2
     assert s.mgr.group("r").storage_type_quotas == (("file", 3 * BLOCK),)
     clock.advance(10**6)
-    c.write([3], iid="x")  # still enforced: 2 keys at most -> 1 evicted
-    assert s.mgr.cached_keys("x").tolist() == [1, 3]  # 2, the tail, was committed first
+    r = c.meta("startWriteCache", {"instance_id": "x", "block_keys": [3]})
+    assert code(r) == "REACH_MAX_ENTITY_CAPACITY"  # still enforced: 2 keys at most
+    assert s.mgr.cached_keys("x").tolist() == [1, 2]
     s.close()
 
 
