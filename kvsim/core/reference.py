@@ -264,6 +264,14 @@ class ReferenceCache:
         (self.protected if to_main else self.order)[key] = None
         self._note_wait(to_main)
 
+    def _s3fifo_push_main(self, key: int) -> None:
+        """Into M behind the blocks awaiting room there (the last ``wait[1]`` of M)."""
+        main = self.protected
+        held = [main.popitem()[0] for _ in range(min(self.wait[1], len(main)))]
+        main[key] = None
+        for k in reversed(held):
+            main[k] = None
+
     def _s3fifo_victim(self) -> int:
         small, main = self.order, self.protected
         self.evicted = True
@@ -275,8 +283,8 @@ class ReferenceCache:
                 if self.freq[k] < self.move_threshold:
                     return k
                 del small[k]
-                main[k] = None
                 self.freq[k] = 0
+                self._s3fifo_push_main(k)
                 s_pre -= 1
         if not main:
             return next(iter(small))
@@ -285,7 +293,8 @@ class ReferenceCache:
             if self.freq[k] == 0:
                 return k
             self.freq[k] -= 1
-            main.move_to_end(k)
+            del main[k]
+            self._s3fifo_push_main(k)
 
     # ---- cost_aware (GreedyDual on a 64-slot wheel, leaves only)
     def _ticks(self, key: int, freq: int) -> int:

@@ -86,6 +86,28 @@ def _waiting(t: Tables, g: int, i: int) -> tuple[int, int]:
 
 
 @kernel
+def _push_main(t: Tables, i: int, r: int, wm: int) -> None:
+    """Link ``r`` into M behind the ``wm`` blocks awaiting room at M's head (they enter
+    after the eviction that ``r``'s move belongs to, so they stay the newest)."""
+    a = t.i_pol[i, _MH]
+    for _ in range(wm - 1):
+        if a < 0:
+            break
+        a = t.nxt[a]
+    if wm <= 0 or a < 0:
+        _qlist.push_head(t, r, _MH, _MT)
+        return
+    b = t.nxt[a]
+    t.prv[r] = a
+    t.nxt[r] = b
+    t.nxt[a] = r
+    if b >= 0:
+        t.prv[b] = r
+    else:
+        t.i_pol[i, _MT] = r
+
+
+@kernel
 def commit(t: Tables, g: int, r: int, now: int) -> None:
     """A ghost's key enters M; any other S (or M, see ``fill_main``); frequency 0."""
     i = t.inst[r]
@@ -126,6 +148,7 @@ def victim(t: Tables, g: int, i: int) -> int:
 
     As libCacheSim does, the choice between S and M is made once: S is walked until
     a block leaves or no block older than those awaiting room is left in it; then M.
+    Blocks moved or reinserted into M go behind the blocks awaiting room there.
     """
     thr = int(t.g_params[g, 1])
     t.g_pol[g, _EVICTED] = 1
@@ -143,7 +166,7 @@ def victim(t: Tables, g: int, i: int) -> int:
             _dlist.unlink(t, r)
             t.i_pol[i, _SN] -= 1
             t.pbits[r] = _MAIN
-            _qlist.push_head(t, r, _MH, _MT)
+            _push_main(t, i, r, wm)
             t.i_pol[i, _MN] += 1
             s_pre -= 1
     if t.i_pol[i, _MN] == 0:  # only blocks awaiting room are left, all in S
@@ -154,7 +177,7 @@ def victim(t: Tables, g: int, i: int) -> int:
             return int(r)
         t.pbits[r] = t.pbits[r] - 1
         _qlist.unlink(t, r, _MH, _MT)
-        _qlist.push_head(t, r, _MH, _MT)
+        _push_main(t, i, r, wm)
 
 
 @kernel
