@@ -65,7 +65,7 @@ class ReplayOptions:
 WRITE_MODES = ("at_end", "two_phase")
 WRITE_POLICIES = ("through", "back", "selective")
 TIER_SCOPES = ("local", "pool")
-ROUTING_POLICIES = ("trace", "round_robin", "prefix", "load")
+ROUTING_POLICIES = ("trace", "round_robin", "prefix", "load", "least_loaded", "random")
 MAX_TIERS = 3
 
 
@@ -145,14 +145,18 @@ class RoutingOptions:
         policy: ``trace`` (the trace's own instance), ``round_robin``, ``prefix`` (the
             instance with the most cached prefix; ties to the shortest queue, then the
             least busy time so far) or ``load`` (least estimated time to first token:
-            queue + load + prefill of the input minus ``prefix_bonus`` x cached tokens).
+            queue + load + prefill of the input minus ``prefix_bonus`` x cached tokens),
+            ``least_loaded`` (cache-blind: the shortest queue, ties to the least busy
+            time so far) or ``random`` (uniform, seeded by ``seed``).
         instances: number of instances for the policies other than ``trace``.
         prefix_bonus: weight of cached tokens in ``load`` (1 = their full prefill time).
+        seed: seed of ``random`` routing (same seed, same choices).
     """
 
     policy: str = "trace"
     instances: int = 1
     prefix_bonus: float = 1.0
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -599,9 +603,10 @@ class _Reader:
         )
 
     def routing(self, d: Any, path: str) -> RoutingOptions:
-        self.known(d, path, {"policy", "instances", "prefix_bonus"})
+        self.known(d, path, {"policy", "instances", "prefix_bonus", "seed"})
         return RoutingOptions(
             policy=self.choice(d, "policy", path, "trace", list(ROUTING_POLICIES)),
             instances=self.num(d, "instances", path, 1, integer=True, low=1),
             prefix_bonus=self.num(d, "prefix_bonus", path, 1.0, integer=False, low=0),
+            seed=self.num(d, "seed", path, 0, integer=True, low=0, high=2**63 - 1),
         )

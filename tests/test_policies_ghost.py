@@ -77,9 +77,13 @@ def test_ghost_storage_is_sized_from_capacity_and_kept_per_group() -> None:
     assert (t.gh_meta[1, _ghost.M_RINGS], t.gh_meta[1, _ghost.M_LEN]) == (2, 50)
     assert t.gh_meta[2, _ghost.M_LEN] == 0  # unbounded: no ghost
     assert _ghost.live(t, 0, 0) == live  # group g kept its ghosts
-    # 100 keys left S (0..99); the ring of 90 remembers the last 90 of them
-    assert _ghost.take(t, 0, np.uint64(_ghost.key_hash(0, 99))) == 0
-    assert _ghost.take(t, 0, np.uint64(_ghost.key_hash(0, 5))) == -1
+    # the ghost FIFO of 90 holds the last 90 keys that left S, as the twin's does
+    ref = ReferenceCache("s3fifo", 100)
+    ref.replay([[k] for k in range(200)])
+    assert len(ref.ghost.where) == live == 90
+    for k in range(200):
+        assert (_ghost.take(t, 0, np.uint64(_ghost.key_hash(0, k))) == 0) == \
+            (k in ref.ghost.where), k
     lru = _manager("lru", 100)
     assert lru.table.t.gh_meta[0, _ghost.M_LEN] == 0
     assert m.table.nbytes() == m.table.t.hot.nbytes + m.table.t.cold.nbytes + \
@@ -93,15 +97,18 @@ def _hits(reqs: list[list[int]], policy: str, cap: int, **params: float) -> list
 
 
 def test_s3fifo_protects_reused_blocks_and_readmits_ghosts() -> None:
-    scan = [[k] for k in range(10, 30)]
-    reqs = [[1], [1], *scan, [1]]
-    assert _hits(reqs, "s3fifo", 5)[-1] == 1  # 1 moved to main before the scan evicted S
-    assert _hits(reqs, "lru", 5)[-1] == 0
-    ref = ReferenceCache("s3fifo", 5)
-    ref.replay([[1], [2], [3], [4], [5], [6], [7]])  # 1 and 2 leave S for the ghost
-    assert set(ref.ghost.where) == {1, 2}
-    ref.replay([[1]])  # a ghost comes back straight into main
-    assert 1 in ref.protected and 1 not in ref.ghost.where
+    scan = [[k] for k in range(10, 40)]
+    reqs = [[1], [1], [1], *scan, [1]]
+    # two hits (move_threshold 2) moved 1 to main before the scan evicted S
+    assert _hits(reqs, "s3fifo", 20)[-1] == 1
+    assert _hits(reqs, "s3fifo", 20, move_threshold=3)[-1] == 0
+    assert _hits(reqs, "lru", 20)[-1] == 0
+    ref = ReferenceCache("s3fifo", 20)
+    ref.replay([[k] for k in range(100, 140)])
+    gone = sorted(ref.ghost.where)
+    assert gone and not ref.cached() & set(gone)  # keys that left S are ghosts
+    ref.replay([[gone[-1]]])  # a ghost comes back straight into main
+    assert gone[-1] in ref.protected and gone[-1] not in ref.ghost.where
 
 
 def test_arc_adapts_p_like_its_twin() -> None:
@@ -114,7 +121,7 @@ def test_arc_adapts_p_like_its_twin() -> None:
         m.clock.set(q + 2)
         got = m.access("i0", r).hit_blocks
         assert got == ref.access(r), q
-        assert int(m.table.t.g_pol[0, 0]) == ref.p
+        assert float(m.table.t.g_polf[0, 0]) == ref.p
         ps.append(ref.p)
     assert len(set(ps)) > 2  # p moved both ways
 

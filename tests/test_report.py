@@ -117,9 +117,29 @@ def test_tables_render(results: list[ReplayResult], sample: Trace) -> None:
     con.print(report.instance_table(results))
     con.print(report.group_table(results))
     text = buf.getvalue()
-    for needle in ("lru@1500", "lru@6000", "ideal", "token hit", "inst0", "inst1", "default",
+    for needle in ("lru@1500", "lru@6000", "ideal", "token hit", "req-mean tok", "inst0",
+                   "inst1", "default", "aggregate",
                    f"{results[0].summary()['token_hit_rate']:.6f}"):
         assert needle in text
+
+
+def test_both_hit_rate_definitions(results: list[ReplayResult], sample: Trace) -> None:
+    """Aggregate (sum / sum, the contract's) and the mean of per-request ratios, each
+    recomputed here from the per-request hits."""
+    for r in results:
+        s = r.summary()
+        hit_tok = [min(h * sample.block_size, n)
+                   for h, n in zip(r.hit_blocks.tolist(), sample.input_len.tolist(), strict=True)]
+        inputs = sample.input_len.tolist()
+        assert s["token_hit_rate"] == pytest.approx(sum(hit_tok) / sum(inputs))
+        ratios = [h / n for h, n in zip(hit_tok, inputs, strict=True) if n > 0]
+        assert s["mean_request_token_hit_rate"] == pytest.approx(sum(ratios) / len(ratios))
+        assert s["mean_request_token_hit_rate"] != pytest.approx(s["token_hit_rate"])
+        rec = report.result_record(r)
+        assert rec["mean_request_token_hit_rate"] == s["mean_request_token_hit_rate"]
+        per_group = r.by("group")["mean_request_token_hit_rate"].to_list()
+        assert per_group == [pytest.approx(s["mean_request_token_hit_rate"])]
+    assert "mean_request_token_hit_rate" in ideal(sample)
 
 
 # ---------------------------------------------------------------------- time series

@@ -196,6 +196,35 @@ def test_prefix_routing_follows_the_cache() -> None:
     assert lb["requests"] == {"i0": 2, "i1": 2} and lb["cv_requests"] == 0.0
 
 
+def test_least_loaded_routing_is_cache_blind() -> None:
+    """Shortest queue, ties to the least busy instance: a repeat of the same prefix goes
+    to the idle instance, not to the one holding it (prefix routing would)."""
+    keys = [[1, 2, 3], [1, 2, 3], [7], [1, 2, 3]]
+    t = Trace.from_lists(ts_ns=[0, 0, 0, 10**10], keys=keys, block_size=16)
+    cfg = KVSimConfig.from_dict({"tiers": {"levels": [{"name": "gpu", "capacity_blocks": 10}]},
+                                 "timing": {"prefill_tokens_per_s": 16.0},
+                                 "routing": {"policy": "least_loaded", "instances": 3}})
+    r = simulate(t, cfg)
+    # request 0 busies i0 for 3 s, request 1 goes to i1, request 2 to i2; request 3 (all
+    # idle) to the least busy so far: i2 (1 s), which does not hold 1, 2, 3
+    assert r.instance.tolist() == [0, 1, 2, 2]
+    assert r.hit_blocks.tolist() == [0, 0, 0, 0]
+    p = simulate(t, dataclasses.replace(cfg, routing=dataclasses.replace(
+        cfg.routing, policy="prefix")))
+    assert p.hit_blocks.tolist()[-1] == 3
+
+
+def test_random_routing_is_seeded(gen_trace: Trace) -> None:
+    cfg = two_tiers(routing="random")
+    a = simulate(gen_trace, cfg).instance
+    b = simulate(gen_trace, cfg).instance
+    c = simulate(gen_trace, dataclasses.replace(cfg, routing=dataclasses.replace(
+        cfg.routing, seed=7))).instance
+    assert a.tolist() == b.tolist() != c.tolist()
+    counts = np.bincount(a, minlength=4)
+    assert counts.min() > 0.15 * a.shape[0]  # uniform over 4 instances
+
+
 def test_load_routing_balances(gen_trace: Trace) -> None:
     cfg = two_tiers(routing="load")
     r = simulate(gen_trace, cfg)
@@ -211,7 +240,8 @@ def test_load_routing_balances(gen_trace: Trace) -> None:
     ({"tiers": {"levels": [{"name": "p", "scope": "pool"}, {"name": "g"}]}},
      "tiers.levels[0].scope"),
     ({"tiers": {"levels": [{"name": "g"}, {"name": "g"}]}}, "tiers.levels[1].name"),
-    ({"routing": {"policy": "random"}}, "routing.policy"),
+    ({"routing": {"policy": "anywhere"}}, "routing.policy"),
+    ({"routing": {"policy": "random", "seed": -1}}, "routing.seed"),
     ({"routing": {"instances": 0}}, "routing.instances"),
     ({"tiers": {"write_policy": "back"}, "timing": {"write": "two_phase"}},
      "tiers.write_policy"),

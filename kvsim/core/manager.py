@@ -249,6 +249,7 @@ class CacheManager:
         t.g_rr[gi] = 0
         t.g_evicted[gi] = 0
         t.g_pol[gi] = 0
+        t.g_polf[gi] = 0.0
         self.table.set_ghost(gi, 0, 0, 0)  # a reused slot forgets the old group's ghosts
         self._groups[spec.name] = (gi, spec)
         self._apply_group(gi, spec)
@@ -327,6 +328,7 @@ class CacheManager:
         t.g_cap[gi] = cap if quota > 0 else _UNLIMITED
         if t.g_policy[gi] != pol.code:
             t.g_pol[gi] = 0
+            t.g_polf[gi] = 0.0
         t.g_policy[gi] = pol.code
         t.g_mode[gi] = spec.eviction.mode_code
         t.g_batch[gi] = max(1, spec.eviction.batch_size)

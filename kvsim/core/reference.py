@@ -63,10 +63,11 @@ def match_sliding_window(cache: Mapping[int, str], keys: Sequence[int],
 
 # ---------------------------------------------------------------- ghost twin
 class GhostRings:
-    """Twin of ``kvsim.core.policies._ghost``: FIFO rings of keys with lazy deletion.
+    """Twin of ``kvsim.core.policies._ghost``: FIFOs of at most ``length`` live keys.
 
     A key is a live ghost while ``where`` maps it to its own ``(ring, seq)``; taking it
-    leaves a stale ring slot; pushing into a full ring drops its oldest slot.
+    leaves a stale entry in its FIFO; pushing into a FIFO holding ``length`` live keys
+    drops its oldest live key first.
     """
 
     def __init__(self, rings: int, length: int) -> None:
@@ -85,13 +86,13 @@ class GhostRings:
         return False
 
     def push(self, k: int, key: object) -> None:
-        """Remember ``key`` in ring ``k``."""
+        """Remember ``key`` in FIFO ``k``."""
         if not self.length:
             return
-        if len(self.rings[k]) == self.length:
-            self._pop_slot(k)
         if key in self.where:
             self.live[self.where.pop(key)[0]] -= 1
+        if self.live[k] >= self.length:
+            self.pop_oldest(k)
         self.where[key] = (k, self.next[k])
         self.rings[k].append((self.next[k], key))
         self.next[k] += 1
@@ -106,7 +107,7 @@ class GhostRings:
         return k
 
     def pop_oldest(self, k: int) -> None:
-        """Drop ring ``k``'s oldest live key."""
+        """Drop FIFO ``k``'s oldest live key."""
         while self.rings[k]:
             if self._pop_slot(k):
                 return
@@ -123,7 +124,8 @@ class ReferenceCache:
 
     def __init__(self, policy: str, capacity: int, *, batch: bool = False,
                  protected_frac: float = 0.8, small_frac: float = 0.1,
-                 move_threshold: int = 1, depth_weight: float = 0.02,
+                 move_threshold: int = 2, ghost_frac: float = 0.9, fill_main: bool = True,
+                 depth_weight: float = 0.02,
                  unit_ticks: float = 4.0) -> None:
         if policy not in TAIL_FIRST:
             raise ValueError(f"no reference for policy {policy!r}")
@@ -132,11 +134,15 @@ class ReferenceCache:
         # s3fifo: order = small FIFO, protected = main FIFO; arc: order = T1, protected = T2
         self.small_frac = small_frac
         self.move_threshold = move_threshold
+        self.fill_main = fill_main
+        self.evicted = False
         self.freq: dict[int, int] = {}
-        self.p = 0
+        self.p = 0.0
         self.from_b2 = False
+        # arc / s3fifo: blocks awaiting room in the first / second list (kvsim.core.policies._room)
+        self.wait = [0, 0]
         if policy == "s3fifo":
-            self.ghost = GhostRings(1, _s3fifo_ghost_len(capacity, small_frac))
+            self.ghost = GhostRings(1, _s3fifo_ghost_len(capacity, ghost_frac))
         else:
             self.ghost = GhostRings(2, capacity if policy == "arc" else 0)
         # cost_aware: depth, priority H, push order, the hand L
@@ -169,8 +175,7 @@ class ReferenceCache:
         self.stamp[key] = self._tick()
         self.parent[key] = parent
         if self.policy == "s3fifo":
-            self.freq[key] = 0
-            (self.protected if self.ghost.take(key) >= 0 else self.order)[key] = None
+            self._s3fifo_insert(key)
         elif self.policy == "arc":
             self._arc_insert(key)
         else:
@@ -201,22 +206,44 @@ class ReferenceCache:
         self.count[key] += 1
         self.stamp[key] = self._tick()
 
+    # ---- blocks awaiting room (arc, s3fifo)
+    def _excess(self) -> int:
+        return max(0, self._total - self.capacity) if self.capacity else 0
+
+    def _note_wait(self, second: bool) -> None:
+        ex = self._excess()
+        if ex == 0:
+            self.wait = [0, 0]
+        elif sum(self.wait) < ex:
+            self.wait[1 if second else 0] += 1
+
+    def _room_given(self) -> None:
+        if not self.capacity or len(self) <= self.capacity:
+            self.wait = [0, 0]
+        elif self.wait[0]:
+            self.wait[0] -= 1
+        elif self.wait[1]:
+            self.wait[1] -= 1
+
     # ---- arc
     def _arc_insert(self, key: int) -> None:
         k = self.ghost.take(key)
-        c = self.capacity
+        c = float(self.capacity)
         if k == 0:
             b1, b2 = self.ghost.live[0] + 1, self.ghost.live[1]
-            self.p = min(c, self.p + (1 if b1 >= b2 else b2 // b1))
+            self.p = min(c, self.p + max(b2 / b1, 1.0))
         elif k == 1:
             b1, b2 = self.ghost.live[0], self.ghost.live[1] + 1
-            self.p = max(0, self.p - (1 if b2 >= b1 else b1 // b2))
+            self.p = max(0.0, self.p - max(b1 / b2, 1.0))
         self.from_b2 = k == 1
         (self.protected if k >= 0 else self.order)[key] = None
+        self._note_wait(k >= 0)
 
     def _arc_victim(self) -> int:
-        n1 = len(self.order)
-        if n1 >= 1 and (n1 > self.p or (self.from_b2 and n1 == self.p)):
+        n1 = len(self.order) - self.wait[0]
+        n2 = len(self.protected) - self.wait[1]
+        t1 = n2 <= 0 or (n1 >= 1 and (n1 > self.p or (self.from_b2 and n1 == self.p)))
+        if t1 and self.order:
             return next(iter(self.order))
         return next(iter(self.protected)) if self.protected else next(iter(self.order))
 
@@ -229,23 +256,45 @@ class ReferenceCache:
             g.pop_oldest(1 if g.live[1] > 0 else 0)
 
     # ---- s3fifo
+    def _s3fifo_insert(self, key: int) -> None:
+        self.freq[key] = 0
+        to_main = self.ghost.take(key) >= 0
+        if (not to_main and self.fill_main and not self.evicted and self._excess() == 0):
+            to_main = len(self.order) >= int(self.small_frac * float(self.capacity))
+        (self.protected if to_main else self.order)[key] = None
+        self._note_wait(to_main)
+
+    def _s3fifo_push_main(self, key: int) -> None:
+        """Into M behind the blocks awaiting room there (the last ``wait[1]`` of M)."""
+        main = self.protected
+        held = [main.popitem()[0] for _ in range(min(self.wait[1], len(main)))]
+        main[key] = None
+        for k in reversed(held):
+            main[k] = None
+
     def _s3fifo_victim(self) -> int:
         small, main = self.order, self.protected
-        while True:
-            sn, mn = len(small), len(main)
-            if sn > 0 and (mn == 0 or sn >= self.small_frac * (sn + mn)):
+        self.evicted = True
+        ws, wm = self.wait
+        s_pre = len(small) - ws
+        if s_pre > 0 and s_pre >= int(self.small_frac * float(len(self) - ws - wm)):
+            while s_pre > 0:
                 k = next(iter(small))
-                if self.freq[k] >= self.move_threshold:
-                    del small[k]
-                    main[k] = None
-                    continue
-                return k
+                if self.freq[k] < self.move_threshold:
+                    return k
+                del small[k]
+                self.freq[k] = 0
+                self._s3fifo_push_main(k)
+                s_pre -= 1
+        if not main:
+            return next(iter(small))
+        while True:
             k = next(iter(main))
-            if self.freq[k] > 0:
-                self.freq[k] -= 1
-                main.move_to_end(k)
-                continue
-            return k
+            if self.freq[k] == 0:
+                return k
+            self.freq[k] -= 1
+            del main[k]
+            self._s3fifo_push_main(k)
 
     # ---- cost_aware (GreedyDual on a 64-slot wheel, leaves only)
     def _ticks(self, key: int, freq: int) -> int:
@@ -351,6 +400,8 @@ class ReferenceCache:
                 self.ghost.push(0, v)
             elif self.policy == "arc":
                 self._arc_removed(v, in_first)
+            if self.policy in ("arc", "s3fifo"):
+                self._room_given()
             n += 1
         return n
 
@@ -396,6 +447,7 @@ class ReferenceCache:
                 self._total = len(self)
                 self._touch(k)
             else:
+                self._total = len(self) + 1
                 self._insert(k, None)
             self._evict()
         return hits

@@ -100,6 +100,7 @@ class Tables(NamedTuple):
     # ---- policy state beyond the per-row fields (see kvsim/core/policies/_ghost.py)
     g_pol: np.ndarray  # int64[G, G_POL] policy state per group (starts at 0)
     i_polf: np.ndarray  # float64[I, I_POLF] float policy state per instance (starts at 0)
+    g_polf: np.ndarray  # float64[G, G_POLF] float policy state per group (starts at 0)
     # blocks per instance and storage slot: [..., 0] WRITING + SERVING, [..., 1] SERVING
     # (kept by the kernels that change a row's state; loc changes go through set_loc)
     i_slots: np.ndarray  # int64[I, STORAGE_SLOTS, 2]
@@ -127,6 +128,7 @@ COUNT_MAX = np.iinfo(np.int16).max  # access counts saturate here
 # per-group integer policy state and per-instance float policy state (all start at 0)
 G_POL = 8
 I_POLF = 4
+G_POLF = 2
 # per-group ghost metadata (kvsim/core/policies/_ghost.py): layout and ring counters
 GH_META = 12
 STORAGE_SLOTS = 128  # a block's storage slot (``loc``) is an int8
@@ -223,6 +225,7 @@ class BlockTable:
                 g_params=np.zeros((groups, N_PARAMS), dtype=np.float64),
                 g_pol=np.zeros((groups, G_POL), dtype=np.int64),
                 i_polf=np.zeros((instances, I_POLF), dtype=np.float64),
+                g_polf=np.zeros((groups, G_POLF), dtype=np.float64),
                 i_slots=np.zeros((instances, STORAGE_SLOTS, 2), dtype=np.int64),
                 gh_meta=np.zeros((groups, GH_META), dtype=np.int64),
                 gh_ring=np.zeros(1, dtype=np.uint64),
@@ -330,11 +333,15 @@ class BlockTable:
             arr2 = np.zeros((size, width), dtype=np.int64)
             arr2[:cur] = getattr(self.t, name)
             upd[name] = arr2
+        polf = np.zeros((size, G_POLF), dtype=np.float64)
+        polf[:cur] = self.t.g_polf
+        upd["g_polf"] = polf
         self.t = self.t._replace(**upd)
 
     def set_ghost(self, g: int, rings: int, ring_len: int, cap_blocks: int) -> None:
-        """Give group ``g`` ghost storage: ``rings`` FIFO rings of ``ring_len`` key hashes
-        and one open-addressing set over them (``rings = 0`` or ``ring_len = 0``: none).
+        """Give group ``g`` ghost storage: ``rings`` FIFOs of up to ``ring_len`` live key
+        hashes (``2 x ring_len`` ring slots each) and one open-addressing set over them
+        (``rings = 0`` or ``ring_len = 0``: none).
 
         Ghosts are per group and sized from the group's capacity, never per block row,
         so the bytes per cached block do not change. An unchanged layout keeps the
@@ -353,7 +360,7 @@ class BlockTable:
         n_groups = m.shape[0]
         want = {gi: (int(m[gi, M_RINGS]), int(m[gi, M_LEN])) for gi in range(n_groups)}
         want[g] = (rings, ring_len)
-        sizes = {gi: (r * ln, index_size_for(r * ln) + 1 if r * ln else 0)
+        sizes = {gi: (2 * r * ln, index_size_for(r * ln) + 1 if r * ln else 0)
                  for gi, (r, ln) in want.items()}
         ring = np.zeros(max(1, sum(a for a, _ in sizes.values())), dtype=np.uint64)
         skey = np.zeros(max(1, sum(b for _, b in sizes.values())), dtype=np.uint64)

@@ -96,8 +96,24 @@ class ReplayResult:
         return np.minimum(self.internal_hits * self.trace.block_size, self.input_tokens)
 
     # ------------------------------------------------------------ summaries
+    @property
+    def request_token_hit_rate(self) -> np.ndarray:
+        """float64[n] each read's own ``hit_tokens / input_tokens`` (NaN: no input)."""
+        inp = self.input_tokens
+        out = np.full(inp.shape[0], np.nan)
+        ok = inp > 0
+        out[ok] = self.hit_tokens[ok] / inp[ok]
+        return out
+
     def summary(self) -> dict[str, Any]:
-        """Totals and rates over the whole trace (sums of integers, never averages)."""
+        """Totals and rates over the whole trace.
+
+        The contract's rates are ratios of sums (``token_hit_rate`` = sum of hit tokens
+        / sum of input tokens). ``mean_request_token_hit_rate`` is the other common
+        definition, the mean over read requests of each request's own ratio (what the
+        Mooncake paper's "cache ratio" reports); it weighs short requests as much as
+        long ones, so the two differ.
+        """
         return _rates(
             read_blocks=int(self.read_blocks.sum()),
             hit_blocks=int(self.hit_blocks.sum()),
@@ -109,6 +125,7 @@ class ReplayResult:
         ) | {
             "label": self.label,
             "requests": self.trace.n_requests,
+            "mean_request_token_hit_rate": _nanmean(self.request_token_hit_rate),
             "evicted_blocks": int(self.evicted.sum()),
             "peak_used": self.peak_used(),
             "peak_used_unit": self.used_unit(),
@@ -156,6 +173,7 @@ class ReplayResult:
             "hit_blocks": self.hit_blocks,
             "input_tokens": self.input_tokens,
             "hit_tokens": self.hit_tokens,
+            "request_token_hit_rate": self.request_token_hit_rate,
             "internal_reads": self.internal_reads,
             "internal_hits": self.internal_hits,
             "internal_hit_tokens": self.internal_hit_tokens,
@@ -188,6 +206,8 @@ class ReplayResult:
                 pl.col("internal_hit_tokens").sum(),
                 pl.col("evicted").sum().alias("evicted_blocks"),
                 peak,
+                pl.col("request_token_hit_rate").fill_nan(None).mean()
+                .alias("mean_request_token_hit_rate"),
             )
         )
         return _add_rate_columns(agg)
@@ -246,6 +266,12 @@ class ReplayResult:
         )
 
 
+def _nanmean(a: np.ndarray) -> float:
+    """Mean of the non-NaN values (0.0 when there is none)."""
+    ok = ~np.isnan(a)
+    return float(a[ok].mean()) if ok.any() else 0.0
+
+
 def _safe_div(a: str, b: str) -> pl.Expr:
     return pl.when(pl.col(b) > 0).then(pl.col(a) / pl.col(b)).otherwise(None)
 
@@ -291,7 +317,8 @@ def ideal(trace: Trace) -> dict[str, Any]:
     cfg = KVSimConfig.single_cache(capacity_blocks=0)
     r = replay(trace, cfg, label="ideal")
     s = r.summary()
-    return {k: s[k] for k in ("hit_blocks", "hit_tokens", "block_hit_rate", "token_hit_rate")}
+    return {k: s[k] for k in ("hit_blocks", "hit_tokens", "block_hit_rate", "token_hit_rate",
+                              "mean_request_token_hit_rate")}
 
 
 def build_manager(trace: Trace, config: KVSimConfig, *, rows: int, event_level: int = 0

@@ -215,6 +215,11 @@ def capacity_text(config: KVSimConfig) -> str:
     return f"{g.quota_blocks:,} blocks{pct}"
 
 
+RATE_CAPTION = ("token hit = sum(hit tokens) / sum(input tokens) (aggregate, the contract's); "
+                "req-mean tok = mean over requests of hit/input tokens (the Mooncake paper's "
+                "\"cache ratio\")")
+
+
 def _rate(v: Any) -> str:
     return "–" if v is None else f"{v:.6f}"
 
@@ -223,15 +228,19 @@ def summary_table(results: Sequence[ReplayResult], ideal: dict[str, Any] | None,
                   title: str | None = None) -> Table:
     """One row per run plus the ideal row.
 
+    ``token hit`` is the contract's aggregate rate (sum of hit tokens / sum of input
+    tokens); ``req-mean tok`` is the mean of the per-request ratios
+    (``mean_request_token_hit_rate``, the Mooncake paper's "cache ratio").
     ``peak used`` is :func:`peak_used`: the exact peak cache usage after a request, in
     the quota's unit (blocks, or bytes), to hold against ``capacity``.
     """
-    t = Table(title=title, title_justify="left")
+    t = Table(title=title, title_justify="left", caption=RATE_CAPTION, caption_justify="left")
     t.add_column("label", style="bold")
     t.add_column("capacity", justify="right")
     t.add_column("hit blocks", justify="right")
     t.add_column("block hit", justify="right")
     t.add_column("token hit", justify="right", style="cyan")
+    t.add_column("req-mean tok", justify="right")
     t.add_column("internal tok", justify="right")
     t.add_column("external tok", justify="right")
     t.add_column("evicted", justify="right")
@@ -244,27 +253,29 @@ def summary_table(results: Sequence[ReplayResult], ideal: dict[str, Any] | None,
         t.add_row(
             r.label, capacity_text(r.config), f"{s['hit_blocks']:,}",
             _rate(s["block_hit_rate"]), _rate(s["token_hit_rate"]),
+            _rate(s["mean_request_token_hit_rate"]),
             _rate(s["internal_token_hit_rate"]), _rate(s["external_token_hit_rate"]),
             f"{s['evicted_blocks']:,}", f"{s['peak_used']:,}", f"{s['elapsed_s']:.2f}s",
         )  # fmt: skip
     if ideal is not None:
         t.add_row(
             "ideal", "∞", f"{ideal['hit_blocks']:,}", _rate(ideal["block_hit_rate"]),
-            _rate(ideal["token_hit_rate"]), "–", "–", "0", "–", "–", style="dim",
+            _rate(ideal["token_hit_rate"]), _rate(ideal.get("mean_request_token_hit_rate")),
+            "–", "–", "0", "–", "–", style="dim",
         )  # fmt: skip
     return t
 
 
 def _breakdown_table(results: Sequence[ReplayResult], column: str, title: str) -> Table:
-    t = Table(title=title, title_justify="left")
+    t = Table(title=title, title_justify="left", caption=RATE_CAPTION, caption_justify="left")
     if len(results) > 1:
         t.add_column("label", style="bold")
     t.add_column(column, style="bold" if len(results) == 1 else None)
     if column == "instance":
         t.add_column("group")
     peak_col = "peak cached blocks" if column == "instance" else "peak used"
-    for name in ("requests", "hit blocks", "block hit", "token hit", "internal tok",
-                 "external tok", "evicted", peak_col):
+    for name in ("requests", "hit blocks", "block hit", "token hit", "req-mean tok",
+                 "internal tok", "external tok", "evicted", peak_col):
         t.add_column(name, justify="right", style="cyan" if name == "token hit" else None)
     for r in results:
         df = per_instance_frame(r) if column == "instance" else r.by("group")
@@ -276,6 +287,7 @@ def _breakdown_table(results: Sequence[ReplayResult], column: str, title: str) -
             cells += [
                 f"{row['requests']:,}", f"{row['hit_blocks']:,}",
                 _rate(_clean(row["block_hit_rate"])), _rate(_clean(row["token_hit_rate"])),
+                _rate(_clean(row["mean_request_token_hit_rate"])),
                 _rate(_clean(row["internal_token_hit_rate"])),
                 _rate(_clean(row["external_token_hit_rate"])),
                 f"{row['evicted_blocks']:,}",

@@ -422,6 +422,7 @@ class _Sim:
         self.counts = np.zeros(4, dtype=np.int64)
         self._no_rows = np.zeros(0, dtype=np.int32)
         self.rr = 0
+        self.rng = np.random.default_rng(config.routing.seed)
 
     # -------------------------------------------------------------- reads
     def read(self, s: int, keys: np.ndarray) -> int:
@@ -455,6 +456,11 @@ class _Sim:
         elif pol == "round_robin":
             s = self.rr
             self.rr = (self.rr + 1) % len(self.names)
+        elif pol == "least_loaded":  # cache-blind: shortest queue, then least busy
+            s = min(range(len(self.names)),
+                    key=lambda c: (max(0, self.free[c] - now), self.busy[c], c))
+        elif pol == "random":
+            s = int(self.rng.integers(len(self.names)))
         else:
             best = None
             il = int(self.trace.input_len[q])

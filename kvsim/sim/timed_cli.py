@@ -18,6 +18,7 @@ import click
 from rich.console import Console
 
 from kvsim.cli_options import trace_options
+from kvsim.config import ROUTING_POLICIES
 
 SIM_OUTPUTS = ["summary.json", "timeseries.csv", "ttft.png", "tiers.png", "load.png"]
 
@@ -32,8 +33,10 @@ SIM_OUTPUTS = ["summary.json", "timeseries.csv", "ttft.png", "tiers.png", "load.
               help="Prefill tokens per second per instance (overrides the config).")
 @click.option("--decode-ms", type=click.FloatRange(min=0), default=None,
               help="Decode milliseconds per output token (overrides the config).")
-@click.option("--routing", type=click.Choice(["trace", "round_robin", "prefix", "load"]),
+@click.option("--routing", type=click.Choice(list(ROUTING_POLICIES)),
               default=None, help="Routing policy (overrides the config).")
+@click.option("--routing-seed", type=click.IntRange(min=0, max=2**63 - 1), default=None,
+              help="Seed of 'random' routing (overrides the config).")
 @click.option("--instances", type=click.IntRange(min=1), default=None,
               help="Instances for routing other than 'trace' (overrides the config).")
 @click.option("--engine", type=click.Choice(["auto", "python", "compiled"]), default="auto",
@@ -49,7 +52,8 @@ def simulate_cmd(
     trace: Path | None, fmt: str, block_size: int | None, tail: str | None, chain: str,
     strict: bool, instance: str | None, limit: int | None, config_path: Path | None,
     capacity_blocks: int | None, prefill_tps: float | None, decode_ms: float | None,
-    routing: str | None, instances: int | None, engine: str, as_json: bool, out_dir: Path,
+    routing: str | None, routing_seed: int | None, instances: int | None, engine: str,
+    as_json: bool, out_dir: Path,
     no_out: bool, window: float | None,
 ) -> None:  # fmt: skip
     """Simulate TRACE in virtual time: queues, prefill, tiers, routing and TTFT.
@@ -79,6 +83,8 @@ def simulate_cmd(
         rt = cfg.routing
         if routing is not None:
             rt = replace(rt, policy=routing)
+        if routing_seed is not None:
+            rt = replace(rt, seed=routing_seed)
         if instances is not None:
             rt = replace(rt, instances=instances)
         cfg = replace(cfg, timing=timing, routing=rt)

@@ -1,24 +1,24 @@
-"""Ghost lists: per-group FIFO rings of evicted keys' hashes with a set over them.
+"""Ghost lists: per-group FIFOs of evicted keys' hashes with a set over them.
 
-``s3fifo`` (one ring: keys evicted from the small queue) and ``arc`` (two rings: B1
-and B2) remember recently evicted keys. A ghost holds no block row: each group that
-needs one owns a region of three flat arrays of :class:`~kvsim.core.table.Tables`,
-laid out by :meth:`~kvsim.core.table.BlockTable.set_ghost` from the group's capacity
-(the manager calls it when a group is configured and when an instance joins), so the
-bytes per cached block do not change:
+``s3fifo`` (one FIFO: keys evicted from the small queue) and ``arc`` (two: B1 and B2)
+remember recently evicted keys. A ghost holds no block row: each group that needs one
+owns a region of three flat arrays of :class:`~kvsim.core.table.Tables`, laid out by
+:meth:`~kvsim.core.table.BlockTable.set_ghost` from the group's capacity (the manager
+calls it when a group is configured and when an instance joins), so the bytes per
+cached block do not change:
 
-* ``gh_ring`` -- ``rings`` rings of ``ring_len`` 64-bit key hashes (8 bytes each);
+* ``gh_ring`` -- ``rings`` rings of ``2 x ring_len`` 64-bit key hashes (8 bytes each);
 * ``gh_skey`` / ``gh_sval`` -- an open-addressing set (linear probing, backward-shift
-  deletion, load <= 0.7 because it is sized for every ring slot) from a key hash to
-  ``2 * seq + ring``, where ``seq`` counts the pushes into that ring (16 bytes a slot).
+  deletion, load <= 0.7: it is sized for ``rings x ring_len`` live entries) from a key
+  hash to ``2 * seq + ring``, where ``seq`` numbers the entries of that ring.
 
-An entry is *live* while the set maps its hash to its own ``(seq, ring)``. Taking a
-ghost (a ghost hit) only deletes the set entry, so its ring slot goes stale in place;
-popping the oldest live entry skips stale slots. A push into a full ring overwrites the
-oldest slot, dropping that entry if it is still live: a ring therefore remembers the
-live keys among its last ``ring_len`` pushes (exactly a FIFO of ``ring_len`` entries
-until ghost hits leave stale slots behind). ``kvsim.core.reference`` models the same
-rings, so the twins agree exactly.
+Each ring is an exact FIFO of at most ``ring_len`` *live* entries: pushing into a ring
+that holds ``ring_len`` live entries drops its oldest live one (what a FIFO cache of
+``ring_len`` unit objects does, as libCacheSim's ghost queues do). Taking a ghost (a
+ghost hit) only deletes its set entry, so its ring slot goes stale in place; popping
+skips stale slots, and when stale slots fill the physical ring, the ring is compacted
+(live entries keep their order and are renumbered): twice ``ring_len`` slots make
+that O(1) amortised per push. ``kvsim.core.reference`` models the same FIFOs.
 
 Hashes are the full 64-bit splitmix of ``(instance, key)`` (0 remapped to 1): two keys
 share a ghost with probability about 2^-64 per pair.
@@ -33,7 +33,7 @@ from kvsim.core.table import Tables
 
 # gh_meta columns
 M_ROFS = 0  # ring region offset in gh_ring
-M_LEN = 1  # slots per ring (0: no ghost)
+M_LEN = 1  # live entries a ring may hold (0: no ghost); a ring has 2 x M_LEN slots
 M_RINGS = 2  # rings
 M_SOFS = 3  # set region offset in gh_skey / gh_sval
 M_SLEN = 4  # set slots
@@ -113,7 +113,7 @@ def _delete(t: Tables, g: int, s: int) -> None:
 def _pop_slot(t: Tables, g: int, k: int) -> bool:
     """Pop ring ``k``'s oldest slot; True when it held a live entry (now dropped)."""
     old = t.gh_meta[g, M_OLD + k]
-    ln = t.gh_meta[g, M_LEN]
+    ln = 2 * t.gh_meta[g, M_LEN]
     h = t.gh_ring[t.gh_meta[g, M_ROFS] + k * ln + old % ln]
     t.gh_meta[g, M_OLD + k] = old + 1
     s = _find(t, g, h)
@@ -131,17 +131,42 @@ def live(t: Tables, g: int, k: int) -> int:
 
 
 @kernel
+def _compact(t: Tables, g: int, k: int) -> None:
+    """Squeeze ring ``k``'s stale slots out, keeping its live entries in order."""
+    ln = 2 * t.gh_meta[g, M_LEN]
+    base = t.gh_meta[g, M_ROFS] + k * ln
+    old = t.gh_meta[g, M_OLD + k]
+    w = old
+    for s in range(old, t.gh_meta[g, M_NEXT + k]):
+        h = t.gh_ring[base + s % ln]
+        f = _find(t, g, h)
+        if f >= 0 and t.gh_sval[f] == 2 * s + k:
+            if w != s:  # w <= s: the write never passes an unread slot
+                t.gh_ring[base + w % ln] = h
+                t.gh_sval[f] = 2 * w + k
+            w += 1
+    t.gh_meta[g, M_NEXT + k] = w
+
+
+@kernel
 def push(t: Tables, g: int, k: int, h: np.uint64) -> None:
-    """Remember hash ``h`` in ring ``k`` (no-op when the group has no ghost)."""
-    ln = t.gh_meta[g, M_LEN]
-    if ln == 0:
+    """Remember hash ``h`` in ring ``k`` (no-op when the group has no ghost).
+
+    A hash already remembered (in either ring) is moved: the newer push wins. A ring
+    holding ``M_LEN`` live entries first drops its oldest one.
+    """
+    cap = t.gh_meta[g, M_LEN]
+    if cap == 0:
         return
-    if t.gh_meta[g, M_NEXT + k] - t.gh_meta[g, M_OLD + k] == ln:
-        _pop_slot(t, g, k)
     s = _find(t, g, h)
-    if s >= 0:  # already a ghost (of either ring): the newer push wins
+    if s >= 0:
         t.gh_meta[g, M_LIVE + (t.gh_sval[s] & 1)] -= 1
         _delete(t, g, s)
+    if t.gh_meta[g, M_LIVE + k] >= cap:
+        pop_oldest(t, g, k)
+    ln = 2 * cap
+    if t.gh_meta[g, M_NEXT + k] - t.gh_meta[g, M_OLD + k] == ln:
+        _compact(t, g, k)
     seq = t.gh_meta[g, M_NEXT + k]
     t.gh_meta[g, M_NEXT + k] = seq + 1
     t.gh_ring[t.gh_meta[g, M_ROFS] + k * ln + seq % ln] = h
