@@ -60,6 +60,7 @@ import itertools
 import json
 import logging
 import os
+import secrets
 import socket
 import tempfile
 import threading
@@ -73,7 +74,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from kvsim.config import KVSimConfig
+from kvsim.config import KVSimConfig, ServerLimits
 from kvsim.core.clock import Clock
 from kvsim.core.errors import (
     DuplicateEntity,
@@ -86,6 +87,7 @@ from kvsim.core.events import EV_EVICTED, EV_REMOVED
 from kvsim.core.manager import (
     QUERY_BATCH,
     QUERY_PREFIX,
+    MAX_BLOCK_BYTES,
     QUERY_SW,
     STORAGE_SLOTS,
     CacheManager,
@@ -101,7 +103,7 @@ from kvsim.core.spec import (
 )
 from kvsim.core.table import SERVING
 from kvsim.server import wire as W
-from kvsim.server.auth import Account, Accounts
+from kvsim.server.auth import Account, Accounts, AuthGuard
 from kvsim.server.clock import MonotonicClock
 from kvsim.server.eventlog import EventLog
 from kvsim.server.store import BlockStore, SessionRecord, StoreBatch
@@ -166,6 +168,28 @@ class _Session:
     keys: np.ndarray  # every key of the startWriteCache request
     is_new: np.ndarray
     deadline_ns: int
+    token: str = ""  # the wire write_session_id (random; the core's id never leaves)
+
+
+class _Later:
+    """A reply field computed after the service lock is released (e.g. the locations
+    of a large write: they depend only on values captured when the call ran)."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.fn = fn
+
+
+def new_session_token() -> str:
+    """A write session id: 128 random bits as 32 hex digits (unguessable; upstream
+    KVCM's ids are random 32-character strings too).
+
+    Example:
+        >>> len(new_session_token()), new_session_token() != new_session_token()
+        (32, True)
+    """
+    return secrets.token_hex(16)
 
 
 @dataclass
@@ -216,6 +240,10 @@ class Service:
         storage_probe_seconds: how often :meth:`tick` probes each ``file`` storage
             (write, fsync, read back and delete a small file in its root; see
             :meth:`probe_storages`), on ``clock``; 0 = never.
+        limits: per-request limits (:class:`~kvsim.config.ServerLimits`; default:
+            ``config.server.limits``).
+        event_log_max_bytes: rotate the event log past this size (0 = never; default
+            ``config.server.event_log_max_bytes``).
     """
 
     _read_rows: np.ndarray  # table rows read since the last recency flush
@@ -234,7 +262,12 @@ class Service:
         node_id: str | None = None,
         endpoints: dict[str, Any] | None = None,
         storage_probe_seconds: float = DEFAULT_PROBE_S,
+        limits: ServerLimits | None = None,
+        event_log_max_bytes: int | None = None,
     ) -> None:
+        opts = config.server if config is not None else None
+        self.limits = limits if limits is not None else (
+            opts.limits if opts is not None else ServerLimits())
         self.data_dir = Path(data_dir) if data_dir is not None else Path(
             tempfile.mkdtemp(prefix="kvsim-serve-"))
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -251,9 +284,13 @@ class Service:
         self._lock = threading.Lock()
         self._rid_prefix = uuid.uuid4().hex[:12]
         self._rid = itertools.count(1)
-        self.events: EventLog | None = (EventLog(self.data_dir / "events.jsonl")
+        max_log = event_log_max_bytes if event_log_max_bytes is not None else (
+            opts.event_log_max_bytes if opts is not None else 256 << 20)
+        self.events: EventLog | None = (EventLog(self.data_dir / "events.jsonl",
+                                                 max_bytes=max_log)
                                         if event_log else None)
         self.accounts = Accounts()
+        self.auth = AuthGuard(self.limits.auth_failures_per_second, self.limits.auth_workers)
         password = admin_password
         if password is None:
             password = os.environ.get("KVSIM_ADMIN_PASSWORD", DEFAULT_ADMIN_PASSWORD)
@@ -319,8 +356,8 @@ class Service:
     # ================================================================ entry point
     def call(self, api: str, method: str, body: dict[str, Any], *,
              credential: str | None = None, json_fragments: bool = False,
-             location_encoder: Callable[[dict[str, Any]], Any] | None = None
-             ) -> dict[str, Any]:
+             location_encoder: Callable[[dict[str, Any]], Any] | None = None,
+             peer: str | None = None) -> dict[str, Any]:
         """Run one call and return its JSON-shaped reply (never raises for bad input).
 
         Args:
@@ -336,6 +373,8 @@ class Service:
                 protobuf message), applied once per cached location: the read path's
                 locations then come in that form. Must be one long-lived function per
                 form (cached encodings are keyed by its identity).
+            peer: the client's address (failed admin credentials are rate-limited per
+                address: ``limits.auth_failures_per_second``).
 
         Returns:
             The reply: ``header{status{code, message}, request_id}`` plus the call's
@@ -353,8 +392,9 @@ class Service:
             if not isinstance(body, dict):
                 raise W.WireError(f"the request body must be a JSON object, got "
                                   f"{type(body).__name__}")
-            if api == "admin" and self.accounts.check(credential) != "ROLE_ADMIN":
+            if api == "admin" and self.check_admin(credential, peer) != "ROLE_ADMIN":
                 raise AuthError('admin calls need a valid admin credential ("user:password")')
+            self._check_limits(body)
             if (self.elector is not None and not self.elector.is_leader
                     and method not in _FOLLOWER_CALLS):
                 raise NotLeader(f"this node ({self.node_id}) is not the leader; leader: "
@@ -367,6 +407,13 @@ class Service:
                 finally:
                     self._encoder = None
                     self._save()
+                if method in _DURABLE_EVENTS and self.events is not None:
+                    # an acknowledged write's event reaches the OS before the reply
+                    # (survives kill -9 of the server; not a power loss)
+                    self.events.flush()
+            for k, v in out.items():
+                if isinstance(v, _Later):
+                    out[k] = v.fn()
         except KVSimError as e:
             code, message = e.code, str(e)
         except Exception as e:  # a bug: report it, keep serving
@@ -389,6 +436,26 @@ class Service:
         if code == "OK":
             reply.update(out)
         return reply
+
+    def check_admin(self, credential: str | None, peer: str | None = None) -> str | None:
+        """The role of ``credential`` (None: missing, wrong, or refused because
+        ``peer`` failed too often: ``limits.auth_failures_per_second``). A credential
+        verified before costs a dictionary look-up; a new one costs one scrypt on one
+        of ``limits.auth_workers`` threads."""
+        return self.auth.check(self.accounts, credential, peer)
+
+    def _check_limits(self, body: dict[str, Any]) -> None:
+        """Request-size limits checked before the call takes the service lock."""
+        lim = self.limits
+        for name, cap, limit in (("block_keys", lim.max_keys_per_request,
+                                  "max_keys_per_request"),
+                                 ("location_spec_group_names", lim.max_keys_per_request,
+                                  "max_keys_per_request"),
+                                 ("token_ids", lim.max_tokens_per_request,
+                                  "max_tokens_per_request")):
+            v = body.get(name)
+            if isinstance(v, list) and len(v) > cap:
+                raise W.over_limit(name, len(v), limit, cap)
 
     # ================================================================ lifecycle
     def tick(self) -> dict[str, int]:
@@ -423,7 +490,8 @@ class Service:
             expired = self.mgr.expire_sessions()
             for sid in overdue:
                 ses = self._sessions.pop(sid)
-                self._emit("FinishWriteCache", ses.instance_id, write_session_id=str(sid),
+                self._tokens.pop(ses.token, None)
+                self._emit("FinishWriteCache", ses.instance_id, write_session_id=ses.token,
                            block_keys=[], success_count=0, expired=True)
             self.expired_sessions += expired
             reclaimed = 0
@@ -469,6 +537,7 @@ class Service:
             self._thread = None
         if self.events is not None:
             self.events.close()
+        self.auth.close()
         if self.elector is not None:
             self.elector.stop()
         if self.store is not None:
@@ -551,7 +620,8 @@ class Service:
         self._loc_gen = getattr(self, "_loc_gen", 0) + 1  # drops cached locations
         self._group_cfg: dict[str, dict[str, Any]] = {}
         self._inst: dict[str, _Instance] = {}
-        self._sessions: dict[int, _Session] = {}
+        self._sessions: dict[int, _Session] = {}  # by the core's session id
+        self._tokens: dict[str, int] = {}  # wire write_session_id -> core session id
         self._read_rows = np.zeros(0, dtype=bool)  # rows read since the last recency flush
         self._read_log: list[np.ndarray] = []  # reads' hit rows not yet in _read_rows
         self._encoder = None  # per call (see call)
@@ -660,8 +730,12 @@ class Service:
                 is_new = np.asarray(ses.extra.get("is_new", [True] * len(keys)), dtype=bool)
                 if is_new.shape != keys.shape or int(is_new.sum()) != ws.new_keys.shape[0]:
                     keys, is_new = ws.new_keys, np.ones(ws.new_keys.shape[0], dtype=bool)
+                token = ses.extra.get("token")
+                if not isinstance(token, str) or not token:
+                    token = str(ses.session_id)  # saved before session ids were random
                 self._sessions[ses.session_id] = _Session(ses.instance_id, keys, is_new,
-                                                          ses.deadline_ns)
+                                                          ses.deadline_ns, token)
+                self._tokens[token] = ses.session_id
             self.mgr.events.clear()  # restoring is not a change to save
         finally:
             self._restoring = False
@@ -1016,7 +1090,8 @@ class Service:
         cfg = W.get_dict(body, "storage")
         if not cfg:
             raise W.WireError("storage: required (a StorageConfig object)")
-        name = W.get_str(cfg, "global_unique_name", required=True, where="storage.")
+        name = W.check_name(W.get_str(cfg, "global_unique_name", required=True,
+                                      where="storage."), "storage.global_unique_name")
         fields = [f for f in W.SPEC_FIELD_TYPE if cfg.get(f) is not None]
         if len(fields) != 1:
             raise W.WireError(
@@ -1028,6 +1103,9 @@ class Service:
         where = f"storage.{field}."
         if stype == "file":
             uri = W.get_str(spec, "root_path", where=where)
+            if not os.path.isabs(uri) and ".." in Path(uri).parts:
+                raise W.WireError(f"{where}root_path: a relative root must stay inside the "
+                                  f"data directory (no '..'), got {uri[:60]!r}")
         elif stype == "hf3fs":
             uri = os.path.join(W.get_str(spec, "mountpoint", where=where),
                                W.get_str(spec, "root_dir", where=where))
@@ -1305,15 +1383,27 @@ class Service:
 
     def _register_instance(self, body: dict[str, Any]) -> dict[str, Any]:
         group = W.get_str(body, "instance_group", required=True)
-        iid = W.get_str(body, "instance_id", required=True)
+        iid = W.check_name(W.get_str(body, "instance_id", required=True), "instance_id")
         bs = W.get_int(body, "block_size", 0, low=1, high=W.INT32_MAX)
         specs = []
-        for i, s in enumerate(W.get_list(body, "location_spec_infos")):
+        lim = self.limits
+        infos = W.get_list(body, "location_spec_infos")
+        if len(infos) > lim.max_location_specs:
+            raise W.over_limit("location_spec_infos", len(infos), "max_location_specs",
+                               lim.max_location_specs)
+        for i, s in enumerate(infos):
             w = f"location_spec_infos[{i}]."
             if not isinstance(s, dict):
                 raise W.WireError(f"location_spec_infos[{i}]: expected an object")
-            specs.append(LocationSpec(W.get_str(s, "name", required=True, where=w),
-                                      W.get_int(s, "size", 0, low=0, where=w)))
+            size = W.get_int(s, "size", 0, low=0, where=w)
+            if size > lim.max_spec_bytes:
+                raise W.over_limit(f"{w}size", size, "max_spec_bytes", lim.max_spec_bytes)
+            specs.append(LocationSpec(W.check_name(W.get_str(s, "name", required=True,
+                                                             where=w), f"{w}name"), size))
+        total = sum(sp.size for sp in specs)
+        if total > MAX_BLOCK_BYTES:
+            raise W.over_limit("location_spec_infos (sum of sizes)", total, "MAX_BLOCK_BYTES",
+                               MAX_BLOCK_BYTES)
         names = [s.name for s in specs]
         if len(set(names)) != len(names):
             raise W.WireError("location_spec_infos: duplicate spec names")
@@ -1373,7 +1463,7 @@ class Service:
         self.mgr.remove_instance(iid)
         del self._inst[iid]
         for sid in [s for s, ses in self._sessions.items() if ses.instance_id == iid]:
-            del self._sessions[sid]
+            self._tokens.pop(self._sessions.pop(sid).token, None)
         if self.store is not None:
             self._batch.drop_instance(iid)
         self._persist("removeInstance", {"instance_id": iid})
@@ -1437,7 +1527,7 @@ class Service:
             raise W.WireError("config_snapshot: expected a JSON object")
         saved = (self.mgr, self._storage_cfg, self._storage_idx, self._storage_slots,
                  self._group_cfg, self._inst, self._sessions, self.accounts, self._health,
-                 self._slot_ok, self._all_ok)
+                 self._slot_ok, self._all_ok, self._tokens)
         try:
             self._reset_registry()
             self._apply_snapshot(snap)
@@ -1447,7 +1537,7 @@ class Service:
         except BaseException:
             (self.mgr, self._storage_cfg, self._storage_idx, self._storage_slots,
              self._group_cfg, self._inst, self._sessions, self.accounts, self._health,
-             self._slot_ok, self._all_ok) = saved
+             self._slot_ok, self._all_ok, self._tokens) = saved
             raise
         self._persist("loadConfigSnapshot", snap)
         return {}
@@ -1785,6 +1875,9 @@ class Service:
             if g not in rec.spec_groups:
                 raise W.WireError(f"location_spec_group_names[{i}]: unknown spec group {g!r}")
         timeout = W.get_int(body, "write_timeout_seconds", 0, low=0, high=W.INT32_MAX)
+        if timeout > self.limits.max_write_timeout_seconds:
+            raise W.over_limit("write_timeout_seconds", timeout, "max_write_timeout_seconds",
+                               self.limits.max_write_timeout_seconds)
         # storages, key count and type quotas (the core enforces the group quota)
         grp = self.mgr.group(spec.group)
         if not self._all_ok:
@@ -1796,12 +1889,14 @@ class Service:
         # the core allocates rows with storage slot 0; record the chosen storage
         self.mgr.set_loc(self.mgr._sessions[ws.session_id].rows, idx)
         st = self._storage_slots[idx]
+        token = new_session_token()
         self._sessions[ws.session_id] = _Session(iid, keys.copy(), ws.is_new.copy(),
-                                                 ws.deadline_ns)
+                                                 ws.deadline_ns, token)
+        self._tokens[token] = ws.session_id
         if self.store is not None:
             self._batch.open_session(SessionRecord(
                 ws.session_id, iid, ws.new_keys, ws.deadline_ns, idx,
-                {"keys": keys.tolist(), "is_new": ws.is_new.tolist()}))
+                {"keys": keys.tolist(), "is_new": ws.is_new.tolist(), "token": token}))
         held = ~ws.is_new
         n_held = int(np.count_nonzero(held))
         if n_held == 0 or (held[:n_held].all()):
@@ -1809,29 +1904,34 @@ class Service:
         else:
             mask_out = {"bool_masks": {"values": held.tolist()}}
         new_pos = np.flatnonzero(ws.is_new).tolist()
+        locs: Any
         if gnames:
             locs = [self._location(rec, iid, int(keys[j]), st, None, rec.spec_groups[gnames[j]])
                     for j in new_pos]
         else:
-            locs = self._locations(rec, iid, keys[ws.is_new].tolist(), [st] * len(new_pos),
-                                   None)
+            # built after the lock is released: they depend only on values taken here
+            new_keys = keys[ws.is_new].tolist()
+            locs = _Later(lambda: self._locations(rec, iid, new_keys, [st] * len(new_keys),
+                                                  None))
         self._emit("StartWriteCache", iid, trace_id=_trace_id(body),
-                   write_session_id=str(ws.session_id), block_keys=keys.tolist(),
-                   new_blocks=len(new_pos))
-        return {"write_session_id": str(ws.session_id), "block_mask": mask_out,
-                "locations": locs}
+                   write_session_id=token, block_keys=keys, new_blocks=len(new_pos))
+        return {"write_session_id": token, "block_mask": mask_out, "locations": locs}
 
     def _finish_write(self, body: dict[str, Any]) -> dict[str, Any]:
-        if body.get("write_session_id") in (None, ""):
-            raise W.WireError("write_session_id: required")
-        sid = W.get_int(body, "write_session_id", 0)
+        token = body.get("write_session_id")
+        if isinstance(token, int) and not isinstance(token, bool):
+            token = str(token)
+        if not isinstance(token, str) or not token:
+            raise W.WireError("write_session_id: required (the id startWriteCache returned)")
+        # the owner must name itself (upstream KVCM's clients always send instance_id)
+        iid = W.get_str(body, "instance_id", required=True)
+        sid = self._tokens.get(token, -1)
         ses = self._sessions.get(sid)
-        if ses is None:
-            raise NotFound(f"write_session_id: session {sid} is unknown, finished or expired")
-        iid = W.get_str(body, "instance_id")
-        if iid and iid != ses.instance_id:
-            raise W.WireError(f"instance_id: session {sid} belongs to {ses.instance_id!r}, "
-                              f"not {iid!r}")
+        if ses is None or ses.instance_id != iid:
+            # the same answer whether the session does not exist or is another
+            # instance's: a session id reveals nothing to a non-owner
+            raise NotFound(f"write_session_id: session {token[:40]!r} of instance {iid!r} is "
+                           "unknown, finished or expired")
         n_new = int(np.count_nonzero(ses.is_new))
         if body.get("success_blocks") is None:
             raise W.WireError("success_blocks: required ({\"offset\": n} or bool masks)")
@@ -1839,6 +1939,7 @@ class Service:
         assert ok is not None
         self.mgr.finish_write(sid, ok)
         del self._sessions[sid]
+        del self._tokens[token]
         keep = ~ses.is_new
         keep[np.flatnonzero(ses.is_new)[ok]] = True
         held = ses.keys[keep]
@@ -1858,7 +1959,7 @@ class Service:
         if self.store is not None:
             self._batch.close_session(sid)
         self._emit("FinishWriteCache", ses.instance_id, trace_id=_trace_id(body),
-                   write_session_id=str(sid), block_keys=held.tolist(),
+                   write_session_id=token, block_keys=held,
                    success_count=int(np.count_nonzero(ok)))
         return {}
 
@@ -1891,6 +1992,8 @@ class NotLeader(KVSimError):
 
 # calls a follower still answers
 _FOLLOWER_CALLS = frozenset({"checkHealth", "getManagerClusterInfo", "getMetrics"})
+# calls whose events are written to the event log before the reply
+_DURABLE_EVENTS = frozenset({"startWriteCache", "finishWriteCache"})
 
 
 class _IOError(KVSimError):

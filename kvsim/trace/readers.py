@@ -726,7 +726,7 @@ def read_kvcm_events(
     sw: list[int] = []
     masks: list[Any] = []
     any_mask = False
-    for lineno, obj in _iter_objects(p):
+    for lineno, obj in _iter_event_log(p):
         typ = obj.get("type")
         if typ == "GetCacheLocation":
             k = KIND_READ
@@ -785,6 +785,18 @@ def read_kvcm_events(
         sw_size=np.asarray(sw, dtype=np.int32), mask=mask, offsets=offsets,
     )
     return _only_instance(trace, instance)
+
+
+def _iter_event_log(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """The objects of an event log; a directory is read as its rotated parts in order,
+    then ``events.jsonl`` (:func:`kvsim.server.eventlog.event_log_files`)."""
+    from kvsim.server.eventlog import event_log_files
+
+    parts = event_log_files(path)
+    if not parts:
+        raise TraceError(f"{path}: no events.jsonl or events-NNNNNN.jsonl in the directory")
+    for part in parts:
+        yield from _iter_objects(part)
 
 
 def _prefix_mask(offsets: np.ndarray, first_n: np.ndarray) -> np.ndarray:
