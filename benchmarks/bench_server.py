@@ -409,7 +409,7 @@ def main() -> None:
             w = c.post(f"http://127.0.0.1:{port}/api/startWriteCache",
                        json={"instance_id": "bench", "block_keys": KEYS}).json()
             c.post(f"http://127.0.0.1:{port}/api/finishWriteCache",
-                   json={"write_session_id": w["write_session_id"],
+                   json={"instance_id": "bench", "write_session_id": w["write_session_id"],
                          "success_blocks": {"offset": 64}})
         load0 = os.getloadavg()
         rows = []

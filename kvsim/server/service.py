@@ -85,9 +85,9 @@ from kvsim.core.errors import (
 )
 from kvsim.core.events import EV_EVICTED, EV_REMOVED
 from kvsim.core.manager import (
+    MAX_BLOCK_BYTES,
     QUERY_BATCH,
     QUERY_PREFIX,
-    MAX_BLOCK_BYTES,
     QUERY_SW,
     STORAGE_SLOTS,
     CacheManager,

@@ -32,7 +32,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
         "location_spec_groups": [{"name": "default", "spec_names": ["tp0"]}],
         "model_deployment": {"model_name": "m", "dtype": "d"}})
     w = svc.call("meta", "startWriteCache", {"instance_id": "i0", "block_keys": [1, 2, 3]})
-    svc.call("meta", "finishWriteCache", {"write_session_id": w["write_session_id"],
+    svc.call("meta", "finishWriteCache", {"instance_id": "i0",
+                                          "write_session_id": w["write_session_id"],
                                           "success_blocks": {"offset": 3}})
     yield h
     h.stop()
@@ -219,7 +220,7 @@ def test_still_serving_after_fuzz(server: ServerHandle, http: httpx.Client) -> N
     w = http.post(f"{meta}/api/startWriteCache",
                   json={"instance_id": "after-fuzz", "block_keys": [1, 2]}).json()
     f = http.post(f"{meta}/api/finishWriteCache",
-                  json={"write_session_id": w["write_session_id"],
+                  json={"instance_id": "after-fuzz", "write_session_id": w["write_session_id"],
                         "success_blocks": {"offset": len(w["locations"])}}).json()
     assert f["header"]["status"]["code"] == "OK"
     g = http.post(f"{meta}/api/getCacheLocation",
