@@ -168,8 +168,8 @@ class AuthGuard:
               peer: str | None = None) -> str | None:
         """The credential's role, or None (wrong, missing, or the peer is over its
         failure rate)."""
-        if not credential:
-            return None
+        if not credential or ":" not in credential or len(credential) > 4096:
+            return None  # malformed: refused without a scrypt, no budget spent
         role = accounts.cached(credential)
         if role is not None:
             return role

@@ -77,8 +77,9 @@ def test_basic_auth_and_metrics(server: ServerHandle, http: httpx.Client) -> Non
     ci = http.post(f"{admin}/api/getManagerClusterInfo", json={}, headers=AUTH).json()
     assert ci["leader_endpoint"]["meta_http_port"] == server.http_port
     assert ci["leader_endpoint"]["admin_http_port"] == server.admin_http_port
-    for base in (meta, admin):
-        m = http.get(f"{base}/metrics")
+    assert http.get(f"{admin}/metrics").status_code == 401  # admin metrics need the admin
+    for base, hdr in ((meta, {}), (admin, AUTH)):
+        m = http.get(f"{base}/metrics", headers=hdr)
         assert m.status_code == 200 and m.headers["content-type"].startswith("text/plain")
         assert 'kvsim_group_quota{group="default",unit="bytes"} 3e+10' in m.text
         assert "kvsim_calls{" in m.text
