@@ -253,12 +253,12 @@ def fast_protocol(app: KVSimApp, *, inline: bool = True) -> type[Any] | None:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
     except ImportError:
         return None
-    hooks = ("on_headers_complete", "on_body", "on_message_complete", "on_response_complete")
+    hooks = ("on_message_begin", "on_headers_complete", "on_body", "on_message_complete",
+             "on_response_complete", "data_received", "connection_lost")
     if not all(callable(getattr(HttpToolsProtocol, h, None)) for h in hooks):
         return None
 
-    lim = app.limits
-    inline = inline and app.pool is None  # admin calls go through ASGI (a thread pool)
+    inline = inline and getattr(app, "pool", None) is None  # admin calls: ASGI, a pool
 
     class FastHttpProtocol(HttpToolsProtocol):
         _kvsim_fast = False
@@ -298,8 +298,8 @@ def fast_protocol(app: KVSimApp, *, inline: bool = True) -> type[Any] | None:
             self._kvsim_size = 0
             self._kvsim_cancel()
             self._kvsim_timer = self.loop.call_later(
-                lim.body_timeout_seconds, self._kvsim_refuse, 408, "body_timeout_seconds",
-                lim.body_timeout_seconds)
+                app.limits.body_timeout_seconds, self._kvsim_refuse, 408, "body_timeout_seconds",
+                app.limits.body_timeout_seconds)
 
         def on_headers_complete(self) -> None:
             if self._kvsim_dead:
@@ -310,8 +310,8 @@ def fast_protocol(app: KVSimApp, *, inline: bool = True) -> type[Any] | None:
                         n = int(v)
                     except ValueError:
                         n = 0
-                    if n > lim.max_body_bytes:
-                        self._kvsim_refuse(413, "max_body_bytes", lim.max_body_bytes)
+                    if n > app.limits.max_body_bytes:
+                        self._kvsim_refuse(413, "max_body_bytes", app.limits.max_body_bytes)
                         return
             p = self.parser
             cycle = self.cycle
@@ -331,8 +331,8 @@ def fast_protocol(app: KVSimApp, *, inline: bool = True) -> type[Any] | None:
             if self._kvsim_dead:
                 return
             self._kvsim_size += len(body)
-            if self._kvsim_size > lim.max_body_bytes:  # chunked, or more than announced
-                self._kvsim_refuse(413, "max_body_bytes", lim.max_body_bytes)
+            if self._kvsim_size > app.limits.max_body_bytes:  # chunked, or more than announced
+                self._kvsim_refuse(413, "max_body_bytes", app.limits.max_body_bytes)
                 return
             if self._kvsim_fast:
                 self._kvsim_body.append(body)

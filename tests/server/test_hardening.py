@@ -352,3 +352,42 @@ def test_state_db_is_private(tmp_path: Path) -> None:
         assert stat.S_IMODE((tmp_path / "events.jsonl").stat().st_mode) == 0o600
     finally:
         s.close()
+
+
+# ------------------------------------------------------------------ the gRPC paths
+def test_grpc_limits_sessions_and_auth(tmp_path: Path) -> None:
+    import grpc
+
+    from kvsim.server.grpc_client import GrpcClient
+
+    s = Srv(tmp_path, _config(tmp_path, max_body_bytes=64 << 10, auth_failures_per_second=1),
+            grpc_port=0, admin_grpc_port=0)
+    g = GrpcClient("127.0.0.1", s.h.grpc_port, s.h.admin_grpc_port, timeout=60)
+    try:
+        _register(s, "a")
+        _register(s, "b")
+        # a message over max_body_bytes is refused by the transport, unparsed
+        with pytest.raises(grpc.RpcError) as e:
+            g.meta("getCacheLocation", {"instance_id": "a", "block_keys": list(range(50_000))})
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        w = g.meta("startWriteCache", {"instance_id": "a", "block_keys": [1, 2],
+                                       "write_timeout_seconds": 10**6})
+        assert _code(w) == "INVALID_ARGUMENT" and "max_write_timeout_seconds" in _msg(w)
+        w = _ok(g.meta("startWriteCache", {"instance_id": "a", "block_keys": [1, 2]}))
+        r = g.meta("finishWriteCache", {"instance_id": "b",
+                                        "write_session_id": w["write_session_id"],
+                                        "success_blocks": {"offset": 2}})
+        assert _code(r) == "INVALID_ARGUMENT"
+        _ok(g.meta("finishWriteCache", {"instance_id": "a",
+                                        "write_session_id": w["write_session_id"],
+                                        "success_blocks": {"offset": 2}}))
+        r = g.meta("registerInstance", {"instance_group": "default", "instance_id": "../x",
+                                        "block_size": 16, "model_deployment": MODEL})
+        assert _code(r) == "INVALID_ARGUMENT"
+        g.set_credential("admin:wrong")
+        for _ in range(3):
+            assert _code(g.admin("listStorage", {})) == "INVALID_ARGUMENT"
+        assert s.h.service.auth.refused >= 1
+    finally:
+        g.close()
+        s.close()
