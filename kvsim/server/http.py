@@ -98,6 +98,9 @@ class KVSimApp:
         # admin calls (and admin /metrics) run here, off the event loop
         self.pool = (ThreadPoolExecutor(max_workers=8, thread_name_prefix="kvsim-admin")
                      if api == "admin" else None)
+        # meta calls with a body over OFFLOAD_BYTES run here (the loop serves the rest)
+        self.big_pool = (ThreadPoolExecutor(max_workers=2, thread_name_prefix="kvsim-big")
+                         if api == "meta" else None)
 
     def handle(self, method: str, raw: bytes, headers: list[tuple[bytes, bytes]],
                client: tuple[str, int] | None, t0: float) -> tuple[int, bytes]:
@@ -156,9 +159,11 @@ class KVSimApp:
                     chunks.append(chunk)
                     if not msg.get("more_body", False):
                         break
-            if self.pool is not None:
+            pool = self.pool if self.pool is not None else (
+                self.big_pool if size > OFFLOAD_BYTES else None)
+            if pool is not None:
                 status, data = await asyncio.get_running_loop().run_in_executor(
-                    self.pool, self.handle, path[5:], b"".join(chunks), scope["headers"],
+                    pool, self.handle, path[5:], b"".join(chunks), scope["headers"],
                     scope.get("client"), t0)
             else:
                 status, data = self.handle(path[5:], b"".join(chunks), scope["headers"],
@@ -233,6 +238,18 @@ _REASONS = {200: b"OK", 400: b"Bad Request", 408: b"Request Timeout",
             413: b"Content Too Large"}
 
 
+#: meta request bodies larger than this are answered on a worker thread, not inline
+OFFLOAD_BYTES = 256 << 10
+
+
+def _handle_safely(app: KVSimApp, args: tuple[Any, ...]) -> tuple[int, bytes]:
+    try:
+        return app.handle(*args)
+    except Exception:  # pragma: no cover - handle() maps every error itself
+        log.exception("internal error answering %r", args[0])
+        return 500, b'{"header":{"status":{"code":"INTERNAL_ERROR"}}}'
+
+
 def fast_protocol(app: KVSimApp, *, inline: bool = True) -> type[Any] | None:
     """A uvicorn ``http`` protocol class that answers the API inline, or None.
 
@@ -254,7 +271,7 @@ def fast_protocol(app: KVSimApp, *, inline: bool = True) -> type[Any] | None:
     except ImportError:
         return None
     hooks = ("on_message_begin", "on_headers_complete", "on_body", "on_message_complete",
-             "on_response_complete", "data_received", "connection_lost")
+             "on_response_complete", "data_received", "connection_lost", "shutdown")
     if not all(callable(getattr(HttpToolsProtocol, h, None)) for h in hooks):
         return None
 
@@ -286,14 +303,26 @@ def fast_protocol(app: KVSimApp, *, inline: bool = True) -> type[Any] | None:
                 self._kvsim_timer = None
 
         def data_received(self, data: bytes) -> None:
-            if not self._kvsim_dead:
+            if not (self._kvsim_dead or self._kvsim_close):
                 super().data_received(data)
+
+        def shutdown(self) -> None:
+            if self._kvsim_busy:  # an offloaded call in flight: answer it, then close
+                self._kvsim_close = True
+                return
+            super().shutdown()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._kvsim_cancel()
             super().connection_lost(exc)
 
+        _kvsim_busy = False
+        _kvsim_close = False
+
         def on_message_begin(self) -> None:
+            if self._kvsim_busy:  # pipelined behind an offloaded call: close after it
+                self._kvsim_close = True
+                return
             super().on_message_begin()
             self._kvsim_size = 0
             self._kvsim_cancel()
@@ -302,7 +331,7 @@ def fast_protocol(app: KVSimApp, *, inline: bool = True) -> type[Any] | None:
                 app.limits.body_timeout_seconds)
 
         def on_headers_complete(self) -> None:
-            if self._kvsim_dead:
+            if self._kvsim_dead or self._kvsim_close:
                 return
             for k, v in self.headers:
                 if k == b"content-length":
@@ -328,7 +357,7 @@ def fast_protocol(app: KVSimApp, *, inline: bool = True) -> type[Any] | None:
             super().on_headers_complete()
 
         def on_body(self, body: bytes) -> None:
-            if self._kvsim_dead:
+            if self._kvsim_dead or self._kvsim_close:
                 return
             self._kvsim_size += len(body)
             if self._kvsim_size > app.limits.max_body_bytes:  # chunked, or more than announced
@@ -340,20 +369,35 @@ def fast_protocol(app: KVSimApp, *, inline: bool = True) -> type[Any] | None:
             super().on_body(body)
 
         def on_message_complete(self) -> None:
-            if self._kvsim_dead:
+            if self._kvsim_dead or self._kvsim_close:
                 return
             self._kvsim_cancel()
             if not self._kvsim_fast:
                 super().on_message_complete()
                 return
             self._kvsim_fast = False
-            try:
-                status, data = app.handle(self.url[5:].decode("latin-1"),
-                                          b"".join(self._kvsim_body), self.headers,
-                                          self.client, self._kvsim_t0)
-            except Exception:  # pragma: no cover - handle() maps every error itself
-                log.exception("internal error answering %r", self.url)
-                status, data = 500, b'{"header":{"status":{"code":"INTERNAL_ERROR"}}}'
+            args = (self.url[5:].decode("latin-1"), b"".join(self._kvsim_body), self.headers,
+                    self.client, self._kvsim_t0)
+            if len(args[1]) > OFFLOAD_BYTES and app.big_pool is not None:
+                # a large call (say 100k keys) runs on a worker thread: the loop keeps
+                # answering the small ones meanwhile. Reading pauses until it is answered;
+                # a request pipelined behind it is not served (the connection closes).
+                self._kvsim_busy = True
+                self.flow.pause_reading()
+                fut = self.loop.run_in_executor(app.big_pool, _handle_safely, app, args)
+                fut.add_done_callback(self._kvsim_done)
+                return
+            self._kvsim_reply(*_handle_safely(app, args))
+
+        def _kvsim_done(self, fut: Any) -> None:
+            self._kvsim_busy = False
+            if self._kvsim_dead or self.transport.is_closing():
+                return
+            self._kvsim_reply(*fut.result())
+            if self._kvsim_close:
+                self.transport.close()
+
+        def _kvsim_reply(self, status: int, data: bytes) -> None:
             head = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Error"))]
             for name, value in self.server_state.default_headers:
                 head += [name, b": ", value, b"\r\n"]

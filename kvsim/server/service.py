@@ -282,6 +282,8 @@ class Service:
         self.endpoints: dict[str, Any] = dict(endpoints or {})
         self.started_ns = self.clock.now_ns()
         self._lock = threading.Lock()
+        self._store_lock = threading.Lock()  # orders store writes (taken under _lock)
+        self._store_queue: list[StoreBatch] = []  # batches not yet written, oldest first
         self._rid_prefix = uuid.uuid4().hex[:12]
         self._rid = itertools.count(1)
         max_log = event_log_max_bytes if event_log_max_bytes is not None else (
@@ -399,6 +401,7 @@ class Service:
                     and method not in _FOLLOWER_CALLS):
                 raise NotLeader(f"this node ({self.node_id}) is not the leader; leader: "
                                 f"{self.elector.lease.holder() or 'none yet'}")
+            batch = None
             with self._lock:
                 self._encoder = location_encoder or (json_fragment if json_fragments
                                                      else None)
@@ -406,11 +409,21 @@ class Service:
                     out = fn(body)
                 finally:
                     self._encoder = None
-                    self._save()
-                if method in _DURABLE_EVENTS and self.events is not None:
-                    # an acknowledged write's event reaches the OS before the reply
-                    # (survives kill -9 of the server; not a power loss)
-                    self.events.flush()
+                    batch = self._collect()
+                    if batch is not None:
+                        # the store is written after the service lock is released (reads
+                        # go on meanwhile), in call order (the store lock is taken before
+                        # the service lock is let go), and before the reply
+                        self._store_lock.acquire()
+            if batch is not None:
+                try:
+                    self._apply_in_order(batch)
+                finally:
+                    self._store_lock.release()
+            if method in _DURABLE_EVENTS and self.events is not None:
+                # an acknowledged write's event reaches the OS before the reply
+                # (survives kill -9 of the server; not a power loss)
+                self.events.flush()
             for k, v in out.items():
                 if isinstance(v, _Later):
                     out[k] = v.fn()
@@ -650,19 +663,46 @@ class Service:
 
     # ------------------------------------------------------------ durable state
     def _save(self) -> None:
-        """Write this call's changes to the store (under the lock) before the reply.
+        """Write the pending changes to the store now (under the service lock).
 
         Raises:
-            _IOError: the store failed; the call's changes stay in memory and are
-                retried with the next call's.
+            _IOError: the store failed; the changes stay queued and are written before
+                the next ones.
         """
+        b = self._collect()
+        if b is not None:
+            with self._store_lock:
+                self._apply_in_order(b)
+
+    def _apply_in_order(self, b: StoreBatch) -> None:
+        """Apply ``b`` after every batch that failed before it (under ``_store_lock``).
+
+        Raises:
+            _IOError: the store failed; ``b`` (and any older ones) stay queued.
+        """
+        assert self.store is not None
+        q = self._store_queue
+        q.append(b)
+        while q:
+            try:
+                self.store.apply(q[0])
+            except Exception as e:
+                self.store_errors += 1
+                log.exception("state store: write failed")
+                raise _IOError(f"state store {self.store.url}: {type(e).__name__}: "
+                               f"{e}") from None
+            q.pop(0)
+
+    def _collect(self) -> StoreBatch | None:
+        """Take this call's changes as one batch (under the service lock); None when
+        there is nothing to write (or this node is a follower: it never writes)."""
         if self.store is None:
-            return
+            return None
         if self.elector is not None and not self.elector.is_leader:
             self.mgr.events.clear()  # a follower never writes the shared state
             self._batch = StoreBatch()
             self._registry_dirty = False
-            return
+            return None
         b = self._batch
         ev = self.mgr.events
         if len(ev):
@@ -683,16 +723,9 @@ class Service:
             snap["storage_slots"] = [st.name if st is not None else None
                                      for st in self._storage_slots]
             b.set_registry("snapshot", snap)
-        if not b:
-            return
-        try:
-            self.store.apply(b)
-        except Exception as e:
-            self.store_errors += 1
-            log.exception("state store: write failed")
-            raise _IOError(f"state store {self.store.url}: {type(e).__name__}: {e}") from None
         self._batch = StoreBatch()
         self._registry_dirty = False
+        return b if b else None
 
     def _load_store(self) -> bool:
         """Rebuild registry, blocks and sessions from the store; False when it is empty."""
@@ -1896,7 +1929,7 @@ class Service:
         if self.store is not None:
             self._batch.open_session(SessionRecord(
                 ws.session_id, iid, ws.new_keys, ws.deadline_ns, idx,
-                {"keys": keys.tolist(), "is_new": ws.is_new.tolist(), "token": token}))
+                {"keys": keys.copy(), "is_new": ws.is_new.copy(), "token": token}))
         held = ~ws.is_new
         n_held = int(np.count_nonzero(held))
         if n_held == 0 or (held[:n_held].all()):

@@ -81,7 +81,8 @@ class SessionRecord:
         keys: the session's new keys, in order.
         deadline_ns: when the manager finishes it as failed.
         loc: storage slot of its blocks.
-        extra: adapter data (e.g. the wire session id), JSON-serialisable.
+        extra: adapter data (e.g. the wire session id), JSON-serialisable (numpy arrays
+            are written as lists).
     """
 
     session_id: int
@@ -290,7 +291,8 @@ class SqliteStore:
                     db.execute("INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?, ?, ?)",
                                (s.session_id, s.instance_id,
                                 np.asarray(s.keys, np.int64).tobytes(), s.deadline_ns, s.loc,
-                                orjson.dumps(s.extra, option=orjson.OPT_SORT_KEYS).decode()))
+                                orjson.dumps(s.extra, option=orjson.OPT_SORT_KEYS
+                                             | orjson.OPT_SERIALIZE_NUMPY).decode()))
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
