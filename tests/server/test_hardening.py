@@ -391,3 +391,56 @@ def test_grpc_limits_sessions_and_auth(tmp_path: Path) -> None:
     finally:
         g.close()
         s.close()
+
+
+def test_large_bodies_are_served_beside_small_ones(srv: Srv) -> None:
+    """A body over OFFLOAD_BYTES is answered from a worker thread (the event loop keeps
+    serving small calls meanwhile); its reply is the same."""
+    from kvsim.server.http import OFFLOAD_BYTES
+
+    _register(srv, "a")
+    keys = list(range(10**9, 10**9 + 60_000))
+    assert len(json.dumps({"instance_id": "a", "block_keys": keys})) > OFFLOAD_BYTES
+    done: list[dict[str, Any]] = []
+    th = threading.Thread(target=lambda: done.append(
+        srv.meta("startWriteCache", {"instance_id": "a", "block_keys": keys})))
+    th.start()
+    while th.is_alive():
+        _ok(srv.meta("getCacheLocation", {"instance_id": "a", "block_keys": [1]}))
+    th.join()
+    w = _ok(done[0])
+    assert len(w["locations"]) == 60_000
+    assert w["locations"][-1]["location_specs"][0]["uri"].split("/")[-1].startswith(
+        f"{keys[-1]:016x}.")
+
+
+def test_a_failed_store_write_is_retried_in_order(tmp_path: Path) -> None:
+    """The state is written outside the service lock, in call order: a write the store
+    refused (IO_ERROR) is written before the next one, and a restart has both."""
+    import sqlite3
+
+    s = Srv(tmp_path, state="sqlite")
+    try:
+        _register(s, "a")
+        w = _ok(s.meta("startWriteCache", {"instance_id": "a", "block_keys": [1, 2]}))
+        other = sqlite3.connect(tmp_path / "kvsim-state.db", timeout=0.1)
+        other.execute("BEGIN EXCLUSIVE")  # the store cannot write now
+        r = s.meta("finishWriteCache", {"instance_id": "a",
+                                        "write_session_id": w["write_session_id"],
+                                        "success_blocks": {"offset": 2}})
+        assert _code(r) == "IO_ERROR", r
+        other.execute("ROLLBACK")
+        other.close()
+        w2 = _ok(s.meta("startWriteCache", {"instance_id": "a", "block_keys": [3]}))
+        _ok(s.meta("finishWriteCache", {"instance_id": "a",
+                                        "write_session_id": w2["write_session_id"],
+                                        "success_blocks": {"offset": 1}}))
+    finally:
+        s.close()
+    s = Srv(tmp_path, state="sqlite")
+    try:
+        r = _ok(s.meta("getCacheLocation", {"instance_id": "a", "block_keys": [1, 2, 3],
+                                            "query_type": "QT_BATCH_GET"}))
+        assert [x["type"] for x in r["locations"]] == ["ST_NFS"] * 3
+    finally:
+        s.close()
