@@ -190,8 +190,8 @@ def refusal(limit: str, value: float) -> bytes:
     """The JSON reply to a request refused by a transport limit (names the limit).
 
     Example:
-        >>> refusal("max_body_bytes", 1024)[:60]
-        b'{"header":{"status":{"code":"INVALID_ARGUMENT","message":"re'
+        >>> orjson.loads(refusal("max_body_bytes", 1024))["header"]["status"]["message"]
+        'the request body is too large: over the limit max_body_bytes (1024)'
     """
     what = ("the request was not received in time" if limit == "body_timeout_seconds"
             else "the request body is too large")
