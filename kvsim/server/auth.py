@@ -164,6 +164,17 @@ class AuthGuard:
         tokens, t = self._buckets.get(peer, (self.rate, now))
         return min(self.rate, tokens + (now - t) * self.rate)
 
+    def refuses(self, accounts: Accounts, credential: str | None, peer: str | None) -> bool:
+        """Whether :meth:`check` would refuse ``credential`` without a scrypt (malformed,
+        or not verified before while ``peer`` is over its failure rate): such a request
+        can be answered at once, without a worker thread."""
+        if not credential or ":" not in credential or len(credential) > 4096:
+            return True
+        if accounts.cached(credential) is not None:
+            return False
+        with self._lock:
+            return self._tokens(peer or "-", time.monotonic()) < 1.0
+
     def check(self, accounts: Accounts, credential: str | None,
               peer: str | None = None) -> str | None:
         """The credential's role, or None (wrong, missing, or the peer is over its

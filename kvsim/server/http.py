@@ -121,11 +121,7 @@ class KVSimApp:
                                                "message": f"body is not JSON: {e}"},
                                     "request_id": ""}}
             else:
-                cred = None
-                if api == "admin":
-                    for k, v in headers:
-                        if k == b"authorization":
-                            cred = decode_basic(v.decode("latin-1"))
+                cred = _credential(headers) if api == "admin" else None
                 reply = self.service.call(api, method, body, credential=cred,
                                           json_fragments=True,
                                           peer=client[0] if client else None)
@@ -136,6 +132,13 @@ class KVSimApp:
                             status, reply["header"]["status"]["code"],
                             (time.perf_counter() - t0) * 1e3)
         return status, data
+
+    def refused_at_once(self, headers: list[tuple[bytes, bytes]],
+                        client: tuple[str, int] | None) -> bool:
+        """An admin request whose credential will be refused without a scrypt (a flood
+        past its rate limit is answered on the loop, never queued for a thread)."""
+        return self.service.auth.refuses(self.service.accounts, _credential(headers),
+                                         client[0] if client else None)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         path = scope.get("path", "") if scope["type"] == "http" else ""
@@ -161,6 +164,9 @@ class KVSimApp:
                         break
             pool = self.pool if self.pool is not None else (
                 self.big_pool if size > OFFLOAD_BYTES else None)
+            if self.pool is not None and self.refused_at_once(scope["headers"],
+                                                              scope.get("client")):
+                pool = None  # refused without a password check: no thread needed
             if pool is not None:
                 status, data = await asyncio.get_running_loop().run_in_executor(
                     pool, self.handle, path[5:], b"".join(chunks), scope["headers"],
@@ -179,6 +185,13 @@ class KVSimApp:
 
 
 _NOOP_HEADER = {"status": {"code": "OK", "message": ""}, "request_id": "noop"}
+
+
+def _credential(headers: list[tuple[bytes, bytes]]) -> str | None:
+    for k, v in headers:
+        if k == b"authorization":
+            return decode_basic(v.decode("latin-1"))
+    return None
 
 
 class _Refused(Exception):
@@ -275,7 +288,10 @@ def fast_protocol(app: KVSimApp, *, inline: bool = True) -> type[Any] | None:
     if not all(callable(getattr(HttpToolsProtocol, h, None)) for h in hooks):
         return None
 
-    inline = inline and getattr(app, "pool", None) is None  # admin calls: ASGI, a pool
+    # admin calls go through ASGI (to a thread pool). Measured: answering a wrong-password
+    # flood inline makes a real admin's call wait longer (p99 ~1 s vs ~160 ms under 32
+    # flooders on a loaded VM): the flood then starves the ASGI path the admin takes.
+    inline = inline and getattr(app, "pool", None) is None
 
     class FastHttpProtocol(HttpToolsProtocol):
         _kvsim_fast = False
