@@ -684,6 +684,12 @@ class Service:
         q = self._store_queue
         q.append(b)
         while q:
+            if self.elector is not None and not self.elector.is_leader:
+                # fencing: the lease lapsed (say this process was paused) since the batch
+                # was taken; another node may lead now, so this one writes nothing
+                q.clear()
+                raise NotLeader(f"this node ({self.node_id}) lost the leader lease before "
+                                "its changes were saved; they are dropped")
             try:
                 self.store.apply(q[0])
             except Exception as e:
