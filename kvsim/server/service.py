@@ -402,11 +402,14 @@ class Service:
                 raise NotLeader(f"this node ({self.node_id}) is not the leader; leader: "
                                 f"{self.elector.lease.holder() or 'none yet'}")
             batch = None
+            failed: BaseException | None = None
             with self._lock:
                 self._encoder = location_encoder or (json_fragment if json_fragments
                                                      else None)
                 try:
                     out = fn(body)
+                except BaseException as e:  # its changes so far are saved all the same
+                    failed = e
                 finally:
                     self._encoder = None
                     batch = self._collect()
@@ -420,6 +423,8 @@ class Service:
                     self._apply_in_order(batch)
                 finally:
                     self._store_lock.release()
+            if failed is not None:
+                raise failed
             if method in _DURABLE_EVENTS and self.events is not None:
                 # an acknowledged write's event reaches the OS before the reply
                 # (survives kill -9 of the server; not a power loss)

@@ -444,3 +444,42 @@ def test_a_failed_store_write_is_retried_in_order(tmp_path: Path) -> None:
         assert [x["type"] for x in r["locations"]] == ["ST_NFS"] * 3
     finally:
         s.close()
+
+
+def test_a_failing_call_with_changes_does_not_block_the_next(tmp_path: Path) -> None:
+    """A call that changed state (evictions) and then failed (quota) still saves those
+    changes and lets the next call through (the store lock is always released)."""
+    from kvsim.server.service import Service
+    from kvsim.server.store import SqliteStore
+
+    cfg = KVSimConfig.from_dict({
+        "storages": [{"name": "s", "type": "file", "uri": str(tmp_path / "s")}],
+        "instance_groups": [{"name": "g", "quota": {"blocks": 4}, "storage_candidates": ["s"]}],
+        "instances": [{"instance_id": "a", "group": "g", "block_size": 16, "model_name": "m",
+                       "dtype": "bf16"}]})
+    svc = Service(cfg, data_dir=tmp_path, store=SqliteStore(tmp_path / "st.db"),
+                  admin_password=PW)
+    try:
+        w = _ok(svc.call("meta", "startWriteCache", {"instance_id": "a",
+                                                     "block_keys": [1, 2, 3, 4]}))
+        _ok(svc.call("meta", "finishWriteCache", {"instance_id": "a",
+                                                  "write_session_id": w["write_session_id"],
+                                                  "success_blocks": {"offset": 4}}))
+        r = svc.call("meta", "startWriteCache", {"instance_id": "a",
+                                                 "block_keys": list(range(10, 20))})
+        assert _code(r) == "REACH_MAX_ENTITY_CAPACITY"
+        done: list[dict[str, Any]] = []
+        th = threading.Thread(target=lambda: done.append(svc.call(
+            "meta", "startWriteCache", {"instance_id": "a", "block_keys": [7, 8]})),
+            daemon=True)
+        th.start()
+        th.join(30)
+        assert done and _code(done[0]) == "OK"
+    finally:
+        svc.close()
+    svc = Service(cfg, data_dir=tmp_path, store=SqliteStore(tmp_path / "st.db"),
+                  admin_password=PW)
+    try:  # the evictions of the failed call were saved
+        assert sum(u.serving_blocks for u in svc.mgr.usage()) == 0
+    finally:
+        svc.close()
