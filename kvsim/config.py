@@ -179,7 +179,7 @@ class ServerLimits:
     """
 
     max_keys_per_request: int = 131072
-    max_tokens_per_request: int = 4194304
+    max_tokens_per_request: int = 2097152
     max_body_bytes: int = 32 << 20
     body_timeout_seconds: float = 10.0
     max_spec_bytes: int = 1 << 32

@@ -483,3 +483,17 @@ def test_a_failing_call_with_changes_does_not_block_the_next(tmp_path: Path) -> 
         assert sum(u.serving_blocks for u in svc.mgr.usage()) == 0
     finally:
         svc.close()
+
+
+def test_limits_are_config(tmp_path: Path) -> None:
+    from kvsim.config import ConfigError
+
+    c = KVSimConfig.from_dict({"server": {"event_log_max_bytes": 1000,
+                                          "limits": {"max_keys_per_request": 10}}})
+    assert c.server.limits.max_keys_per_request == 10
+    assert c.server.limits.max_body_bytes == ServerLimits().max_body_bytes
+    assert KVSimConfig.from_dict(c.to_dict()).server == c.server
+    with pytest.raises(ConfigError, match=r"server\.limits\.max_keys: unknown field"):
+        KVSimConfig.from_dict({"server": {"limits": {"max_keys": 10}}})
+    with pytest.raises(ConfigError, match=r"server\.limits\.max_spec_bytes"):
+        KVSimConfig.from_dict({"server": {"limits": {"max_spec_bytes": 1 << 40}}})
