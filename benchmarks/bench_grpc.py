@@ -76,7 +76,8 @@ def _in_process(seconds: float) -> list[dict[str, Any]]:
                 "model_deployment": {"model_name": "bench", "dtype": "bf16"}})
             assert r["header"]["status"]["code"] == "OK", r
             w = svc.call("meta", "startWriteCache", {"instance_id": INSTANCE, "block_keys": KEYS})
-            svc.call("meta", "finishWriteCache", {"write_session_id": w["write_session_id"],
+            svc.call("meta", "finishWriteCache", {"instance_id": INSTANCE,
+                                                  "write_session_id": w["write_session_id"],
                                                   "success_blocks": {"offset": 64}})
             body = {"instance_id": INSTANCE, "block_keys": KEYS, "query_type": "QT_PREFIX_MATCH"}
             calls: dict[str, Callable[[], Any]] = {
@@ -213,7 +214,8 @@ def _setup(ports: tuple[int, int], proc: subprocess.Popen[bytes], timeout: float
             "model_deployment": {"model_name": "bench", "dtype": "bf16"}})
         assert r["header"]["status"]["code"] == "OK", r
         w = c.meta("startWriteCache", {"instance_id": INSTANCE, "block_keys": KEYS})
-        r = c.meta("finishWriteCache", {"write_session_id": w["write_session_id"],
+        r = c.meta("finishWriteCache", {"instance_id": INSTANCE,
+                                        "write_session_id": w["write_session_id"],
                                         "success_blocks": {"offset": 64}})
         assert r["header"]["status"]["code"] == "OK", r
 

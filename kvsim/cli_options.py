@@ -34,7 +34,7 @@ def trace_options(*, tail_default: str | None = "drop", limit_help: str = "Use o
     tail_help = ("Drop (default) or keep the key of a partial last block." if tail_default is None
                  else "Drop or keep the key of a partial last block.")
     options = [
-        click.argument("trace", required=False, type=click.Path(dir_okay=False, path_type=Path)),
+        click.argument("trace", required=False, type=click.Path(path_type=Path)),
         click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto",
                      show_default=True,
                      help="Trace format (auto: from the extension / first record)."),

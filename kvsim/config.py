@@ -160,6 +160,40 @@ class RoutingOptions:
 
 
 @dataclass(frozen=True)
+class ServerLimits:
+    """What one client may ask of ``kvsim serve`` (the ``server.limits:`` section).
+
+    Every request over a limit is answered ``INVALID_ARGUMENT`` with a message naming
+    the limit (HTTP: status 413 for a body over ``max_body_bytes``, 408 for one not
+    received within ``body_timeout_seconds``; the connection is closed).
+
+    Attributes:
+        max_keys_per_request: ``block_keys`` (and per-key lists) per call.
+        max_tokens_per_request: ``token_ids`` per call.
+        max_body_bytes: request body (HTTP) or message (gRPC) size.
+        body_timeout_seconds: a request must arrive whole (headers and body) within this.
+        max_spec_bytes: one ``location_spec_infos[].size`` (their sum is at most the
+            core's ``MAX_BLOCK_BYTES``, 2^32).
+        max_location_specs: ``location_spec_infos`` per instance.
+        max_write_timeout_seconds: the largest ``write_timeout_seconds``.
+        auth_failures_per_second: failed admin credentials accepted per client
+            address per second (token bucket of that size); beyond it a credential is
+            refused without being checked.
+        auth_workers: threads that verify passwords (scrypt), off the event loop.
+    """
+
+    max_keys_per_request: int = 131072
+    max_tokens_per_request: int = 2097152
+    max_body_bytes: int = 32 << 20
+    body_timeout_seconds: float = 10.0
+    max_spec_bytes: int = 1 << 32
+    max_location_specs: int = 64
+    max_write_timeout_seconds: int = 3600
+    auth_failures_per_second: float = 5.0
+    auth_workers: int = 2
+
+
+@dataclass(frozen=True)
 class ServerOptions:
     """How ``kvsim serve`` runs (the optional ``server:`` section; flags override it).
 
@@ -182,6 +216,9 @@ class ServerOptions:
         leader_lease_ms: the lease; a dead leader is replaced within it.
         storage_probe_seconds: how often the tick probes each ``file`` storage (write,
             fsync, read back, delete a small file); 0 = never.
+        event_log_max_bytes: rotate the event log past this size (0 = never):
+            ``events.jsonl`` is renamed ``events-NNNNNN.jsonl`` (next number, 6 digits).
+        limits: per-request limits (:class:`ServerLimits`).
     """
 
     host: str = "127.0.0.1"
@@ -197,6 +234,8 @@ class ServerOptions:
     leader: str = "auto"
     leader_lease_ms: int = 3000
     storage_probe_seconds: float = 5.0
+    event_log_max_bytes: int = 256 << 20
+    limits: ServerLimits = field(default_factory=ServerLimits)
 
 
 @dataclass(frozen=True)
@@ -540,6 +579,33 @@ class _Reader:
                                          low=100, high=600_000)),
             storage_probe_seconds=self.num(d, "storage_probe_seconds", path, 5.0,
                                            integer=False, low=0, high=86400),
+            event_log_max_bytes=int(self.num(d, "event_log_max_bytes", path, 256 << 20,
+                                             integer=True, low=0)),
+            limits=self.limits(d.get("limits") or {}, f"{path}.limits"),
+        )
+
+    def limits(self, d: Any, path: str) -> ServerLimits:
+        self.known(d, path, {f.name for f in fields(ServerLimits)})
+        df = ServerLimits()
+
+        def whole(name: str, low: int, high: int) -> int:
+            return int(self.num(d, name, path, getattr(df, name), integer=True, low=low,
+                                high=high))
+
+        return ServerLimits(
+            max_keys_per_request=whole("max_keys_per_request", 1, 1 << 24),
+            max_tokens_per_request=whole("max_tokens_per_request", 1, 1 << 28),
+            max_body_bytes=whole("max_body_bytes", 1024, 1 << 31),
+            body_timeout_seconds=self.num(d, "body_timeout_seconds", path,
+                                          df.body_timeout_seconds, integer=False, low=0.1,
+                                          high=3600),
+            max_spec_bytes=whole("max_spec_bytes", 1, 1 << 32),
+            max_location_specs=whole("max_location_specs", 1, 4096),
+            max_write_timeout_seconds=whole("max_write_timeout_seconds", 1, 7 * 86400),
+            auth_failures_per_second=self.num(d, "auth_failures_per_second", path,
+                                              df.auth_failures_per_second, integer=False,
+                                              low=0.1, high=1e6),
+            auth_workers=whole("auth_workers", 1, 64),
         )
 
     def replay(self, d: Any, path: str) -> ReplayOptions:

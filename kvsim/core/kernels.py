@@ -522,9 +522,14 @@ def start_write(
 ) -> int:
     """Allocate WRITING rows for keys with no block; returns new count, or -1 over quota.
 
-    Keys that already have a block (WRITING or SERVING) get ``isnew = False``. When
-    the new blocks would push the group past its hard quota the kernel first
+    On input ``isnew[j]`` must be True exactly when ``keys[j]`` is the first occurrence
+    of its key in ``keys`` (:func:`first_occurrence`): a key listed twice in one call is
+    new once (an O(n log n) mask from the caller instead of an O(n^2) scan here). On
+    output, keys that already have a block (WRITING or SERVING) get ``isnew = False``.
+    When the new blocks would push the group past its hard quota the kernel first
     evicts; if that cannot make room nothing is allocated and -1 is returned.
+    The quota test is overflow-safe (``need > quota - used``, with ``n x cost`` below
+    2^63 because the manager bounds ``cost`` by ``MAX_BLOCK_BYTES`` and rows are int32).
     The caller guarantees ``len(keys)`` free rows.
     """
     g = t.i_group[i]
@@ -532,21 +537,17 @@ def start_write(
     n = keys.shape[0]
     n_new = 0
     for j in range(n):
+        if not isnew[j]:  # a repeat of an earlier key of this call
+            continue
         r = lookup(t, i, keys[j])
         fresh = r < 0 or t.state[r] == DELETING
-        if fresh:
-            # a key listed twice in one call is new once
-            for k in range(j):
-                if keys[k] == keys[j] and isnew[k]:
-                    fresh = False
-                    break
         isnew[j] = fresh
         if fresh:
             n_new += 1
     need = n_new * cost
-    if t.g_quota[g] > 0 and t.g_used[g] + need > t.g_quota[g]:
+    if t.g_quota[g] > 0 and need > t.g_quota[g] - t.g_used[g]:
         evict_to(t, ev, g, i, t.g_quota[g] - need, now, delete_now)
-        if t.g_used[g] + need > t.g_quota[g]:
+        if need > t.g_quota[g] - t.g_used[g]:
             return -1
     leaves = dispatch.tracks_leaves(t.g_policy[g])
     prev = -1

@@ -64,6 +64,9 @@ QUERY_SW = "sw"
 _QUERY_CODES = {QUERY_PREFIX: K.Q_PREFIX, QUERY_BATCH: K.Q_BATCH, QUERY_SW: K.Q_SW}
 
 _UNLIMITED = np.iinfo(np.int64).max // 4
+#: The largest block (sum of an instance's location spec sizes, bytes) the core accepts.
+#: With int32 rows, any group's usage (blocks x bytes) then stays below 2^63.
+MAX_BLOCK_BYTES = 1 << 32
 _RESTORE_CHUNK = 4096
 
 
@@ -387,6 +390,11 @@ class CacheManager:
             )
         if spec.block_size <= 0:
             raise InvalidArgument(f"instance {spec.instance_id!r}: block_size must be > 0")
+        if spec.block_bytes > MAX_BLOCK_BYTES or any(s.size < 0 for s in spec.location_specs):
+            raise InvalidArgument(
+                f"instance {spec.instance_id!r}: location_spec_infos sizes must be >= 0 and "
+                f"sum to at most {MAX_BLOCK_BYTES} bytes (MAX_BLOCK_BYTES), got "
+                f"{spec.block_bytes}")
         gi, gspec = self._need_group(spec.group)
         if gspec.max_instance_count and sum(
             1 for _, s in self._instances.values() if s.group == spec.group
@@ -557,8 +565,12 @@ class CacheManager:
         storage = self._pick_storage(ispec)
         self.table.ensure_rows(k.shape[0])
         self.events.reserve(2 * k.shape[0] + 16)
+        if ispec.block_bytes > MAX_BLOCK_BYTES:
+            raise InvalidArgument(
+                f"instance {instance_id!r}: a block of {ispec.block_bytes} bytes is over the "
+                f"maximum of {MAX_BLOCK_BYTES} (MAX_BLOCK_BYTES)")
         rows = np.full(k.shape[0], -1, dtype=np.int32)
-        isnew = np.zeros(k.shape[0], dtype=bool)
+        isnew = first_occurrence(k)
         now = self.clock.now_ns()
         gspec = self._groups[ispec.group][1]
         n_new = K.start_write(self.table.t, self.events.arrays, ii, k, now, rows, isnew,
@@ -1050,10 +1062,10 @@ class CacheManager:
         self.table.ensure_rows(m)
         self.events.reserve(3 * m + 16)
         rows = np.full(m, -1, dtype=np.int32)
-        isnew = np.zeros(m, dtype=bool)
         gspec = self._groups[ispec.group][1]
         now = int(ta[idx].max())
         kk = np.ascontiguousarray(k[idx])
+        isnew = first_occurrence(kk)
         if K.start_write(self.table.t, self.events.arrays, ii, kk, now, rows, isnew,
                          gspec.delay_before_delete_ms == 0) < 0:
             if m == 1:
@@ -1109,7 +1121,7 @@ class CacheManager:
         self.table.ensure_rows(k.shape[0])
         self.events.reserve(2 * k.shape[0] + 16)
         rows = np.full(k.shape[0], -1, dtype=np.int32)
-        isnew = np.zeros(k.shape[0], dtype=bool)
+        isnew = first_occurrence(k)
         gspec = self._groups[ispec.group][1]
         if K.start_write(self.table.t, self.events.arrays, ii, k, self.clock.now_ns(), rows,
                          isnew, gspec.delay_before_delete_ms == 0) < 0:
@@ -1122,6 +1134,19 @@ class CacheManager:
     def drain_events(self) -> list[Event]:
         """Recorded events since the last drain."""
         return self.events.drain()
+
+
+def first_occurrence(keys: np.ndarray) -> np.ndarray:
+    """Bool per key: True at the first position of each distinct key (O(n log n)).
+
+    Example:
+        >>> first_occurrence(np.array([5, 3, 5, 7, 3])).tolist()
+        [True, True, False, True, False]
+    """
+    out = np.zeros(keys.shape[0], dtype=bool)
+    if keys.shape[0]:
+        out[np.unique(keys, return_index=True)[1]] = True
+    return out
 
 
 def _keys(keys: Sequence[int] | np.ndarray) -> np.ndarray:

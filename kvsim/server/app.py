@@ -75,11 +75,13 @@ class ServerHandle:
             self._grpc = None
         self.service.close()
 
-    def wait(self) -> None:
-        """Block until a listener stops (Ctrl-C stops the server)."""
+    def wait(self, stop: threading.Event | None = None) -> None:
+        """Block until a listener stops, ``stop`` is set (e.g. by a SIGTERM handler) or
+        Ctrl-C; then call :meth:`stop`, which drains the calls in flight."""
+        stop = stop if stop is not None else threading.Event()
         try:
-            while all(th.is_alive() for _, th in self._servers):
-                time.sleep(0.5)
+            while all(th.is_alive() for _, th in self._servers) and not stop.is_set():
+                stop.wait(0.2)
         except KeyboardInterrupt:
             pass
 
@@ -95,8 +97,8 @@ def _bind(host: str, port: int) -> socket.socket:
 
 def _serve(app: Any, sock: socket.socket, access_log: bool) -> tuple[_Server, threading.Thread]:
     http: Any = "h11" if _no_module("httptools") else "auto"
-    if http == "auto" and os.environ.get("KVSIM_HTTP_FAST", "1") != "0":
-        http = fast_protocol(app) or http
+    if http == "auto":  # the limits live in this protocol; inline answers are optional
+        http = fast_protocol(app, inline=os.environ.get("KVSIM_HTTP_FAST", "1") != "0") or http
     cfg = uvicorn.Config(app, log_level="warning", access_log=access_log, lifespan="off",
                          loop="asyncio", http=http)
     srv = _Server(cfg)

@@ -20,6 +20,9 @@ import base64
 import hashlib
 import hmac
 import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 ROLES = ("ROLE_USER", "ROLE_ADMIN")
@@ -71,6 +74,9 @@ class Accounts:
         self._acc: dict[str, Account] = {}
         self._secret = os.urandom(32)
         self._verified: dict[bytes, str] = {}
+        # an unknown user is checked against this (same cost as a known one: user
+        # names cannot be told apart by the answer's time)
+        self._dummy = Account("", "", os.urandom(16), os.urandom(32))
 
     def add(self, user_name: str, password: str, role: str = "ROLE_USER") -> None:
         """Add (or replace) an account."""
@@ -95,19 +101,107 @@ class Accounts:
     def __contains__(self, user_name: object) -> bool:
         return user_name in self._acc
 
-    def check(self, credential: str | None) -> str | None:
-        """The role of a valid ``"user:password"`` credential, else None."""
+    def cached(self, credential: str | None) -> str | None:
+        """The role of a credential verified before (a dictionary look-up), else None."""
         if not credential or ":" not in credential:
             return None
-        tag = hmac.new(self._secret, credential.encode(), hashlib.sha256).digest()
+        return self._verified.get(self._tag(credential))
+
+    def _tag(self, credential: str) -> bytes:
+        return hmac.new(self._secret, credential.encode("utf-8", "surrogatepass"),
+                        hashlib.sha256).digest()
+
+    def check(self, credential: str | None) -> str | None:
+        """The role of a valid ``"user:password"`` credential, else None (one scrypt
+        unless verified before, for known and unknown users alike)."""
+        if not credential or ":" not in credential or len(credential) > 4096:
+            return None
+        tag = self._tag(credential)
         role = self._verified.get(tag)
         if role is not None:
             return role
         user, _, password = credential.partition(":")
         acc = self._acc.get(user)
-        if acc is None or not hmac.compare_digest(hash_password(password, acc.salt), acc.digest):
+        ok = hmac.compare_digest(hash_password(password, (acc or self._dummy).salt),
+                                 (acc or self._dummy).digest)
+        if acc is None or not ok:
             return None
         if len(self._verified) > 1024:
             self._verified.clear()
         self._verified[tag] = acc.role
         return acc.role
+
+
+class AuthGuard:
+    """Checks admin credentials without letting a flood of wrong ones starve the rest.
+
+    * A credential verified before answers from the cache (no scrypt).
+    * Each client address may fail ``failures_per_second`` times per second (a token
+      bucket holding that many); past that its new credentials are refused at once,
+      without a scrypt.
+    * scrypt runs on ``workers`` threads; the caller waits for its own result (an
+      event loop hands the whole call to a thread, see :mod:`kvsim.server.http`).
+
+    Example:
+        >>> a = Accounts(); a.add("admin", "pw", "ROLE_ADMIN")
+        >>> g = AuthGuard(failures_per_second=1, workers=1)
+        >>> g.check(a, "admin:no", "10.0.0.1"), g.check(a, "admin:pw", "10.0.0.1")
+        (None, None)
+        >>> g.check(a, "admin:pw", "10.0.0.2")
+        'ROLE_ADMIN'
+        >>> g.close()
+    """
+
+    def __init__(self, failures_per_second: float = 5.0, workers: int = 2) -> None:
+        self.rate = float(failures_per_second)
+        self._pool = ThreadPoolExecutor(max_workers=max(1, workers),
+                                        thread_name_prefix="kvsim-auth")
+        self._lock = threading.Lock()
+        self._buckets: dict[str, tuple[float, float]] = {}  # peer -> (tokens, time)
+        self.refused = 0  # credentials refused unchecked (rate limit)
+
+    def _tokens(self, peer: str, now: float) -> float:
+        tokens, t = self._buckets.get(peer, (self.rate, now))
+        return min(self.rate, tokens + (now - t) * self.rate)
+
+    def refuses(self, accounts: Accounts, credential: str | None, peer: str | None) -> bool:
+        """Whether :meth:`check` would refuse ``credential`` without a scrypt (malformed,
+        or not verified before while ``peer`` is over its failure rate): such a request
+        can be answered at once, without a worker thread."""
+        if not credential or ":" not in credential or len(credential) > 4096:
+            return True
+        if accounts.cached(credential) is not None:
+            return False
+        with self._lock:
+            return self._tokens(peer or "-", time.monotonic()) < 1.0
+
+    def check(self, accounts: Accounts, credential: str | None,
+              peer: str | None = None) -> str | None:
+        """The credential's role, or None (wrong, missing, or the peer is over its
+        failure rate)."""
+        if not credential or ":" not in credential or len(credential) > 4096:
+            return None  # malformed: refused without a scrypt, no budget spent
+        role = accounts.cached(credential)
+        if role is not None:
+            return role
+        key = peer or "-"
+        now = time.monotonic()
+        with self._lock:  # reserve one failure up front (concurrent attempts count)
+            tokens = self._tokens(key, now)
+            if tokens < 1.0:
+                self.refused += 1
+                return None
+            self._buckets[key] = (tokens - 1.0, now)
+            if len(self._buckets) > 65536:  # forget the quiet ones
+                self._buckets = {p: v for p, v in self._buckets.items()
+                                 if self._tokens(p, now) < self.rate}
+        role = self._pool.submit(accounts.check, credential).result()
+        if role is not None:  # not a failure: give the reservation back
+            now = time.monotonic()
+            with self._lock:
+                self._buckets[key] = (self._tokens(key, now) + 1.0, now)
+        return role
+
+    def close(self) -> None:
+        """Stop the worker threads."""
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -12,7 +12,9 @@ import gc
 import importlib.util
 import logging
 import os
+import signal
 import sys
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -37,9 +39,14 @@ __all__ = ["serve_cmd"]
 @click.option("--no-grpc", is_flag=True, help="Serve HTTP only.")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="File storage roots and events.jsonl [default: kvsim-data].")
-@click.option("--admin-password", default=None, envvar="KVSIM_ADMIN_PASSWORD",
-              help="Password of the bootstrap admin account (env KVSIM_ADMIN_PASSWORD; "
-                   "default: kvsim-admin, with a warning).")
+@click.option("--admin-password-file", type=click.Path(dir_okay=False, exists=True,
+                                                     path_type=Path), default=None,
+              help="Read the bootstrap admin account's password from this file (first "
+                   "line). Or set KVSIM_ADMIN_PASSWORD; default: kvsim-admin, with a "
+                   "warning.")
+@click.option("--admin-password", default=None, hidden=True,
+              help="Deprecated: visible in the process list; use --admin-password-file or "
+                   "KVSIM_ADMIN_PASSWORD.")
 @click.option("--state", default=None, metavar="URL",
               help="Durable state: sqlite (<data-dir>/kvsim-state.db, the default), "
                    "sqlite:///PATH, redis://HOST:PORT/DB?prefix=NAME, or none.")
@@ -71,7 +78,8 @@ __all__ = ["serve_cmd"]
 def serve_cmd(config_path: Path | None, host: str | None, http_port: int | None,
               admin_http_port: int | None, grpc_port: int | None,
               admin_grpc_port: int | None, no_grpc: bool, data_dir: Path | None,
-              admin_password: str | None, state: str | None, leader: str | None,
+              admin_password_file: Path | None, admin_password: str | None,
+              state: str | None, leader: str | None,
               storage_probe_seconds: float | None, access_log: bool, admin_auth: str,
               allow_unauthenticated_admin: bool, event_format: str,
               debug_http_port: int | None) -> None:
@@ -82,8 +90,12 @@ def serve_cmd(config_path: Path | None, host: str | None, http_port: int | None,
       kvsim serve                                   # defaults, data in ./kvsim-data
       kvsim serve --config cache.yaml --no-grpc
       KVSIM_ADMIN_PASSWORD=... kvsim serve --http-port 8080
+      kvsim serve --admin-password-file /run/secrets/kvsim-admin
       kvsim serve --state redis://127.0.0.1:6379/0   # two of these: one leads
       kvsim serve --admin-auth none                 # drop-in for a stock KVCM, loopback
+
+    SIGTERM (and Ctrl-C) stop it cleanly: the listeners stop accepting, calls in
+    flight finish, the event log and the state are flushed, and the exit code is 0.
     """
     from kvsim.config import ConfigError, KVSimConfig
     from kvsim.server.app import start_server
@@ -104,6 +116,21 @@ def serve_cmd(config_path: Path | None, host: str | None, http_port: int | None,
         base = default_config(ddir)
         cfg = replace(cfg, storages=cfg.storages or base.storages, groups=base.groups)
     bind = host or opts.host
+    if admin_password is not None:
+        click.echo("warning: --admin-password is visible in the process list; use "
+                   "--admin-password-file or KVSIM_ADMIN_PASSWORD", err=True)
+    if admin_password_file is not None:
+        try:
+            lines = admin_password_file.read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise click.ClickException(f"--admin-password-file: cannot read "
+                                       f"{admin_password_file}: {e}") from None
+        admin_password = lines[0].strip() if lines else ""
+        if not admin_password:
+            raise click.ClickException(f"--admin-password-file: {admin_password_file} is "
+                                       "empty (the password is its first line)")
+    elif admin_password is None:
+        admin_password = os.environ.get("KVSIM_ADMIN_PASSWORD")
     if admin_auth == "none":
         if not _loopback(bind) and not allow_unauthenticated_admin:
             raise click.ClickException(
@@ -115,10 +142,10 @@ def serve_cmd(config_path: Path | None, host: str | None, http_port: int | None,
                      "every admin and debug call is accepted without a credential.",
                      "*" * 72):
             logging.getLogger("kvsim.server").warning(line)
-    elif admin_password is None and "KVSIM_ADMIN_PASSWORD" not in os.environ:
+    elif admin_password is None:
         click.echo(f"warning: admin account {opts.admin_user!r} uses the default password "
-                   f"{DEFAULT_ADMIN_PASSWORD!r}; set --admin-password or KVSIM_ADMIN_PASSWORD",
-                   err=True)
+                   f"{DEFAULT_ADMIN_PASSWORD!r}; set KVSIM_ADMIN_PASSWORD or "
+                   "--admin-password-file", err=True)
     want_grpc = not no_grpc
     if want_grpc and importlib.util.find_spec("kvsim.server.grpc_server") is None:
         if grpc_port is not None:
@@ -159,10 +186,13 @@ def serve_cmd(config_path: Path | None, host: str | None, http_port: int | None,
     # otherwise walk it every few thousand requests (latency spikes)
     gc.collect()
     gc.freeze()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        h.wait()
+        h.wait(stop)
     finally:
         h.stop()
+    click.echo("kvsim stopped", err=True)
 
 
 def _loopback(host: str) -> bool:

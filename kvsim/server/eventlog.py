@@ -6,6 +6,18 @@ reclaims) and ``trigger_time_us`` (server clock, microseconds since the epoch).
 ``kvsim replay EVENTLOG --format kvcm-events`` replays it as a trace
 (:func:`kvsim.trace.readers.read_kvcm_events`).
 
+Rotation: once the file passes ``max_bytes`` it is renamed ``<stem>-NNNNNN<suffix>``
+(``events-000001.jsonl``, ``events-000002.jsonl``, ...: the next number after the
+largest present, 6 digits, oldest first) and a fresh ``events.jsonl`` is started.
+:func:`kvsim.trace.logfiles.event_log_files` lists a log's parts in order (rotated ones
+by number, the live file last); ``kvsim replay <data-dir> --format kvcm-events`` reads them all.
+
+Durability: lines are buffered; :meth:`EventLog.flush` hands them to the operating
+system (the server flushes before acknowledging ``startWriteCache`` and
+``finishWriteCache``, and on every tick), so ``kill -9`` of the server loses no
+acknowledged write's event, and at most one tick of reads' events (a power loss may
+lose what the OS had not written back). The file is created mode 0600.
+
 Example:
     >>> import os, tempfile
     >>> p = os.path.join(tempfile.mkdtemp(), "events.jsonl")
@@ -25,6 +37,8 @@ from typing import Any
 
 import orjson
 
+from kvsim.trace.logfiles import rotated_parts
+
 _OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
 
 
@@ -34,12 +48,17 @@ class EventLog:
     Args:
         path: the file (created with its directory; appended to if it exists).
         max_buffered: flush automatically once this many lines are waiting.
+        max_bytes: rotate past this size (0 = never; see the module docstring).
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, max_buffered: int = 4096) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, max_buffered: int = 4096,
+                 max_bytes: int = 0) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = open(self.path, "ab")  # noqa: SIM115 - kept open for the log's life
+        self.max_bytes = int(max_bytes)
+        self._f = self._open()
+        self._size = self._f.tell()
+        self.rotations = 0
         self._buf: list[bytes] = []
         self._max = max_buffered
         self._lock = threading.Lock()  # guards _buf: held only to append or swap it
@@ -66,9 +85,28 @@ class EventLog:
             with self._lock:
                 buf, self._buf = self._buf, []
             if buf and not self._f.closed:
-                self._f.write(b"".join(buf))
+                data = b"".join(buf)
+                self._f.write(data)
                 self._f.flush()
                 self.written += len(buf)
+                self._size += len(data)
+                if self.max_bytes and self._size >= self.max_bytes:
+                    self._rotate()
+
+    def _open(self) -> Any:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        return os.fdopen(fd, "ab")
+
+    def _rotate(self) -> None:
+        """Rename the full file to the next ``<stem>-NNNNNN<suffix>`` and start anew
+        (under the write lock)."""
+        self._f.close()
+        parts = rotated_parts(self.path)
+        n = (parts[-1][0] if parts else 0) + 1
+        os.replace(self.path, self.path.with_name(f"{self.path.stem}-{n:06d}{self.path.suffix}"))
+        self._f = self._open()
+        self._size = 0
+        self.rotations += 1
 
     def close(self) -> None:
         """Flush and close the file."""
@@ -133,9 +171,13 @@ class PublisherEventLog(EventLog):
         super().append(to_publisher(event))
 
 
-def open_event_log(path: str | os.PathLike[str], fmt: str = "kvsim") -> EventLog:
+def open_event_log(path: str | os.PathLike[str], fmt: str = "kvsim", *,
+                   max_bytes: int | None = None) -> EventLog:
     """The event log writer for ``fmt``: ``kvsim`` (kvsim's own events) or ``kvcm``
-    (KVCM's publisher format)."""
+    (KVCM's publisher format), rotated by size past ``max_bytes``."""
     if fmt not in EVENT_FORMATS:
         raise ValueError(f"event format must be one of {', '.join(EVENT_FORMATS)}, got {fmt!r}")
-    return PublisherEventLog(path) if fmt == "kvcm" else EventLog(path)
+    cls = PublisherEventLog if fmt == "kvcm" else EventLog
+    return cls(path) if max_bytes is None else cls(path, max_bytes=max_bytes)
+
+

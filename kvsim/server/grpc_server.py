@@ -450,13 +450,18 @@ def _make_behavior(
     service: ServiceLike, spec: MethodSpec
 ) -> Callable[[Message, grpc.ServicerContext], Message]:
     kwargs = _encoder_kwargs(service, spec)
+    try:
+        with_peer = "peer" in inspect.signature(service.call).parameters
+    except (TypeError, ValueError):
+        with_peer = False
 
     def behavior(request: Message, context: grpc.ServicerContext) -> Message:
         try:
             body = message_to_body(request)
             credential = decode_credential(context.invocation_metadata())
+            extra = {"peer": peer_address(context.peer())} if with_peer else {}
             reply = service.call(spec.api, spec.call_name, body, credential=credential,
-                                 **kwargs)
+                                 **kwargs, **extra)
         except Exception as exc:
             log.exception("grpc %s: the service raised", spec.path)
             reply = _error_reply("INTERNAL_ERROR", f"{type(exc).__name__}: {exc}")
@@ -522,6 +527,20 @@ class GrpcHandle:
             ev.wait()
 
 
+def peer_address(peer: str | None) -> str | None:
+    """The client address of a gRPC peer string, without its port (rate limits are
+    per address).
+
+    Example:
+        >>> peer_address("ipv4:127.0.0.1:5555"), peer_address("ipv6:[::1]:80")
+        ('127.0.0.1', '[::1]')
+    """
+    if not peer:
+        return None
+    _, _, rest = peer.partition(":")
+    return rest.rsplit(":", 1)[0] if ":" in rest else rest
+
+
 def _address(host: str, port: int) -> str:
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
@@ -533,6 +552,8 @@ def _start_one(
 ) -> tuple[grpc.Server, int]:
     # every listener serves all three services: KVCM's default is one gRPC port for the
     # meta, admin and debug services, so clients may send admin calls to the meta port
+    limits = getattr(service, "limits", None)
+    max_bytes = int(getattr(limits, "max_body_bytes", MAX_MESSAGE_BYTES))
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=f"grpc-{api}"),
         handlers=[generic_handler(service, a) for a in API_SERVICES],
@@ -540,7 +561,9 @@ def _start_one(
             # Without this, Linux gRPC binds with SO_REUSEPORT and a second server on a
             # busy port silently shares it instead of failing.
             ("grpc.so_reuseport", 0),
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            # server.limits.max_body_bytes: a larger message is refused by grpcio
+            # (RESOURCE_EXHAUSTED) before it is parsed
+            ("grpc.max_receive_message_length", max_bytes),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ],
     )

@@ -4,10 +4,16 @@ Every call is ``POST /api/<lowerCamelName>`` with a JSON body, answered HTTP 200
 with :meth:`Service.call`'s reply; a body that is not JSON is HTTP 400. That hot path
 is a few lines of plain ASGI in front of the FastAPI app (which serves the rest): the
 framework's per-request routing and request objects cost more than the call itself. Admin
-calls read ``Authorization: Basic base64(user:password)``. Both apps serve
-Prometheus ``GET /metrics`` (text format) and ``POST /api/noop`` (a reply that
-touches nothing: the transport's own cost, for benchmarks). One access-log line
-per call goes to the ``kvsim.access`` logger.
+calls read ``Authorization: Basic base64(user:password)`` and run on a thread pool (a
+password check is a deliberate ~30 ms scrypt: never on the event loop). Both apps serve
+Prometheus ``GET /metrics`` (text format; the admin one needs the admin credential, like
+``getMetrics``) and ``POST /api/noop`` (a reply that touches nothing: the transport's own
+cost, for benchmarks). One access-log line per call goes to the ``kvsim.access`` logger.
+
+Limits (``server.limits``): a request must arrive whole within ``body_timeout_seconds``
+(from its first byte; else HTTP 408) and its body must stay within ``max_body_bytes``
+(else HTTP 413); both answers are ``INVALID_ARGUMENT`` naming the limit, and the
+connection is closed.
 
 Example:
     >>> from fastapi.testclient import TestClient  # doctest: +SKIP
@@ -21,13 +27,15 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -87,6 +95,13 @@ class KVSimApp:
         self.service = service
         self.api = api
         self.fastapi = fastapi
+        self.limits = service.limits
+        # admin calls (and admin /metrics) run here, off the event loop
+        self.pool = (ThreadPoolExecutor(max_workers=8, thread_name_prefix="kvsim-admin")
+                     if api == "admin" else None)
+        # meta calls with a body over OFFLOAD_BYTES run here (the loop serves the rest)
+        self.big_pool = (ThreadPoolExecutor(max_workers=2, thread_name_prefix="kvsim-big")
+                         if api == "meta" else None)
 
     def handle(self, method: str, raw: bytes, headers: list[tuple[bytes, bytes]],
                client: tuple[str, int] | None, t0: float) -> tuple[int, bytes]:
@@ -107,13 +122,11 @@ class KVSimApp:
                                                "message": f"body is not JSON: {e}"},
                                     "request_id": ""}}
             else:
-                cred = None
-                if api != "meta":  # admin and debug calls carry the admin credential
-                    for k, v in headers:
-                        if k == b"authorization":
-                            cred = decode_basic(v.decode("latin-1"))
+                # admin and debug calls carry the admin credential
+                cred = _credential(headers) if api != "meta" else None
                 reply = self.service.call(api, method, body, credential=cred,
-                                          json_fragments=True)
+                                          json_fragments=True,
+                                          peer=client[0] if client else None)
                 if reply["header"]["status"]["code"] != "OK":
                     # KVCM prints every field of the reply message, errors included
                     reply = reply_defaults(api, method) | reply
@@ -125,6 +138,13 @@ class KVSimApp:
                             (time.perf_counter() - t0) * 1e3)
         return status, data
 
+    def refused_at_once(self, headers: list[tuple[bytes, bytes]],
+                        client: tuple[str, int] | None) -> bool:
+        """An admin request whose credential will be refused without a scrypt (a flood
+        past its rate limit is answered on the loop, never queued for a thread)."""
+        return self.service.auth.refuses(self.service.accounts, _credential(headers),
+                                         client[0] if client else None)
+
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         path = scope.get("path", "") if scope["type"] == "http" else ""
         if not (path.startswith("/api/") and scope["method"] == "POST"):
@@ -132,13 +152,37 @@ class KVSimApp:
             return
         t0 = time.perf_counter()
         chunks = []
-        while True:
-            msg = await receive()
-            chunks.append(msg.get("body", b""))
-            if not msg.get("more_body", False):
-                break
-        status, data = self.handle(path[5:], b"".join(chunks), scope["headers"],
-                                   scope.get("client"), t0)
+        size = 0
+        lim = self.limits
+        try:
+            async with asyncio.timeout(lim.body_timeout_seconds):
+                while True:
+                    msg = await receive()
+                    if msg.get("type") == "http.disconnect":
+                        return
+                    chunk = msg.get("body", b"")
+                    size += len(chunk)
+                    if size > lim.max_body_bytes:
+                        raise _Refused(413, "max_body_bytes", lim.max_body_bytes)
+                    chunks.append(chunk)
+                    if not msg.get("more_body", False):
+                        break
+            pool = self.pool if self.pool is not None else (
+                self.big_pool if size > OFFLOAD_BYTES else None)
+            if self.pool is not None and self.refused_at_once(scope["headers"],
+                                                              scope.get("client")):
+                pool = None  # refused without a password check: no thread needed
+            if pool is not None:
+                status, data = await asyncio.get_running_loop().run_in_executor(
+                    pool, self.handle, path[5:], b"".join(chunks), scope["headers"],
+                    scope.get("client"), t0)
+            else:
+                status, data = self.handle(path[5:], b"".join(chunks), scope["headers"],
+                                           scope.get("client"), t0)
+        except TimeoutError:
+            status, data = 408, refusal("body_timeout_seconds", lim.body_timeout_seconds)
+        except _Refused as e:
+            status, data = e.status, refusal(e.limit, e.value)
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(data)).encode())]})
@@ -146,6 +190,32 @@ class KVSimApp:
 
 
 _NOOP_HEADER = {"status": {"code": "OK", "message": ""}, "request_id": "noop"}
+
+
+def _credential(headers: list[tuple[bytes, bytes]]) -> str | None:
+    for k, v in headers:
+        if k == b"authorization":
+            return decode_basic(v.decode("latin-1"))
+    return None
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, limit: str, value: float) -> None:
+        self.status, self.limit, self.value = status, limit, value
+
+
+def refusal(limit: str, value: float) -> bytes:
+    """The JSON reply to a request refused by a transport limit (names the limit).
+
+    Example:
+        >>> orjson.loads(refusal("max_body_bytes", 1024))["header"]["status"]["message"]
+        'the request body is too large: over the limit max_body_bytes (1024)'
+    """
+    what = ("the request was not received in time" if limit == "body_timeout_seconds"
+            else "the request body is too large")
+    return orjson.dumps({"header": {"status": {
+        "code": "INVALID_ARGUMENT",
+        "message": f"{what}: over the limit {limit} ({value:g})"}, "request_id": ""}})
 
 
 def create_app(service: Service, api: str) -> KVSimApp:
@@ -162,19 +232,43 @@ def create_app(service: Service, api: str) -> KVSimApp:
     registry = CollectorRegistry()
     registry.register(_ServiceCollector(service))
 
+    kapp = KVSimApp(service, api, app)
+
     @app.get("/metrics")
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
+        if kapp.pool is not None:  # admin: the same credential as getMetrics
+            cred = decode_basic(request.headers.get("authorization"))
+            peer = request.client.host if request.client else None
+            role = await asyncio.get_running_loop().run_in_executor(
+                kapp.pool, service.check_admin, cred, peer)
+            if role != "ROLE_ADMIN":
+                return Response("admin /metrics needs a valid admin credential\n",
+                                status_code=401, media_type="text/plain",
+                                headers={"www-authenticate": 'Basic realm="kvsim admin"'})
         return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
 
-    return KVSimApp(service, api, app)
+    return kapp
 
 
 
 
-_REASONS = {200: b"OK", 400: b"Bad Request"}
+_REASONS = {200: b"OK", 400: b"Bad Request", 408: b"Request Timeout",
+            413: b"Content Too Large"}
 
 
-def fast_protocol(app: KVSimApp) -> type[Any] | None:
+#: meta request bodies larger than this are answered on a worker thread, not inline
+OFFLOAD_BYTES = 256 << 10
+
+
+def _handle_safely(app: KVSimApp, args: tuple[Any, ...]) -> tuple[int, bytes]:
+    try:
+        return app.handle(*args)
+    except Exception:  # pragma: no cover - handle() maps every error itself
+        log.exception("internal error answering %r", args[0])
+        return 500, b'{"header":{"status":{"code":"INTERNAL_ERROR"}}}'
+
+
+def fast_protocol(app: KVSimApp, *, inline: bool = True) -> type[Any] | None:
     """A uvicorn ``http`` protocol class that answers the API inline, or None.
 
     uvicorn runs every request as an asyncio task through the ASGI interface and writes
@@ -183,8 +277,10 @@ def fast_protocol(app: KVSimApp) -> type[Any] | None:
     this protocol instead buffers the body and, when the message is complete, calls
     :meth:`KVSimApp.handle` and writes the whole response at once, from the parser
     callback: no task, no ASGI messages, one write. Everything else (``GET /metrics``,
-    404s, pipelined or HTTP/1.0 requests) takes uvicorn's normal path, so behaviour is
-    the same either way (the tests run both). Returns None when uvicorn's httptools
+    404s, pipelined or HTTP/1.0 requests; every request with ``inline`` False, and admin
+    calls) takes uvicorn's normal path, so behaviour is the same either way (the tests
+    run both). Either way the protocol enforces ``body_timeout_seconds`` (from the
+    request's first byte) and ``max_body_bytes``. Returns None when uvicorn's httptools
     protocol is missing or does not have the hooks this relies on; the server then
     serves everything through ASGI.
     """
@@ -192,18 +288,84 @@ def fast_protocol(app: KVSimApp) -> type[Any] | None:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
     except ImportError:
         return None
-    hooks = ("on_headers_complete", "on_body", "on_message_complete", "on_response_complete")
+    hooks = ("on_message_begin", "on_headers_complete", "on_body", "on_message_complete",
+             "on_response_complete", "data_received", "connection_lost", "shutdown")
     if not all(callable(getattr(HttpToolsProtocol, h, None)) for h in hooks):
         return None
+
+    # admin calls go through ASGI (to a thread pool). Measured: answering a wrong-password
+    # flood inline makes a real admin's call wait longer (p99 ~1 s vs ~160 ms under 32
+    # flooders on a loaded VM): the flood then starves the ASGI path the admin takes.
+    inline = inline and getattr(app, "pool", None) is None
 
     class FastHttpProtocol(HttpToolsProtocol):
         _kvsim_fast = False
         _kvsim_body: list[bytes]
+        _kvsim_timer: Any = None
+        _kvsim_size = 0
+        _kvsim_dead = False
+
+        def _kvsim_refuse(self, status: int, limit: str, value: float) -> None:
+            """Answer a request over a transport limit and close the connection."""
+            self._kvsim_dead = True
+            self._kvsim_cancel()
+            if self.transport.is_closing():
+                return
+            data = refusal(limit, value)
+            self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
+                                 b"content-length: %d\r\nconnection: close\r\n\r\n%s"
+                                 % (status, _REASONS[status], len(data), data))
+            self.transport.close()
+            log.warning("%s: refused a request over %s", self.client, limit)
+
+        def _kvsim_cancel(self) -> None:
+            if self._kvsim_timer is not None:
+                self._kvsim_timer.cancel()
+                self._kvsim_timer = None
+
+        def data_received(self, data: bytes) -> None:
+            if not (self._kvsim_dead or self._kvsim_close):
+                super().data_received(data)
+
+        def shutdown(self) -> None:
+            if self._kvsim_busy:  # an offloaded call in flight: answer it, then close
+                self._kvsim_close = True
+                return
+            super().shutdown()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._kvsim_cancel()
+            super().connection_lost(exc)
+
+        _kvsim_busy = False
+        _kvsim_close = False
+
+        def on_message_begin(self) -> None:
+            if self._kvsim_busy:  # pipelined behind an offloaded call: close after it
+                self._kvsim_close = True
+                return
+            super().on_message_begin()
+            self._kvsim_size = 0
+            self._kvsim_cancel()
+            self._kvsim_timer = self.loop.call_later(
+                app.limits.body_timeout_seconds, self._kvsim_refuse, 408, "body_timeout_seconds",
+                app.limits.body_timeout_seconds)
 
         def on_headers_complete(self) -> None:
+            if self._kvsim_dead or self._kvsim_close:
+                return
+            for k, v in self.headers:
+                if k == b"content-length":
+                    try:
+                        n = int(v)
+                    except ValueError:
+                        n = 0
+                    if n > app.limits.max_body_bytes:
+                        self._kvsim_refuse(413, "max_body_bytes", app.limits.max_body_bytes)
+                        return
             p = self.parser
             cycle = self.cycle
-            if (self.url.startswith(b"/api/") and p.get_method() == b"POST"
+            if (inline and self.url.startswith(b"/api/") and p.get_method() == b"POST"
                     and b"?" not in self.url and b"%" not in self.url
                     and p.get_http_version() == "1.1" and p.should_keep_alive()
                     and not self.expect_100_continue and not p.should_upgrade()
@@ -216,23 +378,47 @@ def fast_protocol(app: KVSimApp) -> type[Any] | None:
             super().on_headers_complete()
 
         def on_body(self, body: bytes) -> None:
+            if self._kvsim_dead or self._kvsim_close:
+                return
+            self._kvsim_size += len(body)
+            if self._kvsim_size > app.limits.max_body_bytes:  # chunked, or more than announced
+                self._kvsim_refuse(413, "max_body_bytes", app.limits.max_body_bytes)
+                return
             if self._kvsim_fast:
                 self._kvsim_body.append(body)
                 return
             super().on_body(body)
 
         def on_message_complete(self) -> None:
+            if self._kvsim_dead or self._kvsim_close:
+                return
+            self._kvsim_cancel()
             if not self._kvsim_fast:
                 super().on_message_complete()
                 return
             self._kvsim_fast = False
-            try:
-                status, data = app.handle(self.url[5:].decode("latin-1"),
-                                          b"".join(self._kvsim_body), self.headers,
-                                          self.client, self._kvsim_t0)
-            except Exception:  # pragma: no cover - handle() maps every error itself
-                log.exception("internal error answering %r", self.url)
-                status, data = 500, b'{"header":{"status":{"code":"INTERNAL_ERROR"}}}'
+            args = (self.url[5:].decode("latin-1"), b"".join(self._kvsim_body), self.headers,
+                    self.client, self._kvsim_t0)
+            if len(args[1]) > OFFLOAD_BYTES and app.big_pool is not None:
+                # a large call (say 100k keys) runs on a worker thread: the loop keeps
+                # answering the small ones meanwhile. Reading pauses until it is answered;
+                # a request pipelined behind it is not served (the connection closes).
+                self._kvsim_busy = True
+                self.flow.pause_reading()
+                fut = self.loop.run_in_executor(app.big_pool, _handle_safely, app, args)
+                fut.add_done_callback(self._kvsim_done)
+                return
+            self._kvsim_reply(*_handle_safely(app, args))
+
+        def _kvsim_done(self, fut: Any) -> None:
+            self._kvsim_busy = False
+            if self._kvsim_dead or self.transport.is_closing():
+                return
+            self._kvsim_reply(*fut.result())
+            if self._kvsim_close:
+                self.transport.close()
+
+        def _kvsim_reply(self, status: int, data: bytes) -> None:
             head = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Error"))]
             for name, value in self.server_state.default_headers:
                 head += [name, b": ", value, b"\r\n"]

@@ -4,14 +4,23 @@ Exactly one server is the leader and serves; the others answer
 ``SERVER_NOT_LEADER`` until the leader's lease lapses, then one of them takes over
 (and reloads the state from the shared store). Two leases:
 
-* :class:`FileLease`: an exclusive ``flock`` on a file, for servers on one machine
-  (the operating system drops it when the holder dies, even by ``kill -9``);
+* :class:`FileLease`: a lease record (owner, epoch, expiry) in a file, for servers on
+  one machine; a holder that dies, or is stopped (``SIGSTOP``), is replaced once its
+  lease expires (``ttl_ms`` after its last renewal);
 * :class:`RedisLease`: ``SET key owner NX PX ttl``, renewed by the holder with a
   compare-and-extend script; a dead holder's lease expires after ``ttl_ms``.
 
 :class:`LeaderElector` runs the lease on a background thread: the holder renews
 every ``ttl/3``, the others try to acquire at the same pace, so failover takes at
 most ``ttl_ms`` plus one period.
+
+Fencing: a leader counts as one only while its last successful renewal is less than
+``ttl_ms`` old on its own monotonic clock (:attr:`LeaderElector.is_leader`), which is
+checked before every call and every write to the shared state. A leader that was
+stopped past its lease therefore stops leading the moment it resumes, before its
+elector thread even runs; its next renewal finds the new owner (or a new epoch) and it
+stays a follower. (A takeover needs the lease expired on the wall clock, and the
+old leader's own validity ends no later, as long as the wall clock does not jump.)
 
 Example:
     >>> import tempfile, os
@@ -26,8 +35,10 @@ Example:
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -57,60 +68,115 @@ class Lease(Protocol):
 
 
 class FileLease:
-    """A lease on a local lock file (see the module docstring)."""
+    """A lease recorded in a local file, with an expiry (see the module docstring).
+
+    The file holds one JSON object ``{"owner", "epoch", "expires_ms"}`` (wall-clock
+    milliseconds). Every read-modify-write happens under a short exclusive ``flock``
+    (never held between calls, so a stopped process cannot keep it). A holder renews
+    by moving ``expires_ms`` forward; anyone may take a lease whose ``expires_ms`` has
+    passed, with ``epoch`` + 1. A holder that was stopped (``SIGSTOP``) or starved past
+    its expiry finds another owner or epoch when it resumes: :meth:`renew` is False.
+
+    Args:
+        path: the lease file (created 0600).
+        ttl_ms: lease length: a stopped or dead holder is replaced this long after its
+            last renewal.
+        owner: this server's id (default: pid and a random suffix).
+    """
 
     def __init__(self, path: str | os.PathLike[str], *, ttl_ms: int = 3000,
                  owner: str | None = None) -> None:
         self.path = os.fspath(path)
         self.ttl_ms = int(ttl_ms)
         self.owner = owner or f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self._fd: int | None = None
+        self.epoch = 0  # the epoch this process holds (0: none)
 
-    def try_acquire(self) -> bool:
-        """Lock the file without blocking."""
-        if self._fd is not None:
-            return True
+    def _update(self, fn: Callable[[dict[str, Any], int], dict[str, Any] | None]
+                ) -> dict[str, Any] | None:
+        """Run ``fn(record, now_ms)`` under the file lock; write back what it returns
+        (None: leave the file). Returns the record as it is afterwards, or None when
+        the lock is busy."""
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            return False
-        os.ftruncate(fd, 0)
-        os.write(fd, self.owner.encode())
-        os.fsync(fd)
-        self._fd = fd
-        return True
-
-    def renew(self) -> bool:
-        """A held flock cannot be lost while the process lives."""
-        return self._fd is not None
-
-    def release(self) -> None:
-        """Unlock."""
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-
-    def holder(self) -> str | None:
-        """The owner written by the current holder (None when unlocked)."""
-        if self._fd is not None:
-            return self.owner
-        try:
-            fd = os.open(self.path, os.O_RDONLY)
-        except FileNotFoundError:
-            return None
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
-                return os.read(fd, 256).decode() or "?"
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            return None
+                return None
+            raw = os.pread(fd, 4096, 0)
+            try:
+                rec = json.loads(raw) if raw.strip() else {}
+                if not isinstance(rec, dict):
+                    rec = {}
+            except ValueError:
+                rec = {}
+            out = fn(rec, int(time.time() * 1000))
+            if out is not None:
+                data = json.dumps(out).encode()
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, data, 0)
+                os.fsync(fd)
+                rec = out
+            return rec
         finally:
-            os.close(fd)
+            os.close(fd)  # also drops the flock
+
+    def _mine(self, rec: dict[str, Any]) -> bool:
+        return rec.get("owner") == self.owner and rec.get("epoch") == self.epoch > 0
+
+    def try_acquire(self) -> bool:
+        """Take the lease if it is free or expired (renew it if this owner holds it)."""
+        def take(rec: dict[str, Any], now: int) -> dict[str, Any] | None:
+            if self._mine(rec) or int(rec.get("expires_ms", 0)) <= now:
+                epoch = self.epoch if self._mine(rec) else int(rec.get("epoch", 0)) + 1
+                return {"owner": self.owner, "epoch": epoch, "expires_ms": now + self.ttl_ms}
+            return None
+
+        rec = self._update(take)
+        if rec is not None and rec.get("owner") == self.owner:
+            self.epoch = int(rec["epoch"])
+            return True
+        return False
+
+    def renew(self) -> bool:
+        """Extend the lease if this owner still holds it (same epoch, not expired)."""
+        if self.epoch == 0:
+            return False
+
+        def extend(rec: dict[str, Any], now: int) -> dict[str, Any] | None:
+            if self._mine(rec) and int(rec.get("expires_ms", 0)) > now:
+                return rec | {"expires_ms": now + self.ttl_ms}
+            return None
+
+        rec = self._update(extend)
+        if rec is None:  # the lock is busy this instant: still ours until it expires
+            return True
+        if self._mine(rec) and int(rec.get("expires_ms", 0)) > int(time.time() * 1000):
+            return True
+        self.epoch = 0
+        return False
+
+    def release(self) -> None:
+        """Give the lease up (expire it now) if this owner holds it."""
+        if self.epoch == 0:
+            return
+
+        def drop(rec: dict[str, Any], now: int) -> dict[str, Any] | None:
+            return rec | {"expires_ms": 0} if self._mine(rec) else None
+
+        self._update(drop)
+        self.epoch = 0
+
+    def holder(self) -> str | None:
+        """The owner of an unexpired lease (None: nobody)."""
+        try:
+            with open(self.path, "rb") as f:
+                rec = json.loads(f.read(4096) or b"{}")
+        except (OSError, ValueError):
+            return None
+        if not isinstance(rec, dict) or int(rec.get("expires_ms", 0)) <= time.time() * 1000:
+            return None
+        return str(rec.get("owner") or "?")
 
 
 _RENEW = """
@@ -181,6 +247,7 @@ class LeaderElector:
         self.on_change = on_change
         self.period_s = period_s if period_s is not None else lease.ttl_ms / 3000.0
         self._leader = False
+        self._valid_until = 0.0
         self._stop = threading.Event()
         self._demoted_until = 0.0
         self.renewed_at_ms = 0
@@ -188,23 +255,25 @@ class LeaderElector:
 
     @property
     def is_leader(self) -> bool:
-        """Whether this server leads now."""
-        return self._leader
+        """Whether this server leads now: it holds the lease and renewed it less than
+        ``ttl_ms`` ago (monotonic clock; see the module docstring on fencing)."""
+        return self._leader and time.monotonic() < self._valid_until
 
     def step(self) -> bool:
         """One round: renew or try to acquire; returns the role after it."""
-        import time
-
         was = self._leader
+        t0 = time.monotonic()
         try:
             if was:
                 now = self.lease.renew()
-            elif time.monotonic() < self._demoted_until:
+            elif t0 < self._demoted_until:
                 now = False
             else:
                 now = self.lease.try_acquire()
         except Exception:  # the backend is unreachable: do not claim to lead
             now = False
+        if now:
+            self._valid_until = t0 + 0.9 * self.lease.ttl_ms / 1000.0
         self._leader = now
         if now:  # the lease runs until renewed_at_ms + ttl (getManagerClusterInfo)
             self.renewed_at_ms = int(time.time() * 1000)
@@ -226,8 +295,6 @@ class LeaderElector:
 
     def demote(self, hold_off_s: float | None = None) -> None:
         """Give up leadership and stay a follower for ``hold_off_s`` (default: 2 leases)."""
-        import time
-
         self._demoted_until = time.monotonic() + (
             hold_off_s if hold_off_s is not None else 2 * self.lease.ttl_ms / 1000.0)
         if self._leader:

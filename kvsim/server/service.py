@@ -60,6 +60,7 @@ import itertools
 import json
 import logging
 import os
+import secrets
 import tempfile
 import threading
 import time
@@ -72,7 +73,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from kvsim.config import KVSimConfig
+from kvsim.config import KVSimConfig, ServerLimits
 from kvsim.core.clock import Clock
 from kvsim.core.errors import (
     DuplicateEntity,
@@ -83,6 +84,7 @@ from kvsim.core.errors import (
 )
 from kvsim.core.events import EV_EVICTED, EV_REMOVED
 from kvsim.core.manager import (
+    MAX_BLOCK_BYTES,
     QUERY_BATCH,
     QUERY_PREFIX,
     QUERY_SW,
@@ -100,7 +102,7 @@ from kvsim.core.spec import (
 )
 from kvsim.core.table import SERVING
 from kvsim.server import wire as W
-from kvsim.server.auth import Account, Accounts
+from kvsim.server.auth import Account, Accounts, AuthGuard
 from kvsim.server.clock import MonotonicClock
 from kvsim.server.debug import Faults
 from kvsim.server.eventlog import EventLog, open_event_log
@@ -167,6 +169,28 @@ class _Session:
     keys: np.ndarray  # every key of the startWriteCache request
     is_new: np.ndarray
     deadline_ns: int
+    token: str = ""  # the wire write_session_id (random; the core's id never leaves)
+
+
+class _Later:
+    """A reply field computed after the service lock is released (e.g. the locations
+    of a large write: they depend only on values captured when the call ran)."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.fn = fn
+
+
+def new_session_token() -> str:
+    """A write session id: 128 random bits as 32 hex digits (unguessable; upstream
+    KVCM's ids are random 32-character strings too).
+
+    Example:
+        >>> len(new_session_token()), new_session_token() != new_session_token()
+        (32, True)
+    """
+    return secrets.token_hex(16)
 
 
 @dataclass
@@ -217,6 +241,10 @@ class Service:
         storage_probe_seconds: how often :meth:`tick` probes each ``file`` storage
             (write, fsync, read back and delete a small file in its root; see
             :meth:`probe_storages`), on ``clock``; 0 = never.
+        limits: per-request limits (:class:`~kvsim.config.ServerLimits`; default:
+            ``config.server.limits``).
+        event_log_max_bytes: rotate the event log past this size (0 = never; default
+            ``config.server.event_log_max_bytes``).
     """
 
     _read_rows: np.ndarray  # table rows read since the last recency flush
@@ -237,7 +265,12 @@ class Service:
         storage_probe_seconds: float = DEFAULT_PROBE_S,
         admin_auth: str = "basic",
         event_format: str = "kvsim",
+        limits: ServerLimits | None = None,
+        event_log_max_bytes: int | None = None,
     ) -> None:
+        opts = config.server if config is not None else None
+        self.limits = limits if limits is not None else (
+            opts.limits if opts is not None else ServerLimits())
         self.data_dir = Path(data_dir) if data_dir is not None else Path(
             tempfile.mkdtemp(prefix="kvsim-serve-"))
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -256,12 +289,17 @@ class Service:
         self.endpoints: dict[str, Any] = dict(endpoints or {})
         self.started_ns = self.clock.now_ns()
         self._lock = threading.Lock()
+        self._store_lock = threading.Lock()  # orders store writes (taken under _lock)
+        self._store_queue: list[StoreBatch] = []  # batches not yet written, oldest first
         self._rid_prefix = uuid.uuid4().hex[:12]
         self._rid = itertools.count(1)
+        max_log = event_log_max_bytes if event_log_max_bytes is not None else (
+            opts.event_log_max_bytes if opts is not None else 256 << 20)
         self.events: EventLog | None = (
-            open_event_log(self.data_dir / "events.jsonl", event_format)
+            open_event_log(self.data_dir / "events.jsonl", event_format, max_bytes=max_log)
             if event_log else None)
         self.accounts = Accounts()
+        self.auth = AuthGuard(self.limits.auth_failures_per_second, self.limits.auth_workers)
         password = admin_password
         if password is None:
             password = os.environ.get("KVSIM_ADMIN_PASSWORD", DEFAULT_ADMIN_PASSWORD)
@@ -330,8 +368,8 @@ class Service:
     # ================================================================ entry point
     def call(self, api: str, method: str, body: dict[str, Any], *,
              credential: str | None = None, json_fragments: bool = False,
-             location_encoder: Callable[[dict[str, Any]], Any] | None = None
-             ) -> dict[str, Any]:
+             location_encoder: Callable[[dict[str, Any]], Any] | None = None,
+             peer: str | None = None) -> dict[str, Any]:
         """Run one call and return its JSON-shaped reply (never raises for bad input).
 
         Args:
@@ -347,6 +385,8 @@ class Service:
                 protobuf message), applied once per cached location: the read path's
                 locations then come in that form. Must be one long-lived function per
                 form (cached encodings are keyed by its identity).
+            peer: the client's address (failed admin credentials are rate-limited per
+                address: ``limits.auth_failures_per_second``).
 
         Returns:
             The reply: ``header{status{code, message}, request_id}`` plus the call's
@@ -365,12 +405,15 @@ class Service:
                 raise W.WireError(f"the request body must be a JSON object, got "
                                   f"{type(body).__name__}")
             if (api != "meta" and self.admin_auth != "none"
-                    and self.accounts.check(credential) != "ROLE_ADMIN"):
+                    and self.check_admin(credential, peer) != "ROLE_ADMIN"):
                 raise AuthError('admin calls need a valid admin credential ("user:password")')
+            self._check_limits(body)
             if (self.elector is not None and not self.elector.is_leader
                     and method not in _FOLLOWER_CALLS):
                 raise NotLeader(f"this node ({self.node_id}) is not the leader; leader: "
                                 f"{self.elector.lease.holder() or 'none yet'}")
+            batch = None
+            failed: BaseException | None = None
             with self._lock:
                 self._encoder = location_encoder or (json_fragment if json_fragments
                                                      else None)
@@ -378,9 +421,30 @@ class Service:
                     if api != "debug":
                         self.faults.check(method)
                     out = fn(body)
+                except BaseException as e:  # its changes so far are saved all the same
+                    failed = e
                 finally:
                     self._encoder = None
-                    self._save()
+                    batch = self._collect()
+                    if batch is not None:
+                        # the store is written after the service lock is released (reads
+                        # go on meanwhile), in call order (the store lock is taken before
+                        # the service lock is let go), and before the reply
+                        self._store_lock.acquire()
+            if batch is not None:
+                try:
+                    self._apply_in_order(batch)
+                finally:
+                    self._store_lock.release()
+            if failed is not None:
+                raise failed
+            if method in _DURABLE_EVENTS and self.events is not None:
+                # an acknowledged write's event reaches the OS before the reply
+                # (survives kill -9 of the server; not a power loss)
+                self.events.flush()
+            for k, v in out.items():
+                if isinstance(v, _Later):
+                    out[k] = v.fn()
         except KVSimError as e:
             code, message = e.code, str(e)
         except Exception as e:  # a bug: report it, keep serving
@@ -403,6 +467,26 @@ class Service:
         if code == "OK":
             reply.update(out)
         return reply
+
+    def check_admin(self, credential: str | None, peer: str | None = None) -> str | None:
+        """The role of ``credential`` (None: missing, wrong, or refused because
+        ``peer`` failed too often: ``limits.auth_failures_per_second``). A credential
+        verified before costs a dictionary look-up; a new one costs one scrypt on one
+        of ``limits.auth_workers`` threads."""
+        return self.auth.check(self.accounts, credential, peer)
+
+    def _check_limits(self, body: dict[str, Any]) -> None:
+        """Request-size limits checked before the call takes the service lock."""
+        lim = self.limits
+        for name, cap, limit in (("block_keys", lim.max_keys_per_request,
+                                  "max_keys_per_request"),
+                                 ("location_spec_group_names", lim.max_keys_per_request,
+                                  "max_keys_per_request"),
+                                 ("token_ids", lim.max_tokens_per_request,
+                                  "max_tokens_per_request")):
+            v = body.get(name)
+            if isinstance(v, list) and len(v) > cap:
+                raise W.over_limit(name, len(v), limit, cap)
 
     # ================================================================ lifecycle
     def tick(self) -> dict[str, int]:
@@ -437,7 +521,8 @@ class Service:
             expired = self.mgr.expire_sessions()
             for sid in overdue:
                 ses = self._sessions.pop(sid)
-                self._emit("FinishWriteCache", ses.instance_id, write_session_id=str(sid),
+                self._tokens.pop(ses.token, None)
+                self._emit("FinishWriteCache", ses.instance_id, write_session_id=ses.token,
                            block_keys=[], success_count=0, expired=True)
             self.expired_sessions += expired
             reclaimed = 0
@@ -483,6 +568,7 @@ class Service:
             self._thread = None
         if self.events is not None:
             self.events.close()
+        self.auth.close()
         if self.elector is not None:
             self.elector.stop()
         if self.store is not None:
@@ -565,7 +651,8 @@ class Service:
         self._loc_gen = getattr(self, "_loc_gen", 0) + 1  # drops cached locations
         self._group_cfg: dict[str, dict[str, Any]] = {}
         self._inst: dict[str, _Instance] = {}
-        self._sessions: dict[int, _Session] = {}
+        self._sessions: dict[int, _Session] = {}  # by the core's session id
+        self._tokens: dict[str, int] = {}  # wire write_session_id -> core session id
         self._read_rows = np.zeros(0, dtype=bool)  # rows read since the last recency flush
         self._read_log: list[np.ndarray] = []  # reads' hit rows not yet in _read_rows
         self._encoder = None  # per call (see call)
@@ -594,19 +681,52 @@ class Service:
 
     # ------------------------------------------------------------ durable state
     def _save(self) -> None:
-        """Write this call's changes to the store (under the lock) before the reply.
+        """Write the pending changes to the store now (under the service lock).
 
         Raises:
-            _IOError: the store failed; the call's changes stay in memory and are
-                retried with the next call's.
+            _IOError: the store failed; the changes stay queued and are written before
+                the next ones.
         """
+        b = self._collect()
+        if b is not None:
+            with self._store_lock:
+                self._apply_in_order(b)
+
+    def _apply_in_order(self, b: StoreBatch) -> None:
+        """Apply ``b`` after every batch that failed before it (under ``_store_lock``).
+
+        Raises:
+            _IOError: the store failed; ``b`` (and any older ones) stay queued.
+        """
+        assert self.store is not None
+        q = self._store_queue
+        q.append(b)
+        while q:
+            if self.elector is not None and not self.elector.is_leader:
+                # fencing: the lease lapsed (say this process was paused) since the batch
+                # was taken; another node may lead now, so this one writes nothing
+                q.clear()
+                raise NotLeader(f"this node ({self.node_id}) lost the leader lease before "
+                                "its changes were saved; they are dropped")
+            try:
+                self.store.apply(q[0])
+            except Exception as e:
+                self.store_errors += 1
+                log.exception("state store: write failed")
+                raise _IOError(f"state store {self.store.url}: {type(e).__name__}: "
+                               f"{e}") from None
+            q.pop(0)
+
+    def _collect(self) -> StoreBatch | None:
+        """Take this call's changes as one batch (under the service lock); None when
+        there is nothing to write (or this node is a follower: it never writes)."""
         if self.store is None:
-            return
+            return None
         if self.elector is not None and not self.elector.is_leader:
             self.mgr.events.clear()  # a follower never writes the shared state
             self._batch = StoreBatch()
             self._registry_dirty = False
-            return
+            return None
         b = self._batch
         ev = self.mgr.events
         if len(ev):
@@ -627,16 +747,9 @@ class Service:
             snap["storage_slots"] = [st.name if st is not None else None
                                      for st in self._storage_slots]
             b.set_registry("snapshot", snap)
-        if not b:
-            return
-        try:
-            self.store.apply(b)
-        except Exception as e:
-            self.store_errors += 1
-            log.exception("state store: write failed")
-            raise _IOError(f"state store {self.store.url}: {type(e).__name__}: {e}") from None
         self._batch = StoreBatch()
         self._registry_dirty = False
+        return b if b else None
 
     def _load_store(self) -> bool:
         """Rebuild registry, blocks and sessions from the store; False when it is empty."""
@@ -674,8 +787,12 @@ class Service:
                 is_new = np.asarray(ses.extra.get("is_new", [True] * len(keys)), dtype=bool)
                 if is_new.shape != keys.shape or int(is_new.sum()) != ws.new_keys.shape[0]:
                     keys, is_new = ws.new_keys, np.ones(ws.new_keys.shape[0], dtype=bool)
+                token = ses.extra.get("token")
+                if not isinstance(token, str) or not token:
+                    token = str(ses.session_id)  # saved before session ids were random
                 self._sessions[ses.session_id] = _Session(ses.instance_id, keys, is_new,
-                                                          ses.deadline_ns)
+                                                          ses.deadline_ns, token)
+                self._tokens[token] = ses.session_id
             self.mgr.events.clear()  # restoring is not a change to save
         finally:
             self._restoring = False
@@ -1028,7 +1145,8 @@ class Service:
         cfg = W.get_dict(body, "storage")
         if not cfg:
             raise W.WireError("storage: required (a StorageConfig object)")
-        name = W.get_str(cfg, "global_unique_name", required=True, where="storage.")
+        name = W.check_name(W.get_str(cfg, "global_unique_name", required=True,
+                                      where="storage."), "storage.global_unique_name")
         fields = [f for f in W.SPEC_FIELD_TYPE if cfg.get(f) is not None]
         if len(fields) != 1:
             raise W.WireError(
@@ -1040,6 +1158,9 @@ class Service:
         where = f"storage.{field}."
         if stype == "file":
             uri = W.get_str(spec, "root_path", where=where)
+            if not os.path.isabs(uri) and ".." in Path(uri).parts:
+                raise W.WireError(f"{where}root_path: a relative root must stay inside the "
+                                  f"data directory (no '..'), got {uri[:60]!r}")
         elif stype == "hf3fs":
             uri = os.path.join(W.get_str(spec, "mountpoint", where=where),
                                W.get_str(spec, "root_dir", where=where))
@@ -1319,15 +1440,27 @@ class Service:
 
     def _register_instance(self, body: dict[str, Any]) -> dict[str, Any]:
         group = W.get_str(body, "instance_group", required=True)
-        iid = W.get_str(body, "instance_id", required=True)
+        iid = W.check_name(W.get_str(body, "instance_id", required=True), "instance_id")
         bs = W.get_int(body, "block_size", 0, low=1, high=W.INT32_MAX)
         specs = []
-        for i, s in enumerate(W.get_list(body, "location_spec_infos")):
+        lim = self.limits
+        infos = W.get_list(body, "location_spec_infos")
+        if len(infos) > lim.max_location_specs:
+            raise W.over_limit("location_spec_infos", len(infos), "max_location_specs",
+                               lim.max_location_specs)
+        for i, s in enumerate(infos):
             w = f"location_spec_infos[{i}]."
             if not isinstance(s, dict):
                 raise W.WireError(f"location_spec_infos[{i}]: expected an object")
-            specs.append(LocationSpec(W.get_str(s, "name", required=True, where=w),
-                                      W.get_int(s, "size", 0, low=0, where=w)))
+            size = W.get_int(s, "size", 0, low=0, where=w)
+            if size > lim.max_spec_bytes:
+                raise W.over_limit(f"{w}size", size, "max_spec_bytes", lim.max_spec_bytes)
+            specs.append(LocationSpec(W.check_name(W.get_str(s, "name", required=True,
+                                                             where=w), f"{w}name"), size))
+        total = sum(sp.size for sp in specs)
+        if total > MAX_BLOCK_BYTES:
+            raise W.over_limit("location_spec_infos (sum of sizes)", total, "MAX_BLOCK_BYTES",
+                               MAX_BLOCK_BYTES)
         names = [s.name for s in specs]
         if len(set(names)) != len(names):
             raise W.WireError("location_spec_infos: duplicate spec names")
@@ -1388,7 +1521,7 @@ class Service:
         self.mgr.remove_instance(iid)
         del self._inst[iid]
         for sid in [s for s, ses in self._sessions.items() if ses.instance_id == iid]:
-            del self._sessions[sid]
+            self._tokens.pop(self._sessions.pop(sid).token, None)
         if self.store is not None:
             self._batch.drop_instance(iid)
         self._persist("removeInstance", {"instance_id": iid})
@@ -1452,7 +1585,7 @@ class Service:
             raise W.WireError("config_snapshot: expected a JSON object")
         saved = (self.mgr, self._storage_cfg, self._storage_idx, self._storage_slots,
                  self._group_cfg, self._inst, self._sessions, self.accounts, self._health,
-                 self._slot_ok, self._all_ok)
+                 self._slot_ok, self._all_ok, self._tokens)
         try:
             self._reset_registry()
             self._apply_snapshot(snap)
@@ -1462,7 +1595,7 @@ class Service:
         except BaseException:
             (self.mgr, self._storage_cfg, self._storage_idx, self._storage_slots,
              self._group_cfg, self._inst, self._sessions, self.accounts, self._health,
-             self._slot_ok, self._all_ok) = saved
+             self._slot_ok, self._all_ok, self._tokens) = saved
             raise
         self._persist("loadConfigSnapshot", snap)
         return {}
@@ -1800,6 +1933,9 @@ class Service:
             if g not in rec.spec_groups:
                 raise W.WireError(f"location_spec_group_names[{i}]: unknown spec group {g!r}")
         timeout = W.get_int(body, "write_timeout_seconds", 0, low=0, high=W.INT32_MAX)
+        if timeout > self.limits.max_write_timeout_seconds:
+            raise W.over_limit("write_timeout_seconds", timeout, "max_write_timeout_seconds",
+                               self.limits.max_write_timeout_seconds)
         # storages, key count and type quotas (the core enforces the group quota)
         grp = self.mgr.group(spec.group)
         if not self._all_ok:
@@ -1811,12 +1947,14 @@ class Service:
         # the core allocates rows with storage slot 0; record the chosen storage
         self.mgr.set_loc(self.mgr._sessions[ws.session_id].rows, idx)
         st = self._storage_slots[idx]
+        token = new_session_token()
         self._sessions[ws.session_id] = _Session(iid, keys.copy(), ws.is_new.copy(),
-                                                 ws.deadline_ns)
+                                                 ws.deadline_ns, token)
+        self._tokens[token] = ws.session_id
         if self.store is not None:
             self._batch.open_session(SessionRecord(
                 ws.session_id, iid, ws.new_keys, ws.deadline_ns, idx,
-                {"keys": keys.tolist(), "is_new": ws.is_new.tolist()}))
+                {"keys": keys.copy(), "is_new": ws.is_new.copy(), "token": token}))
         held = ~ws.is_new
         n_held = int(np.count_nonzero(held))
         if n_held == 0 or (held[:n_held].all()):
@@ -1824,29 +1962,35 @@ class Service:
         else:
             mask_out = {"bool_masks": {"values": held.tolist()}}
         new_pos = np.flatnonzero(ws.is_new).tolist()
+        locs: Any
         if gnames:
             locs = [self._location(rec, iid, int(keys[j]), st, None, rec.spec_groups[gnames[j]])
                     for j in new_pos]
         else:
-            locs = self._locations(rec, iid, keys[ws.is_new].tolist(), [st] * len(new_pos),
-                                   None)
+            # built after the lock is released: they depend only on values taken here
+            new_keys = keys[ws.is_new].tolist()
+            locs = _Later(lambda: self._locations(rec, iid, new_keys, [st] * len(new_keys),
+                                                  None))
         self._emit("StartWriteCache", iid, trace_id=_trace_id(body),
-                   write_session_id=str(ws.session_id), block_keys=keys.tolist(),
-                   new_blocks=len(new_pos), block_mask=(~ws.is_new).tolist())
-        return {"write_session_id": str(ws.session_id), "block_mask": mask_out,
-                "locations": locs}
+                   write_session_id=token, block_keys=keys, new_blocks=len(new_pos),
+                   block_mask=(~ws.is_new).tolist())
+        return {"write_session_id": token, "block_mask": mask_out, "locations": locs}
 
     def _finish_write(self, body: dict[str, Any]) -> dict[str, Any]:
-        if body.get("write_session_id") in (None, ""):
-            raise W.WireError("write_session_id: required")
-        sid = W.get_int(body, "write_session_id", 0)
+        token = body.get("write_session_id")
+        if isinstance(token, int) and not isinstance(token, bool):
+            token = str(token)
+        if not isinstance(token, str) or not token:
+            raise W.WireError("write_session_id: required (the id startWriteCache returned)")
+        # the owner must name itself (upstream KVCM's clients always send instance_id)
+        iid = W.get_str(body, "instance_id", required=True)
+        sid = self._tokens.get(token, -1)
         ses = self._sessions.get(sid)
-        if ses is None:
-            raise NotFound(f"write_session_id: session {sid} is unknown, finished or expired")
-        iid = W.get_str(body, "instance_id")
-        if iid and iid != ses.instance_id:
-            raise W.WireError(f"instance_id: session {sid} belongs to {ses.instance_id!r}, "
-                              f"not {iid!r}")
+        if ses is None or ses.instance_id != iid:
+            # the same answer whether the session does not exist or is another
+            # instance's: a session id reveals nothing to a non-owner
+            raise NotFound(f"write_session_id: session {token[:40]!r} of instance {iid!r} is "
+                           "unknown, finished or expired")
         n_new = int(np.count_nonzero(ses.is_new))
         if body.get("success_blocks") is None:
             raise W.WireError("success_blocks: required ({\"offset\": n} or bool masks)")
@@ -1854,6 +1998,7 @@ class Service:
         assert ok is not None
         self.mgr.finish_write(sid, ok)
         del self._sessions[sid]
+        del self._tokens[token]
         keep = ~ses.is_new
         keep[np.flatnonzero(ses.is_new)[ok]] = True
         held = ses.keys[keep]
@@ -1873,7 +2018,7 @@ class Service:
         if self.store is not None:
             self._batch.close_session(sid)
         self._emit("FinishWriteCache", ses.instance_id, trace_id=_trace_id(body),
-                   write_session_id=str(sid), block_keys=held.tolist(),
+                   write_session_id=token, block_keys=held,
                    success_count=int(np.count_nonzero(ok)))
         return {}
 
@@ -1908,6 +2053,8 @@ class NotLeader(KVSimError):
 _FOLLOWER_CALLS = frozenset({"checkHealth", "getManagerClusterInfo", "getMetrics",
                              "getLeaderElectorConfig", "updateLeaderElectorConfig",
                              "updateLogger"})
+# calls whose events are written to the event log before the reply
+_DURABLE_EVENTS = frozenset({"startWriteCache", "finishWriteCache"})
 
 
 class _IOError(KVSimError):

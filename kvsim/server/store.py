@@ -37,8 +37,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -79,7 +81,8 @@ class SessionRecord:
         keys: the session's new keys, in order.
         deadline_ns: when the manager finishes it as failed.
         loc: storage slot of its blocks.
-        extra: adapter data (e.g. the wire session id), JSON-serialisable.
+        extra: adapter data (e.g. the wire session id), JSON-serialisable (numpy arrays
+            are written as lists).
     """
 
     session_id: int
@@ -232,6 +235,10 @@ class SqliteStore:
         self.path = Path(path)
         self.url = f"sqlite:///{self.path}"
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # the state (accounts' hashes included) is readable by its owner only: create
+        # the file 0600 before SQLite opens it (its -wal/-shm files copy the mode)
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -284,7 +291,8 @@ class SqliteStore:
                     db.execute("INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?, ?, ?)",
                                (s.session_id, s.instance_id,
                                 np.asarray(s.keys, np.int64).tobytes(), s.deadline_ns, s.loc,
-                                orjson.dumps(s.extra, option=orjson.OPT_SORT_KEYS).decode()))
+                                orjson.dumps(s.extra, option=orjson.OPT_SORT_KEYS
+                                             | orjson.OPT_SERIALIZE_NUMPY).decode()))
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")

@@ -114,7 +114,7 @@ class RedisStore:
             p.hset(self._k("sessions"), str(s.session_id), orjson.dumps({
                 "instance_id": s.instance_id, "keys": np.asarray(s.keys).tolist(),
                 "deadline_ns": s.deadline_ns, "loc": s.loc, "extra": s.extra},
-                option=orjson.OPT_SORT_KEYS))
+                option=orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY))
         p.execute()
 
     def write_recency(self, instance_id: str, keys: np.ndarray, t_access: np.ndarray,

@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from kvsim.core.errors import InvalidArgument
@@ -63,6 +64,41 @@ class WireError(InvalidArgument):
     """A malformed request field (``INVALID_ARGUMENT``)."""
 
 
+# an int64 as text: optional sign, 1-19 ASCII digits (str.isdigit() accepts "²" and
+# other Unicode digits that int() refuses or reads differently)
+_INT_TEXT = re.compile(r"[+-]?[0-9]{1,19}")
+# names that may become path components or URI segments (instance ids, storage names)
+_NAME = re.compile(r"[A-Za-z0-9_.:@+=-]{1,128}")
+
+
+def check_name(v: str, field: str) -> str:
+    """A name that may become a path component: 1-128 of ``A-Z a-z 0-9 _ . : @ + = -``,
+    without ``..`` (so never ``.``-only, never ``/``).
+
+    Example:
+        >>> check_name("qwen-a.tp0", "instance_id")
+        'qwen-a.tp0'
+        >>> check_name("../../etc", "instance_id")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        kvsim.server.wire.WireError: instance_id: '../../etc' is not a valid name (...)
+    """
+    if not _NAME.fullmatch(v) or ".." in v or v == ".":
+        raise WireError(f"{field}: {v[:40]!r} is not a valid name (1-128 of "
+                        "A-Z a-z 0-9 _ . : @ + = -, no '..')")
+    return v
+
+
+def over_limit(field: str, got: int, limit_name: str, limit: float) -> WireError:
+    """The error of a request over one of the server's limits (names the limit).
+
+    Example:
+        >>> str(over_limit("block_keys", 9, "max_keys_per_request", 8))
+        'block_keys: 9 is over the limit max_keys_per_request (8)'
+    """
+    return WireError(f"{field}: {got} is over the limit {limit_name} ({limit:g})")
+
+
 def get_int(body: dict[str, Any], name: str, default: int = 0, *, low: int = INT64_MIN,
             high: int = INT64_MAX, where: str = "") -> int:
     """An int64 field given as a JSON number or a decimal string."""
@@ -81,10 +117,10 @@ def to_int(v: Any, field: str, *, low: int = INT64_MIN, high: int = INT64_MAX) -
             raise WireError(f"{field}: expected an integer, got {v!r}")
         v = int(v)
     elif isinstance(v, str):
-        try:
-            v = int(v.strip(), 10)
-        except ValueError:
-            raise WireError(f"{field}: expected an integer, got {v[:40]!r}") from None
+        t = v.strip()
+        if not _INT_TEXT.fullmatch(t):
+            raise WireError(f"{field}: expected an integer, got {v[:40]!r}")
+        v = int(t, 10)
     elif not isinstance(v, int):
         raise WireError(f"{field}: expected an integer, got {_show(v)}")
     if not low <= v <= high:
@@ -177,8 +213,8 @@ def enum_name(enum: dict[str, int], v: Any, field: str) -> str:
     if isinstance(v, str):
         if v in enum:
             return v
-        if v.strip().lstrip("-").isdigit():
-            v = int(v)
+        if _INT_TEXT.fullmatch(v.strip()):
+            v = int(v.strip(), 10)
         else:
             raise WireError(f"{field}: unknown value {v[:40]!r} (one of {', '.join(enum)})")
     if isinstance(v, int) and not isinstance(v, bool):

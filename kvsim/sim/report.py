@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import json
 import math
 import os
@@ -426,6 +427,8 @@ def staged_outputs(out_dir: str | os.PathLike[str], names: Sequence[str]
     for name in names:  # fail before writing anything rather than half-way through
         if (out / name).is_dir():
             raise IsADirectoryError(errno.EISDIR, "is a directory", str(out / name))
+    for name in names:
+        _clean_stale(out, name)
     staged: list[tuple[Path, Path]] = []
     try:
         tmps = {name: _stage(out, name, staged) for name in names}
@@ -438,9 +441,25 @@ def staged_outputs(out_dir: str | os.PathLike[str], names: Sequence[str]
         raise
 
 
+def _clean_stale(out_dir: Path, name: str) -> None:
+    """Remove temp files of ``name`` left by a run that was killed (``kill -9``) while
+    staging: ``.<name>.<pid>.*.tmp`` whose process no longer exists."""
+    for p in out_dir.glob(f".{glob.escape(name)}.*.tmp"):
+        pid = p.name[len(name) + 2:].split(".", 1)[0]
+        if not pid.isascii() or not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            p.unlink(missing_ok=True)
+        except (PermissionError, OverflowError):
+            pass
+
+
 def _stage(out_dir: Path, name: str, staged: list[tuple[Path, Path]]) -> Path:
-    """A new temp file in ``out_dir`` for ``name``, recorded in ``staged``."""
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.", suffix=".tmp")
+    """A new temp file in ``out_dir`` for ``name``, recorded in ``staged`` (named
+    ``.<name>.<pid>.<random>.tmp``: a later run removes it if this process died)."""
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.{os.getpid()}.", suffix=".tmp")
     staged.append((Path(tmp), out_dir / name))
     try:
         if hasattr(os, "fchmod"):

@@ -219,8 +219,12 @@ def default_jobs(n_tasks: int, total_keys: int | None = None) -> int:
 
 
 # ---------------------------------------------------------------------- workers
-def _init_worker(trace: Trace | None, progress: Any) -> None:
+def _init_worker(trace: Trace | None, progress: Any, parent: int = 0) -> None:
     global _TRACE, _PROGRESS
+    if parent:
+        from kvsim._procs import die_with_parent
+
+        die_with_parent(parent)  # a killed `kvsim replay` leaves no workers behind
     if trace is not None:
         _TRACE = trace
     _PROGRESS = progress
@@ -349,7 +353,7 @@ def _run_pool(
             max_workers=jobs,
             mp_context=ctx,
             initializer=_init_worker,
-            initargs=(None if forked else trace, shared),
+            initargs=(None if forked else trace, shared, os.getpid()),
         ) as ex:
             futures = [ex.submit(_run_task, i, cfg, label)
                        for i, (cfg, label) in enumerate(tasks)]

@@ -874,7 +874,7 @@ def read_kvcm_events(
     # KVCM's publisher log: StartWriteCache carries the keys, FinishWriteCache only
     # the session id; a session never finished is written 100 ms after its start
     started: dict[str, tuple[int, str, list[Any], int]] = {}
-    for lineno, obj in _iter_objects(p):
+    for lineno, obj in _iter_event_log(p):
         typ = obj.get("type")
         if "block_keys" not in obj and ("keys" in obj or typ == "FinishWriteCache"):
             ev = _publisher_event(p, lineno, obj, started)
@@ -981,6 +981,18 @@ def _publisher_event(p: Path, lineno: int, obj: dict[str, Any],
         return {"type": "FinishWriteCache", "source": got[1], "block_keys": got[2],
                 "trigger_time_us": obj.get("trigger_time_us")}
     return None
+
+
+def _iter_event_log(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """The objects of an event log; a directory is read as its rotated parts in order,
+    then ``events.jsonl`` (:func:`kvsim.trace.logfiles.event_log_files`)."""
+    from kvsim.trace.logfiles import event_log_files
+
+    parts = event_log_files(path)
+    if not parts:
+        raise TraceError(f"{path}: no events.jsonl or events-NNNNNN.jsonl in the directory")
+    for part in parts:
+        yield from _iter_objects(part)
 
 
 def _prefix_mask(offsets: np.ndarray, first_n: np.ndarray) -> np.ndarray:

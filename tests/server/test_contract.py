@@ -214,7 +214,7 @@ def test_token_ids_hash_to_keys(c: Client) -> None:
     tokens = list(range(1, 11))  # block_size 4: two full blocks, the tail is dropped
     w = ok(c.meta("startWriteCache", {"instance_id": "i0", "token_ids": tokens}))
     assert len(w["locations"]) == 2
-    ok(c.meta("finishWriteCache", {"write_session_id": w["write_session_id"],
+    ok(c.meta("finishWriteCache", {"instance_id": "i0", "write_session_id": w["write_session_id"],
                                    "success_blocks": {"offset": 2}}))
     keys = kvcm_token_keys(tokens, 4).tolist()
     assert hits(c, keys) == 2
@@ -274,7 +274,8 @@ def test_quota_reach_max_entity_capacity(transport: str, tmp_path: Path) -> None
         w = ok(c.meta("startWriteCache", {"instance_id": "i0", "block_keys": [1, 2, 3]}))
         r = c.meta("startWriteCache", {"instance_id": "i0", "block_keys": [4, 5]})
         assert code(r) == "REACH_MAX_ENTITY_CAPACITY"
-        ok(c.meta("finishWriteCache", {"write_session_id": w["write_session_id"],
+        ok(c.meta("finishWriteCache", {"instance_id": "i0",
+                                       "write_session_id": w["write_session_id"],
                                        "success_blocks": {"offset": 3}}))
         write(c, [4, 5])  # SERVING blocks are evictable: the write fits
         assert hits(c, [4, 5]) == 2
@@ -294,7 +295,7 @@ def test_write_session_expiry(c: Client, clock: ManualClock) -> None:
     assert c.tick()["expired"] == 0
     clock.advance(2 * 10**9)
     assert c.tick()["expired"] == 1
-    r = c.meta("finishWriteCache", {"write_session_id": w["write_session_id"],
+    r = c.meta("finishWriteCache", {"instance_id": "i0", "write_session_id": w["write_session_id"],
                                     "success_blocks": {"offset": 2}})
     assert code(r) == "INVALID_ARGUMENT"
     assert hits(c, [1, 2]) == 0
@@ -487,7 +488,8 @@ def test_state_consistent_after_many_ops(c: Client) -> None:
         keys = rng.integers(0, 40, size=int(rng.integers(1, 8))).tolist()
         w = ok(c.meta("startWriteCache", {"instance_id": "i0", "block_keys": keys}))
         n = len(w["locations"])
-        ok(c.meta("finishWriteCache", {"write_session_id": w["write_session_id"],
+        ok(c.meta("finishWriteCache", {"instance_id": "i0",
+                                       "write_session_id": w["write_session_id"],
                                        "success_blocks": {"offset": int(rng.integers(0, n + 1))}}))
     u = {g.name: g for g in c.service.mgr.usage()}["default"]
     assert u.pending_blocks == 0 and u.used == u.serving_blocks * 200

@@ -636,7 +636,8 @@ def test_cached_location_encodings_match_the_dicts_and_follow_storage_changes(
             "model_deployment": {"model_name": "m", "dtype": "bf16"}})["header"]["status"][
                 "code"] == "OK"
         w = svc.call("meta", "startWriteCache", {"instance_id": "i", "block_keys": keys})
-        svc.call("meta", "finishWriteCache", {"write_session_id": w["write_session_id"],
+        svc.call("meta", "finishWriteCache", {"instance_id": "i",
+                                              "write_session_id": w["write_session_id"],
                                               "success_blocks": {"offset": 8}})
         cls = meta_service_pb2.GetCacheLocationResponse
         loc_cls = type(cls().locations.add())

@@ -32,7 +32,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
         "location_spec_groups": [{"name": "default", "spec_names": ["tp0"]}],
         "model_deployment": {"model_name": "m", "dtype": "d"}})
     w = svc.call("meta", "startWriteCache", {"instance_id": "i0", "block_keys": [1, 2, 3]})
-    svc.call("meta", "finishWriteCache", {"write_session_id": w["write_session_id"],
+    svc.call("meta", "finishWriteCache", {"instance_id": "i0",
+                                          "write_session_id": w["write_session_id"],
                                           "success_blocks": {"offset": 3}})
     yield h
     h.stop()
@@ -76,8 +77,9 @@ def test_basic_auth_and_metrics(server: ServerHandle, http: httpx.Client) -> Non
     ci = http.post(f"{admin}/api/getManagerClusterInfo", json={}, headers=AUTH).json()
     assert ci["leader_endpoint"]["meta_http_port"] == server.http_port
     assert ci["leader_endpoint"]["admin_http_port"] == server.admin_http_port
-    for base in (meta, admin):
-        m = http.get(f"{base}/metrics")
+    assert http.get(f"{admin}/metrics").status_code == 401  # admin metrics need the admin
+    for base, hdr in ((meta, {}), (admin, AUTH)):
+        m = http.get(f"{base}/metrics", headers=hdr)
         assert m.status_code == 200 and m.headers["content-type"].startswith("text/plain")
         assert 'kvsim_group_quota{group="default",unit="bytes"} 3e+10' in m.text
         assert "kvsim_calls{" in m.text
@@ -219,7 +221,7 @@ def test_still_serving_after_fuzz(server: ServerHandle, http: httpx.Client) -> N
     w = http.post(f"{meta}/api/startWriteCache",
                   json={"instance_id": "after-fuzz", "block_keys": [1, 2]}).json()
     f = http.post(f"{meta}/api/finishWriteCache",
-                  json={"write_session_id": w["write_session_id"],
+                  json={"instance_id": "after-fuzz", "write_session_id": w["write_session_id"],
                         "success_blocks": {"offset": len(w["locations"])}}).json()
     assert f["header"]["status"]["code"] == "OK"
     g = http.post(f"{meta}/api/getCacheLocation",

@@ -31,7 +31,8 @@ def _start(tmp: Any, fast: bool, monkeypatch: pytest.MonkeyPatch) -> ServerHandl
         "location_spec_infos": [{"name": "tp0", "size": 8}],
         "model_deployment": {"model_name": "m", "dtype": "d"}})
     w = svc.call("meta", "startWriteCache", {"instance_id": "i0", "block_keys": [1, 2, 3]})
-    svc.call("meta", "finishWriteCache", {"write_session_id": w["write_session_id"],
+    svc.call("meta", "finishWriteCache", {"instance_id": "i0",
+                                          "write_session_id": w["write_session_id"],
                                           "success_blocks": {"offset": 3}})
     return h
 

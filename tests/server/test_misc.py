@@ -158,7 +158,8 @@ def test_concurrent_calls_are_serialized(tmp_path: Path) -> None:
         for i in range(100):
             keys = [t * 1000 + i, t * 1000 + i + 1]
             w = s.call("meta", "startWriteCache", {"instance_id": "i0", "block_keys": keys})
-            f = s.call("meta", "finishWriteCache", {"write_session_id": w["write_session_id"],
+            f = s.call("meta", "finishWriteCache", {"instance_id": "i0",
+                                                    "write_session_id": w["write_session_id"],
                                                     "success_blocks": {"offset": len(
                                                         w["locations"])}})
             g = s.call("meta", "getCacheLocation", {"instance_id": "i0", "block_keys": keys})

@@ -285,7 +285,8 @@ def test_read_recency_survives_restart(state_url: str, tmp_path: Path) -> None:
     _register(svc.call, "i")
     w = _ok(svc.call("meta", "startWriteCache", {"instance_id": "i",
                                                  "block_keys": [1, 2, 3, 4]}))
-    _ok(svc.call("meta", "finishWriteCache", {"write_session_id": w["write_session_id"],
+    _ok(svc.call("meta", "finishWriteCache", {"instance_id": "i",
+                                              "write_session_id": w["write_session_id"],
                                               "success_blocks": {"offset": 4}}))
     for step in range(3):
         clock.advance(10**9)
