@@ -178,6 +178,8 @@ class ServerOptions:
         leader_lease_ms: the lease; a dead leader is replaced within it.
         storage_probe_seconds: how often the tick probes each ``file`` storage (write,
             fsync, read back, delete a small file); 0 = never.
+        advisor_sample_rate: the capacity advisor's key sampling rate (1 = exact LRU
+            curves; 0 = no advisor); see :mod:`kvsim.server.advisor`.
     """
 
     host: str = "127.0.0.1"
@@ -193,6 +195,7 @@ class ServerOptions:
     leader: str = "auto"
     leader_lease_ms: int = 3000
     storage_probe_seconds: float = 5.0
+    advisor_sample_rate: float = 0.01
 
 
 @dataclass(frozen=True)
@@ -528,6 +531,8 @@ class _Reader:
                                          low=100, high=600_000)),
             storage_probe_seconds=self.num(d, "storage_probe_seconds", path, 5.0,
                                            integer=False, low=0, high=86400),
+            advisor_sample_rate=self.num(d, "advisor_sample_rate", path, 0.01,
+                                         integer=False, low=0, high=1),
         )
 
     def replay(self, d: Any, path: str) -> ReplayOptions:

@@ -180,6 +180,7 @@ def start_server(
     leader_lease_ms: int | None = None,
     node_id: str | None = None,
     storage_probe_seconds: float | None = None,
+    advisor_sample_rate: float | None = None,
 ) -> ServerHandle:
     """Start the meta and admin listeners in background threads.
 
@@ -206,6 +207,8 @@ def start_server(
         node_id: this node's id (default: host name).
         storage_probe_seconds: file storage health probe period (default
             ``config.server.storage_probe_seconds``, else 5 s; 0 = never).
+        advisor_sample_rate: the capacity advisor's key sampling rate (default
+            ``config.server.advisor_sample_rate``, else 0.01; 0 = off).
 
     Returns:
         The running server's handle.
@@ -229,6 +232,8 @@ def start_server(
         storage_probe_seconds=(storage_probe_seconds if storage_probe_seconds is not None
                                else (opts.storage_probe_seconds if opts is not None
                                      else DEFAULT_PROBE_S)),
+        advisor_sample_rate=(advisor_sample_rate if advisor_sample_rate is not None
+                             else (opts.advisor_sample_rate if opts is not None else 0.01)),
     )
     if elector is not None:
         elector.on_change = lambda lead: service.reload() if lead else None

@@ -50,13 +50,17 @@ __all__ = ["serve_cmd"]
               help="Probe each file storage (write, fsync, read back, delete a small file) "
                    "this often; a failing one is unhealthy and unused until it recovers; "
                    "0 = never [default: 5].")
+@click.option("--advisor-sample-rate", type=click.FloatRange(0, 1), default=None,
+              help="The capacity advisor's key sampling rate (1 = exact LRU curves, 0 = "
+                   "off) [default: 0.01]; its page is http://HOST:ADMIN_PORT/advisor.")
 @click.option("--access-log/--no-access-log", default=True, show_default=True,
               help="One line per call on stderr.")
 def serve_cmd(config_path: Path | None, host: str | None, http_port: int | None,
               admin_http_port: int | None, grpc_port: int | None,
               admin_grpc_port: int | None, no_grpc: bool, data_dir: Path | None,
               admin_password: str | None, state: str | None, leader: str | None,
-              storage_probe_seconds: float | None, access_log: bool) -> None:
+              storage_probe_seconds: float | None, advisor_sample_rate: float | None,
+              access_log: bool) -> None:
     """Serve the KV-cache manager API (Tair KVCM compatible) over HTTP and gRPC.
 
     \b
@@ -106,6 +110,7 @@ def serve_cmd(config_path: Path | None, host: str | None, http_port: int | None,
             state=state if state is not None else opts.state,
             leader=leader if leader is not None else opts.leader,
             storage_probe_seconds=storage_probe_seconds,
+            advisor_sample_rate=advisor_sample_rate,
         )
     except RuntimeError as e:
         raise click.ClickException(str(e)) from None

@@ -100,6 +100,7 @@ from kvsim.core.spec import (
     StorageSpec,
 )
 from kvsim.core.table import SERVING
+from kvsim.server import capacity
 from kvsim.server import wire as W
 from kvsim.server.auth import Account, Accounts
 from kvsim.server.clock import MonotonicClock
@@ -216,6 +217,8 @@ class Service:
         storage_probe_seconds: how often :meth:`tick` probes each ``file`` storage
             (write, fsync, read back and delete a small file in its root; see
             :meth:`probe_storages`), on ``clock``; 0 = never.
+        advisor_sample_rate: run the capacity advisor (:mod:`kvsim.server.advisor`) at
+            this key sampling rate (1 = exact); 0 = no advisor.
     """
 
     _read_rows: np.ndarray  # table rows read since the last recency flush
@@ -234,6 +237,7 @@ class Service:
         node_id: str | None = None,
         endpoints: dict[str, Any] | None = None,
         storage_probe_seconds: float = DEFAULT_PROBE_S,
+        advisor_sample_rate: float = 0.0,
     ) -> None:
         self.data_dir = Path(data_dir) if data_dir is not None else Path(
             tempfile.mkdtemp(prefix="kvsim-serve-"))
@@ -271,6 +275,7 @@ class Service:
         self._probe_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self.advisor = capacity.make_advisor(advisor_sample_rate)
         self._reset_registry()
         self._config = config if config is not None else default_config(self.data_dir)
         if self.store is None or not self._load_store():
@@ -314,6 +319,7 @@ class Service:
             "checkHealth": self._check_health,
             "getManagerClusterInfo": self._cluster_info,
             "leaderDemote": self._leader_demote,
+            **capacity.admin_calls(self),
         }
 
     # ================================================================ entry point
@@ -423,6 +429,8 @@ class Service:
             expired = self.mgr.expire_sessions()
             for sid in overdue:
                 ses = self._sessions.pop(sid)
+                if self.advisor is not None:
+                    capacity.note_failed(self, ses.instance_id, ses.keys[ses.is_new])
                 self._emit("FinishWriteCache", ses.instance_id, write_session_id=str(sid),
                            block_keys=[], success_count=0, expired=True)
             self.expired_sessions += expired
@@ -443,6 +451,8 @@ class Service:
         self._flush_recency()
         if self.events is not None:
             self.events.flush()
+        if self.advisor is not None:
+            capacity.process(self)
         return {"expired": expired, "reclaimed": reclaimed, "reaped": reaped}
 
     def start_background(self, interval_s: float = 0.5) -> None:
@@ -1530,6 +1540,8 @@ class Service:
         out.append(("kvsim_expired_sessions", self.expired_sessions, {}))
         out.append(("kvsim_reclaimed_blocks", self.reclaimed_blocks, {}))
         out.append(("kvsim_instances", len(self._inst), {}))
+        if self.advisor is not None:
+            out += self.advisor.metrics(self.clock.now_ns())
         for (api, method, code), n in sorted(self.calls.items()):
             out.append(("kvsim_calls", n, {"api": api, "method": method, "code": code}))
         for (api, method), (count, secs, per_bucket) in sorted(self.latency.items()):
@@ -1712,7 +1724,7 @@ class Service:
         before it (a miss), a batch get answers the placeholder location for it, and a
         sliding window counts it as a miss.
         """
-        iid, _, rec, keys, mask = self._read_args(body)
+        iid, spec, rec, keys, mask = self._read_args(body)
         qt, query, sw = self._query(body)
         names = W.get_str_list(body, "location_spec_names")
         only = set(names) if names else None
@@ -1727,6 +1739,8 @@ class Service:
                 hk, hr = keys[hit], rows[hit]
             locs = self._row_locations(rec, iid, hk, hr, only)
             self._mark_read(hr)
+            if self.advisor is not None:
+                capacity.note_read(self, spec.group, iid, keys, mask, res.hit_blocks)
         else:
             locs = self._row_locations(rec, iid, keys, rows, only)
             self._mark_read(rows[rows >= 0])
@@ -1857,6 +1871,8 @@ class Service:
                                        access_count=t.acc[rows], loc=t.loc[rows])
         if self.store is not None:
             self._batch.close_session(sid)
+        if self.advisor is not None:
+            capacity.note_write(self, ses, held, ok)
         self._emit("FinishWriteCache", ses.instance_id, trace_id=_trace_id(body),
                    write_session_id=str(sid), block_keys=held.tolist(),
                    success_count=int(np.count_nonzero(ok)))
