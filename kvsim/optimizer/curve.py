@@ -189,7 +189,7 @@ def _facts_step(
                  np.ndarray, np.ndarray, np.ndarray],
     req_inst: np.ndarray, offsets: np.ndarray, keys: np.ndarray, mask: np.ndarray,
     has_mask: bool, is_read: np.ndarray, commit: np.ndarray, cls: np.ndarray, weighted: bool,
-    inv_rate: float,
+    inv_rate: float, promote: bool = False,
 ) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
                  np.ndarray, np.ndarray, np.ndarray],
            np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
@@ -205,7 +205,9 @@ def _facts_step(
     ``weighted`` (a key sample): ``cls[j]`` is 0 for a key kept at rate 1, 1 for one
     kept at the sample rate; a class-1 key stands for ``inv_rate`` keys, so a
     distance is ``1 + (class-0 keys since) + ceil(inv_rate * class-1 keys since)``.
-    Segments never mix classes. An id's class is fixed when it is first seen.
+    Segments never mix classes. An id's class is fixed when it is first seen, unless
+    ``promote`` (online sampling, where heavy keys are found as they come): a class-1 id
+    whose key arrives as class 0 becomes class 0 for good.
 
     Returns the new state, seg_offsets, seg_threshold, seg_length, seg_step, seg_class,
     internal (class-0 masked blocks), internal of class 1, and the unmasked read keys
@@ -331,6 +333,15 @@ def _facts_step(
                     idcls[d] = cls[j]
             else:
                 d = (meta & 0xFFFFFFFF) - 1
+                if promote and idcls[d] == 1 and cls[j] == 0:
+                    # a sampled key promoted to class 0 (heavy): counts once from now on
+                    idcls[d] = 0
+                    pp = last[d]
+                    if pp > 0:
+                        _set_pos(words1, fenb1, pp, False)
+                        live1 -= 1
+                        _set_pos(words, fenb, pp, True)
+                        live += 1
             ids[j - a] = d
             if not rd:
                 continue

@@ -15,9 +15,9 @@ that follows it refreshes its keys, see ``curve_facts(read_rows="peek")``) and i
 Key sampling (``sample_rate < 1``) is the sampled-curve design of
 :mod:`kvsim.optimizer.curve`: keys at depth below ``full_depth`` and heavy keys are
 kept at rate 1, the others by a hash of key and seed, each standing for ``1 / rate``
-keys. Online, heavy keys are found per batch (keys carrying ``heavy_share`` of a
-batch's reads, counted in a sample of its rows) and stay heavy; a key's class is fixed
-when the stack first sees it. Figures of a sample are ratio estimates: sampled weighted
+keys. Online, heavy keys are found from running counts (of up to 2,000 read rows per
+batch; lossy counting): a key whose count reaches ``heavy_share`` of the reads counted
+so far is promoted and stays heavy; a key's class is fixed when the stack first sees it. Figures of a sample are ratio estimates: sampled weighted
 hits over sampled weighted reads, times the exact reads.
 
 Pure: no I/O, no clock; times are the caller's.
@@ -106,6 +106,9 @@ class OnlineCurve:
         self._state: Any = None
         self._heavy: set[int] = set()
         self._heavy_arr = np.zeros(0, dtype=np.int64)
+        self._counted = 0  # block reads counted for heavy keys
+        self._cand_keys = np.zeros(0, dtype=np.int64)
+        self._cand_counts = np.zeros(0, dtype=np.int64)
         self.set_capacities(capacities)
 
     def set_capacities(self, capacities: Sequence[int] | np.ndarray) -> None:
@@ -125,26 +128,68 @@ class OnlineCurve:
         """Distinct ``(instance, key)`` pairs on the stack (its memory is about 40 B each)."""
         return 0 if self._state is None else int(self._state[8][1])
 
-    def _find_heavy(self, offsets: np.ndarray, keys: np.ndarray, read: np.ndarray) -> None:
+    def _find_heavy(self, offsets: np.ndarray, keys: np.ndarray, read: np.ndarray
+                    ) -> np.ndarray | None:
+        """Count the keys of (a sample of) the batch's read rows into running counts
+        (lossy counting: candidates far below the share are pruned) and promote keys
+        whose count reaches ``heavy_share`` of all counted reads, once at least
+        ``3 / heavy_share`` reads were counted (before that, a share is no estimate)."""
         rows = np.flatnonzero(read)
         if rows.shape[0] == 0 or keys.shape[0] == 0:
-            return
-        total = int((offsets[rows + 1] - offsets[rows]).sum())
+            return None
         if rows.shape[0] > _HEAVY_ROWS:
-            rng = np.random.default_rng(self.seed + len(self._heavy))
+            rng = np.random.default_rng(self.seed + self._counted)
             rows = np.sort(rng.choice(rows, size=_HEAVY_ROWS, replace=False))
         lens = offsets[rows + 1] - offsets[rows]
         idx = np.repeat(offsets[rows] - np.concatenate(([0], np.cumsum(lens)[:-1])), lens) \
             + np.arange(int(lens.sum()))
         u, c = np.unique(keys[idx], return_counts=True)
-        scale = total / max(1, int(lens.sum()))
-        new = u[(c * scale >= self.heavy_share * total) & (c >= 3)]
-        if new.shape[0] and len(self._heavy) < _MAX_HEAVY_FACTOR / self.heavy_share:
-            before = len(self._heavy)
-            self._heavy.update(int(k) for k in new)
-            if len(self._heavy) != before:
-                self._heavy_arr = np.fromiter(self._heavy, dtype=np.int64,
-                                              count=len(self._heavy))
+        self._counted += int(lens.sum())
+        if self._cand_keys.shape[0]:
+            u = np.concatenate((self._cand_keys, u))
+            c = np.concatenate((self._cand_counts, c))
+            order = np.argsort(u, kind="stable")
+            u, c = u[order], c[order]
+            first = np.concatenate(([True], u[1:] != u[:-1]))
+            starts = np.flatnonzero(first)
+            c = np.add.reduceat(c, starts)
+            u = u[starts]
+        limit = int(_MAX_HEAVY_FACTOR / self.heavy_share)
+        if u.shape[0] > 4 * limit:  # prune: keep the largest counts
+            keep = np.argpartition(-c, 4 * limit)[:4 * limit]
+            u, c = u[np.sort(keep)], c[np.sort(keep)]
+        self._cand_keys, self._cand_counts = u, c
+        if self._counted * self.heavy_share < 3 or len(self._heavy) >= limit:
+            return None
+        new = [k for k in u[c >= self.heavy_share * self._counted].tolist()
+               if k not in self._heavy]
+        if new:
+            self._heavy.update(new)
+            self._heavy_arr = np.fromiter(self._heavy, dtype=np.int64, count=len(self._heavy))
+        return np.asarray(new, dtype=np.int64)
+
+    def _warm(self, promoted: np.ndarray, inst: np.ndarray, offsets: np.ndarray,
+              keys: np.ndarray) -> None:
+        """Put newly promoted heavy keys on top of the stack (one commit-only row per
+        instance that reads them in this batch). A promoted key was mostly outside the
+        sample until now: entering cold, its next read would be a miss it is not; hot
+        by definition, it is placed as just used."""
+        if self._state is None:
+            return
+        row_of = np.repeat(np.arange(offsets.shape[0] - 1), np.diff(offsets))
+        hit = np.isin(keys, promoted)
+        if not hit.any():
+            return
+        pairs = np.unique(np.stack([np.asarray(inst, dtype=np.int64)[row_of[hit]],
+                                    keys[hit]], axis=1), axis=0)
+        insts, starts = np.unique(pairs[:, 0], return_index=True)
+        off = np.concatenate((starts, [pairs.shape[0]])).astype(np.int64)
+        m = insts.shape[0]
+        self._state = _facts_step(
+            self._state, insts.astype(np.int64), off, np.ascontiguousarray(pairs[:, 1]),
+            np.zeros(0, dtype=np.bool_), False, np.zeros(m, dtype=np.bool_),
+            np.ones(m, dtype=np.bool_), np.zeros(pairs.shape[0], dtype=np.int8),
+            self.weighted, 1.0 / self.sample_rate, True)[0]
 
     def feed_csr(self, bucket: np.ndarray, inst: np.ndarray, offsets: np.ndarray,
                  keys: np.ndarray, mask: np.ndarray | None, read: np.ndarray,
@@ -169,7 +214,9 @@ class OnlineCurve:
         s_offsets, s_keys, s_mask, cls = offsets, keys, mask, np.zeros(0, dtype=np.int8)
         if self.weighted:
             if self.heavy_share > 0:
-                self._find_heavy(offsets, keys, read)
+                promoted = self._find_heavy(offsets, keys, read)
+                if promoted is not None and promoted.shape[0]:
+                    self._warm(promoted, inst, offsets, keys)
             s_offsets, s_keys, s_mask, cls = sample_csr(
                 offsets, keys, mask, self.sample_rate, self.seed, self.full_depth,
                 self._heavy_arr)
@@ -183,7 +230,7 @@ class OnlineCurve:
          first1) = _facts_step(self._state, np.ascontiguousarray(inst, dtype=np.int64),
                                s_offsets, s_keys, mask_arr, has_mask, read,
                                np.asarray(commit, dtype=np.bool_), cls, self.weighted,
-                               inv_rate)
+                               inv_rate, True)
         used, group = np.unique(np.asarray(bucket, dtype=np.int64), return_inverse=True)
         nb = used.shape[0]
         group = np.ascontiguousarray(group.reshape(-1), dtype=np.int64)
