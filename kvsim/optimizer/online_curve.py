@@ -92,10 +92,15 @@ class OnlineCurve:
         full_depth: keys at a depth below this are kept at rate 1 in a sample.
         heavy_share: keys carrying at least this share of a batch's reads are kept at
             rate 1 from then on (0 = off).
+        read_rate: the share of peeking reads (reads that commit nothing) fed to the
+            stack; the others only count in the exact read totals (default: 1 for exact
+            figures, else ``min(1, 30 x sample_rate)``: the heavy keys, kept at rate 1,
+            would otherwise cost as much as an exact pass on reads).
     """
 
     def __init__(self, capacities: Sequence[int] | np.ndarray, *, sample_rate: float = 1.0,
-                 seed: int = 0, full_depth: int = 1, heavy_share: float = 1e-4) -> None:
+                 seed: int = 0, full_depth: int = 1, heavy_share: float = 1e-4,
+                 read_rate: float | None = None) -> None:
         if not 0.0 < sample_rate <= 1.0:
             raise CurveError(f"sample rate must be in (0, 1], got {sample_rate}")
         self.sample_rate = float(sample_rate)
@@ -103,6 +108,11 @@ class OnlineCurve:
         self.full_depth = int(full_depth)
         self.heavy_share = float(heavy_share)
         self.weighted = self.sample_rate < 1.0
+        self.read_rate = float(read_rate) if read_rate is not None else (
+            min(1.0, 30.0 * self.sample_rate))
+        if not 0.0 < self.read_rate <= 1.0:
+            raise CurveError(f"read rate must be in (0, 1], got {self.read_rate}")
+        self._rng = np.random.default_rng(seed)
         self._state: Any = None
         self._heavy: set[int] = set()
         self._heavy_arr = np.zeros(0, dtype=np.int64)
@@ -180,8 +190,11 @@ class OnlineCurve:
         hit = np.isin(keys, promoted)
         if not hit.any():
             return
-        pairs = np.unique(np.stack([np.asarray(inst, dtype=np.int64)[row_of[hit]],
-                                    keys[hit]], axis=1), axis=0)
+        pos = np.flatnonzero(hit)
+        _, first = np.unique(keys[pos], return_index=True)  # each key's first reader
+        pos = pos[first]
+        pairs = np.stack([np.asarray(inst, dtype=np.int64)[row_of[pos]], keys[pos]], axis=1)
+        pairs = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
         insts, starts = np.unique(pairs[:, 0], return_index=True)
         off = np.concatenate((starts, [pairs.shape[0]])).astype(np.int64)
         m = insts.shape[0]
@@ -208,8 +221,30 @@ class OnlineCurve:
         Returns:
             The batch's figures per bucket.
         """
-        n = offsets.shape[0] - 1
         read = np.asarray(read, dtype=np.bool_)
+        commit = np.asarray(commit, dtype=np.bool_)
+        bucket = np.asarray(bucket, dtype=np.int64)
+        used, group = np.unique(bucket, return_inverse=True)
+        nb = used.shape[0]
+        group = np.ascontiguousarray(group.reshape(-1), dtype=np.int64)
+        reads = np.bincount(group, weights=np.where(read, np.diff(offsets), 0),
+                            minlength=nb).astype(np.int64)
+        if self.read_rate < 1.0:
+            # a peeking read changes nothing on the stack: a random subset of them
+            # estimates the same ratios (every commit is still applied)
+            peek = read & ~commit
+            drop = peek & (self._rng.random(read.shape[0]) >= self.read_rate)
+            if drop.any():
+                rows = np.flatnonzero(~drop)
+                lens = offsets[rows + 1] - offsets[rows]
+                idx = np.repeat(offsets[rows] - np.concatenate(([0], np.cumsum(lens)[:-1])),
+                                lens) + np.arange(int(lens.sum()))
+                keys = keys[idx]
+                mask = mask[idx] if mask is not None else None
+                offsets = np.concatenate(([0], np.cumsum(lens))).astype(np.int64)
+                read, commit, inst, group = read[rows], commit[rows], \
+                    np.asarray(inst)[rows], group[rows]
+        n = offsets.shape[0] - 1
         read_blocks = np.where(read, np.diff(offsets), 0)
         s_offsets, s_keys, s_mask, cls = offsets, keys, mask, np.zeros(0, dtype=np.int8)
         if self.weighted:
@@ -229,11 +264,7 @@ class OnlineCurve:
         (self._state, seg_off, thr, sln, stp, scl, internal, internal1, first0,
          first1) = _facts_step(self._state, np.ascontiguousarray(inst, dtype=np.int64),
                                s_offsets, s_keys, mask_arr, has_mask, read,
-                               np.asarray(commit, dtype=np.bool_), cls, self.weighted,
-                               inv_rate, True)
-        used, group = np.unique(np.asarray(bucket, dtype=np.int64), return_inverse=True)
-        nb = used.shape[0]
-        group = np.ascontiguousarray(group.reshape(-1), dtype=np.int64)
+                               commit, cls, self.weighted, inv_rate, True)
         w1 = inv_rate if self.weighted else 0.0
         if not self.weighted:
             scl = np.zeros(thr.shape[0], np.int8)
@@ -250,7 +281,7 @@ class OnlineCurve:
         return BatchFigures(
             buckets=used, s_hits=hb[:, self._inv],
             s_reads=np.bincount(group, weights=s_reads, minlength=nb),
-            reads=np.bincount(group, weights=read_blocks, minlength=nb).astype(np.int64),
+            reads=reads,
             s_first=np.bincount(group, weights=s_first, minlength=nb),
             internal=np.bincount(group, weights=internal + internal1 * w1, minlength=nb))
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -172,9 +173,15 @@ class Advisor:
                 else:
                     g.set_quota(q, now_ns)
             by_group: dict[str, list[tuple[Any, ...]]] = {}
-            for n in notes:
-                if n[1] in self._groups:
-                    by_group.setdefault(n[1], []).append(n)
+            names = set(map(itemgetter(1), notes))
+            if len(names) == 1:  # the common case: no per-note Python
+                name = names.pop()
+                if name in self._groups:
+                    by_group[name] = notes
+            else:
+                for n in notes:
+                    if n[1] in self._groups:
+                        by_group.setdefault(n[1], []).append(n)
             for name, rows in by_group.items():
                 self._feed(self._groups[name], rows)
             self.processed += len(notes)
@@ -188,51 +195,65 @@ class Advisor:
         return c
 
     def _feed(self, g: _Group, notes: list[tuple[Any, ...]]) -> None:
-        rows = []
-        for n in notes:
-            if n[0] == 2:  # failed keys: remembered (bounded) until written
-                if len(g.failed) < MAX_PENDING:
+        """One group's notes, in order: columns by ``zip``, arrays by numpy (no per-row
+        Python on the common path: reads and writes without failures or masks)."""
+        if 2 in set(map(itemgetter(0), notes)):
+            for n in notes:
+                if n[0] == 2 and len(g.failed) < MAX_PENDING:  # remembered until written
                     g.failed.update((n[2], int(k)) for k in n[3])
-                continue
-            if n[0] == 1 and len(n[3]) == 0:
-                continue
-            rows.append(n)
-        if not rows:
+            notes = [n for n in notes if n[0] != 2]
+        if not notes:
             return
-        lens = np.fromiter((len(n[3]) for n in rows), dtype=np.int64, count=len(rows))
-        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        kinds_t, _, insts_t, keys_t, masks_t, hits_t, unus_t, ts_t = zip(*notes, strict=True)
+        lens = np.fromiter(map(len, keys_t), dtype=np.int64, count=len(notes))
+        keep = lens > 0
+        if not keep.all():  # finished writes that left nothing held
+            idx = np.flatnonzero(keep).tolist()
+            notes = [notes[i] for i in idx]
+            if not notes:
+                return
+            kinds_t, _, insts_t, keys_t, masks_t, hits_t, unus_t, ts_t = zip(*notes,
+                                                                             strict=True)
+            lens = lens[keep]
+        nrows = len(notes)
+        offsets = np.zeros(nrows + 1, dtype=np.int64)
         np.cumsum(lens, out=offsets[1:])
-        keys = np.concatenate([np.asarray(n[3], dtype=np.int64) for n in rows])
-        is_read = np.fromiter((n[0] == 0 for n in rows), dtype=np.bool_, count=len(rows))
+        keys = np.concatenate(keys_t).astype(np.int64, copy=False)
+        is_read = np.asarray(kinds_t, dtype=np.int8) == 0
         mask = None
-        if any(n[4] is not None for n in rows):
+        n_masked = np.zeros(nrows, dtype=np.int64)
+        if any(m is not None for m in masks_t):
             mask = np.zeros(keys.shape[0], dtype=np.bool_)
-            for i, n in enumerate(rows):
-                if n[4] is not None:
-                    mask[offsets[i]:offsets[i + 1]] = n[4]
-        minute = np.fromiter((n[7] // MINUTE_NS for n in rows), dtype=np.int64,
-                             count=len(rows))
-        inst = np.fromiter((self._code(n[2]) for n in rows), dtype=np.int64, count=len(rows))
-        # a written key is no longer a failed one
-        if g.failed:
-            for n in rows:
-                if n[0] == 1:
-                    g.failed.difference_update((n[2], int(k)) for k in n[3])
+            for i, m in enumerate(masks_t):
+                if m is not None:
+                    mask[offsets[i]:offsets[i + 1]] = m
+                    n_masked[i] = int(np.count_nonzero(m))
+        minute = np.asarray(ts_t, dtype=np.int64) // MINUTE_NS
+        for name in set(insts_t):
+            self._code(name)
+        inst = np.fromiter(map(self._inst_codes.__getitem__, insts_t), dtype=np.int64,
+                           count=nrows)
+        if g.failed:  # a written key is no longer a failed one
+            for nt in notes:
+                if nt[0] == 1:
+                    g.failed.difference_update((nt[2], int(k)) for k in nt[3])
         fig = g.curve.feed_csr(minute, inst, offsets, keys, mask, is_read, ~is_read)
-        k = self.factors.shape[0]
-        extra = np.zeros((fig.buckets.shape[0], _FIXED), dtype=np.float64)
+        nb = fig.buckets.shape[0]
         bidx = np.searchsorted(fig.buckets, minute)
-        for i, n in enumerate(rows):
-            if n[0] != 0:
-                continue
-            b = bidx[i]
-            unmasked = int(lens[i]) if n[4] is None else int(lens[i] - np.count_nonzero(n[4]))
-            extra[b, _ACTUAL] += n[5]
-            extra[b, _UNUSABLE] += n[6]
-            extra[b, _REQUESTS] += 1
-            extra[b, _UNMASKED] += unmasked
-            if g.failed and n[5] < lens[i]:
-                extra[b, _SESSION] += sum((n[2], int(x)) in g.failed for x in n[3][n[5]:])
+        rd = is_read.astype(np.float64)
+        extra = np.zeros((nb, _FIXED), dtype=np.float64)
+        extra[:, _ACTUAL] = np.bincount(bidx, weights=np.asarray(hits_t, np.float64) * rd,
+                                        minlength=nb)
+        extra[:, _UNUSABLE] = np.bincount(bidx, weights=np.asarray(unus_t, np.float64) * rd,
+                                          minlength=nb)
+        extra[:, _REQUESTS] = np.bincount(bidx, weights=rd, minlength=nb)
+        extra[:, _UNMASKED] = np.bincount(bidx, weights=(lens - n_masked) * rd, minlength=nb)
+        if g.failed:
+            for i, nt in enumerate(notes):
+                if nt[0] == 0 and nt[5] < lens[i]:
+                    extra[bidx[i], _SESSION] += sum((nt[2], int(x)) in g.failed
+                                                    for x in nt[3][nt[5]:])
+        k = self.factors.shape[0]
         for b, m in enumerate(fig.buckets.tolist()):
             row = np.empty(_FIXED + k, dtype=np.float64)
             row[:_FIXED] = extra[b]

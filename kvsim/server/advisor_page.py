@@ -211,7 +211,7 @@ function drawRest() {
     {x: t, y: g.timeline.map((p) => p.actual_hit_rate), name: "actual", mode: "lines+markers"},
     {x: t, y: g.timeline.map((p) => p.predicted_hit_rate), name: "LRU at today's quota",
      mode: "lines+markers", line: {dash: "dot"}},
-  ], {margin: {t: 10, r: 10}, yaxis: {tickformat: ".0%", title: "block hit rate"},
+  ], {margin: {t: 10, r: 10}, yaxis: {tickformat: ".0%", title: "block hit rate", range: [0, 1]},
       legend: {orientation: "h"}}, {displayModeBar: false});
   const u = DATA.usage;
   Plotly.react("usage-groups", [

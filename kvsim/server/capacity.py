@@ -99,8 +99,8 @@ def quota_blocks(svc: Service, g: GroupSpec) -> int:
     over the mean block cost of its instances; an unlimited group uses its serving
     blocks rounded up to a power of two (at least 1024)."""
     if g.quota_bytes > 0:
-        costs = [s.block_bytes() for s in svc.mgr.instances()
-                 if s.group == g.name and s.block_bytes() > 0]
+        costs = [s.block_bytes for s in svc.mgr.instances()
+                 if s.group == g.name and s.block_bytes > 0]
         if costs:
             return max(1, int(g.quota_bytes // (sum(costs) / len(costs))))
     elif g.quota_blocks > 0:
