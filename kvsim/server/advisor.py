@@ -11,7 +11,8 @@ the hit blocks an LRU cache of each capacity on a factor grid of the group's quo
 start. The figures equal ``kvsim curve`` of the server's own event log at sample rate 1,
 and are estimates (a spatial key sample) below it.
 
-Misses, per group: ``compulsory`` (a key's first access: never committed before),
+Misses, per group: ``compulsory`` (what an unbounded LRU cache misses too: a key's
+first access and, under prefix semantics, the blocks after it in the same read),
 ``session_failed`` (its write session expired or failed), ``unusable`` (held on a
 storage that is disabled or failing its health probe: the prefix stopped there) and
 ``capacity`` (the rest: written, then evicted or removed, or past a prefix break; the
@@ -51,7 +52,8 @@ _HOURS = 24  # the last day, per hour
 WINDOWS = ("hour", "day", "since_start")
 MISS_REASONS = ("compulsory", "capacity", "unusable", "session_failed")
 # fixed columns of a bucket row, then one column per capacity (sampled weighted hits)
-_READS, _S_READS, _ACTUAL, _S_FIRST, _UNUSABLE, _SESSION, _REQUESTS, _UNMASKED = range(8)
+# _S_IDEAL: sampled weighted hits of an unbounded cache (its misses are compulsory)
+_READS, _S_READS, _ACTUAL, _S_IDEAL, _UNUSABLE, _SESSION, _REQUESTS, _UNMASKED = range(8)
 _FIXED = 8
 MAX_PENDING = 1 << 20  # notes kept between ticks; beyond this, reads are dropped (counted)
 
@@ -88,7 +90,9 @@ class _Group:
         self.failed: set[tuple[str, int]] = set()
 
     def _caps(self, quota_blocks: int) -> np.ndarray:
-        return np.maximum(1, np.rint(self.factors * quota_blocks)).astype(np.int64)
+        """The grid's capacities, then 0 (unbounded: the compulsory misses)."""
+        caps = np.maximum(1, np.rint(self.factors * quota_blocks)).astype(np.int64)
+        return np.concatenate((caps, [0])).astype(np.int64)
 
     def _reset(self, quota_blocks: int, now_ns: int) -> None:
         self.quota_blocks = quota_blocks
@@ -259,8 +263,8 @@ class Advisor:
             row[:_FIXED] = extra[b]
             row[_READS] = fig.reads[b]
             row[_S_READS] = fig.s_reads[b]
-            row[_S_FIRST] = fig.s_first[b]
-            row[_FIXED:] = fig.s_hits[b]
+            row[_S_IDEAL] = fig.s_hits[b, -1]
+            row[_FIXED:] = fig.s_hits[b, :-1]
             g.minutes.add(m, row)
             g.hours.add(m // 60, row)
             g.total += row
@@ -274,7 +278,8 @@ class Advisor:
         if self.sample_rate >= 1.0:
             hits = np.rint(hits)
         misses = max(0.0, row[_UNMASKED] - row[_ACTUAL])
-        first = float(row[_S_FIRST]) / s_reads * reads if s_reads > 0 else 0.0
+        ideal = float(row[_S_IDEAL]) / s_reads * reads if s_reads > 0 else 0.0
+        first = max(0.0, reads - ideal)  # what an unbounded cache misses too
         session = min(float(row[_SESSION]), misses)
         unusable = min(float(row[_UNUSABLE]), misses - session)
         compulsory = min(max(0.0, first - session), misses - session - unusable)
@@ -326,7 +331,7 @@ class Advisor:
                     continue
                 out.append({"name": name, "quota_blocks": g.quota_blocks,
                             "factors": [float(x) for x in self.factors],
-                            "capacity_blocks": g.curve.capacities.tolist(),
+                            "capacity_blocks": g.curve.capacities[:-1].tolist(),
                             "since_us": g.since_ns // 1000,
                             "tracked_keys": g.curve.tracked_keys,
                             "windows": wins, "timeline": timeline})
