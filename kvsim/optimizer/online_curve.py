@@ -48,7 +48,7 @@ from kvsim.optimizer.curve import (
     sample_csr,
 )
 
-__all__ = ["BatchFigures", "OnlineCurve"]
+__all__ = ["BatchFigures", "OnlineCurve", "warm_up"]
 
 _HEAVY_ROWS = 2000  # rows of a batch counted to find its heavy keys
 _MAX_HEAVY_FACTOR = 4  # at most this / heavy_share heavy keys are kept
@@ -297,3 +297,15 @@ class OnlineCurve:
                              else np.asarray(inst, dtype=np.int64),
                              offsets, keys, None, np.asarray(read, dtype=np.bool_),
                              np.asarray(commit, dtype=np.bool_))
+
+
+def warm_up(sample_rate: float = 1.0) -> None:
+    """Load (or compile) the kernels an :class:`OnlineCurve` at ``sample_rate`` runs,
+    so a server's first tick does not pay for it.
+
+    Example:
+        >>> warm_up(0.5)
+    """
+    c = OnlineCurve([1, 0], sample_rate=sample_rate, read_rate=1.0)
+    rows = [[1, 2], [1, 2], [3]]
+    c.feed([0, 0, 0], rows, read=[True, False, True], commit=[False, True, True])

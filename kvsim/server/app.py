@@ -244,6 +244,10 @@ def start_server(
 
     with CompileWatch(log.warning, command="serve"):  # says so when kernels compile
         secs = warm_up({g.eviction.policy for g in service.mgr.groups()} | {"lru"})
+        if service.advisor is not None:  # the advisor's kernels, before its first tick
+            from kvsim.optimizer.online_curve import warm_up as warm_advisor
+
+            warm_advisor(service.advisor.sample_rate)
     log.info("core kernels loaded in %.2f s", secs)
     try:
         msock = _bind(host, http_port)

@@ -262,3 +262,37 @@ def test_plan_is_the_update_body_and_applies(tmp_path: Path) -> None:
         assert off["header"]["status"]["code"] == "INVALID_ARGUMENT"  # no credential
     finally:
         s.close()
+
+
+def test_advice_and_plan_over_grpc(tmp_path: Path) -> None:
+    """The two admin calls are in the admin .proto: the same answers over gRPC."""
+    from transports import TRANSPORTS
+
+    c = TRANSPORTS["grpc"](tmp_path, config=_config(tmp_path, 64))
+    try:
+        assert c.service.advisor is not None
+        r = c.meta("registerInstance", {"instance_group": "default", "instance_id": "i0",
+                                        "block_size": 16,
+                                        "model_deployment": {"model_name": "m",
+                                                             "dtype": "bf16"}})
+        assert r["header"]["status"]["code"] == "OK"
+        for k in range(0, 40, 4):
+            c.meta("getCacheLocation", {"instance_id": "i0", "block_keys": [k, k + 1]})
+            w = c.meta("startWriteCache", {"instance_id": "i0", "block_keys": [k, k + 1]})
+            c.meta("finishWriteCache", {"instance_id": "i0",
+                                        "write_session_id": w["write_session_id"],
+                                        "success_blocks": {"offset": 2}})
+        c.tick()
+        adv = c.admin("getCapacityAdvice", {"name": "default"})
+        assert adv["header"]["status"]["code"] == "OK", adv["header"]
+        g = adv["advice"]["groups"][0]
+        assert g["name"] == "default" and g["windows"]["since_start"]["read_blocks"] == 20
+        plan = c.admin("getCapacityPlan", {"name": "default", "factor": 2})
+        assert plan["header"]["status"]["code"] == "OK", plan["header"]
+        body = plan["update_instance_group"]
+        assert int(body["instance_group"]["quota"]["capacity_blocks"]) == 128
+        assert int(body["current_version"]) == 1
+        denied = c.admin("getCapacityAdvice", {}, credential="admin:wrong")
+        assert denied["header"]["status"]["code"] == "INVALID_ARGUMENT"
+    finally:
+        c.close()
