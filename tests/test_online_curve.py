@@ -3,6 +3,7 @@ whole trace, whatever the batching; peeked reads equal ``curve_facts(read_rows="
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 
 import numpy as np
@@ -21,7 +22,7 @@ def _feed(trace: Trace, curve: OnlineCurve, cuts: list[int], read: np.ndarray,
     """Feed the trace in batches split at ``cuts``; returns the summed hit blocks."""
     total = np.zeros(len(CAPS))
     bounds = [0, *cuts, trace.n_requests]
-    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+    for a, b in itertools.pairwise(bounds):
         if a == b:
             continue
         off = trace.offsets[a:b + 1] - trace.offsets[a]
@@ -73,10 +74,10 @@ def test_sampled_online_close_to_exact() -> None:
     exact = curve_facts(t).curve(caps)["block_hit_rate"].to_numpy()
     c = OnlineCurve(caps, sample_rate=0.1)
     c_all = np.ones(n, bool)
-    bounds = list(range(0, n, 250)) + [n]
+    bounds = [*list(range(0, n, 250)), n]
     s_hits = np.zeros(len(caps))
     s_reads = 0.0
-    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+    for a, b in itertools.pairwise(bounds):
         off = t.offsets[a:b + 1] - t.offsets[a]
         fig = c.feed_csr(np.zeros(b - a, np.int64), t.instance[a:b].astype(np.int64), off,
                          t.keys[t.offsets[a]:t.offsets[b]], None, c_all[a:b], c_all[a:b])

@@ -17,8 +17,9 @@ Key sampling (``sample_rate < 1``) is the sampled-curve design of
 kept at rate 1, the others by a hash of key and seed, each standing for ``1 / rate``
 keys. Online, heavy keys are found from running counts (of up to 2,000 read rows per
 batch; lossy counting): a key whose count reaches ``heavy_share`` of the reads counted
-so far is promoted and stays heavy; a key's class is fixed when the stack first sees it. Figures of a sample are ratio estimates: sampled weighted
-hits over sampled weighted reads, times the exact reads.
+so far is promoted and stays heavy; a key's class is fixed when the stack first sees it,
+except that a promoted key counts once from then on. Figures of a sample are ratio
+estimates: sampled weighted hits over sampled weighted reads, times the exact reads.
 
 Pure: no I/O, no clock; times are the caller's.
 

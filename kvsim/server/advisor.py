@@ -55,7 +55,7 @@ MISS_REASONS = ("compulsory", "capacity", "unusable", "session_failed")
 # _S_IDEAL: sampled weighted hits of an unbounded cache (its misses are compulsory)
 _READS, _S_READS, _ACTUAL, _S_IDEAL, _UNUSABLE, _SESSION, _REQUESTS, _UNMASKED = range(8)
 _FIXED = 8
-MAX_PENDING = 1 << 20  # notes kept between ticks; beyond this, reads are dropped (counted)
+MAX_PENDING = 1 << 20  # notes kept between ticks; beyond this, notes are dropped (counted)
 
 
 class _Ring:
@@ -130,6 +130,7 @@ class Advisor:
         self._groups: dict[str, _Group] = {}
         self._inst_codes: dict[str, int] = {}
         self._lock = threading.Lock()  # guards the groups' figures (process vs advice)
+        self._process_lock = threading.Lock()  # one process() at a time
         self.dropped = 0
         self.processed = 0
         self.process_seconds = 0.0
@@ -147,10 +148,16 @@ class Advisor:
     def note_write(self, group: str, instance: str, keys: Any, now_ns: int) -> None:
         """A finished write: the keys it left held, in request order (committed tail
         first, so the first key ends most recent)."""
+        if len(self._pending) >= MAX_PENDING:
+            self.dropped += 1
+            return
         self._pending.append((1, group, instance, keys, None, 0, 0, now_ns))
 
     def note_failed(self, group: str, instance: str, keys: Any) -> None:
         """Keys whose write session expired or failed (a later read of them misses)."""
+        if len(self._pending) >= MAX_PENDING:
+            self.dropped += 1
+            return
         self._pending.append((2, group, instance, keys, None, 0, 0, 0))
 
     # ------------------------------------------------------------ the tick
@@ -162,6 +169,10 @@ class Advisor:
                 are dropped.
             now_ns: the server clock (for a group's ``since``).
         """
+        with self._process_lock:  # one pass at a time (the tick, or a direct call)
+            return self._process(quota_blocks, now_ns)
+
+    def _process(self, quota_blocks: Mapping[str, int], now_ns: int) -> int:
         import time
 
         t0 = time.perf_counter()
@@ -186,9 +197,12 @@ class Advisor:
                 for n in notes:
                     if n[1] in self._groups:
                         by_group.setdefault(n[1], []).append(n)
-            for name, rows in by_group.items():
-                self._feed(self._groups[name], rows)
-            self.processed += len(notes)
+            todo = [(self._groups[name], rows) for name, rows in by_group.items()]
+        # the kernels run without the lock (only this thread touches the stacks); the
+        # rings and totals are updated under it, so advice() never waits for a pass
+        for g, rows in todo:
+            self._feed(g, rows)
+        self.processed += len(notes)
         self.process_seconds += time.perf_counter() - t0
         return len(notes)
 
@@ -258,16 +272,17 @@ class Advisor:
                     extra[bidx[i], _SESSION] += sum((nt[2], int(x)) in g.failed
                                                     for x in nt[3][nt[5]:])
         k = self.factors.shape[0]
-        for b, m in enumerate(fig.buckets.tolist()):
-            row = np.empty(_FIXED + k, dtype=np.float64)
-            row[:_FIXED] = extra[b]
-            row[_READS] = fig.reads[b]
-            row[_S_READS] = fig.s_reads[b]
-            row[_S_IDEAL] = fig.s_hits[b, -1]
-            row[_FIXED:] = fig.s_hits[b, :-1]
-            g.minutes.add(m, row)
-            g.hours.add(m // 60, row)
-            g.total += row
+        with self._lock:
+            for b, m in enumerate(fig.buckets.tolist()):
+                row = np.empty(_FIXED + k, dtype=np.float64)
+                row[:_FIXED] = extra[b]
+                row[_READS] = fig.reads[b]
+                row[_S_READS] = fig.s_reads[b]
+                row[_S_IDEAL] = fig.s_hits[b, -1]
+                row[_FIXED:] = fig.s_hits[b, :-1]
+                g.minutes.add(m, row)
+                g.hours.add(m // 60, row)
+                g.total += row
 
     # ------------------------------------------------------------ answers
     def _figures(self, g: _Group, row: np.ndarray) -> dict[str, Any]:

@@ -193,7 +193,8 @@ function drawCurve() {
   const top = Math.max(0.05, ...w.hit_rate) * 1.1;
   Plotly.react("curve", [
     {x: g.factors, y: w.hit_rate, mode: "lines+markers", name: "predicted (LRU)",
-     text: g.capacity_blocks.map((c) => c + " blocks"), hovertemplate: "%{x:.3f}x (%{text}): %{y:.1%}"},
+     text: g.capacity_blocks.map((c) => c + " blocks"),
+     hovertemplate: "%{x:.3f}x (%{text}): %{y:.1%}"},
     {x: [1, 1], y: [0, top], mode: "lines", name: "today's quota",
      line: {dash: "dash", color: "#d62728"}},
     {x: [f], y: [y], mode: "markers", name: "what if", marker: {size: 12, color: "#2ca02c"}},
@@ -238,12 +239,14 @@ async function refresh() {
     const r = await fetch("/advisor/data", {credentials: "same-origin", cache: "no-store"});
     if (!r.ok) { $("status").textContent = "error: HTTP " + r.status; return; }
     const j = await r.json();
-    if (j.header.status.code !== "OK") { $("status").textContent = j.header.status.message; return; }
+    if (j.header.status.code !== "OK") {
+      $("status").textContent = j.header.status.message; return; }
     DATA = j.advice;
     const sel = $("group"), names = DATA.groups.map((g) => g.name);
     if ([...sel.options].map((o) => o.value).join() !== names.join()) {
       const cur = sel.value; sel.innerHTML = "";
-      for (const n of names) { const o = document.createElement("option"); o.value = n; o.text = n; sel.add(o); }
+      for (const n of names) {
+        const o = document.createElement("option"); o.value = n; o.text = n; sel.add(o); }
       if (names.includes(cur)) sel.value = cur;
     }
     const tot = DATA.total.since_start;

@@ -203,7 +203,7 @@ def _misses(s: Service) -> dict:
 
 
 def test_miss_reasons(tmp_path: Path) -> None:
-    s, clock = _svc(tmp_path)
+    s, _clock = _svc(tmp_path)
     try:
         assert _read(s, [1, 2]) == 0
         m = _misses(s)

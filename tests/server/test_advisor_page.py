@@ -13,8 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from conftest import service_missing
+
 from kvsim.config import KVSimConfig
 from kvsim.server.app import start_server
 from kvsim.trace.generator import GenSpec, generate_trace
