@@ -904,5 +904,5 @@ class GetCapacityPlanResponse(_message.Message):
     factor: float
     capacity_blocks: int
     predicted: _struct_pb2.Struct
-    update_instance_group: UpdateInstanceGroupRequest
-    def __init__(self, header: _Optional[_Union[CommonResponseHeader, _Mapping]] = ..., name: _Optional[str] = ..., factor: _Optional[float] = ..., capacity_blocks: _Optional[int] = ..., predicted: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., update_instance_group: _Optional[_Union[UpdateInstanceGroupRequest, _Mapping]] = ...) -> None: ...
+    update_instance_group: _struct_pb2.Struct
+    def __init__(self, header: _Optional[_Union[CommonResponseHeader, _Mapping]] = ..., name: _Optional[str] = ..., factor: _Optional[float] = ..., capacity_blocks: _Optional[int] = ..., predicted: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., update_instance_group: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
