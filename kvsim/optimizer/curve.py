@@ -950,6 +950,19 @@ def _splitmix(x: np.uint64) -> np.uint64:
 
 
 @numba.njit(cache=True)
+def _heavy_table(heavy: np.ndarray, smix: np.uint64, tab: np.ndarray, used: np.ndarray) -> None:
+    """Open-addressing set of the heavy keys (``tab``/``used``: a power-of-two size)."""
+    size = tab.shape[0]
+    for i in range(heavy.shape[0]):
+        k = heavy[i]
+        h = np.int64(_splitmix(np.uint64(k) ^ smix) & np.uint64(size - 1))
+        while used[h]:
+            h = (h + 1) & (size - 1)
+        tab[h] = k
+        used[h] = True
+
+
+@numba.njit(cache=True)
 def _sample_kernel(offsets: np.ndarray, keys: np.ndarray, limit: np.uint64, seed: np.uint64,
                    full_depth: int, heavy_tab: np.ndarray, heavy_used: np.ndarray,
                    keep: np.ndarray, cls: np.ndarray) -> int:
@@ -1043,19 +1056,14 @@ def sample_csr(offsets: np.ndarray, keys: np.ndarray, mask: np.ndarray | None, r
         >>> o.tolist(), k.tolist(), c.tolist()
         ([0, 1, 2], [5, 7], [0, 0])
     """
-    heavy = np.asarray(heavy, dtype=np.int64)
+    heavy = np.ascontiguousarray(heavy, dtype=np.int64)
     size = 1
     while size < 4 * heavy.size:
         size *= 2
     tab = np.zeros(size, dtype=np.int64)
     used = np.zeros(size, dtype=np.bool_)
     smix = _seed_mix(seed)
-    for k in heavy:  # few keys (at most 1 / heavy_share)
-        h = int(_splitmix(np.uint64(k) ^ smix)) & (size - 1)
-        while used[h]:
-            h = (h + 1) & (size - 1)
-        tab[h] = k
-        used[h] = True
+    _heavy_table(heavy, smix, tab, used)
     n_keys = keys.shape[0]
     keep = np.empty(n_keys, dtype=np.bool_)
     cls_all = np.empty(n_keys, dtype=np.int8)

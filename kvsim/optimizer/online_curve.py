@@ -51,8 +51,9 @@ from kvsim.optimizer.curve import (
 
 __all__ = ["BatchFigures", "OnlineCurve", "warm_up"]
 
-_HEAVY_ROWS = 2000  # rows of a batch counted to find its heavy keys
+_HEAVY_ROWS = 2000  # rows of a batch counted to find heavy keys (running counts)
 _MAX_HEAVY_FACTOR = 4  # at most this / heavy_share heavy keys are kept
+_MERGE_EVERY = 1  # batches of key counts merged into the running counts at once
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,7 @@ class OnlineCurve:
         self._counted = 0  # block reads counted for heavy keys
         self._cand_keys = np.zeros(0, dtype=np.int64)
         self._cand_counts = np.zeros(0, dtype=np.int64)
+        self._unmerged: list[tuple[np.ndarray, np.ndarray]] = []
         self.set_capacities(capacities)
 
     def set_capacities(self, capacities: Sequence[int] | np.ndarray) -> None:
@@ -156,9 +158,12 @@ class OnlineCurve:
             + np.arange(int(lens.sum()))
         u, c = np.unique(keys[idx], return_counts=True)
         self._counted += int(lens.sum())
-        if self._cand_keys.shape[0]:
-            u = np.concatenate((self._cand_keys, u))
-            c = np.concatenate((self._cand_counts, c))
+        self._unmerged.append((u, c))
+        if len(self._unmerged) < _MERGE_EVERY and self._cand_keys.shape[0]:
+            return None  # merged (sorted) every few batches: the sort is the cost
+        if self._cand_keys.shape[0] or len(self._unmerged) > 1:
+            u = np.concatenate([self._cand_keys, *(x[0] for x in self._unmerged)])
+            c = np.concatenate([self._cand_counts, *(x[1] for x in self._unmerged)])
             order = np.argsort(u, kind="stable")
             u, c = u[order], c[order]
             first = np.concatenate(([True], u[1:] != u[:-1]))
@@ -170,27 +175,30 @@ class OnlineCurve:
             keep = np.argpartition(-c, 4 * limit)[:4 * limit]
             u, c = u[np.sort(keep)], c[np.sort(keep)]
         self._cand_keys, self._cand_counts = u, c
+        self._unmerged = []
         if self._counted * self.heavy_share < 3 or len(self._heavy) >= limit:
             return None
-        new = [k for k in u[c >= self.heavy_share * self._counted].tolist()
-               if k not in self._heavy]
-        if new:
-            self._heavy.update(new)
-            self._heavy_arr = np.fromiter(self._heavy, dtype=np.int64, count=len(self._heavy))
-        return np.asarray(new, dtype=np.int64)
+        new = np.setdiff1d(u[c >= self.heavy_share * self._counted], self._heavy_arr)
+        if new.shape[0]:
+            self._heavy.update(new.tolist())
+            self._heavy_arr = np.sort(np.fromiter(self._heavy, dtype=np.int64,
+                                                  count=len(self._heavy)))
+        return new
 
     def _warm(self, promoted: np.ndarray, inst: np.ndarray, offsets: np.ndarray,
-              keys: np.ndarray) -> None:
+              keys: np.ndarray) -> np.ndarray:
         """Put newly promoted heavy keys on top of the stack (one commit-only row per
-        instance that reads them in this batch). A promoted key was mostly outside the
-        sample until now: entering cold, its next read would be a miss it is not; hot
-        by definition, it is placed as just used."""
+        instance that reads them in this batch), before the batch; returns the keys
+        placed (the others wait for a batch that has them). A promoted key was mostly
+        outside the sample until now: entering cold, its next read would be a miss it
+        is not; hot by definition, it is placed as just used."""
+        none = np.zeros(0, dtype=np.int64)
         if self._state is None:
-            return
+            return none
         row_of = np.repeat(np.arange(offsets.shape[0] - 1), np.diff(offsets))
         hit = np.isin(keys, promoted)
         if not hit.any():
-            return
+            return none
         pos = np.flatnonzero(hit)
         _, first = np.unique(keys[pos], return_index=True)  # each key's first reader
         pos = pos[first]
@@ -204,6 +212,7 @@ class OnlineCurve:
             np.zeros(0, dtype=np.bool_), False, np.zeros(m, dtype=np.bool_),
             np.ones(m, dtype=np.bool_), np.zeros(pairs.shape[0], dtype=np.int8),
             self.weighted, 1.0 / self.sample_rate, True)[0]
+        return np.unique(pairs[:, 1])
 
     def feed_csr(self, bucket: np.ndarray, inst: np.ndarray, offsets: np.ndarray,
                  keys: np.ndarray, mask: np.ndarray | None, read: np.ndarray,
