@@ -41,9 +41,13 @@ client over asyncio streams (default: it costs the client process far less CPU) 
 (``--client httpx``). Prints a table and writes ``reports/bench_server.json``. Target:
 >= 3,000 getCacheLocation/s with p99 < 10 ms at 32 clients.
 
+Last, the capacity advisor's cost on the read path: two more servers side by side,
+advisor off and at sample rate 0.01, getCacheLocation at 32 clients in alternating
+rounds (``--advisor-rounds``, default 3); target: on >= 95% of off (medians).
+
 Usage:
     python benchmarks/bench_server.py [--seconds 5] [--open-seconds 10] [--rate 3000]
-        [--client httpx|raw] [--no-pin] [--quick]
+        [--client httpx|raw] [--no-pin] [--quick] [--advisor-rounds 3]
 """
 
 from __future__ import annotations
@@ -489,6 +493,85 @@ def _cpu_split(pin: bool) -> tuple[set[int] | None, set[int] | None]:
     return {cpus[-1]}, set(cpus[:-1])
 
 
+def _start_server(port: int, aport: int, gport: int, data: str, env: dict[str, str],
+                  srv_cpus: set[int] | None, extra: list[str]) -> subprocess.Popen[bytes]:
+    def pin_server() -> None:  # runs in the child before exec: every thread inherits it
+        if srv_cpus is not None:
+            os.sched_setaffinity(0, srv_cpus)
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "kvsim", "serve", "--no-access-log",
+         "--http-port", str(port), "--admin-http-port", str(aport), "--grpc-port", str(gport),
+         "--admin-grpc-port", str(_free_port()), "--data-dir", data, *extra],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        preexec_fn=pin_server if srv_cpus is not None else None)
+
+
+def _fill(port: int) -> None:
+    """Register the bench instance and write the 64 keys the reads hit."""
+    import httpx
+
+    with httpx.Client(timeout=10) as c:
+        r = c.post(f"http://127.0.0.1:{port}/api/registerInstance", json={
+            "instance_group": "default", "instance_id": "bench", "block_size": 16,
+            "location_spec_infos": [{"name": "tp0", "size": 1 << 20}],
+            "model_deployment": {"model_name": "bench", "dtype": "bf16"}}).json()
+        assert r["header"]["status"]["code"] == "OK", r
+        w = c.post(f"http://127.0.0.1:{port}/api/startWriteCache",
+                   json={"instance_id": "bench", "block_keys": KEYS}).json()
+        c.post(f"http://127.0.0.1:{port}/api/finishWriteCache",
+               json={"instance_id": "bench", "write_session_id": w["write_session_id"],
+                     "success_blocks": {"offset": 64}})
+
+
+def _advisor_ab(env: dict[str, str], srv_cpus: set[int] | None, seconds: float, kind: str,
+                rounds: int) -> dict[str, Any]:
+    """getCacheLocation at 32 clients on two servers started side by side, the capacity
+    advisor off (rate 0) and on (rate 0.01), measured in alternating rounds (off, on,
+    off, on, ...): the medians' ratio is the advisor's cost on the read path."""
+    import httpx
+
+    procs, ports = {}, {}
+    for name, rate in (("off", "0"), ("on", "0.01")):
+        ports[name] = (_free_port(), _free_port(), _free_port())
+        procs[name] = _start_server(*ports[name], tempfile.mkdtemp(prefix="kvsim-bench-"),
+                                    env, srv_cpus, ["--advisor-sample-rate", rate])
+    try:
+        for name in procs:
+            _wait_ready(ports[name][0], procs[name])
+            _fill(ports[name][0])
+        runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+        for _ in range(rounds):
+            for name in ("off", "on"):
+                res = asyncio.run(_point(ports[name][0], "getCacheLocation", 32, seconds, kind,
+                                         [0], procs[name].pid))
+                runs[name].append(res)
+                print(f"advisor {name:3s}: getCacheLocation 32 clients {res['ops_per_s']:9.1f} "
+                      f"ops/s  p99 {res['p99_ms']:7.3f} ms  server "
+                      f"{res['server_cpu_us_per_op']:6.1f} CPU-us/op", flush=True)
+        adv = httpx.post(f"http://127.0.0.1:{ports['on'][1]}/api/getCapacityAdvice", json={},
+                         auth=("admin", env["KVSIM_ADMIN_PASSWORD"]), timeout=30).json()
+    finally:
+        for p in procs.values():
+            p.terminate()
+            p.wait(timeout=30)
+
+    def med(name: str, key: str) -> float:
+        return float(np.median([r[key] for r in runs[name]]))
+
+    ratio = med("on", "ops_per_s") / med("off", "ops_per_s")
+    a = adv.get("advice", {})
+    return {"rounds": rounds, "seconds_per_point": seconds, "runs": runs,
+            "off_ops_per_s_median": med("off", "ops_per_s"),
+            "on_ops_per_s_median": med("on", "ops_per_s"),
+            "off_cpu_us_per_op_median": med("off", "server_cpu_us_per_op"),
+            "on_cpu_us_per_op_median": med("on", "server_cpu_us_per_op"),
+            "on_over_off": round(ratio, 4),
+            "advisor_processed_notes": a.get("processed_notes"),
+            "advisor_process_seconds": a.get("process_seconds"),
+            "target_within_5_percent": ratio >= 0.95}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=5.0, help="per closed-loop point")
@@ -505,6 +588,8 @@ def main() -> None:
                     help="100k-key startWriteCache calls of the big_write point")
     ap.add_argument("--only-hostile", action="store_true",
                     help="run only the big_write and admin_flood points")
+    ap.add_argument("--advisor-rounds", type=int, default=3,
+                    help="alternating rounds of the advisor off/on comparison (0 = skip)")
     ap.add_argument("--out", type=Path, default=ROOT / "reports" / "bench_server.json")
     args = ap.parse_args()
     seconds = 1.0 if args.quick else args.seconds
@@ -514,33 +599,12 @@ def main() -> None:
     env = os.environ | {"PYTHONPATH": str(ROOT), "KVSIM_ADMIN_PASSWORD": "bench"}
     srv_cpus, cli_cpus = _cpu_split(args.pin)
 
-    def pin_server() -> None:  # runs in the child before exec: every thread inherits it
-        if srv_cpus is not None:
-            os.sched_setaffinity(0, srv_cpus)
-
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "kvsim", "serve", "--no-access-log",
-         "--http-port", str(port), "--admin-http-port", str(aport), "--grpc-port", str(gport),
-         "--admin-grpc-port", str(_free_port()), "--data-dir", data],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        preexec_fn=pin_server if srv_cpus is not None else None)
+    proc = _start_server(port, aport, gport, data, env, srv_cpus, [])
     if cli_cpus is not None:
         os.sched_setaffinity(0, cli_cpus)
     try:
         _wait_ready(port, proc)
-        import httpx
-
-        with httpx.Client(timeout=10) as c:
-            r = c.post(f"http://127.0.0.1:{port}/api/registerInstance", json={
-                "instance_group": "default", "instance_id": "bench", "block_size": 16,
-                "location_spec_infos": [{"name": "tp0", "size": 1 << 20}],
-                "model_deployment": {"model_name": "bench", "dtype": "bf16"}}).json()
-            assert r["header"]["status"]["code"] == "OK", r
-            w = c.post(f"http://127.0.0.1:{port}/api/startWriteCache",
-                       json={"instance_id": "bench", "block_keys": KEYS}).json()
-            c.post(f"http://127.0.0.1:{port}/api/finishWriteCache",
-                   json={"instance_id": "bench", "write_session_id": w["write_session_id"],
-                         "success_blocks": {"offset": 64}})
+        _fill(port)
         load0 = os.getloadavg()
         rows = []
         counter = [0]
@@ -602,6 +666,9 @@ def main() -> None:
                                    "target": hostile}, indent=2) + "\n")
         print(f"wrote {out}")
         return
+    advisor = (_advisor_ab(env, srv_cpus, seconds, args.client, args.advisor_rounds)
+               if args.advisor_rounds > 0 else None)
+    load1 = os.getloadavg()
     g32 = next(r for r in rows if r["op"] == "getCacheLocation" and r["clients"] == 32
                and r.get("loop") != "open")
     pinned = srv_cpus is not None
@@ -618,6 +685,8 @@ def main() -> None:
                  "server and client share the machine's CPUs with each other (and with any "
                  "other jobs: see loadavg)"),
         "results": rows,
+        # the capacity advisor's cost on the read path (servers started side by side)
+        "advisor": advisor,
         "target": {
             "getCacheLocation_32_ops_per_s": 3000, "p99_ms": 10,
             # 32 clients offering 3,000/s together, latency from the scheduled send time
@@ -638,6 +707,12 @@ def main() -> None:
           f"{load1[0]:.2f} on {os.cpu_count()} CPUs"
           f"{'; server on CPU ' + str(sorted(srv_cpus or ())) if pinned else ''}; "
           f"wrote {args.out}")
+    if advisor is not None:
+        print(f"advisor at rate 0.01 vs off (medians of {advisor['rounds']} alternating "
+              f"rounds): {advisor['on_ops_per_s_median']:.1f} vs "
+              f"{advisor['off_ops_per_s_median']:.1f} getCacheLocation/s = "
+              f"{advisor['on_over_off']:.3f} (target >= 0.95: "
+              f"{'met' if advisor['target_within_5_percent'] else 'NOT met'})")
 
 
 if __name__ == "__main__":

@@ -219,6 +219,8 @@ class ServerOptions:
         event_log_max_bytes: rotate the event log past this size (0 = never):
             ``events.jsonl`` is renamed ``events-NNNNNN.jsonl`` (next number, 6 digits).
         limits: per-request limits (:class:`ServerLimits`).
+        advisor_sample_rate: the capacity advisor's key sampling rate (1 = exact LRU
+            curves; 0 = no advisor); see :mod:`kvsim.server.advisor`.
     """
 
     host: str = "127.0.0.1"
@@ -236,6 +238,7 @@ class ServerOptions:
     storage_probe_seconds: float = 5.0
     event_log_max_bytes: int = 256 << 20
     limits: ServerLimits = field(default_factory=ServerLimits)
+    advisor_sample_rate: float = 0.01
 
 
 @dataclass(frozen=True)
@@ -582,6 +585,8 @@ class _Reader:
             event_log_max_bytes=int(self.num(d, "event_log_max_bytes", path, 256 << 20,
                                              integer=True, low=0)),
             limits=self.limits(d.get("limits") or {}, f"{path}.limits"),
+            advisor_sample_rate=self.num(d, "advisor_sample_rate", path, 0.01,
+                                         integer=False, low=0, high=1),
         )
 
     def limits(self, d: Any, path: str) -> ServerLimits:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the servers the tests start themselves (on free loopback ports): Redis and
-# PostgreSQL, from Debian's packages with apt-get.
+# PostgreSQL, and the headless browser of the advisor page's test (Chromium and its
+# WebDriver), from Debian's packages with apt-get.
 # Idempotent and quick when they are already there. Needs root (or sudo) for apt-get:
 # without either it says so and exits 1 (scripts/test.sh then runs the tests without
 # them; those tests skip with the reason).
@@ -14,6 +15,8 @@ command -v redis-server >/dev/null || need+=(redis-server)
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null; then
   need+=(postgresql)
 fi
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ] && [ -z "$SUDO" ]; then
   echo "install_services: ${need[*]} missing, and installing needs root or password-less" \

@@ -233,3 +233,19 @@ def test_run_sweep_worker_error_propagates(sample: Trace) -> None:
     bad = KVSimConfig(groups=(), source="<empty>")
     with pytest.raises(ValueError, match="at least one group"):
         run_sweep(sample, [cfg, bad], jobs=2)
+
+
+def test_miss_breakdown_in_the_document() -> None:
+    """Issue 19: results carry the advisor's miss reasons when the ideal was replayed;
+    compulsory misses are the ideal's, capacity misses what the bigger cache recovers."""
+    t = Trace.from_lists(ts_ns=[0, 1, 2, 3], keys=[[1, 2], [3, 4], [1, 2], [3, 4]],
+                         block_size=16)
+    small, big = (replay(t, KVSimConfig.single_cache(capacity_blocks=c)) for c in (2, 4))
+    doc = report.build_document(report.trace_record(t), [small, big], ideal(t))
+    m_small, m_big = (r["misses"] for r in doc["results"])
+    assert m_small == {"total": 8, "compulsory": 4, "capacity": 4, "unusable": 0,
+                       "session_failed": 0}
+    assert m_big["total"] == m_big["compulsory"] == 4 and m_big["capacity"] == 0
+    assert "misses" in doc["legend"]
+    assert "misses" not in report.build_document(report.trace_record(t), [small],
+                                                 None)["results"][0]

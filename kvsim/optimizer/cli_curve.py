@@ -81,11 +81,16 @@ def _int_list() -> click.ParamType:
                    "keys (plus every chain root); the curve becomes an estimate.")
 @click.option("--sample-seed", type=int, default=0, show_default=True,
               help="Which keys a --sample keeps.")
+@click.option("--read-rows", "read_rows", type=click.Choice(["refuse", "peek"]),
+              default="refuse", show_default=True,
+              help="Read-only rows (a server's event log): refuse them, or peek (measure "
+                   "a read on the stack, touch nothing: the write that follows it "
+                   "refreshes its keys). The server's capacity advisor uses peek.")
 def curve_cmd(
     trace: Path | None, fmt: str, block_size: int | None, tail: str, chain: str, strict: bool,
     instance: str | None, limit: int | None, capacities: list[int] | None,
     auto_points: int | None, as_json: bool, from_facts: Path | None, save_facts: Path | None,
-    out_dir: Path, no_out: bool, sample_rate: float, sample_seed: int,
+    out_dir: Path, no_out: bool, sample_rate: float, sample_seed: int, read_rows: str,
 ) -> None:  # fmt: skip
     """Exact LRU hit rates at many capacities from one pass over TRACE.
 
@@ -99,6 +104,7 @@ def curve_cmd(
       kvsim curve t.jsonl --save-facts t.facts.npz --no-out
       kvsim curve --from-facts t.facts.npz --capacities 97656
       kvsim curve big.parquet --sample 0.01 --auto 40
+      kvsim curve DATA/events.jsonl --format kvcm-events --read-rows peek --auto 40
     """
     from kvsim.cli import _check_out_dir, _clean_errors, _read_trace
 
@@ -124,7 +130,8 @@ def curve_cmd(
             t, _fmt = _read_trace(trace, fmt, err=err, block_size=block_size, tail=tail,
                                   chain=chain, strict=strict, instance=instance, limit=limit)
             with err.status(f"one pass over {t.n_keys:,} block accesses", spinner="dots"):
-                facts = curve_facts(t, sample_rate=sample_rate, sample_seed=sample_seed)
+                facts = curve_facts(t, sample_rate=sample_rate, sample_seed=sample_seed,
+                                    read_rows=read_rows)
             name = trace.name
         if save_facts is not None:
             facts.save(save_facts)

@@ -82,6 +82,7 @@ __all__ = [
     "curve_facts",
     "exact_curve",
     "heavy_keys",
+    "sample_csr",
     "sample_mask",
 ]
 
@@ -156,22 +157,70 @@ def _positions(npos: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @numba.njit(cache=True)
-def _facts_kernel(
+def _new_state(max_len: int, weighted: bool) -> tuple[
+        np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+        np.ndarray, np.ndarray]:
+    """An empty recency stack: the state :func:`_facts_step` carries between batches.
+
+    ``(tab, last, idcls, words, fenb, words1, fenb1, who, sc)``: the ``(instance, key)``
+    -> id hash map, each id's last-access position (0 = never), each id's class, the
+    marked positions of class-0 and class-1 ids (bitmaps and per-64 Fenwick trees), the
+    id at each position, and the scalars ``sc = [hcap, n_ids, npos, nxt, live, live1,
+    compactions]``.
+    """
+    hcap = 1 << 12
+    npos = _MIN_POSITIONS
+    while npos < 4 * max_len:
+        npos *= 2
+    words, fenb = _positions(npos)
+    words1, fenb1 = _positions(npos if weighted else 64)  # class-1 positions
+    sc = np.zeros(8, dtype=np.int64)
+    sc[0] = hcap
+    sc[2] = npos
+    sc[3] = 1
+    return (np.zeros(2 * hcap, dtype=np.int64), np.zeros(1 << 11, dtype=np.int64),
+            np.zeros(1 << 11, dtype=np.int8), words, fenb, words1, fenb1,
+            np.zeros(npos + 1, dtype=np.int64), sc)
+
+
+@numba.njit(cache=True)
+def _facts_step(
+    state: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                 np.ndarray, np.ndarray, np.ndarray],
     req_inst: np.ndarray, offsets: np.ndarray, keys: np.ndarray, mask: np.ndarray,
-    has_mask: bool, is_read: np.ndarray, cls: np.ndarray, weighted: bool, inv_rate: float,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
-           np.ndarray, np.ndarray, int, int]:
-    """Prefix-maximum stack distances of every read request, run-length encoded.
+    has_mask: bool, is_read: np.ndarray, commit: np.ndarray, cls: np.ndarray, weighted: bool,
+    inv_rate: float, promote: bool = False,
+) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                 np.ndarray, np.ndarray, np.ndarray],
+           np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+           np.ndarray, np.ndarray, np.ndarray]:
+    """Prefix-maximum stack distances of a batch of requests, run-length encoded, on
+    the recency stack ``state`` (from :func:`_new_state` or the previous batch).
+
+    A whole trace is one batch; the server's capacity advisor feeds its calls in
+    batches and keeps the state between them. A row reads (``is_read``: its
+    distances are measured on the stack as it was before the row) and/or commits
+    (``commit``: all its keys are touched tail first, so its first key ends most recent).
 
     ``weighted`` (a key sample): ``cls[j]`` is 0 for a key kept at rate 1, 1 for one
     kept at the sample rate; a class-1 key stands for ``inv_rate`` keys, so a
     distance is ``1 + (class-0 keys since) + ceil(inv_rate * class-1 keys since)``.
-    Segments never mix classes.
+    Segments never mix classes. An id's class is fixed when it is first seen, unless
+    ``promote`` (online sampling, where heavy keys are found as they come): a class-1 id
+    whose key arrives as class 0 becomes class 0 for good.
 
-    Returns seg_offsets, seg_threshold, seg_length, seg_step, seg_class, internal
-    (class-0 masked blocks), internal of class 1, the class of each id, the number of
-    distinct ``(instance, key)`` pairs and the number of position compactions.
+    Returns the new state, seg_offsets, seg_threshold, seg_length, seg_step, seg_class,
+    internal (class-0 masked blocks), internal of class 1, and the unmasked read keys
+    never committed before (first accesses: compulsory misses) of class 0 and class 1.
     """
+    tab, last, idcls, words, fenb, words1, fenb1, who, sc = state
+    hcap = sc[0]
+    n_ids = sc[1]
+    npos = sc[2]
+    nxt = sc[3]
+    live = sc[4]
+    live1 = sc[5]
+    compactions = sc[6]
     n = offsets.shape[0] - 1
     max_len = 1
     for q in range(n):
@@ -179,23 +228,8 @@ def _facts_kernel(
     # hash map (instance, key) -> dense id, open addressing, grown at load 1/2
     # slot h: tab[2h] = key, tab[2h + 1] = instance << 32 | (id + 1), 0 = empty (one
     # cache line per probe)
-    hcap = 1 << 12
-    tab = np.zeros(2 * hcap, dtype=np.int64)
-    n_ids = 0
-    last = np.zeros(1 << 11, dtype=np.int64)  # last-access position per id (0 = never)
     # positions 1..npos, marked where some id was last accessed: a bitmap, and a
     # Fenwick tree of marked counts per 64-position block (64x smaller: stays cached)
-    npos = _MIN_POSITIONS
-    while npos < 4 * max_len:
-        npos *= 2
-    words, fenb = _positions(npos)
-    words1, fenb1 = _positions(npos if weighted else 64)  # class-1 positions
-    idcls = np.zeros(1 << 11, dtype=np.int8)
-    who = np.zeros(npos + 1, dtype=np.int64)
-    nxt = 1
-    live = 0
-    live1 = 0
-    compactions = 0
     seg_off = np.zeros(n + 1, dtype=np.int64)
     cap_s = max(1024, keys.shape[0] // 8)
     thr = np.empty(cap_s, dtype=np.int64)
@@ -205,6 +239,8 @@ def _facts_kernel(
     ns = 0
     internal = np.zeros(n, dtype=np.int64)
     internal1 = np.zeros(n, dtype=np.int64)
+    first0 = np.zeros(n, dtype=np.int64)
+    first1 = np.zeros(n, dtype=np.int64)
     ids = np.empty(max_len, dtype=np.int64)
     hs = np.empty(max_len, dtype=np.int64)
     for q in range(n):
@@ -251,7 +287,9 @@ def _facts_kernel(
         stopped = False
         nint = 0
         nint1 = 0
-        sc = 0
+        nf0 = 0
+        nf1 = 0
+        sc_ = 0
         if 2 * (n_ids + m) > hcap:  # grow and rehash (never inside a request: see hs)
             ncap = 2 * hcap
             while 2 * (n_ids + m) > ncap:
@@ -295,6 +333,15 @@ def _facts_kernel(
                     idcls[d] = cls[j]
             else:
                 d = (meta & 0xFFFFFFFF) - 1
+                if promote and idcls[d] == 1 and cls[j] == 0:
+                    # a sampled key promoted to class 0 (heavy): counts once from now on
+                    idcls[d] = 0
+                    pp = last[d]
+                    if pp > 0:
+                        _set_pos(words1, fenb1, pp, False)
+                        live1 -= 1
+                        _set_pos(words, fenb, pp, True)
+                        live += 1
             ids[j - a] = d
             if not rd:
                 continue
@@ -305,9 +352,14 @@ def _facts_kernel(
                 else:
                     nint += 1
                 continue
+            p = last[d]
+            if p == 0:
+                if kc == 1:
+                    nf1 += 1
+                else:
+                    nf0 += 1
             if stopped:
                 continue
-            p = last[d]
             if p == 0:
                 stopped = True
                 continue
@@ -316,10 +368,10 @@ def _facts_kernel(
                 dist += int(np.ceil((live1 - _count_le(words1, fenb1, p)) * inv_rate))
             if dist > cur:
                 cur = dist
-            if ln > 0 and kc != sc:  # a class change closes the segment
-                thr, sln, stp, scl, ns = _push_segment(thr, sln, stp, scl, ns, t0, ln, st, sc)
+            if ln > 0 and kc != sc_:  # a class change closes the segment
+                thr, sln, stp, scl, ns = _push_segment(thr, sln, stp, scl, ns, t0, ln, st, sc_)
                 ln = 0
-            sc = kc
+            sc_ = kc
             if ln == 0:
                 t0 = cur
                 ln = 1
@@ -330,15 +382,19 @@ def _facts_kernel(
             elif ln >= 2 and cur == t0 + st * ln:
                 ln += 1
             else:
-                thr, sln, stp, scl, ns = _push_segment(thr, sln, stp, scl, ns, t0, ln, st, sc)
+                thr, sln, stp, scl, ns = _push_segment(thr, sln, stp, scl, ns, t0, ln, st, sc_)
                 t0 = cur
                 ln = 1
                 st = 0
         if ln > 0:
-            thr, sln, stp, scl, ns = _push_segment(thr, sln, stp, scl, ns, t0, ln, st, sc)
+            thr, sln, stp, scl, ns = _push_segment(thr, sln, stp, scl, ns, t0, ln, st, sc_)
         internal[q] = nint
         internal1[q] = nint1
+        first0[q] = nf0
+        first1[q] = nf1
         seg_off[q + 1] = ns
+        if not commit[q]:
+            continue
         # ---- commit: touch every key tail first (the first key ends most recent)
         for jj in range(m - 1, -1, -1):
             d = ids[jj]
@@ -358,8 +414,42 @@ def _facts_kernel(
             who[nxt] = d
             last[d] = nxt
             nxt += 1
-    return (seg_off, thr[:ns].copy(), sln[:ns].copy(), stp[:ns].copy(), scl[:ns].copy(),
-            internal, internal1, idcls[:n_ids].copy(), n_ids, compactions)
+    sc[0] = hcap
+    sc[1] = n_ids
+    sc[2] = npos
+    sc[3] = nxt
+    sc[4] = live
+    sc[5] = live1
+    sc[6] = compactions
+    return ((tab, last, idcls, words, fenb, words1, fenb1, who, sc), seg_off,
+            thr[:ns].copy(), sln[:ns].copy(), stp[:ns].copy(), scl[:ns].copy(),
+            internal, internal1, first0, first1)
+
+
+def _facts_kernel(
+    req_inst: np.ndarray, offsets: np.ndarray, keys: np.ndarray, mask: np.ndarray,
+    has_mask: bool, is_read: np.ndarray, cls: np.ndarray, weighted: bool, inv_rate: float,
+    commit: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+           np.ndarray, np.ndarray, int, int]:
+    """:func:`_facts_step` of one batch on an empty stack (a whole trace).
+
+    ``commit`` defaults to every row. Returns seg_offsets, seg_threshold, seg_length,
+    seg_step, seg_class, internal, internal1, the class of each id, the number of
+    distinct ``(instance, key)`` pairs and the number of position compactions.
+    """
+    n = offsets.shape[0] - 1
+    max_len = int(np.diff(offsets).max()) if n else 1
+    state = _new_state(max(1, max_len), weighted)
+    if commit is None:
+        commit = np.ones(n, dtype=np.bool_)
+    state, seg_off, thr, sln, stp, scl, internal, internal1, _, _ = _facts_step(
+        state, req_inst, offsets, keys, mask, has_mask, is_read, commit, cls, weighted,
+        inv_rate)
+    sc = state[8]
+    n_ids = int(sc[1])
+    return (seg_off, thr, sln, stp, scl, internal, internal1, state[2][:n_ids].copy(), n_ids,
+            int(sc[6]))
 
 
 @numba.njit(cache=True)
@@ -744,7 +834,8 @@ def _frame(head: dict[str, Any], hb: np.ndarray, ht: np.ndarray, read_blocks: in
 
 
 def curve_facts(trace: Trace, *, sample_rate: float = 1.0, sample_seed: int = 0,
-                full_depth: int = 1, heavy_share: float = 1e-4) -> CurveFacts:
+                full_depth: int = 1, heavy_share: float = 1e-4,
+                read_rows: str = "refuse") -> CurveFacts:
     """One pass over ``trace``: the facts of an exact ``lru`` capacity curve.
 
     Args:
@@ -757,6 +848,13 @@ def curve_facts(trace: Trace, *, sample_rate: float = 1.0, sample_seed: int = 0,
             roots: few keys, many reads).
         heavy_share: in a sample, keys estimated to carry at least this share of all
             reads are all kept (:func:`heavy_keys`; 0 turns this off).
+        read_rows: what to do with ``KIND_READ`` rows: ``"refuse"`` (raise), or
+            ``"peek"``: measure them on the stack and touch nothing, as if the write
+            that follows a read (the server's read -> startWriteCache ->
+            finishWriteCache flow, whose ``FinishWriteCache`` rows touch every key the
+            write covered) refreshed its keys. Exact for a server's event log when
+            every read's hit keys are written again before the next call of the same
+            group; the server's capacity advisor computes the same figures live.
 
     Returns:
         The :class:`CurveFacts` of the trace.
@@ -774,13 +872,16 @@ def curve_facts(trace: Trace, *, sample_rate: float = 1.0, sample_seed: int = 0,
         raise CurveError(f"sample rate must be in (0, 1], got {sample_rate}")
     if full_depth < 0:
         raise CurveError(f"full depth must be >= 0, got {full_depth}")
+    if read_rows not in ("refuse", "peek"):
+        raise CurveError(f"read_rows must be 'refuse' or 'peek', got {read_rows!r}")
     n = trace.n_requests
-    if n and np.any(trace.kind == KIND_READ):
+    if n and read_rows == "refuse" and np.any(trace.kind == KIND_READ):
         bad = int(np.flatnonzero(trace.kind == KIND_READ)[0])
         raise CurveError(
             f"{trace.source}: row {bad} is a read-only event (KIND_READ); the one-pass LRU "
             "curve is exact only for combined requests and write-only rows (a read refreshes "
-            "only the blocks that hit, which depends on the capacity): use replay instead"
+            "only the blocks that hit, which depends on the capacity): use replay instead, "
+            "or read_rows='peek' (--read-rows peek) for a server's event log"
         )
     is_read = trace.kind != KIND_WRITE
     read_blocks = np.where(is_read, trace.key_counts(), 0)
@@ -795,6 +896,7 @@ def curve_facts(trace: Trace, *, sample_rate: float = 1.0, sample_seed: int = 0,
     seg_off, thr, sln, stp, scl, internal, internal1, idcls, n_ids, _ = _facts_kernel(
         np.ascontiguousarray(trace.instance, dtype=np.int64), offsets, keys,
         mask_arr, has_mask, is_read, cls, weighted, 1.0 / sample_rate,
+        commit=trace.kind != KIND_READ,
     )
     sampled: dict[str, Any] = {}
     unique = float(n_ids)
@@ -845,6 +947,19 @@ def _splitmix(x: np.uint64) -> np.uint64:
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     return z ^ (z >> np.uint64(31))
+
+
+@numba.njit(cache=True)
+def _heavy_table(heavy: np.ndarray, smix: np.uint64, tab: np.ndarray, used: np.ndarray) -> None:
+    """Open-addressing set of the heavy keys (``tab``/``used``: a power-of-two size)."""
+    size = tab.shape[0]
+    for i in range(heavy.shape[0]):
+        k = heavy[i]
+        h = np.int64(_splitmix(np.uint64(k) ^ smix) & np.uint64(size - 1))
+        while used[h]:
+            h = (h + 1) & (size - 1)
+        tab[h] = k
+        used[h] = True
 
 
 @numba.njit(cache=True)
@@ -924,26 +1039,39 @@ def _sample_keys(trace: Trace, rate: float, seed: int, full_depth: int, heavy_sh
     """
     heavy = heavy_keys(trace, seed=seed, min_share=heavy_share) if heavy_share > 0 else \
         np.zeros(0, dtype=np.int64)
+    return sample_csr(trace.offsets, trace.keys, trace.mask, rate, seed, full_depth, heavy)
+
+
+def sample_csr(offsets: np.ndarray, keys: np.ndarray, mask: np.ndarray | None, rate: float,
+               seed: int, full_depth: int, heavy: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
+    """The spatial key sample of CSR rows: kept offsets, keys, masks and classes.
+
+    Class 0 (kept at rate 1): keys at depth below ``full_depth`` and the ``heavy`` keys;
+    class 1: keys whose hash of key and ``seed`` falls below ``rate * 2**64``.
+
+    Example:
+        >>> o, k, m, c = sample_csr(np.array([0, 2, 3]), np.array([5, 6, 7]), None, 1e-9, 0,
+        ...                         1, np.array([7]))
+        >>> o.tolist(), k.tolist(), c.tolist()
+        ([0, 1, 2], [5, 7], [0, 0])
+    """
+    heavy = np.ascontiguousarray(heavy, dtype=np.int64)
     size = 1
     while size < 4 * heavy.size:
         size *= 2
     tab = np.zeros(size, dtype=np.int64)
     used = np.zeros(size, dtype=np.bool_)
     smix = _seed_mix(seed)
-    for k in heavy:  # few keys (at most 1 / heavy_share)
-        h = int(_splitmix(np.uint64(k) ^ smix)) & (size - 1)
-        while used[h]:
-            h = (h + 1) & (size - 1)
-        tab[h] = k
-        used[h] = True
-    keep = np.empty(trace.n_keys, dtype=np.bool_)
-    cls_all = np.empty(trace.n_keys, dtype=np.int8)
-    _sample_kernel(trace.offsets, trace.keys, _limit(rate), smix, full_depth, tab, used,
-                   keep, cls_all)
+    _heavy_table(heavy, smix, tab, used)
+    n_keys = keys.shape[0]
+    keep = np.empty(n_keys, dtype=np.bool_)
+    cls_all = np.empty(n_keys, dtype=np.int8)
+    _sample_kernel(offsets, keys, _limit(rate), smix, full_depth, tab, used, keep, cls_all)
     csum = np.concatenate(([0], np.cumsum(keep, dtype=np.int64)))
-    offsets = csum[trace.offsets]
-    mask = trace.mask[keep] if trace.mask is not None else None
-    return offsets, trace.keys[keep], mask, cls_all[keep]
+    new_offsets = csum[offsets]
+    new_mask = mask[keep] if mask is not None else None
+    return new_offsets, keys[keep], new_mask, cls_all[keep]
 
 
 def exact_curve(trace: Trace, capacities: Sequence[int] | np.ndarray) -> pl.DataFrame:

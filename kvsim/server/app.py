@@ -189,6 +189,7 @@ def start_server(
     admin_auth: str = "basic",
     debug_http_port: int | None = None,
     event_format: str = "kvsim",
+    advisor_sample_rate: float | None = None,
 ) -> ServerHandle:
     """Start the meta and admin listeners in background threads.
 
@@ -223,6 +224,8 @@ def start_server(
             listener.
         event_format: the event log's shape: ``kvsim`` or ``kvcm`` (KVCM's publisher
             format, which its optimizer reads).
+        advisor_sample_rate: the capacity advisor's key sampling rate (default
+            ``config.server.advisor_sample_rate``, else 0.01; 0 = off).
 
     Returns:
         The running server's handle.
@@ -249,6 +252,8 @@ def start_server(
                                else (opts.storage_probe_seconds if opts is not None
                                      else DEFAULT_PROBE_S)),
         admin_auth=admin_auth, event_format=event_format,
+        advisor_sample_rate=(advisor_sample_rate if advisor_sample_rate is not None
+                             else (opts.advisor_sample_rate if opts is not None else 0.01)),
     )
     if elector is not None:
         elector.on_change = lambda lead: service.reload() if lead else None
@@ -260,6 +265,10 @@ def start_server(
     with CompileWatch(log.warning, command="serve"):  # says so when kernels compile
         secs = warm_up({g.eviction.policy for g in service.mgr.groups()} | {"lru"})
         kvcm_token_keys(np.arange(4, dtype=np.int64), 2)  # token_ids reads and writes
+        if service.advisor is not None:  # the advisor's kernels, before its first tick
+            from kvsim.optimizer.online_curve import warm_up as warm_advisor
+
+            warm_advisor(service.advisor.sample_rate)
     log.info("core kernels loaded in %.2f s", secs)
     try:
         msock = _bind(host, http_port)

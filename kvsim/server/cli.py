@@ -57,6 +57,9 @@ __all__ = ["serve_cmd"]
               help="Probe each file storage (write, fsync, read back, delete a small file) "
                    "this often; a failing one is unhealthy and unused until it recovers; "
                    "0 = never [default: 5].")
+@click.option("--advisor-sample-rate", type=click.FloatRange(0, 1), default=None,
+              help="The capacity advisor's key sampling rate (1 = exact LRU curves, 0 = "
+                   "off) [default: 0.01]; its page is http://HOST:ADMIN_PORT/advisor.")
 @click.option("--access-log/--no-access-log", default=True, show_default=True,
               help="One line per call on stderr.")
 @click.option("--admin-auth", type=click.Choice(["basic", "none"]), default="basic",
@@ -82,7 +85,8 @@ def serve_cmd(config_path: Path | None, host: str | None, http_port: int | None,
               state: str | None, leader: str | None,
               storage_probe_seconds: float | None, access_log: bool, admin_auth: str,
               allow_unauthenticated_admin: bool, event_format: str,
-              debug_http_port: int | None) -> None:
+              debug_http_port: int | None,
+              advisor_sample_rate: float | None) -> None:
     """Serve the KV-cache manager API (Tair KVCM compatible) over HTTP and gRPC.
 
     \b
@@ -166,6 +170,7 @@ def serve_cmd(config_path: Path | None, host: str | None, http_port: int | None,
             storage_probe_seconds=storage_probe_seconds,
             admin_auth=admin_auth, debug_http_port=debug_http_port,
             event_format=event_format,
+            advisor_sample_rate=advisor_sample_rate,
         )
     except RuntimeError as e:
         raise click.ClickException(str(e)) from None

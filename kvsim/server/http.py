@@ -247,6 +247,10 @@ def create_app(service: Service, api: str) -> KVSimApp:
                                 headers={"www-authenticate": 'Basic realm="kvsim admin"'})
         return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
 
+    if api == "admin":  # the capacity advisor's page (GET /advisor)
+        from kvsim.server.advisor_page import add_routes
+
+        add_routes(app, service)
     return kapp
 
 

@@ -101,6 +101,7 @@ from kvsim.core.spec import (
     StorageSpec,
 )
 from kvsim.core.table import SERVING
+from kvsim.server import capacity
 from kvsim.server import wire as W
 from kvsim.server.auth import Account, Accounts, AuthGuard
 from kvsim.server.clock import MonotonicClock
@@ -245,6 +246,8 @@ class Service:
             ``config.server.limits``).
         event_log_max_bytes: rotate the event log past this size (0 = never; default
             ``config.server.event_log_max_bytes``).
+        advisor_sample_rate: run the capacity advisor (:mod:`kvsim.server.advisor`) at
+            this key sampling rate (1 = exact); 0 = no advisor.
     """
 
     _read_rows: np.ndarray  # table rows read since the last recency flush
@@ -267,6 +270,7 @@ class Service:
         event_format: str = "kvsim",
         limits: ServerLimits | None = None,
         event_log_max_bytes: int | None = None,
+        advisor_sample_rate: float = 0.0,
     ) -> None:
         opts = config.server if config is not None else None
         self.limits = limits if limits is not None else (
@@ -317,6 +321,7 @@ class Service:
         self._probe_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self.advisor = capacity.make_advisor(advisor_sample_rate)
         self._reset_registry()
         self._config = config if config is not None else default_config(self.data_dir)
         if self.store is None or not self._load_store():
@@ -360,6 +365,7 @@ class Service:
             "checkHealth": self._check_health,
             "getManagerClusterInfo": self._cluster_info,
             "leaderDemote": self._leader_demote,
+            **capacity.admin_calls(self),
         }
         self._debug: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {}
         install_compat(self)  # KVCM's remaining admin calls and the debug service
@@ -522,6 +528,8 @@ class Service:
             for sid in overdue:
                 ses = self._sessions.pop(sid)
                 self._tokens.pop(ses.token, None)
+                if self.advisor is not None:
+                    capacity.note_failed(self, ses.instance_id, ses.keys[ses.is_new])
                 self._emit("FinishWriteCache", ses.instance_id, write_session_id=ses.token,
                            block_keys=[], success_count=0, expired=True)
             self.expired_sessions += expired
@@ -542,6 +550,8 @@ class Service:
         self._flush_recency()
         if self.events is not None:
             self.events.flush()
+        if self.advisor is not None:
+            capacity.process(self)
         return {"expired": expired, "reclaimed": reclaimed, "reaped": reaped}
 
     def start_background(self, interval_s: float = 0.5) -> None:
@@ -1678,6 +1688,8 @@ class Service:
         out.append(("kvsim_expired_sessions", self.expired_sessions, {}))
         out.append(("kvsim_reclaimed_blocks", self.reclaimed_blocks, {}))
         out.append(("kvsim_instances", len(self._inst), {}))
+        if self.advisor is not None:
+            out += self.advisor.metrics(self.clock.now_ns())
         for (api, method, code), n in sorted(self.calls.items()):
             out.append(("kvsim_calls", n, {"api": api, "method": method, "code": code}))
         for (api, method), (count, secs, per_bucket) in sorted(self.latency.items()):
@@ -1860,7 +1872,7 @@ class Service:
         before it (a miss), a batch get answers the placeholder location for it, and a
         sliding window counts it as a miss.
         """
-        iid, _, rec, keys, mask = self._read_args(body)
+        iid, spec, rec, keys, mask = self._read_args(body)
         qt, query, sw = self._query(body)
         names = W.get_str_list(body, "location_spec_names")
         only = set(names) if names else None
@@ -1875,6 +1887,8 @@ class Service:
                 hk, hr = keys[hit], rows[hit]
             locs = self._row_locations(rec, iid, hk, hr, only)
             self._mark_read(hr)
+            if self.advisor is not None:
+                capacity.note_read(self, spec.group, iid, keys, mask, res.hit_blocks)
         else:
             locs = self._row_locations(rec, iid, keys, rows, only)
             self._mark_read(rows[rows >= 0])
@@ -2017,6 +2031,8 @@ class Service:
                                        access_count=t.acc[rows], loc=t.loc[rows])
         if self.store is not None:
             self._batch.close_session(sid)
+        if self.advisor is not None:
+            capacity.note_write(self, ses, held, ok)
         self._emit("FinishWriteCache", ses.instance_id, trace_id=_trace_id(body),
                    write_session_id=token, block_keys=held,
                    success_count=int(np.count_nonzero(ok)))

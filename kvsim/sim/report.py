@@ -78,6 +78,9 @@ LEGEND: dict[str, str] = {
     "elapsed_s": "wall seconds of the replay loop, kernel compile excluded",
     "compile_s": "wall seconds spent compiling kernels in this run (0 once cached)",
     "ideal": "an unbounded cache: only the first access of a block misses",
+    "misses": "missed blocks by reason (with an ideal run): compulsory = the ideal's "
+              "misses, capacity = the rest (what a bigger cache buys); unusable and "
+              "session_failed are the server's and 0 in a replay",
 }
 SUMMARY_NAME = "summary.json"
 PLOT_NAME = "hitrate.png"
@@ -188,12 +191,34 @@ def build_document(
 
     ``legend`` says in the document itself what the less obvious fields mean.
     """
+    records = [result_record(r) for r in results]
+    if ideal is not None:
+        for rec in records:
+            rec["misses"] = miss_breakdown(rec["read_blocks"], rec["hit_blocks"],
+                                           int(ideal["hit_blocks"]))
     return {
         "legend": LEGEND,
         "trace": trace_info,
         "ideal": None if ideal is None else {k: _clean(v) for k, v in ideal.items()},
-        "results": [result_record(r) for r in results],
+        "results": records,
     }
+
+
+def miss_breakdown(read_blocks: int, hit_blocks: int, ideal_hit_blocks: int
+                   ) -> dict[str, int]:
+    """Why blocks missed, as the server's capacity advisor splits them: ``compulsory``
+    (an unbounded cache misses them too: first accesses, and what follows one in a
+    prefix read), ``capacity`` (the rest: what a bigger cache buys); a replay has no
+    storages or write sessions, so ``unusable`` and ``session_failed`` are 0.
+
+    Example:
+        >>> miss_breakdown(100, 60, 90)
+        {'total': 40, 'compulsory': 10, 'capacity': 30, 'unusable': 0, 'session_failed': 0}
+    """
+    total = max(0, read_blocks - hit_blocks)
+    compulsory = min(total, max(0, read_blocks - ideal_hit_blocks))
+    return {"total": total, "compulsory": compulsory, "capacity": total - compulsory,
+            "unusable": 0, "session_failed": 0}
 
 
 def document_json(doc: dict[str, Any]) -> str:

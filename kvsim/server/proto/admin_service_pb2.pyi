@@ -862,3 +862,47 @@ class UpdateLoggerRequest(_message.Message):
     module_name: str
     log_level: str
     def __init__(self, trace_id: _Optional[str] = ..., module_name: _Optional[str] = ..., log_level: _Optional[str] = ...) -> None: ...
+
+class GetCapacityAdviceRequest(_message.Message):
+    __slots__ = ("trace_id", "name")
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    trace_id: str
+    name: str
+    def __init__(self, trace_id: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class GetCapacityAdviceResponse(_message.Message):
+    __slots__ = ("header", "advice")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    ADVICE_FIELD_NUMBER: _ClassVar[int]
+    header: CommonResponseHeader
+    advice: _struct_pb2.Struct
+    def __init__(self, header: _Optional[_Union[CommonResponseHeader, _Mapping]] = ..., advice: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+
+class GetCapacityPlanRequest(_message.Message):
+    __slots__ = ("trace_id", "name", "factor", "capacity_blocks")
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FACTOR_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    trace_id: str
+    name: str
+    factor: float
+    capacity_blocks: int
+    def __init__(self, trace_id: _Optional[str] = ..., name: _Optional[str] = ..., factor: _Optional[float] = ..., capacity_blocks: _Optional[int] = ...) -> None: ...
+
+class GetCapacityPlanResponse(_message.Message):
+    __slots__ = ("header", "name", "factor", "capacity_blocks", "predicted", "update_instance_group")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FACTOR_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_INSTANCE_GROUP_FIELD_NUMBER: _ClassVar[int]
+    header: CommonResponseHeader
+    name: str
+    factor: float
+    capacity_blocks: int
+    predicted: _struct_pb2.Struct
+    update_instance_group: _struct_pb2.Struct
+    def __init__(self, header: _Optional[_Union[CommonResponseHeader, _Mapping]] = ..., name: _Optional[str] = ..., factor: _Optional[float] = ..., capacity_blocks: _Optional[int] = ..., predicted: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., update_instance_group: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...

@@ -179,6 +179,16 @@ class AdminServiceStub:
                 request_serializer=admin__service__pb2.UpdateLoggerRequest.SerializeToString,
                 response_deserializer=admin__service__pb2.CommonResponse.FromString,
                 _registered_method=True)
+        self.GetCapacityAdvice = channel.unary_unary(
+                '/kv_cache_manager.proto.admin.AdminService/GetCapacityAdvice',
+                request_serializer=admin__service__pb2.GetCapacityAdviceRequest.SerializeToString,
+                response_deserializer=admin__service__pb2.GetCapacityAdviceResponse.FromString,
+                _registered_method=True)
+        self.GetCapacityPlan = channel.unary_unary(
+                '/kv_cache_manager.proto.admin.AdminService/GetCapacityPlan',
+                request_serializer=admin__service__pb2.GetCapacityPlanRequest.SerializeToString,
+                response_deserializer=admin__service__pb2.GetCapacityPlanResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -358,6 +368,18 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetCapacityAdvice(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCapacityPlan(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -505,6 +527,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.UpdateLogger,
                     request_deserializer=admin__service__pb2.UpdateLoggerRequest.FromString,
                     response_serializer=admin__service__pb2.CommonResponse.SerializeToString,
+            ),
+            'GetCapacityAdvice': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCapacityAdvice,
+                    request_deserializer=admin__service__pb2.GetCapacityAdviceRequest.FromString,
+                    response_serializer=admin__service__pb2.GetCapacityAdviceResponse.SerializeToString,
+            ),
+            'GetCapacityPlan': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCapacityPlan,
+                    request_deserializer=admin__service__pb2.GetCapacityPlanRequest.FromString,
+                    response_serializer=admin__service__pb2.GetCapacityPlanResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1290,6 +1322,60 @@ class AdminService:
             '/kv_cache_manager.proto.admin.AdminService/UpdateLogger',
             admin__service__pb2.UpdateLoggerRequest.SerializeToString,
             admin__service__pb2.CommonResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCapacityAdvice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kv_cache_manager.proto.admin.AdminService/GetCapacityAdvice',
+            admin__service__pb2.GetCapacityAdviceRequest.SerializeToString,
+            admin__service__pb2.GetCapacityAdviceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCapacityPlan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kv_cache_manager.proto.admin.AdminService/GetCapacityPlan',
+            admin__service__pb2.GetCapacityPlanRequest.SerializeToString,
+            admin__service__pb2.GetCapacityPlanResponse.FromString,
             options,
             channel_credentials,
             insecure,
