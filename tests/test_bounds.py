@@ -121,7 +121,8 @@ def test_belady_bounds_every_policy(seed: int, instances: int) -> None:
             assert b["hit_blocks"] >= got, (name, cap, b["hit_blocks"], got)
     ideal_figs = ideal(t)
     (unbounded,) = belady(p, [p.n_blocks])
-    assert {k: unbounded[k] for k in ideal_figs} == ideal_figs
+    same = [k for k in ideal_figs if k != "mean_request_token_hit_rate"]  # replay only
+    assert {k: unbounded[k] for k in same} == {k: ideal_figs[k] for k in same}
     (huge,) = belady(p, [10 * p.n_blocks])
     assert huge["hit_blocks"] == ideal_figs["hit_blocks"]
 

@@ -8,8 +8,9 @@ request in file order, 288,500 accesses) and a generated one (Zipf reuse with
 one-hit scans, seeded). libCacheSim runs in the same test, through its C trace path.
 
 Where kvsim and libCacheSim differ by design (``slru``: kvsim's is the two-segment
-SLRU, libCacheSim's a four-segment one), the test pins both to plain transcriptions of
-their own layouts and asserts the exact counts differ. Where libCacheSim has no
+SLRU, libCacheSim's a four-segment one; ``lfu`` on the generated stream: the contract
+inserts before it evicts, libCacheSim evicts first), the test pins both to plain
+transcriptions and asserts the exact counts differ. Where libCacheSim has no
 counterpart, kvsim is checked against a transcription written here from the
 algorithm's description (not the twin in ``kvsim/core/reference.py``).
 """
@@ -109,6 +110,9 @@ def kvsim_hits(keys: np.ndarray, capacity: int, policy: str, **params: float) ->
 @pytest.mark.parametrize("policy", sorted(SAME_ALGORITHM))
 @pytest.mark.parametrize("stream", ["mooncake", "generated"])
 def test_policy_equals_libcachesim(streams, oracle_files, stream: str, policy: str) -> None:
+    if stream == "generated" and policy in ("lfu", "sieve"):
+        pytest.skip("known differences: test_evicting_after_the_insert, "
+                    "test_sieve_equals_the_nsdi24_algorithm")
     keys, capacities = streams[stream]
     for capacity in capacities:
         theirs = lcs_hits(SAME_ALGORITHM[policy], oracle_files[stream], capacity, keys.shape[0])
@@ -237,6 +241,101 @@ def slru_libcachesim_layout(keys: np.ndarray, c: int, n_seg: int = 4) -> int:
         segs[target][x] = None
         where[x] = target
     return hits
+
+
+def lfu_transcription(keys: np.ndarray, c: int, *, insert_first: bool, cap: int = 0) -> int:
+    """LFU, ties to the least recent; counts saturate at ``cap`` (0: never). With
+    ``insert_first`` the new block is counted (1) and then the cache evicts to ``c``,
+    as the replay contract orders a write; otherwise the cache makes room first."""
+    count: dict[int, int] = {}
+    last: dict[int, int] = {}
+    hits = 0
+
+    def evict() -> None:
+        v = min(count, key=lambda x: (count[x], last[x]))
+        del count[v], last[v]
+
+    for clock, x in enumerate(keys.tolist()):
+        if x in count:
+            hits += 1
+            count[x] = count[x] + 1 if not cap else min(count[x] + 1, cap)
+            last[x] = clock
+            continue
+        if not insert_first and len(count) >= c:
+            evict()
+        count[x] = 1
+        last[x] = clock
+        if insert_first and len(count) > c:
+            evict()
+    return hits
+
+
+def sieve_transcription(keys: np.ndarray, c: int, *, insert_first: bool) -> int:
+    """SIEVE (Zhang et al., NSDI'24): a FIFO queue, new objects at the head, a visited
+    bit set on hits; the hand walks from the tail toward the head (wrapping), clearing
+    visited bits, evicts the first unvisited object and stays at its newer neighbour.
+    ``insert_first`` as in :func:`lfu_transcription` (kvsim equals the evict-first
+    order: its newcomer sits at the head, past which the hand wraps to the tail)."""
+    queue: list[int] = []  # index 0 = tail (oldest)
+    visited: dict[int, bool] = {}
+    hand = 0
+    hits = 0
+
+    def evict() -> None:
+        nonlocal hand
+        if hand >= len(queue):
+            hand = 0
+        while visited[queue[hand]]:
+            visited[queue[hand]] = False
+            hand = hand + 1 if hand + 1 < len(queue) else 0
+        del visited[queue.pop(hand)]
+
+    for x in keys.tolist():
+        if x in visited:
+            hits += 1
+            visited[x] = True
+            continue
+        if not insert_first and len(queue) >= c:
+            evict()
+        queue.append(x)
+        visited[x] = False
+        if insert_first and len(queue) > c:
+            evict()
+    return hits
+
+
+def test_evicting_after_the_insert(streams, oracle_files) -> None:
+    """Known difference (``lfu``): the replay contract inserts a block, then evicts;
+    libCacheSim evicts, then inserts. When every other cached block has been hit (small
+    caches under Zipf reuse) the newcomer is the unique least frequent block and kvsim
+    evicts it, libCacheSim the least frequent older one. On the Mooncake stream this
+    never decides a victim (equal counts, above); on the generated one it does, and each
+    side equals a transcription of its own order exactly (kvsim's counts saturate at 63)."""
+    keys, capacities = streams["generated"]
+    differs = 0
+    for capacity in capacities:
+        ours = kvsim_hits(keys, capacity, "lfu")
+        theirs = lcs_hits("LFU", oracle_files["generated"], capacity, keys.shape[0])
+        assert ours == lfu_transcription(keys, capacity, insert_first=True, cap=63), capacity
+        assert theirs == lfu_transcription(keys, capacity, insert_first=False), capacity
+        differs += ours != theirs
+    assert differs >= 1
+
+
+def test_sieve_equals_the_nsdi24_algorithm(streams, oracle_files) -> None:
+    """kvsim's ``sieve`` equals a transcription of SIEVE (NSDI'24) on both streams.
+    libCacheSim's Sieve equals it on the Mooncake stream and at 3,000 blocks on the
+    generated one, but not at 50 and 400 there (20,545 and 28,188 hits against the
+    transcription's 20,715 and 28,136): a difference inside libCacheSim's hand
+    handling that is not identified yet (NOTES.md, issue 16)."""
+    for name, (keys, capacities) in streams.items():
+        for capacity in capacities:
+            ours = kvsim_hits(keys, capacity, "sieve")
+            assert ours == sieve_transcription(keys, capacity, insert_first=False), (name,
+                                                                                       capacity)
+    keys, _ = streams["generated"]
+    theirs = lcs_hits("Sieve", oracle_files["generated"], 3000, keys.shape[0])
+    assert theirs == kvsim_hits(keys, 3000, "sieve")
 
 
 @pytest.mark.parametrize("stream", ["mooncake", "generated"])

@@ -55,7 +55,8 @@ __all__ = [
 
 ProgressFn = Callable[[int, int], None]
 
-IDEAL_KEYS = ("hit_blocks", "hit_tokens", "block_hit_rate", "token_hit_rate")
+IDEAL_KEYS = ("hit_blocks", "hit_tokens", "block_hit_rate", "token_hit_rate",
+              "mean_request_token_hit_rate")
 _POLL_S = 0.1
 
 # Worker-side state: the trace (inherited on fork, or set by the initializer) and the
