@@ -1171,6 +1171,7 @@ class Service:
             if not os.path.isabs(uri) and ".." in Path(uri).parts:
                 raise W.WireError(f"{where}root_path: a relative root must stay inside the "
                                   f"data directory (no '..'), got {uri[:60]!r}")
+            _check_path_size(uri, f"{where}root_path")
         elif stype == "hf3fs":
             uri = os.path.join(W.get_str(spec, "mountpoint", where=where),
                                W.get_str(spec, "root_dir", where=where))
@@ -2075,6 +2076,32 @@ _DURABLE_EVENTS = frozenset({"startWriteCache", "finishWriteCache"})
 
 class _IOError(KVSimError):
     code = "IO_ERROR"
+
+
+#: Longest path and path component a ``file`` storage root may have, in UTF-8 bytes
+#: (Linux's PATH_MAX and NAME_MAX): a root that cannot be created is refused when it is
+#: given, never found out at a restart, which must load every persisted storage.
+MAX_PATH_BYTES = 4096
+MAX_NAME_BYTES = 255
+
+
+def _check_path_size(path: str, field: str) -> None:
+    """Refuse (``INVALID_ARGUMENT`` naming ``field``) a path the file system cannot hold.
+
+    Example:
+        >>> _check_path_size("/srv/kv/" + "a" * 255, "root_path")
+        >>> _check_path_size("/srv/" + "é" * 128, "root_path")
+        Traceback (most recent call last):
+        ...
+        kvsim.server.wire.WireError: root_path: a path component is 256 bytes long (at most 255)
+    """
+    raw = path.encode("utf-8", "surrogatepass")
+    if len(raw) > MAX_PATH_BYTES:
+        raise W.WireError(f"{field}: {len(raw)} bytes long (at most {MAX_PATH_BYTES})")
+    longest = max((len(c) for c in raw.split(b"/")), default=0)
+    if longest > MAX_NAME_BYTES:
+        raise W.WireError(f"{field}: a path component is {longest} bytes long "
+                          f"(at most {MAX_NAME_BYTES})")
 
 
 def probe_directory(root: str | os.PathLike[str]) -> str | None:

@@ -87,7 +87,7 @@ def _run(tmp: Path, trace: Trace, rate: float, *, http: bool = True) -> dict:
         _drive(f"http://127.0.0.1:{h.http_port}" if http else h.service, trace)
         h.service.tick()  # the advisor takes what is left, the event log is flushed
         adv = _advice(f"http://127.0.0.1:{h.admin_http_port}")
-        metrics = httpx.get(f"http://127.0.0.1:{h.admin_http_port}/metrics").text
+        metrics = httpx.get(f"http://127.0.0.1:{h.admin_http_port}/metrics", auth=AUTH).text
     finally:
         h.stop()
     adv["_metrics"] = metrics
