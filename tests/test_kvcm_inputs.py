@@ -144,7 +144,7 @@ def test_cli_config_import_export_and_replay_with_kvcm_config(tmp_path: Path) ->
          "total_keys": [1, 2, 3 + i], "input_len": 8} for i in range(4)])
     r = CliRunner().invoke(main, ["replay", str(tr), "--config", str(src), "--json"])
     assert r.exit_code == 0, r.output
-    out = json.loads(r.output[r.output.index("{"):])
+    out = json.loads(r.stdout[r.stdout.index("{"):])
     assert out["results"][0]["hit_blocks"] == 6  # turns 2..4 hit keys 1 and 2
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"instance_groups": [{"group_name": "g"}]}))

@@ -118,7 +118,7 @@ def test_request_log_cli_convert(tmp_path: Path) -> None:
     assert orjson.loads(out.read_text())["keys"] == KVCM_KEYS_4  # written as kvcm JSONL
     r = CliRunner().invoke(trace_group, ["stats", str(p), "--json", "--hash-seed", "1"])
     assert r.exit_code == 0, r.output
-    assert orjson.loads(r.output)["format"] == "requests"
+    assert orjson.loads(r.stdout)["format"] == "requests"
 
 
 @pytest.mark.parametrize("line, message", [

@@ -80,7 +80,7 @@ def test_cli_stats_on_a_recording(tmp_path: Path) -> None:
     assert back == b and meta["parts"] == 2
     r = CliRunner().invoke(trace_group, ["stats", str(rec), "--json"])
     assert r.exit_code == 0, r.output
-    d = orjson.loads(r.output)
+    d = orjson.loads(r.stdout)
     assert d["format"] == "kv-events" and d["restores_after_removal"] == 1
     assert (d["gaps"], d["gap_batches"]) == (1, 3)
     assert d["media"]["GPU"]["peak_resident"] == 2

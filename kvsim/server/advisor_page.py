@@ -109,35 +109,28 @@ def add_routes(app: FastAPI, service: Service) -> None:
         return Response(p.read_bytes(), media_type="text/javascript",
                         headers={"Cache-Control": "max-age=86400"})
 
-    @app.get("/advisor/data")
-    async def data(request: Request) -> Response:
+    async def admin_call(request: Request, method: str, with_body: bool) -> Response:
+        """One admin call for the page, with the page's credential (401 without)."""
         cred = await _credential(request, service)
         if cred is None:
             return _denied()
-        return _json(await asyncio.to_thread(service.call, "admin", "getCapacityAdvice", {},
-                                             credential=cred))
-
-    @app.post("/advisor/plan")
-    async def plan(request: Request) -> Response:
-        cred = await _credential(request, service)
-        if cred is None:
-            return _denied()
-        body = await _body(request)
+        body = await _body(request) if with_body else {}
         if body is None:
             return Response("body: a JSON object of at most 1 MiB\n", status_code=400)
-        return _json(await asyncio.to_thread(service.call, "admin", "getCapacityPlan", body,
+        return _json(await asyncio.to_thread(service.call, "admin", method, body,
                                              credential=cred))
+
+    @app.get("/advisor/data")
+    async def data(request: Request) -> Response:
+        return await admin_call(request, "getCapacityAdvice", False)
+
+    @app.post("/advisor/plan")
+    async def plan(request: Request) -> Response:  # shows the body, applies nothing
+        return await admin_call(request, "getCapacityPlan", True)
 
     @app.post("/advisor/apply")
     async def apply(request: Request) -> Response:
-        cred = await _credential(request, service)
-        if cred is None:
-            return _denied()
-        body = await _body(request)
-        if body is None:
-            return Response("body: a JSON object of at most 1 MiB\n", status_code=400)
-        return _json(await asyncio.to_thread(service.call, "admin", "updateInstanceGroup", body,
-                                             credential=cred))
+        return await admin_call(request, "updateInstanceGroup", True)
 
 
 PAGE = """<!doctype html>

@@ -101,7 +101,7 @@ def _kvsim_curve(events: Path, caps: list[int], block_size: int) -> list[int]:
         "--read-rows", "peek", "--capacities", ",".join(map(str, caps)), "--json",
         "--no-out"])
     assert r.exit_code == 0, r.output
-    return [row["hit_blocks"] for row in json.loads(r.output[r.output.index("["):])]
+    return [row["hit_blocks"] for row in json.loads(r.stdout[r.stdout.index("["):])]
 
 
 @pytest.fixture(scope="module")

@@ -107,7 +107,7 @@ def test_cli_replays_event_log(tmp_path: Path) -> None:
         assert r.exit_code == 0, r.output
         import json
 
-        out[name] = json.loads(r.output)
+        out[name] = json.loads(r.stdout)
     hit = [out[k]["results"][0]["hit_blocks"] for k in ("trace", "events")]
     assert hit[0] == hit[1] == int(served.sum())
     assert read_trace(tmp_path / "events.jsonl").n_requests == 2 * trace.n_requests  # auto
