@@ -218,8 +218,11 @@ def install_compat(svc: Any) -> None:
         if level not in _LOG_LEVELS:
             raise W.WireError(f"log_level: unknown level {level[:20]!r} (one of "
                               f"{', '.join(_LOG_LEVELS)})")
-        name = module if module.startswith("kvsim") else "kvsim"
-        logging.getLogger(name).setLevel(_LOG_LEVELS[level])
+        # only loggers that exist: a new name per call would add a logger per call
+        # (the logging module keeps every one for the life of the process)
+        known = module == "kvsim" or (module.startswith("kvsim.")
+                                      and module in logging.root.manager.loggerDict)
+        logging.getLogger(module if known else "kvsim").setLevel(_LOG_LEVELS[level])
         return {}
 
     def get_metrics(body: dict[str, Any]) -> dict[str, Any]:

@@ -179,6 +179,11 @@ def test_leader_elector_config_and_logger(srv: Both) -> None:
                                                "log_level": "debug"})) == "OK"
         assert logging.getLogger("kvsim.server").level == logging.DEBUG
         assert code(srv.grpc.admin("updateLogger", {"log_level": "LOUD"})) == "INVALID_ARGUMENT"
+        # a name no logger has falls back to kvsim's root logger: none is created
+        assert code(srv.admin("updateLogger", {"module_name": "kvsim.no_such_module_x",
+                                               "log_level": "ERROR"})) == "OK"
+        assert "kvsim.no_such_module_x" not in logging.root.manager.loggerDict
+        assert logging.getLogger("kvsim").level == logging.ERROR
     finally:
         logging.getLogger("kvsim.server").setLevel(logging.NOTSET)
         logging.getLogger("kvsim").setLevel(old)
