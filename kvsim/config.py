@@ -208,9 +208,11 @@ class ServerOptions:
         event_log: write ``<data_dir>/events.jsonl``.
         admin_user: the bootstrap admin account (its password comes from
             ``--admin-password`` or ``$KVSIM_ADMIN_PASSWORD``, never the config).
-        state: durable state: ``sqlite`` (``<data_dir>/kvsim-state.db``, the
-            default), ``sqlite:///PATH``, ``redis://HOST:PORT/DB?prefix=NAME`` or
-            ``none`` (memory only).
+        state: durable state: ``journal`` (the default: an append-only journal with
+            snapshots in ``<data_dir>/kvsim-journal``; ``journal:///DIR?fsync=none|
+            always|interval``), ``sqlite`` (``<data_dir>/kvsim-state.db``),
+            ``sqlite:///PATH``, ``redis://HOST:PORT/DB?prefix=NAME`` or ``none``
+            (memory only).
         leader: leader election: ``auto`` (a Redis lease with a Redis state, else a
             lock file in the data dir), ``file``, ``redis`` or ``none``.
         leader_lease_ms: the lease; a dead leader is replaced within it.
@@ -232,7 +234,7 @@ class ServerOptions:
     tick_seconds: float = 0.5
     event_log: bool = True
     admin_user: str = "admin"
-    state: str = "sqlite"
+    state: str = "journal"
     leader: str = "auto"
     leader_lease_ms: int = 3000
     storage_probe_seconds: float = 5.0
@@ -576,7 +578,7 @@ class _Reader:
                                   high=3600),
             event_log=ev,
             admin_user=self.text(d, "admin_user", path, "admin"),
-            state=self.text(d, "state", path, "sqlite"),
+            state=self.text(d, "state", path, "journal"),
             leader=self.choice(d, "leader", path, "auto", ["auto", "file", "redis", "none"]),
             leader_lease_ms=int(self.num(d, "leader_lease_ms", path, 3000, integer=True,
                                          low=100, high=600_000)),

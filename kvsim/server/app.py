@@ -128,6 +128,25 @@ def _no_module(name: str) -> bool:
     return False
 
 
+def _on_leader_change(service: Any, store: Any, elector: Any) -> Any:
+    """On becoming leader: fence the store with the new epoch, then reload from it (a
+    fence refused - a later leader exists - demotes this node)."""
+    from kvsim.server.store import StoreError
+
+    def change(lead: bool) -> None:
+        if not lead:
+            return
+        try:
+            fence_store(store, elector.lease)
+        except StoreError:
+            log.exception("state store: fencing refused; stepping down")
+            elector.demote()
+            return
+        service.reload()
+
+    return change
+
+
 def open_state(state: str, leader: str, lease_ms: int, data_dir: Path,
                node_id: str | None = None) -> tuple[Any, Any]:
     """The state store and leader elector that ``state`` and ``leader`` name.
@@ -147,7 +166,7 @@ def open_state(state: str, leader: str, lease_ms: int, data_dir: Path,
             raise RuntimeError("--leader redis needs a Redis state (--state redis://...)")
         return None, None
     try:
-        store = open_store(None if state == "sqlite" else state, data_dir)
+        store = open_store(state, data_dir)
     except StoreError as e:
         raise RuntimeError(str(e)) from None
     redis_state = hasattr(store, "client")
@@ -165,7 +184,28 @@ def open_state(state: str, leader: str, lease_ms: int, data_dir: Path,
         lease = FileLease(data_dir / "leader.lock", ttl_ms=lease_ms, owner=node_id)
     elector = LeaderElector(lease)
     elector.step()
+    if elector.is_leader:
+        try:
+            fence_store(store, lease)
+        except StoreError as e:
+            elector.stop()
+            store.close()
+            raise RuntimeError(str(e)) from None
     return store, elector
+
+
+def fence_store(store: Any, lease: Any) -> None:
+    """Make ``store`` refuse the writes of every leader older than ``lease``'s epoch
+    (and take that epoch for this process's writes): called on becoming leader, before
+    the state is loaded.
+
+    Raises:
+        StoreFenced: a later leader fenced the store already.
+    """
+    epoch = int(getattr(lease, "epoch", 0) or 0)
+    fence = getattr(store, "fence", None)
+    if epoch > 0 and fence is not None:
+        fence(epoch)
 
 
 def start_server(
@@ -256,7 +296,7 @@ def start_server(
                              else (opts.advisor_sample_rate if opts is not None else 0.01)),
     )
     if elector is not None:
-        elector.on_change = lambda lead: service.reload() if lead else None
+        elector.on_change = _on_leader_change(service, store, elector)
         elector.start()
     handle = ServerHandle(service=service, host=host, http_port=0, admin_http_port=0)
     # load the core's compiled kernels now, not inside the first clients' calls

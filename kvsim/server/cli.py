@@ -48,8 +48,10 @@ __all__ = ["serve_cmd"]
               help="Deprecated: visible in the process list; use --admin-password-file or "
                    "KVSIM_ADMIN_PASSWORD.")
 @click.option("--state", default=None, metavar="URL",
-              help="Durable state: sqlite (<data-dir>/kvsim-state.db, the default), "
-                   "sqlite:///PATH, redis://HOST:PORT/DB?prefix=NAME, or none.")
+              help="Durable state: journal (<data-dir>/kvsim-journal, the default; "
+                   "journal:///DIR?fsync=none|always|interval), sqlite "
+                   "(<data-dir>/kvsim-state.db), sqlite:///PATH, "
+                   "redis://HOST:PORT/DB?prefix=NAME, or none.")
 @click.option("--leader", type=click.Choice(["auto", "file", "redis", "none"]), default=None,
               help="Leader election [default: auto: a Redis lease with a Redis state, else a "
                    "lock file in the data dir]; followers answer SERVER_NOT_LEADER.")

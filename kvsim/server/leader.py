@@ -209,12 +209,15 @@ class RedisLease:
         self.key = key
         self.ttl_ms = int(ttl_ms)
         self.owner = owner or f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.epoch = 0  # the epoch of this owner's last acquisition (0: none)
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
 
     def try_acquire(self) -> bool:
-        """``SET NX PX``; True also when this owner already holds it."""
+        """``SET NX PX``; True also when this owner already holds it. Each acquisition
+        takes a new epoch (``INCR <key>:epoch``: the store's fencing token)."""
         if self.client.set(self.key, self.owner, nx=True, px=self.ttl_ms):
+            self.epoch = int(self.client.incr(f"{self.key}:epoch"))
             return True
         return self.renew()
 

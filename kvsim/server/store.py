@@ -1,4 +1,4 @@
-"""Durable state of the manager server: SQLite (embedded default) or Redis.
+"""Durable state of the manager server: the journal (embedded default), SQLite or Redis.
 
 A store keeps three things, written incrementally and never as a rewrite of the
 whole table:
@@ -57,6 +57,10 @@ SCHEMA_VERSION = 1
 
 class StoreError(RuntimeError):
     """The store cannot be opened or is of another schema version."""
+
+
+class StoreFenced(StoreError):
+    """A write of a deposed leader: a later leader epoch fenced the store."""
 
 
 @dataclass(frozen=True)
@@ -188,6 +192,11 @@ class BlockStore(Protocol):
         """Forget everything (tests, ``--reset``)."""
         ...
 
+    def fence(self, epoch: int) -> None:
+        """Write as leader ``epoch`` from now on; refuse (:class:`StoreFenced`) every
+        later write of this handle once a newer epoch has fenced the store."""
+        ...
+
     def close(self) -> None:
         """Flush and release resources."""
         ...
@@ -254,6 +263,42 @@ class SqliteStore:
                              f"{SCHEMA_VERSION}")
         self._lock = threading.RLock()
         self._closed = False
+        self._epoch = 0  # this writer's leader epoch (0: unfenced, single writer)
+
+    def _begin(self) -> None:
+        """Open a write transaction; when fenced, refuse it if a later leader fenced
+        the store (checked inside the transaction: ``BEGIN IMMEDIATE`` holds the write
+        lock, so no fence can land between the check and the commit)."""
+        if not self._epoch:
+            self._db.execute("BEGIN")
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        row = self._db.execute("SELECT v FROM meta WHERE k='epoch'").fetchone()
+        if row is not None and int(row[0]) > self._epoch:
+            self._db.execute("ROLLBACK")
+            raise StoreFenced(f"{self.path}: a newer leader (epoch {row[0]}) fenced this "
+                              f"one (epoch {self._epoch}) off")
+
+    def fence(self, epoch: int) -> None:
+        """Write as leader ``epoch`` from now on and refuse the writes of any older one.
+
+        Raises:
+            StoreFenced: a later epoch has fenced already.
+        """
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute("SELECT v FROM meta WHERE k='epoch'").fetchone()
+                if row is not None and int(row[0]) > epoch:
+                    raise StoreFenced(f"{self.path}: leader epoch {epoch} is older than the "
+                                      f"store's fence {row[0]}")
+                self._db.execute("INSERT OR REPLACE INTO meta VALUES ('epoch', ?)",
+                                 (str(int(epoch)),))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._epoch = int(epoch)
 
     def apply(self, batch: StoreBatch) -> None:
         """Apply ``batch`` in one transaction."""
@@ -261,7 +306,7 @@ class SqliteStore:
             return
         with self._lock:
             db = self._db
-            db.execute("BEGIN")
+            self._begin()
             try:
                 if batch.replace_records:
                     db.execute("DELETE FROM registry")
@@ -304,7 +349,7 @@ class SqliteStore:
         if not len(keys):
             return
         with self._lock:
-            self._db.execute("BEGIN")
+            self._begin()
             try:
                 self._db.executemany(
                     "UPDATE blocks SET t_access = MAX(t_access, ?), acc = ? "
@@ -325,7 +370,7 @@ class SqliteStore:
     def compact(self, records: list[tuple[str, dict[str, Any]]]) -> None:
         """Replace the journal by ``records`` in one transaction."""
         with self._lock:
-            self._db.execute("BEGIN")
+            self._begin()
             self._db.execute("DELETE FROM registry")
             self._db.executemany("INSERT INTO registry (op, payload) VALUES (?, ?)",
                                  [(op, json.dumps(p, sort_keys=True)) for op, p in records])
@@ -374,17 +419,30 @@ class SqliteStore:
 def open_store(url: str | None, data_dir: str | Path = ".") -> BlockStore:
     """Open the store a URL names.
 
-    ``sqlite:///ABS/PATH.db`` or ``sqlite://REL/PATH.db`` (relative to
-    ``data_dir``), ``redis://HOST:PORT/DB?prefix=NAME``; None or ``sqlite``: the
-    embedded default ``<data_dir>/kvsim-state.db``.
+    None or ``journal``: the embedded default, the append-only journal
+    (:mod:`kvsim.server.store_journal`) in ``<data_dir>/kvsim-journal`` - unless that
+    directory does not exist and ``<data_dir>/kvsim-state.db`` does (a data directory
+    of an older kvsim: it stays SQLite); ``journal:///ABS/DIR`` or ``journal://REL/DIR``
+    with ``?fsync=none|always|interval``; ``sqlite`` (``<data_dir>/kvsim-state.db``),
+    ``sqlite:///ABS/PATH.db`` or ``sqlite://REL/PATH.db`` (relative to ``data_dir``);
+    ``redis://HOST:PORT/DB?prefix=NAME``.
 
     Raises:
         StoreError: an unknown scheme, or a store that cannot be opened.
     """
-    if url in (None, "", "sqlite"):
+    from kvsim.server.store_journal import open_journal
+
+    if url in (None, "", "journal"):
+        d = Path(data_dir)
+        if not (d / "kvsim-journal").exists() and (d / "kvsim-state.db").exists():
+            return SqliteStore(d / "kvsim-state.db")
+        return open_journal("journal", d)
+    if url == "sqlite":
         return SqliteStore(Path(data_dir) / "kvsim-state.db")
     assert url is not None
     u = urlparse(url)
+    if u.scheme == "journal":
+        return open_journal(url, data_dir)
     if u.scheme == "sqlite":
         raw = url[len("sqlite://"):]
         p = Path(raw) if raw.startswith("/") else Path(data_dir) / raw
@@ -393,4 +451,5 @@ def open_store(url: str | None, data_dir: str | Path = ".") -> BlockStore:
         from kvsim.server.store_redis import RedisStore
 
         return RedisStore(url)
-    raise StoreError(f"unknown state store {url!r}: use sqlite:///PATH or redis://HOST:PORT/DB")
+    raise StoreError(f"unknown state store {url!r}: use journal:///DIR, sqlite:///PATH or "
+                     "redis://HOST:PORT/DB")

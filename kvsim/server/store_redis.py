@@ -32,8 +32,15 @@ from kvsim.server.store import (
     SessionRecord,
     StoreBatch,
     StoreError,
+    StoreFenced,
 )
 
+_FENCE = """
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) < cur then return cur end
+redis.call('SET', KEYS[1], ARGV[1])
+return -1
+"""
 _REC = struct.Struct("<qqqi")  # t_write, t_access, access count, storage slot
 
 
@@ -55,6 +62,8 @@ class RedisStore:
         except redis.RedisError as e:
             raise StoreError(f"{conn_url}: cannot reach Redis ({e})") from None
         self._closed = False
+        self._epoch = 0  # this writer's leader epoch (0: unfenced, single writer)
+        self._fence_script = self._r.register_script(_FENCE)
 
     @staticmethod
     def parse(url: str) -> tuple[str, str]:
@@ -81,6 +90,8 @@ class RedisStore:
         if batch.drop_all:
             drop = [k for k in self._r.smembers(self._k("instances"))]
         p = self._r.pipeline(transaction=True)
+        if self._epoch:
+            self._check_fence(p)
         if batch.replace_records:
             p.delete(self._k("registry"))
         if batch.drop_all:
@@ -115,7 +126,41 @@ class RedisStore:
                 "instance_id": s.instance_id, "keys": np.asarray(s.keys).tolist(),
                 "deadline_ns": s.deadline_ns, "loc": s.loc, "extra": s.extra},
                 option=orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY))
-        p.execute()
+        self._execute(p)
+
+    def _check_fence(self, p: Any) -> None:
+        """WATCH the fence key and refuse when a later leader fenced (the transaction
+        then fails if the fence moves before EXEC)."""
+        ek = self._k("epoch")
+        p.watch(ek)
+        cur = p.get(ek)
+        if cur is not None and int(cur) > self._epoch:
+            p.reset()
+            raise StoreFenced(f"{self.url}: a newer leader (epoch {int(cur)}) fenced this "
+                              f"one (epoch {self._epoch}) off")
+        p.multi()
+
+    def _execute(self, p: Any) -> None:
+        import redis
+
+        try:
+            p.execute()
+        except redis.WatchError:
+            raise StoreFenced(f"{self.url}: a newer leader fenced this one (epoch "
+                              f"{self._epoch}) off during a write") from None
+
+    def fence(self, epoch: int) -> None:
+        """Write as leader ``epoch`` from now on and refuse the writes of any older one
+        (``P:epoch`` only grows; every write of a fenced store WATCHes it).
+
+        Raises:
+            StoreFenced: a later epoch has fenced already.
+        """
+        cur = self._fence_script(keys=[self._k("epoch")], args=[int(epoch)])
+        if int(cur) >= 0:
+            raise StoreFenced(f"{self.url}: leader epoch {epoch} is older than the store's "
+                              f"fence {int(cur)}")
+        self._epoch = int(epoch)
 
     def write_recency(self, instance_id: str, keys: np.ndarray, t_access: np.ndarray,
                       access_count: np.ndarray) -> None:
@@ -127,7 +172,14 @@ class RedisStore:
         names = [str(k) for k in np.asarray(keys).tolist()]
         ts, ns = np.asarray(t_access).tolist(), np.asarray(access_count).tolist()
 
+        ek = self._k("epoch")
+
         def update(p: Any) -> None:
+            if self._epoch:
+                fence = p.get(ek)
+                if fence is not None and int(fence) > self._epoch:
+                    raise StoreFenced(f"{self.url}: a newer leader (epoch {int(fence)}) "
+                                      f"fenced this one (epoch {self._epoch}) off")
             cur = p.hmget(h, names)
             upd = {}
             for name, t, n, raw in zip(names, ts, ns, cur, strict=True):
@@ -139,7 +191,7 @@ class RedisStore:
             if upd:
                 p.hset(h, mapping=upd)
 
-        self._r.transaction(update, h)
+        self._r.transaction(update, h, ek)
 
     def load_records(self) -> list[tuple[str, dict[str, Any]]]:
         """The registry journal, in order."""
@@ -152,11 +204,13 @@ class RedisStore:
     def compact(self, records: list[tuple[str, dict[str, Any]]]) -> None:
         """Replace the journal by ``records`` atomically."""
         p = self._r.pipeline(transaction=True)
+        if self._epoch:
+            self._check_fence(p)
         p.delete(self._k("registry"))
         if records:
             p.rpush(self._k("registry"), *[json.dumps([op, pl], sort_keys=True)
                                            for op, pl in records])
-        p.execute()
+        self._execute(p)
 
     def load_blocks(self) -> Iterator[BlockRecords]:
         """Every persisted block, one instance at a time."""

@@ -45,8 +45,10 @@ def _found(call, iid: str, keys: list[int]) -> np.ndarray:
     return np.array([loc["type"] != "ST_UNSPECIFIED" for loc in r["locations"]])
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["journal", "sqlite", "redis"])
 def state_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "journal":
+        return f"journal:///{tmp_path / 'journal'}"
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'state.db'}"
     return request.getfixturevalue("redis_url")
@@ -140,10 +142,23 @@ class _Http:
         raise AssertionError("server did not start in time")
 
 
-def test_sigkill_during_write_load_loses_nothing(tmp_path: Path) -> None:
+@pytest.fixture(params=["journal", "journal-fsync", "sqlite", "redis"])
+def state_args(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, ...]:
+    """``kvsim serve`` arguments naming each store (every one must keep the guarantee)."""
+    if request.param == "journal":
+        return ("--state", "journal")
+    if request.param == "journal-fsync":
+        return ("--state", f"journal:///{tmp_path / 'jf'}?fsync=always")
+    if request.param == "sqlite":
+        return ("--state", "sqlite")
+    return ("--state", request.getfixturevalue("redis_url"), "--leader", "none")
+
+
+def test_sigkill_during_write_load_loses_nothing(tmp_path: Path,
+                                                 state_args: tuple[str, ...]) -> None:
     data = tmp_path / "data"
     p1, p2 = free_port(), free_port()
-    proc = _serve(data, p1, p2, "--state", "sqlite")
+    proc = _serve(data, p1, p2, *state_args)
     call = _Http(p1, p2)
     try:
         call.wait_ready(proc)
@@ -188,7 +203,7 @@ def test_sigkill_during_write_load_loses_nothing(tmp_path: Path) -> None:
             proc.wait(10)
 
     p1, p2 = free_port(), free_port()
-    proc = _serve(data, p1, p2, "--state", "sqlite")
+    proc = _serve(data, p1, p2, *state_args)
     call = _Http(p1, p2)
     try:
         call.wait_ready(proc)

@@ -24,10 +24,10 @@ from kvsim.server.store import (
 )
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["journal", "sqlite", "redis"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> BlockStore:
-    if request.param == "sqlite":
-        s = open_store(None, tmp_path)
+    if request.param in ("journal", "sqlite"):
+        s = open_store(request.param, tmp_path)
     else:
         s = open_store(request.getfixturevalue("redis_url"))
     yield s
@@ -159,22 +159,28 @@ def test_manager_restores_from_store(store: BlockStore, tmp_path: Path) -> None:
 
 
 def _writer(path: str, ready: mp.synchronize.Event) -> None:
-    s = SqliteStore(path)
+    s = open_store(path)
     i = 0
     while True:
         b = StoreBatch()
         b.put_blocks("i0", np.array([i]), t_write=np.array([i]), t_access=np.array([i]))
         s.apply(b)
-        with open(path + ".acked", "a") as fh:  # acknowledged after the commit
+        getattr(s, "wait_durable", lambda: None)()
+        with open(path.split("///")[-1].split("?")[0].removesuffix(".db") + ".acked",
+                  "a") as fh:  # acknowledged after the commit
             fh.write(f"{i}\n")
         i += 1
         if i == 50:
             ready.set()
 
 
-def test_sqlite_survives_sigkill(tmp_path: Path) -> None:
-    """Every batch acknowledged before a SIGKILL is in the file afterwards."""
-    path = str(tmp_path / "k.db")
+@pytest.mark.parametrize("kind", ["sqlite", "journal", "journal-fsync"])
+def test_store_survives_sigkill(tmp_path: Path, kind: str) -> None:
+    """Every batch acknowledged before a SIGKILL is in the store afterwards."""
+    path = {"sqlite": f"sqlite:///{tmp_path / 'k.db'}",
+            "journal": f"journal:///{tmp_path / 'k'}",
+            "journal-fsync": f"journal:///{tmp_path / 'k'}?fsync=always"}[kind]
+    acked_file = str(tmp_path / "k") + ".acked"
     ctx = mp.get_context("spawn")
     ready = ctx.Event()
     p = ctx.Process(target=_writer, args=(path, ready))
@@ -183,8 +189,8 @@ def test_sqlite_survives_sigkill(tmp_path: Path) -> None:
     time.sleep(0.2)
     os.kill(p.pid, signal.SIGKILL)
     p.join(10)
-    acked = [int(x) for x in Path(path + ".acked").read_text().split()]
-    s = SqliteStore(path)
+    acked = [int(x) for x in Path(acked_file).read_text().split()]
+    s = open_store(path)
     held = set(_blocks(s)["i0"])
     s.close()
     assert len(acked) >= 50
