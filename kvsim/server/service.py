@@ -442,6 +442,7 @@ class Service:
                     self._apply_in_order(batch)
                 finally:
                     self._store_lock.release()
+                self._wait_durable()  # group commit: outside both locks
             if failed is not None:
                 raise failed
             if method in _DURABLE_EVENTS and self.events is not None:
@@ -701,6 +702,14 @@ class Service:
         if b is not None:
             with self._store_lock:
                 self._apply_in_order(b)
+            self._wait_durable()
+
+    def _wait_durable(self) -> None:
+        """Wait until this thread's store writes are durable, when the store syncs
+        apart from its writes (the journal's ``fsync=always`` group commit)."""
+        wait = getattr(self.store, "wait_durable", None)
+        if wait is not None:
+            wait()
 
     def _apply_in_order(self, b: StoreBatch) -> None:
         """Apply ``b`` after every batch that failed before it (under ``_store_lock``).
