@@ -456,6 +456,9 @@ def _make_behavior(
         with_peer = False
 
     def behavior(request: Message, context: grpc.ServicerContext) -> Message:
+        if isinstance(request, _OverSize):  # server.limits.max_body_bytes
+            return reply_to_message(_error_reply("INVALID_ARGUMENT", str(request)),
+                                    spec.response)
         try:
             body = message_to_body(request)
             credential = decode_credential(context.invocation_metadata())
@@ -481,6 +484,32 @@ def _make_behavior(
     return behavior
 
 
+class _OverSize:
+    """A request message larger than ``server.limits.max_body_bytes`` (not parsed)."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.size, self.limit = size, limit
+
+    def __str__(self) -> str:
+        return (f"request message: {self.size} bytes is over the limit max_body_bytes "
+                f"({self.limit})")
+
+
+def _deserializer(cls: type[Message], limit: int | None) -> Callable[[bytes], Any]:
+    """``cls.FromString``, or an :class:`_OverSize` marker past ``limit`` bytes (the
+    behavior then answers ``INVALID_ARGUMENT`` naming the limit)."""
+    parse = cls.FromString
+    if limit is None:
+        return parse
+
+    def deserialize(raw: bytes) -> Any:
+        if len(raw) > limit:
+            return _OverSize(len(raw), limit)
+        return parse(raw)
+
+    return deserialize
+
+
 def generic_handler(service: ServiceLike, api: str) -> grpc.GenericRpcHandler:
     """Returns a gRPC handler serving every RPC of one api through ``service``.
 
@@ -491,10 +520,12 @@ def generic_handler(service: ServiceLike, api: str) -> grpc.GenericRpcHandler:
     Returns:
         A handler for ``grpc.Server.add_generic_rpc_handlers``.
     """
+    limits = getattr(service, "limits", None)
+    limit = int(limits.max_body_bytes) if limits is not None else None
     handlers = {
         spec.name: grpc.unary_unary_rpc_method_handler(
             _make_behavior(service, spec),
-            request_deserializer=spec.request.FromString,
+            request_deserializer=_deserializer(spec.request, limit),
             response_serializer=spec.response.SerializeToString,
         )
         for spec in method_table(api).values()
@@ -554,6 +585,11 @@ def _start_one(
     # meta, admin and debug services, so clients may send admin calls to the meta port
     limits = getattr(service, "limits", None)
     max_bytes = int(getattr(limits, "max_body_bytes", MAX_MESSAGE_BYTES))
+    # a call's time is bounded by the connection's: grpcio sends GOAWAY after
+    # body_timeout_seconds (with its own +-10% jitter) and closes the connection
+    # body_timeout_seconds later, whatever its streams (a half-sent message included);
+    # clients reconnect transparently
+    bound_ms = max(1000, int(1000 * float(getattr(limits, "body_timeout_seconds", 10.0))))
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=f"grpc-{api}"),
         handlers=[generic_handler(service, a) for a in API_SERVICES],
@@ -561,9 +597,12 @@ def _start_one(
             # Without this, Linux gRPC binds with SO_REUSEPORT and a second server on a
             # busy port silently shares it instead of failing.
             ("grpc.so_reuseport", 0),
-            # server.limits.max_body_bytes: a larger message is refused by grpcio
-            # (RESOURCE_EXHAUSTED) before it is parsed
-            ("grpc.max_receive_message_length", max_bytes),
+            # server.limits.max_body_bytes: a larger message (up to 4x it) is received
+            # but not parsed and answered INVALID_ARGUMENT naming the limit; past 4x
+            # grpcio refuses it (RESOURCE_EXHAUSTED) before reading it all
+            ("grpc.max_receive_message_length", max(4 * max_bytes, 1 << 20)),
+            ("grpc.max_connection_age_ms", bound_ms),
+            ("grpc.max_connection_age_grace_ms", bound_ms),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ],
     )

@@ -366,9 +366,13 @@ def test_grpc_limits_sessions_and_auth(tmp_path: Path) -> None:
     try:
         _register(s, "a")
         _register(s, "b")
-        # a message over max_body_bytes is refused by the transport, unparsed
+        # a message over max_body_bytes is answered INVALID_ARGUMENT naming the limit,
+        # unparsed; past 4x the limit (1 MiB at least) grpcio refuses it unread
+        r = g.meta("getCacheLocation", {"instance_id": "a", "block_keys": list(range(50_000))})
+        assert _code(r) == "INVALID_ARGUMENT" and "max_body_bytes" in _msg(r), r
         with pytest.raises(grpc.RpcError) as e:
-            g.meta("getCacheLocation", {"instance_id": "a", "block_keys": list(range(50_000))})
+            g.meta("getCacheLocation", {"instance_id": "a",
+                                        "block_keys": list(range(10**6, 10**6 + 400_000))})
         assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         w = g.meta("startWriteCache", {"instance_id": "a", "block_keys": [1, 2],
                                        "write_timeout_seconds": 10**6})
@@ -497,3 +501,59 @@ def test_limits_are_config(tmp_path: Path) -> None:
         KVSimConfig.from_dict({"server": {"limits": {"max_keys": 10}}})
     with pytest.raises(ConfigError, match=r"server\.limits\.max_spec_bytes"):
         KVSimConfig.from_dict({"server": {"limits": {"max_spec_bytes": 1 << 40}}})
+
+
+def _h2_frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
+    return (len(payload).to_bytes(3, "big") + bytes((kind, flags))
+            + stream.to_bytes(4, "big") + payload)
+
+
+def _hpack_literal(name: str, value: str) -> bytes:
+    """One header as an HPACK literal without indexing, new name, no Huffman (both
+    shorter than 127 bytes)."""
+    n, v = name.encode(), value.encode()
+    return bytes((0, len(n))) + n + bytes((len(v),)) + v
+
+
+def test_grpc_call_time_is_bounded(tmp_path: Path) -> None:
+    """A client that sends half a gRPC message and stalls is cut off: the connection
+    closes within about 2 x body_timeout_seconds (grpcio's max connection age and
+    grace), through the real gRPC listener and a raw HTTP/2 socket."""
+    s = Srv(tmp_path, _config(tmp_path, body_timeout_seconds=1.0), grpc_port=0,
+            admin_grpc_port=0)
+    sock = socket.create_connection(("127.0.0.1", s.h.grpc_port), timeout=30)
+    try:
+        headers = b"".join(_hpack_literal(k, v) for k, v in [
+            (":method", "POST"), (":scheme", "http"),
+            (":path", "/kv_cache_manager.proto.meta.MetaService/GetCacheLocation"),
+            (":authority", "127.0.0.1"), ("content-type", "application/grpc"),
+            ("te", "trailers")])
+        t0 = time.monotonic()
+        sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _h2_frame(4, 0, 0, b"")
+                     + _h2_frame(4, 1, 0, b"")  # our settings, and an ack of the server's
+                     + _h2_frame(1, 4, 1, headers)  # HEADERS, END_HEADERS, stream 1
+                     # DATA (no END_STREAM): a 1000-byte message announced, 10 bytes sent
+                     + _h2_frame(0, 0, 1, b"\x00" + (1000).to_bytes(4, "big") + b"x" * 10))
+        closed_after = None
+        while time.monotonic() - t0 < 20:
+            try:
+                if not sock.recv(65536):
+                    closed_after = time.monotonic() - t0
+                    break
+            except ConnectionResetError:
+                closed_after = time.monotonic() - t0
+                break
+        assert closed_after is not None, "the stalled call was never cut off"
+        assert 0.5 < closed_after < 5.0, closed_after
+        # the server serves normal calls meanwhile and after
+        from kvsim.server.grpc_client import GrpcClient
+
+        g = GrpcClient("127.0.0.1", s.h.grpc_port, s.h.admin_grpc_port, timeout=30)
+        try:
+            assert _code(g.meta("getCacheLocation", {"instance_id": "nobody",
+                                                     "block_keys": [1]})) != "OK"
+        finally:
+            g.close()
+    finally:
+        sock.close()
+        s.close()
