@@ -232,6 +232,24 @@ def resolve(inst: str, chunks: list[tuple[int, np.ndarray, Any, Any, Any, Any]]
     if len(chunks) == 1 and chunks[0][0] == _K_PUT:
         _, k, tw, ta, acc, loc = chunks[0]
         return BlockRecords(inst, k, tw, ta, acc, loc)
+    base = chunks[0]
+    if base[0] == _K_PUT and base[1].shape[0] > 4 * sum(len(c[1]) for c in chunks[1:]):
+        # a large first chunk (a snapshot's blocks: sorted unique keys) and a short tail:
+        # only the snapshot rows whose key the tail names take part in the fold
+        bk = base[1]
+        if bk.shape[0] > 1 and bool(np.all(bk[1:] > bk[:-1])):
+            tail = np.concatenate([c[1] for c in chunks[1:]])
+            pos = np.minimum(np.searchsorted(bk, tail), bk.shape[0] - 1)
+            named = np.zeros(bk.shape[0], bool)
+            named[pos[bk[pos] == tail]] = True
+            keep = ~named
+            part = resolve(inst, [(_K_PUT, *(a[named] for a in base[1:]))] + chunks[1:])
+            cols = [a[keep] for a in base[1:]]
+            if part is not None:
+                cols = [np.concatenate([c, x]) for c, x in zip(cols, (
+                    part.keys, part.t_write, part.t_access, part.access_count, part.loc),
+                    strict=True)]
+            return BlockRecords(inst, *cols)  # not sorted: snapshot() sorts what it writes
     sizes = [len(c[1]) for c in chunks]
     kind = np.repeat(np.array([c[0] for c in chunks], np.int8), sizes)
     key = np.concatenate([c[1] for c in chunks])
@@ -506,7 +524,13 @@ class JournalStore:
                 upto = self._seg
                 self._since_snapshot = 0
         st = self._scan(below=upto)
-        blocks = list(st.blocks())
+        blocks = []
+        for b in st.blocks():  # sorted by key: a later start-up folds a short tail fast
+            if b.keys.shape[0] > 1 and not bool(np.all(b.keys[1:] > b.keys[:-1])):
+                o = np.argsort(b.keys, kind="stable")
+                b = BlockRecords(b.instance_id, b.keys[o], b.t_write[o], b.t_access[o],
+                                 b.access_count[o], b.loc[o])
+            blocks.append(b)
         head = orjson.dumps({
             "version": 1, "records": st.records,
             "sessions": [{"sid": s.session_id, "inst": s.instance_id, "keys": s.keys,

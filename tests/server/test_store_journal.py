@@ -152,3 +152,32 @@ def test_a_deposed_leader_cannot_write(store_url: str, tmp_path: Path) -> None:
     old.close()
     new.clear()
     new.close()
+
+
+def test_snapshot_plus_short_tail_folds_like_the_whole_journal(tmp_path: Path) -> None:
+    """A big snapshot with a short tail (only the rows the tail names are folded) gives
+    the state the whole journal gives."""
+    rng = np.random.default_rng(5)
+    a, b = JournalStore(tmp_path / "a"), JournalStore(tmp_path / "b")
+    keys = np.sort(rng.choice(10**9, 20_000, replace=False)).astype(np.int64)
+    t = np.arange(keys.shape[0], dtype=np.int64)
+    for s in (a, b):
+        bt = StoreBatch()
+        bt.put_blocks("i", keys, t_write=t, t_access=t, access_count=t % 5, loc=t % 2)
+        s.apply(bt)
+    a.snapshot()
+    for step in range(50):
+        some = rng.choice(keys, 30)
+        fresh = rng.integers(0, 10**9, 10)
+        for s in (a, b):
+            bt = StoreBatch()
+            if step % 3 == 0:
+                bt.delete_blocks("i", some)
+            else:
+                bt.put_blocks("i", np.concatenate([some, fresh]),
+                              t_write=np.full(40, step), t_access=np.full(40, 10**6 + step))
+            s.apply(bt)
+            s.write_recency("i", some[:5], np.full(5, 10**7 + step), np.full(5, step))
+    assert _state(a) == _state(b)
+    a.close()
+    b.close()

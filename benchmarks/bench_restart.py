@@ -1,0 +1,146 @@
+"""Restart time of the server's durable state: a state of N blocks (default 10M) reloaded.
+
+Builds a journal store (:mod:`kvsim.server.store_journal`) of one instance holding
+``--blocks`` committed blocks through the store's own API (a real service registers
+the instance, so the registry is the server's), as the server leaves it: a snapshot
+plus a journal tail of ``--tail`` write pairs of 64 keys (start + finish records).
+Then, in a fresh process, times ``Service(store=...)``: reading the snapshot and the
+tail, folding them, and restoring every block into the core's table (what ``kvsim
+serve`` does before it listens). Target: < 10 s for 10M blocks.
+
+Usage:
+    python benchmarks/bench_restart.py [--blocks 10000000] [--tail 20000] [--store journal]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _config(data: Path, blocks: int) -> Any:
+    """The default config (its 30 GB quota holds the blocks: their spec is 1 byte)."""
+    from kvsim.server.service import default_config
+
+    del blocks
+    return default_config(data)
+
+
+def build(data: Path, url: str, blocks: int, tail: int) -> dict[str, Any]:
+    """Write the state; returns its size on disk."""
+    from kvsim.server.service import Service
+    from kvsim.server.store import SessionRecord, StoreBatch, open_store
+
+    store = open_store(url, data)
+    svc = Service(_config(data, blocks), data_dir=data, store=store, event_log=False,
+                  admin_password="bench")
+    r = svc.call("meta", "registerInstance", {
+        "instance_group": "default", "instance_id": "bench", "block_size": 16,
+        "location_spec_infos": [{"name": "tp0", "size": 1}],
+        "model_deployment": {"model_name": "m", "dtype": "bf16"}})
+    assert r["header"]["status"]["code"] == "OK", r
+    svc.close()
+    store = open_store(url, data)
+    chunk = 1_000_000
+    t = time.time_ns()
+    for a in range(0, blocks, chunk):
+        keys = np.arange(a, min(blocks, a + chunk), dtype=np.int64) * 7919 + 1
+        b = StoreBatch()
+        tw = np.full(keys.shape[0], t, np.int64) + np.arange(keys.shape[0])
+        b.put_blocks("bench", keys, t_write=tw, t_access=tw, loc=np.ones_like(keys))
+        store.apply(b)
+    snap = getattr(store, "snapshot", None)
+    if snap is not None:
+        snap()  # as a compaction leaves it
+    base = 10**12
+    for i in range(tail):  # then the tail: write pairs since that snapshot
+        keys = np.arange(base + i * 64, base + i * 64 + 64, dtype=np.int64)
+        b = StoreBatch()
+        b.open_session(SessionRecord(i + 1, "bench", keys, t + 10**12, 1,
+                                     {"token": f"{i:032x}", "keys": keys,
+                                      "is_new": np.ones(64, bool)}))
+        store.apply(b)
+        b = StoreBatch()
+        tw = np.full(64, t + i, np.int64)
+        b.put_blocks("bench", keys, t_write=tw, t_access=tw, loc=np.ones_like(keys))
+        b.close_session(i + 1)
+        store.apply(b)
+    store.close()
+    size = sum(p.stat().st_size for p in data.rglob("*") if p.is_file())
+    return {"bytes_on_disk": size}
+
+
+def load(data: Path, url: str, blocks: int) -> dict[str, Any]:
+    """Time a service start from the state (run in a fresh process)."""
+    from kvsim.core.warm import warm_up
+    from kvsim.server.service import Service
+    from kvsim.server.store import open_store
+
+    warm_up({"lru"})  # compiled kernels load before the clock starts, as in kvsim serve
+    t0, c0 = time.perf_counter(), time.process_time()
+    store = open_store(url, data)
+    t1, c1 = time.perf_counter(), time.process_time()
+    recs = store.load_records()
+    blocks_read = sum(int(r.keys.shape[0]) for r in store.load_blocks())
+    store.load_sessions()
+    scan_s, scan_cpu = time.perf_counter() - t1, time.process_time() - c1
+    store.close()
+    t0, c0 = time.perf_counter(), time.process_time()  # the start itself (scans again)
+    store = open_store(url, data)
+    svc = Service(_config(data, blocks), data_dir=data, store=store, event_log=False,
+                  admin_password="bench")
+    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+    del recs, blocks_read
+    n = sum(u.serving_blocks for u in svc.mgr.usage())
+    svc.close()
+    return {"restart_s": round(dt, 3), "restart_cpu_s": round(cpu, 3),
+            "store_scan_s": round(scan_s, 3), "store_scan_cpu_s": round(scan_cpu, 3),
+            "blocks_restored": int(n)}
+
+
+def measure(blocks: int, tail: int, url: str = "journal") -> dict[str, Any]:
+    """Build in this process, load in a child; returns the row."""
+    data = Path(tempfile.mkdtemp(prefix="kvsim-restart-"))
+    t0 = time.perf_counter()
+    built = build(data, url, blocks, tail)
+    build_s = time.perf_counter() - t0
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, __file__, "--child", str(data), "--store", url,
+                          "--blocks", str(blocks)], env=env, capture_output=True, text=True,
+                         timeout=600, check=True)
+    row = json.loads(out.stdout.strip().splitlines()[-1])
+    import shutil
+
+    shutil.rmtree(data, ignore_errors=True)
+    return {"op": "restart", "store": url, "blocks": blocks, "tail_write_pairs": tail,
+            "build_s": round(build_s, 1), **built, **row,
+            "met_under_10s": row["restart_s"] < 10 and row["blocks_restored"] >= blocks}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--blocks", type=int, default=10_000_000)
+    ap.add_argument("--tail", type=int, default=20_000)
+    ap.add_argument("--store", default="journal")
+    ap.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child is not None:
+        print(json.dumps(load(args.child, args.store, args.blocks)))
+        return
+    row = measure(args.blocks, args.tail, args.store)
+    print(json.dumps(row))
+
+
+if __name__ == "__main__":
+    main()
