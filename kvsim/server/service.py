@@ -787,9 +787,10 @@ class Service:
                 if name is not None:
                     remap[i] = self._storage_idx.get(name, 0)
             known = {s.instance_id for s in self.mgr.instances()}
-            for rec in self.store.load_blocks():
-                if rec.instance_id not in known:
-                    continue
+            recs = [r for r in self.store.load_blocks() if r.instance_id in known]
+            # size the block table once (not by doubling as chunks are restored)
+            self.mgr.table.ensure_rows(sum(int(r.keys.shape[0]) for r in recs))
+            for rec in recs:
                 loc = np.where(rec.loc < remap.shape[0], remap[np.minimum(rec.loc,
                                remap.shape[0] - 1)], 0)
                 self.mgr.restore_blocks(rec.instance_id, rec.keys, t_write=rec.t_write,
