@@ -128,6 +128,23 @@ def _no_module(name: str) -> bool:
     return False
 
 
+GC_THRESHOLD = (50_000, 20, 100)
+
+
+def tune_gc() -> None:
+    """Make the cyclic garbage collector cheap for a server: what start-up loaded
+    (modules, compiled kernels, the restored state's objects) moves to the permanent
+    generation (``gc.freeze``), and a young collection runs every 50,000 allocations
+    instead of 700. Building the 100,000 location dicts of a big startWriteCache reply
+    spent ~75% of its time (and of the GIL, which reads wait for) in collections: 2.5 ->
+    0.9-1.0 s in process on the loaded VM."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLD)
+
+
 def _on_leader_change(service: Any, store: Any, elector: Any) -> Any:
     """On becoming leader: fence the store with the new epoch, then reload from it (a
     fence refused - a later leader exists - demotes this node)."""
@@ -310,6 +327,7 @@ def start_server(
 
             warm_advisor(service.advisor.sample_rate)
     log.info("core kernels loaded in %.2f s", secs)
+    tune_gc()
     try:
         msock = _bind(host, http_port)
         asock = _bind(host, admin_http_port)
