@@ -219,8 +219,10 @@ class _State:
                 yield rec
 
 
-def resolve(inst: str, chunks: list[tuple[int, np.ndarray, Any, Any, Any, Any]]
-            ) -> BlockRecords | None:
+_Chunk = tuple[int, np.ndarray, Any, Any, Any, Any]
+
+
+def resolve(inst: str, chunks: list[_Chunk]) -> BlockRecords | None:
     """Fold an instance's chronological put/delete/touch chunks into its blocks.
 
     A key's last put or delete decides whether it exists; touches after its last put
@@ -243,8 +245,11 @@ def resolve(inst: str, chunks: list[tuple[int, np.ndarray, Any, Any, Any, Any]]
             named = np.zeros(bk.shape[0], bool)
             named[pos[bk[pos] == tail]] = True
             keep = ~named
-            part = resolve(inst, [(_K_PUT, *(a[named] for a in base[1:]))] + chunks[1:])
-            cols = [a[keep] for a in base[1:]]
+            _, bk_, btw, bta, bacc, bloc = base
+            head: _Chunk = (_K_PUT, bk_[named], btw[named], bta[named], bacc[named],
+                            bloc[named])
+            part = resolve(inst, [head, *chunks[1:]])
+            cols = [a[keep] for a in (bk_, btw, bta, bacc, bloc)]
             if part is not None:
                 cols = [np.concatenate([c, x]) for c, x in zip(cols, (
                     part.keys, part.t_write, part.t_access, part.access_count, part.loc),
@@ -269,10 +274,10 @@ def resolve(inst: str, chunks: list[tuple[int, np.ndarray, Any, Any, Any, Any]]
     start[1:] = k[1:] != k[:-1]
     end = np.ones(n, bool)
     end[:-1] = start[1:]
-    base = np.maximum.accumulate(np.where(kd != _K_TOUCH, ar, -1))
+    last_pd = np.maximum.accumulate(np.where(kd != _K_TOUCH, ar, -1))
     gstart = np.maximum.accumulate(np.where(start, ar, 0))
     ends = np.flatnonzero(end)
-    b = base[ends]
+    b = last_pd[ends]
     ok = (b >= gstart[ends]) & (kd[np.maximum(b, 0)] == _K_PUT)
     b, ends = b[ok], ends[ok]
     src = o[b]
