@@ -213,20 +213,23 @@ def test_admin_password_from_a_file(tmp_path: Path) -> None:
     assert "process list" in proc.stderr.read().decode()
 
 
-def test_stopped_leader_is_replaced_and_demotes_on_resume(tmp_path: Path) -> None:
+@pytest.mark.parametrize("state", ["sqlite", "journal"])
+def test_stopped_leader_is_replaced_and_demotes_on_resume(tmp_path: Path, state: str) -> None:
     """File lease with expiry: SIGSTOP the leader, a follower takes over within the
-    lease; SIGCONT the old leader and it answers as a follower before any write."""
+    lease; SIGCONT the old leader and it answers as a follower before any write; a
+    later server finds the new leader's acknowledged write (both stores are shared by
+    the two processes through the data dir and fenced by the lease epoch)."""
     data = tmp_path / "data"
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("server: {leader_lease_ms: 1000}\n")
     pa, pa2, pb, pb2 = free_port(), free_port(), free_port(), free_port()
-    a = _serve(data, pa, pa2, "--config", str(cfg), "--state", "sqlite", "--leader", "file")
+    a = _serve(data, pa, pa2, "--config", str(cfg), "--state", state, "--leader", "file")
     ca = _Http(pa, pa2)
     procs = [a]
     try:
         assert ca.wait_ready(a)["is_leader"] is True
         _register(ca, "i0")
-        b = _serve(data, pb, pb2, "--config", str(cfg), "--state", "sqlite", "--leader",
+        b = _serve(data, pb, pb2, "--config", str(cfg), "--state", state, "--leader",
                    "file")
         procs.append(b)
         cb = _Http(pb, pb2)
@@ -251,6 +254,22 @@ def test_stopped_leader_is_replaced_and_demotes_on_resume(tmp_path: Path) -> Non
                                             "write_session_id": w["write_session_id"],
                                             "success_blocks": {"offset": 2}})
         assert _code(f) == "OK"
+        for p in procs:
+            p.kill()
+            p.wait(10)
+        pc, pc2 = free_port(), free_port()
+        c = _serve(data, pc, pc2, "--config", str(cfg), "--state", state, "--leader", "file")
+        procs.append(c)
+        cc = _Http(pc, pc2)
+        cc.wait_ready(c)
+        t0 = time.monotonic()
+        while not cc("admin", "checkHealth", {})["is_leader"]:  # the dead lease expires
+            assert time.monotonic() - t0 < 10, "no leader after the restart"
+            time.sleep(0.05)
+        r = cc("meta", "getCacheLocation", {"instance_id": "i0", "block_keys": [1, 2],
+                                            "query_type": "QT_BATCH_GET"})
+        assert _code(r) == "OK" and all(x["type"] != "ST_UNSPECIFIED"
+                                        for x in r["locations"]), r
     finally:
         for p in procs:
             if p.poll() is None:
