@@ -181,3 +181,30 @@ def test_snapshot_plus_short_tail_folds_like_the_whole_journal(tmp_path: Path) -
     assert _state(a) == _state(b)
     a.close()
     b.close()
+
+
+def test_fsync_policies_and_urls(tmp_path: Path) -> None:
+    """``interval`` fsyncs in the background, ``always`` before wait_durable returns;
+    the URL names the directory and the options, and refuses unknown ones."""
+    import time
+
+    from kvsim.server.store import StoreError
+    from kvsim.server.store_journal import open_journal
+
+    s = open_journal(f"journal:///{tmp_path / 'i'}?fsync=interval&fsync_ms=20", tmp_path)
+    assert isinstance(s, JournalStore) and s.fsync == "interval"
+    _put(s, 1)
+    end = time.monotonic() + 10
+    while s._synced < s._written and time.monotonic() < end:
+        time.sleep(0.02)
+    assert s._synced == s._written > 0
+    s.close()
+    s = open_journal("journal://rel/dir?fsync=always", tmp_path)
+    assert s.path == tmp_path / "rel" / "dir"
+    _put(s, 2)
+    s.wait_durable()
+    assert s._synced == s._written > 0
+    s.close()
+    for bad in ("journal://x?fsync=sometimes", "journal://x?color=red"):
+        with pytest.raises(StoreError):
+            open_journal(bad, tmp_path)
