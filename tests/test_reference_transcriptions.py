@@ -415,7 +415,7 @@ def test_policy_equals_its_transcription(mooncake, generated, stream: str,
         capacities = capacities[:1]  # the transcription takes ~1 min per capacity here
     for capacity in capacities:
         theirs = contract_replay(trace, EXACT[policy](), capacity)
-        assert 0 < theirs
+        assert theirs > 0
         assert kvsim_hits(trace, capacity, policy) == theirs, (stream, policy, capacity)
 
 

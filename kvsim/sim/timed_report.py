@@ -117,7 +117,7 @@ def misses_table(r: TimedResult) -> Table:
                       "written)", caption_justify="left")
     for col in ("instance", "missed", "compulsory", "capacity"):
         t.add_column(col, justify="left" if col == "instance" else "right")
-    rows = [("total", m)] + list(m["per_instance"].items())
+    rows = [("total", m), *m["per_instance"].items()]
     for name, x in rows:
         t.add_row(name, f"{x['total']:,}", f"{x['compulsory']:,}", f"{x['capacity']:,}")
     return t
