@@ -270,6 +270,10 @@ def compile_seconds(ctx: click.Context | None = None) -> float:
               help="prefix (the contract, default) or batch (each block on its own).")
 @click.option("--jobs", type=click.IntRange(min=1), default=None,
               help="Worker processes for a sweep (default: min(runs, CPUs); 1 = in-process).")
+@click.option("--bound", type=click.Choice(["none", "belady"]), default="none",
+              show_default=True,
+              help="belady: also the offline optimum's hits per group at its block "
+                   "capacity, and its headroom over each run (one extra pass per capacity).")
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON document on stdout instead of tables.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
@@ -288,8 +292,9 @@ def replay_cmd(
     capacity_blocks: list[int] | None, capacity_tokens: list[int] | None,
     capacity_bytes: list[int] | None, block_bytes: int | None, policy: str,
     params: tuple[str, ...], mode: str | None, batch_size: int | None,
-    used_percentage: float | None, match: str | None, jobs: int | None, as_json: bool,
-    out_dir: Path, no_out: bool, timeseries_format: str, window: float | None,
+    used_percentage: float | None, match: str | None, jobs: int | None, bound: str,
+    as_json: bool, out_dir: Path, no_out: bool, timeseries_format: str,
+    window: float | None,
 ) -> None:  # fmt: skip
     """Replay TRACE (default: the shipped sample) through a KV cache and report hit rates.
 
@@ -382,13 +387,18 @@ def replay_cmd(
 
         info = report.trace_record(t, path=str(trace), fmt=fmt,
                                    limit=limit)
-        doc = report.build_document(info, sweep.results, sweep.ideal)
+        misses = _misses(sweep.results, bound)
+        doc = report.build_document(info, sweep.results, sweep.ideal, misses=misses)
         compiled = compile_seconds(ctx)
         doc["compile_s"] = round(compiled, 3)  # kernel compile, apart from each elapsed_s
         if as_json:
             click.echo(report.document_json(doc), nl=False)
         else:
             _print_tables(t, trace, sweep.results, sweep.ideal)
+            out = Console()
+            if not out.is_terminal:
+                out = Console(width=max(out.width, 150))
+            out.print(report.misses_table(sweep.results, misses))
         if not no_out:
             window_ns = None if window is None else max(1, round(window * 1e9))
             ts = report.timeseries_frame(sweep.results, window_ns=window_ns)
@@ -406,6 +416,20 @@ def replay_cmd(
                       + (f", of which {compiled:.1f}s compiling kernels (first run only)"
                          if compiled else ""),
                       highlight=False, style="dim")
+
+
+def _misses(results: Sequence[Any], bound: str) -> list[dict[str, Any]]:
+    """Misses by reason per result; with ``bound == "belady"`` the optimum's headroom."""
+    from kvsim.sim.misses import replay_misses
+
+    if bound != "belady":
+        return replay_misses(results)
+    from kvsim.optimizer.bounds import belady
+
+    def optimum(trace: Trace, capacity: int) -> int:
+        return int(belady(trace, [capacity], jobs=1)[0]["hit_blocks"])
+
+    return replay_misses(results, optimum=optimum)
 
 
 def _read_trace(path: Path, fmt: str, *, err: Console, limit: int | None,

@@ -3,10 +3,11 @@
 Kept out of :mod:`kvsim.server.service` (which calls these few functions) so the
 advisor's glue lives in one place. Admin calls (kvsim extensions of the wire API):
 
-* ``getCapacityAdvice`` ``{"name": group?}``: :meth:`Advisor.advice` (curves per group
-  and in total over the last hour, day and since start, miss reasons, a per-minute
-  timeline) plus ``usage`` (per group and storage) and ``evictions`` (blocks per
-  trigger);
+* ``getCapacityAdvice`` ``{"name": group?, "bound": "belady"?}``: :meth:`Advisor.advice`
+  (curves per group and in total over the last hour, day and since start, miss
+  reasons, a per-minute timeline) plus ``usage`` (per group and storage) and
+  ``evictions`` (blocks per trigger); with ``bound: belady`` each group also gets the
+  offline optimum's hits on its logged calls at 1x and the headroom over its own hits;
 * ``getCapacityPlan`` ``{"name": group, "factor": f}`` (or ``"capacity_blocks": n``):
   the ``updateInstanceGroup`` body that sets the group's quota to ``f`` x today's (the
   shape of ``kvsim export``'s ``instance_groups.json``: ``current_version`` and the
@@ -162,7 +163,54 @@ def capacity_advice(svc: Service, body: dict[str, Any]) -> dict[str, Any]:
                      for st in sorted(svc.mgr.storages(), key=lambda s: s.name)],
     }
     out["evictions"] = dict(sorted(svc.evicted_by_trigger.items()))
+    if (W.get_str(body, "bound") or "") == "belady":
+        _belady_headroom(svc, out)
     return {"advice": out}
+
+
+#: ``bound: belady`` reads at most this much event log (it runs under the service lock).
+BELADY_MAX_LOG_BYTES = 64 << 20
+
+
+def _belady_headroom(svc: Service, out: dict[str, Any]) -> None:
+    """``belady`` per group: the offline optimum (:func:`kvsim.optimizer.bounds.belady`)
+    of the group's calls in the server's event log (reads peek, writes commit, as the
+    advisor's curves) at its 1x capacity, and its headroom over the server's own hits
+    since start. Only with the event log on and below :data:`BELADY_MAX_LOG_BYTES`
+    (it is an on-demand pass; otherwise ``belady`` says why it is missing)."""
+    path = svc.data_dir / "events.jsonl"
+    if svc.events is None or not path.is_file():
+        reason = "no event log (start the server with its event log on)"
+    elif path.stat().st_size > BELADY_MAX_LOG_BYTES:
+        reason = f"event log over {BELADY_MAX_LOG_BYTES >> 20} MiB: run `kvsim replay " \
+                 "--bound belady` on it offline"
+    else:
+        reason = ""
+    if reason or svc.events is None:
+        for g in out["groups"]:
+            g["belady"] = {"error": reason}
+        return
+    from kvsim.optimizer.bounds import belady
+    from kvsim.trace.readers import read_trace
+
+    svc.events.flush()
+    trace = read_trace(path, "kvcm-events")
+    group_of = {s.instance_id: s.group for s in svc.mgr.instances()}
+    for g in out["groups"]:
+        insts = [k for k, name in enumerate(trace.instances) if group_of.get(name) == g["name"]]
+        rows = np.flatnonzero(np.isin(trace.instance, insts))
+        rows = rows[np.argsort(trace.ts_ns[rows], kind="stable")]
+        cap = int(g.get("quota_blocks") or 0)
+        since = g["windows"]["since_start"]
+        if cap <= 0 or rows.size == 0:
+            g["belady"] = {"error": "no quota in blocks or no calls logged"}
+            continue
+        best = int(belady(trace.select(rows), [cap], jobs=1)[0]["hit_blocks"])
+        actual = int(since["actual_hit_blocks"])
+        reads = int(since["read_blocks"])
+        g["belady"] = {"capacity_blocks": cap, "hit_blocks": best,
+                       "headroom_blocks": best - actual,
+                       "headroom_hit_rate": (best - actual) / reads if reads else 0.0}
 
 
 def _interp(factors: list[float], values: list[float], f: float) -> float:

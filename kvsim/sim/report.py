@@ -49,12 +49,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "TIMESERIES_FORMATS",
+    "attach_misses",
     "build_document",
     "capacity_text",
     "config_record",
     "document_json",
     "group_table",
     "instance_table",
+    "misses_table",
     "peak_used",
     "per_instance_frame",
     "plot_hitrate",
@@ -78,9 +80,12 @@ LEGEND: dict[str, str] = {
     "elapsed_s": "wall seconds of the replay loop, kernel compile excluded",
     "compile_s": "wall seconds spent compiling kernels in this run (0 once cached)",
     "ideal": "an unbounded cache: only the first access of a block misses",
-    "misses": "missed blocks by reason (with an ideal run): compulsory = the ideal's "
-              "misses, capacity = the rest (what a bigger cache buys); unusable and "
-              "session_failed are the server's and 0 in a replay",
+    "misses": "missed blocks by reason, per result and per group (the server advisor's "
+              "classes): compulsory = what an unbounded cache misses too (first accesses "
+              "and what follows one in a prefix read), capacity = the rest (what a bigger "
+              "quota buys); unusable and session_failed are the server's and 0 in a replay",
+    "belady": "with --bound belady: the offline optimum's hit blocks per group at the "
+              "group's capacity (kvsim.optimizer.bounds), and its headroom over the run",
 }
 SUMMARY_NAME = "summary.json"
 PLOT_NAME = "hitrate.png"
@@ -186,22 +191,78 @@ def build_document(
     trace_info: dict[str, Any],
     results: Sequence[ReplayResult],
     ideal: dict[str, Any] | None,
+    *,
+    misses: Sequence[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The ``--json`` / ``summary.json`` document: ``trace``, ``ideal``, ``results``.
 
-    ``legend`` says in the document itself what the less obvious fields mean.
+    ``legend`` says in the document itself what the less obvious fields mean. Every
+    result carries ``misses`` (:mod:`kvsim.sim.misses`), as does each of its
+    ``per_group`` rows; ``misses`` (from :func:`kvsim.sim.misses.replay_misses`, one
+    per result) may carry the offline optimum's headroom (``belady``), otherwise it is
+    computed here without it.
     """
+    from kvsim.sim.misses import replay_misses
+
     records = [result_record(r) for r in results]
-    if ideal is not None:
-        for rec in records:
-            rec["misses"] = miss_breakdown(rec["read_blocks"], rec["hit_blocks"],
-                                           int(ideal["hit_blocks"]))
+    found = list(misses) if misses is not None else replay_misses(results)
+    for rec, m in zip(records, found, strict=True):
+        attach_misses(rec, m)
     return {
         "legend": LEGEND,
         "trace": trace_info,
         "ideal": None if ideal is None else {k: _clean(v) for k, v in ideal.items()},
         "results": records,
     }
+
+
+def attach_misses(rec: dict[str, Any], m: dict[str, Any]) -> None:
+    """Put one :func:`~kvsim.sim.misses.replay_misses` entry into a result record:
+    ``misses`` (and ``belady`` when every group has it) on the record, ``misses`` /
+    ``belady`` on each ``per_group`` row."""
+    rec["misses"] = m["misses"]
+    groups = m["per_group"]
+    for row in rec["per_group"]:
+        g = groups.get(row["group"], {})
+        row.update({k: v for k, v in g.items() if k in ("misses", "belady")})
+    if groups and all("belady" in g for g in groups.values()):
+        best = sum(g["belady"]["hit_blocks"] for g in groups.values())
+        rec["belady"] = {
+            "hit_blocks": best, "headroom_blocks": best - int(rec["hit_blocks"]),
+            "headroom_block_hit_rate": ((best - int(rec["hit_blocks"])) / rec["read_blocks"]
+                                        if rec["read_blocks"] else 0.0),
+        }
+
+
+def misses_table(results: Sequence[ReplayResult], misses: Sequence[dict[str, Any]]) -> Table:
+    """Why blocks missed, per run and group: compulsory (an unbounded cache misses them
+    too), capacity (a bigger quota would hit them), and with ``--bound belady`` the
+    offline optimum's hits at the same capacity and its headroom over the run."""
+    with_bound = any("belady" in g for m in misses for g in m["per_group"].values())
+    t = Table(title="misses by reason (blocks)", title_justify="left",
+              caption="compulsory: first accesses (and what follows one in a prefix read); "
+                      "capacity: the rest, what a bigger quota buys"
+                      + ("; belady: the offline optimum at the same capacity"
+                         if with_bound else ""),
+              caption_justify="left")
+    for col in ("label", "group", "missed", "compulsory", "capacity"):
+        t.add_column(col, justify="left" if col in ("label", "group") else "right",
+                     style="bold" if col == "label" else None)
+    if with_bound:
+        t.add_column("belady hits", justify="right")
+        t.add_column("headroom", justify="right", style="cyan")
+    for r, m in zip(results, misses, strict=True):
+        for name, g in m["per_group"].items():
+            x = g["misses"]
+            cells = [r.label, name, f"{x['total']:,}", f"{x['compulsory']:,}",
+                     f"{x['capacity']:,}"]
+            if with_bound:
+                b = g.get("belady")
+                cells += (["–", "–"] if b is None else
+                          [f"{b['hit_blocks']:,}",
+                           f"{b['headroom_blocks']:,} ({b['headroom_block_hit_rate']:.4f})"])
+            t.add_row(*cells)
+    return t
 
 
 def miss_breakdown(read_blocks: int, hit_blocks: int, ideal_hit_blocks: int

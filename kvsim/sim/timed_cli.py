@@ -110,6 +110,7 @@ def simulate_cmd(
                                                  f"{t.n_keys:,} keys"))
             out.print(rep.tier_table(r))
             out.print(rep.instance_table(r))
+            out.print(rep.misses_table(r))
         if not no_out:
             window_ns = None if window is None else max(1, round(window * 1e9))
             written = rep.write_timed_outputs(out_dir, r, trace_info=info, window_ns=window_ns)

@@ -29,6 +29,7 @@ from rich.table import Table
 
 from kvsim.sim.report import staged_outputs
 from kvsim.sim.timed import TimedResult
+from kvsim.trace.model import KIND_WRITE
 
 SUMMARY_NAME = "summary.json"
 TIMESERIES_NAME = "timeseries.csv"
@@ -86,11 +87,49 @@ def instance_table(r: TimedResult) -> Table:
     return t
 
 
+def misses(r: TimedResult) -> dict[str, Any]:
+    """Missed blocks by reason (:mod:`kvsim.sim.misses`), in total and per instance.
+
+    ``compulsory``: what an unbounded cache shared by every instance misses too (first
+    accesses in the trace, and what follows one in a prefix read); ``capacity``: the
+    rest: evicted, held by another instance's local tier, or written too late or not
+    at all (``counters`` counts the failed writes and expired sessions; the simulator
+    does not attribute a miss to them, so ``session_failed`` and ``unusable`` are 0).
+    """
+    from kvsim.sim.misses import breakdown, ideal_hit_blocks, per_group
+
+    ideal = ideal_hit_blocks(r.trace, by_instance=False)
+    reads = np.where(r.trace.kind != KIND_WRITE, r.read_blocks, 0)
+    out: dict[str, Any] = breakdown(read_blocks=int(reads.sum()),
+                                    hit_blocks=int(r.hit_blocks.sum()),
+                                    ideal_hits=int(ideal.sum()))
+    out["per_instance"] = per_group(reads, r.hit_blocks, ideal, r.instance.astype(np.int64),
+                                    r.instance_names)
+    return out
+
+
+def misses_table(r: TimedResult) -> Table:
+    """Why blocks missed, in total and per instance (:func:`misses`)."""
+    m = misses(r)
+    t = Table(title="misses by reason (blocks)", title_justify="left",
+              caption="compulsory: an unbounded shared cache misses them too; capacity: "
+                      "the rest (evicted, on another instance's local tier, or not yet "
+                      "written)", caption_justify="left")
+    for col in ("instance", "missed", "compulsory", "capacity"):
+        t.add_column(col, justify="left" if col == "instance" else "right")
+    rows = [("total", m), *m["per_instance"].items()]
+    for name, x in rows:
+        t.add_row(name, f"{x['total']:,}", f"{x['compulsory']:,}", f"{x['capacity']:,}")
+    return t
+
+
 def document(r: TimedResult, trace_info: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The JSON summary: trace, config and the result's summary."""
+    """The JSON summary: trace, config and the result's summary (with ``misses``)."""
+    summary = r.summary()
+    summary["misses"] = misses(r)
     return {"trace": trace_info or {"requests": r.trace.n_requests,
                                     "block_accesses": r.trace.n_keys},
-            "config": r.config.to_dict(), "summary": r.summary()}
+            "config": r.config.to_dict(), "summary": summary}
 
 
 def _plot_ttft(r: TimedResult, ts: Any, path: Path) -> None:
