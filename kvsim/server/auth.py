@@ -175,6 +175,20 @@ class AuthGuard:
         with self._lock:
             return self._tokens(peer or "-", time.monotonic()) < 1.0
 
+    def over_budget(self, accounts: Accounts, credential: str | None,
+                    peer: str | None) -> bool:
+        """Whether ``peer`` is past its failure rate and ``credential`` (well formed)
+        was never verified: the flood case, which a listener answers late (see
+        :data:`kvsim.server.http.FLOOD_REPLY_DELAY_S`) so that a client looping on wrong
+        passwords slows down to its own pace. A missing or malformed credential is not
+        a flood: it is refused at once."""
+        if not credential or ":" not in credential or len(credential) > 4096:
+            return False
+        if accounts.cached(credential) is not None:
+            return False
+        with self._lock:
+            return self._tokens(peer or "-", time.monotonic()) < 1.0
+
     def check(self, accounts: Accounts, credential: str | None,
               peer: str | None = None) -> str | None:
         """The credential's role, or None (wrong, missing, or the peer is over its

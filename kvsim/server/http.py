@@ -145,6 +145,13 @@ class KVSimApp:
         return self.service.auth.refuses(self.service.accounts, _credential(headers),
                                          client[0] if client else None)
 
+    def flooding(self, headers: list[tuple[bytes, bytes]],
+                 client: tuple[str, int] | None) -> bool:
+        """An admin request with a new credential from a client past its failure rate
+        (:meth:`~kvsim.server.auth.AuthGuard.over_budget`)."""
+        return self.service.auth.over_budget(self.service.accounts, _credential(headers),
+                                             client[0] if client else None)
+
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         path = scope.get("path", "") if scope["type"] == "http" else ""
         if not (path.startswith("/api/") and scope["method"] == "POST"):
@@ -169,9 +176,13 @@ class KVSimApp:
                         break
             pool = self.pool if self.pool is not None else (
                 self.big_pool if size > OFFLOAD_BYTES else None)
-            if self.pool is not None and self.refused_at_once(scope["headers"],
-                                                              scope.get("client")):
-                pool = None  # refused without a password check: no thread needed
+            if self.pool is not None and self.service.admin_auth != "none":
+                if self.flooding(scope["headers"], scope.get("client")):
+                    # past its failure rate: answer late (never a thread, never a
+                    # scrypt) so a client looping on wrong passwords runs at our pace
+                    await asyncio.sleep(FLOOD_REPLY_DELAY_S)
+                if self.refused_at_once(scope["headers"], scope.get("client")):
+                    pool = None  # refused without a password check: no thread needed
             if pool is not None:
                 status, data = await asyncio.get_running_loop().run_in_executor(
                     pool, self.handle, path[5:], b"".join(chunks), scope["headers"],
@@ -188,6 +199,14 @@ class KVSimApp:
                                 (b"content-length", str(len(data)).encode())]})
         await send({"type": "http.response.body", "body": data})
 
+
+#: How late an admin listener answers a request whose client is past its credential
+#: failure rate (``limits.auth_failures_per_second``) with a credential never verified:
+#: a flooding client that waits for each answer then sends at most 1/delay requests a
+#: second per connection instead of saturating the loop, so a real admin's calls (a
+#: verified credential: no scrypt, no delay) are not queued behind the flood. Only the
+#: answer waits (a timer): no thread and no password check is spent on it.
+FLOOD_REPLY_DELAY_S = 0.5
 
 _NOOP_HEADER = {"status": {"code": "OK", "message": ""}, "request_id": "noop"}
 
