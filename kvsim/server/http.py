@@ -99,6 +99,12 @@ class KVSimApp:
         # admin calls (and admin /metrics) run here, off the event loop
         self.pool = (ThreadPoolExecutor(max_workers=8, thread_name_prefix="kvsim-admin")
                      if api == "admin" else None)
+        # admin calls whose credential still needs a password check (a scrypt) run here:
+        # a flood of new (wrong) credentials cannot take the threads that serve admins
+        # whose credential was verified before
+        self.check_pool = (ThreadPoolExecutor(max_workers=2,
+                                              thread_name_prefix="kvsim-admin-check")
+                           if api == "admin" else None)
         # meta calls with a body over OFFLOAD_BYTES run here (the loop serves the rest)
         self.big_pool = (ThreadPoolExecutor(max_workers=2, thread_name_prefix="kvsim-big")
                          if api == "meta" else None)
@@ -145,6 +151,10 @@ class KVSimApp:
         return self.service.auth.refuses(self.service.accounts, _credential(headers),
                                          client[0] if client else None)
 
+    def verified(self, headers: list[tuple[bytes, bytes]]) -> bool:
+        """Whether the request's credential was verified before (no scrypt needed)."""
+        return self.service.accounts.cached(_credential(headers)) is not None
+
     def flooding(self, headers: list[tuple[bytes, bytes]],
                  client: tuple[str, int] | None) -> bool:
         """An admin request with a new credential from a client past its failure rate
@@ -183,6 +193,8 @@ class KVSimApp:
                     await asyncio.sleep(FLOOD_REPLY_DELAY_S)
                 if self.refused_at_once(scope["headers"], scope.get("client")):
                     pool = None  # refused without a password check: no thread needed
+                elif not self.verified(scope["headers"]):
+                    pool = self.check_pool  # needs a scrypt: not on the admins' threads
             if pool is not None:
                 status, data = await asyncio.get_running_loop().run_in_executor(
                     pool, self.handle, path[5:], b"".join(chunks), scope["headers"],

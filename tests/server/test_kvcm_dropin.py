@@ -11,6 +11,8 @@ under a wrong-password flood (issue 13), through real servers on loopback.
 from __future__ import annotations
 
 import base64
+import json
+import socket
 import threading
 import time
 from dataclasses import replace
@@ -89,57 +91,79 @@ def _auth(cred: str) -> dict[str, str]:
     return {"authorization": "Basic " + base64.b64encode(cred.encode()).decode()}
 
 
+def _raw_post(sock: socket.socket, port: int, path: str, cred: str) -> tuple[str, float]:
+    """One keep-alive HTTP/1.1 POST over a plain socket (cheap enough that 32 client
+    threads do not starve the server they share the process with): (status code of the
+    reply header, seconds until the whole reply arrived)."""
+    req = (f"POST {path} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n"
+           f"content-type: application/json\r\ncontent-length: 2\r\n"
+           f"authorization: {_auth(cred)['authorization']}\r\n\r\n{{}}").encode()
+    t0 = time.monotonic()
+    sock.sendall(req)
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed")
+        buf += chunk
+    head, _, body = buf.partition(b"\r\n\r\n")
+    length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:"))
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed")
+        body += chunk
+    return str(json.loads(body)["header"]["status"]["code"]), time.monotonic() - t0
+
+
 def test_wrong_password_flood_is_slowed_and_a_verified_admin_is_served(tmp_path: Path
                                                                        ) -> None:
     cfg = replace(default_config(tmp_path),
                   server=ServerOptions(limits=ServerLimits(auth_failures_per_second=5)))
     h = start_server(cfg, data_dir=tmp_path, tick_seconds=3600,
                      admin_password=ADMIN_PASSWORD)
-    url = f"http://127.0.0.1:{h.admin_http_port}/api/listStorage"
-    good = _auth(f"admin:{ADMIN_PASSWORD}")
+    port = h.admin_http_port
+    good = f"admin:{ADMIN_PASSWORD}"
     stop = threading.Event()
-    answered: list[float] = []  # how long each flood request waited for its answer
+    answered: list[tuple[float, float]] = []  # (when, how long the answer took)
+    codes: set[str] = set()
     lock = threading.Lock()
 
     def flood(j: int) -> None:
-        with httpx.Client(timeout=30) as c:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
             while not stop.is_set():
-                t0 = time.monotonic()
-                r = c.post(url, json={}, headers=_auth(f"admin:wrong{j}"))
-                assert r.json()["header"]["status"]["code"] == "INVALID_ARGUMENT"
+                code, took = _raw_post(sock, port, "/api/listStorage", f"admin:wrong{j}")
                 with lock:
-                    answered.append(time.monotonic() - t0)
+                    codes.add(code)
+                    answered.append((time.monotonic(), took))
 
+    threads = [threading.Thread(target=flood, args=(j,), daemon=True) for j in range(32)]
     try:
-        with httpx.Client(timeout=30) as admin:
-            r = admin.post(url, json={}, headers=good)  # verified once, cached after
-            assert r.json()["header"]["status"]["code"] == "OK"
-            threads = [threading.Thread(target=flood, args=(j,)) for j in range(32)]
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as admin:
+            assert _raw_post(admin, port, "/api/listStorage", good)[0] == "OK"  # verified
             for t in threads:
                 t.start()
-            time.sleep(1.0)  # the flood spends the budget and is being slowed
-            with lock:
-                n0 = len(answered)
+            time.sleep(1.5)  # the flood spends its budget and is slowed down
             t0 = time.monotonic()
             worst = 0.0
-            for _ in range(20):  # bounded: 20 admin calls during the flood
-                c0 = time.monotonic()
-                r = admin.post(url, json={}, headers=good)
-                worst = max(worst, time.monotonic() - c0)
-                assert r.json()["header"]["status"]["code"] == "OK", r.text
-            elapsed = time.monotonic() - t0
-            with lock:
-                rate = (len(answered) - n0) / elapsed
-                late = sorted(answered[n0:])
+            for _ in range(40):  # bounded: 40 admin calls while the flood runs
+                code, took = _raw_post(admin, port, "/api/listStorage", good)
+                assert code == "OK"
+                worst = max(worst, took)
+                time.sleep(0.02)
+            t1 = time.monotonic()
     finally:
         stop.set()
         for t in threads:
             t.join(timeout=30)
         h.stop()
-    # every verified admin call answered, none stuck behind the flood (a bound that
+    assert codes == {"INVALID_ARGUMENT"}
+    # every verified admin call answered, none queued behind the flood (a bound that
     # holds on a loaded 2-CPU machine; the p99 itself is benchmarks/bench_server.py's)
     assert worst < 1.0, worst
     # the flood is answered late: 32 clients that wait for their answers get at most
-    # 32 / delay answers a second (plus the budget), not thousands
-    assert late and late[len(late) // 2] >= 0.9 * H.FLOOD_REPLY_DELAY_S, late[:5]
-    assert rate <= 32 / H.FLOOD_REPLY_DELAY_S + 5 + 10, rate
+    # about 32 / delay answers a second (plus the failure budget), not thousands
+    during = [took for when, took in answered if t0 <= when <= t1]
+    assert during and sorted(during)[len(during) // 2] >= 0.9 * H.FLOOD_REPLY_DELAY_S
+    assert len(during) / (t1 - t0) <= 32 / H.FLOOD_REPLY_DELAY_S + 5 + 10
