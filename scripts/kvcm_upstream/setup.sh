@@ -40,6 +40,7 @@ if [ ! -x "$DIR/venv/bin/python" ]; then
     grpcio==1.62.2 grpcio-tools==1.62.2 protobuf==4.25.3 pytest requests
 fi
 ln -sfn "$HERE/testlib" "$DIR/testlib"
+ln -sfn ../testlib "$DIR/integration_test/testlib"  # the reclaimer test imports it there
 ln -sfn "$HERE/client_checks/test_client_checks.py" "$DIR/client_checks/test_client_checks.py"
 for d in "$DIR"/integration_test "$DIR"/integration_test/*/; do
   [ -d "$d" ] && touch "$d/__init__.py"
