@@ -270,8 +270,11 @@ def create_app(service: Service, api: str) -> KVSimApp:
         if kapp.pool is not None:  # admin: the same credential as getMetrics
             cred = decode_basic(request.headers.get("authorization"))
             peer = request.client.host if request.client else None
+            # a credential still to be checked (scrypt) never takes the admins' threads
+            pool = (kapp.pool if service.accounts.cached(cred) is not None
+                    else kapp.check_pool)
             role = await asyncio.get_running_loop().run_in_executor(
-                kapp.pool, service.check_admin, cred, peer)
+                pool, service.check_admin, cred, peer)
             if role != "ROLE_ADMIN":
                 return Response("admin /metrics needs a valid admin credential\n",
                                 status_code=401, media_type="text/plain",

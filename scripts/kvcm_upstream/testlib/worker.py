@@ -68,6 +68,8 @@ class WorkerEnv:
             self.rpc_port, self.http_port = rpc, http
             self.admin_rpc_port, self.admin_http_port = rpc, admin_http
             self.debug_http_port = http + 3000
+            if self.debug_http_port in (rpc, admin_http):
+                continue
             try:
                 s = socket.socket()
                 s.bind(("127.0.0.1", self.debug_http_port))
@@ -107,6 +109,7 @@ class Worker:
         logging.info("start %s: %s", self.worker_name, " ".join(cmd))
         self._out = open(os.path.join(e.workdir, "stdout"), "ab")  # noqa: SIM115
         self._err = open(os.path.join(e.workdir, "stderr"), "ab")  # noqa: SIM115
+        said_from = self._err.tell()  # a restart appends: read only this run's lines
         self.proc = subprocess.Popen(cmd, cwd=e.workdir, stdout=self._out, stderr=self._err,
                                      env=env, start_new_session=True)
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -117,7 +120,12 @@ class Worker:
                     logging.error("kvsim exited %s: %s", self.proc.returncode,
                                   f.read()[-3000:])
                 return False
-            if all(_accepts(p) for p in ports):
+            # ready once kvsim says so (every listener bound: a port answering might be
+            # another process's that took it after we probed it, on a shared machine)
+            with open(os.path.join(e.workdir, "stderr"), "rb") as f:
+                f.seek(said_from)
+                said = b"kvsim serving on" in f.read()
+            if said and all(_accepts(p) for p in ports):
                 return True
             time.sleep(0.1)
         self.stop_worker()
