@@ -167,3 +167,32 @@ def test_wrong_password_flood_is_slowed_and_a_verified_admin_is_served(tmp_path:
     during = [took for when, took in answered if t0 <= when <= t1]
     assert during and sorted(during)[len(during) // 2] >= 0.9 * H.FLOOD_REPLY_DELAY_S
     assert len(during) / (t1 - t0) <= 32 / H.FLOOD_REPLY_DELAY_S + 5 + 10
+
+
+def test_leases_carry_the_holders_info(tmp_path: Path, redis_url: str) -> None:
+    """What a holder publishes with its lease (its endpoint) is what the others read,
+    and only while it holds the lease: file and Redis leases alike."""
+    import redis
+
+    from kvsim.server.leader import FileLease, RedisLease
+
+    client = redis.Redis.from_url(redis_url.split("?")[0])
+    key = "lease:" + redis_url.rsplit("=", 1)[1]
+    pairs = [(FileLease(tmp_path / "l.lock", ttl_ms=400, owner="a"),
+              FileLease(tmp_path / "l.lock", ttl_ms=400, owner="b")),
+             (RedisLease(client, key, ttl_ms=400, owner="a"),
+              RedisLease(client, key, ttl_ms=400, owner="b"))]
+    for a, b in pairs:
+        a.info = {"node_id": "a", "admin_http_port": 1}
+        assert b.holder_info() == {}  # nobody holds it yet
+        assert a.try_acquire() and not b.try_acquire()
+        assert b.holder_info() == {"node_id": "a", "admin_http_port": 1}
+        a.info = {"node_id": "a", "admin_http_port": 2}  # published from the next renewal
+        assert a.renew()
+        assert b.holder_info()["admin_http_port"] == 2
+        a.release()
+        assert b.holder_info() == {}
+        b.info = {"node_id": "b"}
+        assert b.try_acquire()
+        assert a.holder_info() == {"node_id": "b"}
+        b.release()
