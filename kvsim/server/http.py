@@ -267,7 +267,8 @@ def create_app(service: Service, api: str) -> KVSimApp:
 
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:
-        if kapp.pool is not None:  # admin: the same credential as getMetrics
+        if kapp.pool is not None and service.admin_auth != "none":
+            # admin: the same credential as getMetrics
             cred = decode_basic(request.headers.get("authorization"))
             peer = request.client.host if request.client else None
             # a credential still to be checked (scrypt) never takes the admins' threads

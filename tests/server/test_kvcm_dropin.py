@@ -196,3 +196,21 @@ def test_leases_carry_the_holders_info(tmp_path: Path, redis_url: str) -> None:
         assert b.try_acquire()
         assert a.holder_info() == {"node_id": "b"}
         b.release()
+
+
+def test_admin_metrics_follow_admin_auth_none(tmp_path: Path) -> None:
+    """With --admin-auth none the admin /metrics page needs no credential either (like
+    every admin call); with the default it does."""
+    h = start_server(None, data_dir=tmp_path / "a", tick_seconds=3600, admin_auth="none")
+    try:
+        r = httpx.get(f"http://127.0.0.1:{h.admin_http_port}/metrics", timeout=30)
+        assert r.status_code == 200 and "kvsim_" in r.text
+    finally:
+        h.stop()
+    h = start_server(None, data_dir=tmp_path / "b", tick_seconds=3600,
+                     admin_password=ADMIN_PASSWORD)
+    try:
+        r = httpx.get(f"http://127.0.0.1:{h.admin_http_port}/metrics", timeout=30)
+        assert r.status_code == 401
+    finally:
+        h.stop()
