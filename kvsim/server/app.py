@@ -36,7 +36,7 @@ from kvsim.config import KVSimConfig
 from kvsim.core.clock import Clock
 from kvsim.core.warm import warm_up
 from kvsim.server.http import create_app, fast_protocol
-from kvsim.server.kvcm_compat import new_node_id
+from kvsim.server.kvcm_compat import new_node_id, publish_endpoint
 from kvsim.server.service import DEFAULT_PROBE_S, Service
 from kvsim.trace.hashing import kvcm_token_keys
 
@@ -358,6 +358,7 @@ def start_server(
                                  admin_http_port=handle.admin_http_port,
                                  meta_rpc_port=handle.grpc_port or 0,
                                  admin_rpc_port=handle.admin_grpc_port or 0)
+        publish_endpoint(service)  # followers report it as the leader's endpoint
         service.start_background(tick_seconds if tick_seconds is not None
                                  else (opts.tick_seconds if opts else 0.5))
     except BaseException:

@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import os
@@ -132,6 +133,15 @@ class Accounts:
         return acc.role
 
 
+def _lower_priority() -> None:
+    """Run the calling thread at nice +10 (Linux threads have their own nice value), so
+    password checks (scrypt, deliberately CPU-heavy) yield the CPU to the threads that
+    answer calls: a flood of wrong passwords then slows itself, not the admins. A no-op
+    where threads cannot be reniced."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+
+
 class AuthGuard:
     """Checks admin credentials without letting a flood of wrong ones starve the rest.
 
@@ -139,8 +149,9 @@ class AuthGuard:
     * Each client address may fail ``failures_per_second`` times per second (a token
       bucket holding that many); past that its new credentials are refused at once,
       without a scrypt.
-    * scrypt runs on ``workers`` threads; the caller waits for its own result (an
-      event loop hands the whole call to a thread, see :mod:`kvsim.server.http`).
+    * scrypt runs on ``workers`` threads at a lower CPU priority (nice +10); the caller
+      waits for its own result (an event loop hands the whole call to a thread, see
+      :mod:`kvsim.server.http`).
 
     Example:
         >>> a = Accounts(); a.add("admin", "pw", "ROLE_ADMIN")
@@ -155,7 +166,8 @@ class AuthGuard:
     def __init__(self, failures_per_second: float = 5.0, workers: int = 2) -> None:
         self.rate = float(failures_per_second)
         self._pool = ThreadPoolExecutor(max_workers=max(1, workers),
-                                        thread_name_prefix="kvsim-auth")
+                                        thread_name_prefix="kvsim-auth",
+                                        initializer=_lower_priority)
         self._lock = threading.Lock()
         self._buckets: dict[str, tuple[float, float]] = {}  # peer -> (tokens, time)
         self.refused = 0  # credentials refused unchecked (rate limit)
@@ -170,6 +182,20 @@ class AuthGuard:
         can be answered at once, without a worker thread."""
         if not credential or ":" not in credential or len(credential) > 4096:
             return True
+        if accounts.cached(credential) is not None:
+            return False
+        with self._lock:
+            return self._tokens(peer or "-", time.monotonic()) < 1.0
+
+    def over_budget(self, accounts: Accounts, credential: str | None,
+                    peer: str | None) -> bool:
+        """Whether ``peer`` is past its failure rate and ``credential`` (well formed)
+        was never verified: the flood case, which a listener answers late (see
+        :data:`kvsim.server.http.FLOOD_REPLY_DELAY_S`) so that a client looping on wrong
+        passwords slows down to its own pace. A missing or malformed credential is not
+        a flood: it is refused at once."""
+        if not credential or ":" not in credential or len(credential) > 4096:
+            return False
         if accounts.cached(credential) is not None:
             return False
         with self._lock:

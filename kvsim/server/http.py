@@ -99,6 +99,12 @@ class KVSimApp:
         # admin calls (and admin /metrics) run here, off the event loop
         self.pool = (ThreadPoolExecutor(max_workers=8, thread_name_prefix="kvsim-admin")
                      if api == "admin" else None)
+        # admin calls whose credential still needs a password check (a scrypt) run here:
+        # a flood of new (wrong) credentials cannot take the threads that serve admins
+        # whose credential was verified before
+        self.check_pool = (ThreadPoolExecutor(max_workers=2,
+                                              thread_name_prefix="kvsim-admin-check")
+                           if api == "admin" else None)
         # meta calls with a body over OFFLOAD_BYTES run here (the loop serves the rest)
         self.big_pool = (ThreadPoolExecutor(max_workers=2, thread_name_prefix="kvsim-big")
                          if api == "meta" else None)
@@ -145,6 +151,17 @@ class KVSimApp:
         return self.service.auth.refuses(self.service.accounts, _credential(headers),
                                          client[0] if client else None)
 
+    def verified(self, headers: list[tuple[bytes, bytes]]) -> bool:
+        """Whether the request's credential was verified before (no scrypt needed)."""
+        return self.service.accounts.cached(_credential(headers)) is not None
+
+    def flooding(self, headers: list[tuple[bytes, bytes]],
+                 client: tuple[str, int] | None) -> bool:
+        """An admin request with a new credential from a client past its failure rate
+        (:meth:`~kvsim.server.auth.AuthGuard.over_budget`)."""
+        return self.service.auth.over_budget(self.service.accounts, _credential(headers),
+                                             client[0] if client else None)
+
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         path = scope.get("path", "") if scope["type"] == "http" else ""
         if not (path.startswith("/api/") and scope["method"] == "POST"):
@@ -169,9 +186,15 @@ class KVSimApp:
                         break
             pool = self.pool if self.pool is not None else (
                 self.big_pool if size > OFFLOAD_BYTES else None)
-            if self.pool is not None and self.refused_at_once(scope["headers"],
-                                                              scope.get("client")):
-                pool = None  # refused without a password check: no thread needed
+            if self.pool is not None and self.service.admin_auth != "none":
+                if self.flooding(scope["headers"], scope.get("client")):
+                    # past its failure rate: answer late (never a thread, never a
+                    # scrypt) so a client looping on wrong passwords runs at our pace
+                    await asyncio.sleep(FLOOD_REPLY_DELAY_S)
+                if self.refused_at_once(scope["headers"], scope.get("client")):
+                    pool = None  # refused without a password check: no thread needed
+                elif not self.verified(scope["headers"]):
+                    pool = self.check_pool  # needs a scrypt: not on the admins' threads
             if pool is not None:
                 status, data = await asyncio.get_running_loop().run_in_executor(
                     pool, self.handle, path[5:], b"".join(chunks), scope["headers"],
@@ -188,6 +211,14 @@ class KVSimApp:
                                 (b"content-length", str(len(data)).encode())]})
         await send({"type": "http.response.body", "body": data})
 
+
+#: How late an admin listener answers a request whose client is past its credential
+#: failure rate (``limits.auth_failures_per_second``) with a credential never verified:
+#: a flooding client that waits for each answer then sends at most 1/delay requests a
+#: second per connection instead of saturating the loop, so a real admin's calls (a
+#: verified credential: no scrypt, no delay) are not queued behind the flood. Only the
+#: answer waits (a timer): no thread and no password check is spent on it.
+FLOOD_REPLY_DELAY_S = 0.5
 
 _NOOP_HEADER = {"status": {"code": "OK", "message": ""}, "request_id": "noop"}
 
@@ -236,11 +267,15 @@ def create_app(service: Service, api: str) -> KVSimApp:
 
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:
-        if kapp.pool is not None:  # admin: the same credential as getMetrics
+        if kapp.pool is not None and service.admin_auth != "none":
+            # admin: the same credential as getMetrics
             cred = decode_basic(request.headers.get("authorization"))
             peer = request.client.host if request.client else None
+            # a credential still to be checked (scrypt) never takes the admins' threads
+            pool = (kapp.pool if service.accounts.cached(cred) is not None
+                    else kapp.check_pool)
             role = await asyncio.get_running_loop().run_in_executor(
-                kapp.pool, service.check_admin, cred, peer)
+                pool, service.check_admin, cred, peer)
             if role != "ROLE_ADMIN":
                 return Response("admin /metrics needs a valid admin credential\n",
                                 status_code=401, media_type="text/plain",

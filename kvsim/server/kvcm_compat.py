@@ -35,8 +35,8 @@ from typing import Any
 
 from kvsim.server import wire as W
 
-__all__ = ["install_compat", "kvcm_metrics", "new_node_id", "reply_defaults",
-           "storage_config_entry", "upper_camel"]
+__all__ = ["install_compat", "kvcm_metrics", "new_node_id", "publish_endpoint",
+           "reply_defaults", "self_endpoint", "storage_config_entry", "upper_camel"]
 
 # the StorageConfig oneof field kvsim keeps -> KVCM's storage type name
 _TYPE_NAME = {"nfs": "file", "threefs": "hf3fs", "vcnsthreefs": "vcns_hf3fs",
@@ -152,6 +152,25 @@ def new_node_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
+def self_endpoint(svc: Any) -> dict[str, Any]:
+    """Where this node listens, as ``getManagerClusterInfo``'s ``leader_endpoint``
+    (KVCM's ``NodeEndpoint``: node id, host and the four ports)."""
+    ep: dict[str, Any] = {"node_id": svc.node_id,
+                          "host": str(svc.endpoints.get("host", "127.0.0.1"))}
+    for k in ("meta_rpc_port", "meta_http_port", "admin_rpc_port", "admin_http_port"):
+        ep[k] = int(svc.endpoints.get(k) or 0)
+    return ep
+
+
+def publish_endpoint(svc: Any) -> None:
+    """Publish this node's endpoint with its leader lease (once the ports are known),
+    so followers can report the leader's ``leader_endpoint``; no-op without an
+    elector. The lease carries it from its next renewal on."""
+    el = getattr(svc, "elector", None)
+    if el is not None and hasattr(el.lease, "info"):
+        el.lease.info = self_endpoint(svc)
+
+
 _LOG_LEVELS = {"TRACE": logging.DEBUG, "DEBUG": logging.DEBUG, "INFO": logging.INFO,
                "WARN": logging.WARNING, "WARNING": logging.WARNING, "ERROR": logging.ERROR,
                "FATAL": logging.CRITICAL, "CRITICAL": logging.CRITICAL}  # fmt: skip
@@ -239,6 +258,14 @@ def install_compat(svc: Any) -> None:
         elif el.is_leader and getattr(el, "renewed_at_ms", 0):
             exp = int(el.renewed_at_ms) + int(el.lease.ttl_ms)
         out["self_leader_expiration_time"] = exp
+        if el is not None and not el.is_leader:
+            # a follower: the leader's endpoint as the leader published it (KVCM's
+            # followers report it too); {} while nobody leads
+            holder_info = getattr(el.lease, "holder_info", None)
+            info = holder_info() if holder_info is not None else {}
+            leader = out.get("leader_node_id")
+            out["leader_endpoint"] = (info if leader and info.get("node_id") == leader
+                                      else {})
         return out
 
     orig_demote = admin["leaderDemote"]

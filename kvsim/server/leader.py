@@ -66,13 +66,19 @@ class Lease(Protocol):
         """Who holds it now (None: nobody), as far as this process can tell."""
         ...
 
+    def holder_info(self) -> dict[str, Any]:
+        """What the current holder published with the lease (its ``info``: where it
+        listens), ``{}`` when nobody holds it or it published nothing."""
+        ...
+
 
 class FileLease:
     """A lease recorded in a local file, with an expiry (see the module docstring).
 
-    The file holds one JSON object ``{"owner", "epoch", "expires_ms"}`` (wall-clock
-    milliseconds). Every read-modify-write happens under a short exclusive ``flock``
-    (never held between calls, so a stopped process cannot keep it). A holder renews
+    The file holds one JSON object ``{"owner", "epoch", "expires_ms", "info"}``
+    (wall-clock milliseconds; ``info``: what the holder publishes, e.g. its endpoint).
+    Every read-modify-write happens under a short exclusive ``flock`` (never held
+    between calls, so a stopped process cannot keep it). A holder renews
     by moving ``expires_ms`` forward; anyone may take a lease whose ``expires_ms`` has
     passed, with ``epoch`` + 1. A holder that was stopped (``SIGSTOP``) or starved past
     its expiry finds another owner or epoch when it resumes: :meth:`renew` is False.
@@ -90,6 +96,8 @@ class FileLease:
         self.ttl_ms = int(ttl_ms)
         self.owner = owner or f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.epoch = 0  # the epoch this process holds (0: none)
+        #: published with the lease while held (JSON-able; e.g. the holder's endpoint)
+        self.info: dict[str, Any] = {}
 
     def _update(self, fn: Callable[[dict[str, Any], int], dict[str, Any] | None]
                 ) -> dict[str, Any] | None:
@@ -129,7 +137,8 @@ class FileLease:
         def take(rec: dict[str, Any], now: int) -> dict[str, Any] | None:
             if self._mine(rec) or int(rec.get("expires_ms", 0)) <= now:
                 epoch = self.epoch if self._mine(rec) else int(rec.get("epoch", 0)) + 1
-                return {"owner": self.owner, "epoch": epoch, "expires_ms": now + self.ttl_ms}
+                return {"owner": self.owner, "epoch": epoch, "expires_ms": now + self.ttl_ms,
+                        "info": self.info}
             return None
 
         rec = self._update(take)
@@ -145,7 +154,7 @@ class FileLease:
 
         def extend(rec: dict[str, Any], now: int) -> dict[str, Any] | None:
             if self._mine(rec) and int(rec.get("expires_ms", 0)) > now:
-                return rec | {"expires_ms": now + self.ttl_ms}
+                return rec | {"expires_ms": now + self.ttl_ms, "info": self.info}
             return None
 
         rec = self._update(extend)
@@ -167,8 +176,8 @@ class FileLease:
         self._update(drop)
         self.epoch = 0
 
-    def holder(self) -> str | None:
-        """The owner of an unexpired lease (None: nobody)."""
+    def _current(self) -> dict[str, Any] | None:
+        """The record of an unexpired lease (None: nobody holds it)."""
         try:
             with open(self.path, "rb") as f:
                 rec = json.loads(f.read(4096) or b"{}")
@@ -176,7 +185,18 @@ class FileLease:
             return None
         if not isinstance(rec, dict) or int(rec.get("expires_ms", 0)) <= time.time() * 1000:
             return None
-        return str(rec.get("owner") or "?")
+        return rec
+
+    def holder(self) -> str | None:
+        """The owner of an unexpired lease (None: nobody)."""
+        rec = self._current()
+        return None if rec is None else str(rec.get("owner") or "?")
+
+    def holder_info(self) -> dict[str, Any]:
+        """The unexpired holder's ``info`` (``{}``: nobody, or nothing published)."""
+        rec = self._current()
+        info = rec.get("info") if rec is not None else None
+        return dict(info) if isinstance(info, dict) else {}
 
 
 _RENEW = """
@@ -212,18 +232,29 @@ class RedisLease:
         self.epoch = 0  # the epoch of this owner's last acquisition (0: none)
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
+        #: published beside the lease (key ``<key>:info``, same expiry) while held
+        self.info: dict[str, Any] = {}
+
+    def _publish(self) -> None:
+        self.client.set(f"{self.key}:info", json.dumps({"owner": self.owner,
+                                                        "info": self.info}),
+                        px=self.ttl_ms)
 
     def try_acquire(self) -> bool:
         """``SET NX PX``; True also when this owner already holds it. Each acquisition
         takes a new epoch (``INCR <key>:epoch``: the store's fencing token)."""
         if self.client.set(self.key, self.owner, nx=True, px=self.ttl_ms):
             self.epoch = int(self.client.incr(f"{self.key}:epoch"))
+            self._publish()
             return True
         return self.renew()
 
     def renew(self) -> bool:
         """Extend the lease if this owner still holds it."""
-        return bool(self._renew(keys=[self.key], args=[self.owner, self.ttl_ms]))
+        ok = bool(self._renew(keys=[self.key], args=[self.owner, self.ttl_ms]))
+        if ok:
+            self._publish()
+        return ok
 
     def release(self) -> None:
         """Delete the lease if this owner holds it."""
@@ -233,6 +264,20 @@ class RedisLease:
         """The current holder's owner id."""
         v = self.client.get(self.key)
         return v.decode() if isinstance(v, bytes) else v
+
+    def holder_info(self) -> dict[str, Any]:
+        """The current holder's published ``info`` (``{}``: none, or another owner's
+        stale record)."""
+        owner = self.holder()
+        raw = self.client.get(f"{self.key}:info")
+        try:
+            rec = json.loads(raw) if raw else {}
+        except ValueError:
+            return {}
+        if not isinstance(rec, dict) or owner is None or rec.get("owner") != owner:
+            return {}
+        info = rec.get("info")
+        return dict(info) if isinstance(info, dict) else {}
 
 
 class LeaderElector:
