@@ -29,7 +29,7 @@ from kvsim.core.events import (
     EventArrays,
     emit,
 )
-from kvsim.core.policies import dispatch, ttl
+from kvsim.core.policies import dispatch
 from kvsim.core.table import (
     COUNT_MAX,
     DELETING,
@@ -445,16 +445,18 @@ def _evict_group_precise(
 
 @kernel
 def _expire(t: Tables, ev: EventArrays, g: int, now: int, delete_now: bool) -> int:
-    """Evict every expired block of a ``ttl`` group (oldest first, per instance)."""
+    """Evict every expired block of a group whose policy expires blocks (``ttl``),
+    oldest first, per instance."""
     n = 0
+    code = t.g_policy[g]
     for i in range(t.i_group.shape[0]):
         if t.i_group[i] != g:
             continue
-        r = ttl.expired_tail(t, g, i, now)
+        r = dispatch.expired_tail(t, code, g, i, now)
         while r >= 0:
             evict_row(t, ev, r, now, delete_now)
             n += 1
-            r = ttl.expired_tail(t, g, i, now)
+            r = dispatch.expired_tail(t, code, g, i, now)
     flush_frees(t)
     t.g_evicted[g] += n
     return n
@@ -475,7 +477,7 @@ def evict_to(
     Returns the number of blocks evicted.
     """
     expired = 0
-    if t.g_policy[g] == dispatch.TTL:
+    if dispatch.has_expiry(t.g_policy[g]):
         expired = _expire(t, ev, g, now, delete_now)
     if t.g_used[g] <= target:
         return expired

@@ -26,7 +26,6 @@ import numpy as np
 import polars as pl
 
 from kvsim.config import ConfigError, KVSimConfig
-from kvsim.core import kernels as K
 from kvsim.core.clock import ManualClock
 from kvsim.core.manager import CacheManager
 from kvsim.core.spec import InstanceSpec
@@ -387,7 +386,7 @@ def replay(
     batch = config.replay.match == "batch"
 
     def run(start: int, end: int) -> int:
-        return int(K.replay_requests(
+        return int(mgr.kernels.replay_requests(
             table.t, mgr.events.arrays, req_inst, trace.ts_ns, trace.offsets, trace.keys,
             mask, has_mask, trace.kind, start, end, batch, True,
             outs[0], outs[1], outs[2], outs[3], outs[4], outs[5], tmp_rows, tmp_new,
