@@ -34,6 +34,7 @@ from kvsim.trace.model import KIND_WRITE, Trace
 ProgressFn = Callable[[int, int], None]
 
 CHUNK_KEYS = 1 << 20
+UNBOUNDED_ROWS = 1 << 16  # first block rows of an unbounded cache (doubles as it fills)
 
 
 @dataclass(frozen=True)
@@ -375,6 +376,8 @@ def replay(
     caps = [g.quota_units() for g in config.groups]
     bounded = all(c > 0 for c in caps) and all(g.unit == "blocks" for g in config.groups)
     rows = min(trace.n_keys, sum(caps) + 2 * max_len) if bounded else trace.n_keys
+    if all(c == 0 for c in caps):  # nothing is ever evicted: grow the table as it fills
+        rows = min(rows, UNBOUNDED_ROWS)
     mgr, core_idx, group_of = build_manager(trace, config, rows=max(rows, 16) + 16)
     table = mgr.table
     req_inst = core_idx[trace.instance]
