@@ -216,6 +216,15 @@ class CacheManager:
             k = self._kernels = kernels_for(self._policy_names or (DEFAULT_POLICY,))
         return k
 
+    def use_policies(self, names: Sequence[str] | set[str]) -> None:
+        """Include ``names`` in the policies this manager's kernels are specialised to
+        (before their groups exist: a server warms the set its config names once,
+        instead of compiling a larger set when a group with another policy arrives)."""
+        new = {get_policy(n).name for n in names} - self._policy_names
+        if new:
+            self._policy_names |= new
+            self._kernels = None
+
     # ================================================================ registry
     def add_storage(self, spec: StorageSpec) -> None:
         """Add a storage; an existing name with a different definition is a duplicate."""

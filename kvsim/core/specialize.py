@@ -49,7 +49,8 @@ def generated_dir() -> Path:
     per-user temp directory."""
     from numba.core import config
 
-    root = getattr(config, "CACHE_DIR", "") or os.path.join(tempfile.gettempdir(), f"kvsim-{os.getuid()}")
+    root = getattr(config, "CACHE_DIR", "") or os.path.join(tempfile.gettempdir(),
+                                                            f"kvsim-{os.getuid()}")
     path = Path(root) / "generated"
     path.mkdir(parents=True, exist_ok=True)
     return path
