@@ -54,6 +54,12 @@ SPEC = PolicySpec(name="mru_test", code=9001, params_cls=MRUParams, tail_first=T
                   summary="most recently used goes first (a test-only policy)")
 
 
+@pytest.fixture(autouse=True)
+def _per_policy_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests check the per-policy kernels (the suite's conftest forces one set)."""
+    monkeypatch.delenv("KVSIM_KERNELS", raising=False)
+
+
 @pytest.fixture
 def mru() -> object:
     register(sys.modules[__name__])

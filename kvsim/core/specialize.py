@@ -33,7 +33,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from types import ModuleType
 
-from kvsim.core.policies import MODULES, POLICIES
+from kvsim.core.policies import BUILTIN, MODULES, POLICIES
 
 __all__ = ["dispatch_module", "dispatch_source", "generated_dir", "kernels_for", "specialized"]
 
@@ -241,5 +241,13 @@ def specialized(template: str, policies: Iterable[str]) -> ModuleType:
 
 
 def kernels_for(policies: Iterable[str]) -> ModuleType:
-    """:mod:`kvsim.core.kernels` specialised to ``policies`` (registry names)."""
-    return specialized("kvsim.core.kernels", policies)
+    """:mod:`kvsim.core.kernels` specialised to ``policies`` (registry names).
+
+    With ``KVSIM_KERNELS=all`` in the environment every built-in policy is added: one
+    kernel set for every manager of a process tree (the test suite sets it, so its
+    many managers share one compile instead of one per policy combination).
+    """
+    names = set(policies)
+    if os.environ.get("KVSIM_KERNELS") == "all":
+        names |= set(BUILTIN)
+    return specialized("kvsim.core.kernels", names)
