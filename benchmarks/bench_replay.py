@@ -12,8 +12,13 @@ generator, then measures on this machine:
 * ``kvsim replay`` start-up on the shipped sample: cold (empty numba cache) and
   warm (second run) wall time.
 
-Prints a table and writes ``reports/bench_replay.json``. Targets (issue 2): ratio
->= 2.0, warm start < 2 s, <= 64 bytes per cached block.
+* a Bailian-schema trace (``--file-keys`` block reads, default 13.5M) written as
+  JSONL and as parquet: ``kvsim replay`` end to end at 3 capacities (and parquet at
+  1), wall, CPU and peak RSS; the JSONL parse alone with orjson and with polars.
+
+Prints a table and writes ``reports/bench_replay.json``. Targets (issue 17): ratio
+>= 3.0, cold start < 15 s, warm start < 2 s, <= 32 bytes per cached block, JSONL at 3
+capacities <= 1.5 s and 300 MB, parquet <= 1 s (3 capacities) / 0.5 s (1).
 
 Usage:
     python benchmarks/bench_replay.py [--keys 20000000] [--quick]
@@ -69,18 +74,63 @@ def bench_libcachesim(keys: np.ndarray, capacity: int) -> dict[str, float]:
             "hit_blocks": round((1 - miss_ratio) * n)}
 
 
+_MEASURE = (
+    "import resource, subprocess, sys, time\n"
+    "t0 = time.perf_counter()\n"
+    "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL)\n"
+    "r = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+    "print(time.perf_counter() - t0, r.ru_utime + r.ru_stime, r.ru_maxrss / 1024)\n"
+)
+
+
+def measure(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
+    """Wall seconds, CPU seconds and peak RSS (MB, the largest process) of ``cmd``."""
+    out = subprocess.run([sys.executable, "-c", _MEASURE, *cmd], check=True, env=env,
+                         cwd=ROOT, capture_output=True, text=True).stdout.split()
+    return {"wall_s": float(out[0]), "cpu_s": float(out[1]), "peak_rss_mb": float(out[2])}
+
+
 def start_times() -> dict[str, float]:
-    """Wall time of ``kvsim replay --no-out`` on the sample: cold then warm."""
-    out = {}
+    """``kvsim replay --no-out`` on the shipped sample with an empty kernel cache (cold:
+    compiles the ``lru`` kernels) then again (warm: loads them)."""
+    out: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as cache_dir:
-        env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
+        env = dict(os.environ, KVSIM_CACHE_DIR=cache_dir, NUMBA_CACHE_DIR=cache_dir)
         for name in ("cold", "warm"):
-            t0 = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "kvsim", "replay", "--no-out",
-                            "--capacity-blocks", "20000"], check=True, env=env,
-                           stdout=subprocess.DEVNULL, cwd=ROOT)
-            out[name] = time.perf_counter() - t0
+            m = measure([sys.executable, "-m", "kvsim", "replay", "--no-out",
+                         "--capacity-blocks", "20000"], env)
+            out[name] = m["wall_s"]
+            out[f"{name}_cpu"] = m["cpu_s"]
     return out
+
+
+def bench_files(trace: object, caps: list[int], work: Path) -> dict[str, object]:
+    """End to end ``kvsim replay`` of the trace as Bailian JSONL and as parquet (wall,
+    peak RSS), and the JSONL parse alone: orjson line by line vs polars' NDJSON reader."""
+    import orjson
+    import polars as pl
+
+    from kvsim.trace.writers import write_trace
+
+    jl, pqf = work / "trace.jsonl", work / "trace.parquet"
+    write_trace(trace, jl, fmt="bailian")  # type: ignore[arg-type]
+    write_trace(trace, pqf, fmt="parquet")  # type: ignore[arg-type]
+    caps_s = ",".join(str(c) for c in caps)
+    res: dict[str, object] = {"jsonl_mb": jl.stat().st_size / 2**20, "capacities": caps}
+    kv = [sys.executable, "-m", "kvsim", "replay", "--no-out"]
+    res["jsonl_3caps"] = measure([*kv, str(jl), "--capacity-blocks", caps_s])
+    res["parquet_3caps"] = measure([*kv, str(pqf), "--capacity-blocks", caps_s])
+    res["parquet_1cap"] = measure([*kv, str(pqf), "--capacity-blocks", str(caps[0])])
+    t0 = time.perf_counter()
+    with jl.open("rb") as f:
+        n = sum(1 for line in f if orjson.loads(line))
+    t_orjson = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    df = pl.read_ndjson(jl)
+    t_polars = time.perf_counter() - t0
+    assert df.height == n
+    res["parse_s"] = {"orjson_lines": t_orjson, "polars_ndjson": t_polars}
+    return res
 
 
 def main() -> None:
@@ -91,6 +141,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="2M keys, for a smoke run")
     ap.add_argument("--repeat", type=int, default=2, help="runs per measurement (best kept)")
     ap.add_argument("--no-startup", action="store_true")
+    ap.add_argument("--file-keys", type=int, default=13_500_000,
+                    help="block reads of the Bailian-schema file trace (0: skip)")
     ap.add_argument("--out", type=Path, default=ROOT / "reports" / "bench_replay.json")
     args = ap.parse_args()
     n_keys = 2_000_000 if args.quick else args.keys
@@ -139,6 +191,17 @@ def main() -> None:
         })
     rss = _rss_mb()
     starts = {} if args.no_startup else start_times()
+    files: dict[str, object] = {}
+    file_keys = min(args.file_keys, 1_500_000) if args.quick else args.file_keys
+    if file_keys:
+        ft = generate_trace(GenSpec(seed=7, target_keys=file_keys, instances=1, block_size=16))
+        fu = int(np.unique(ft.keys).shape[0])
+        with tempfile.TemporaryDirectory() as d:
+            files = bench_files(ft, [max(1000, int(fu * f)) for f in (0.01, 0.05, 0.1)],
+                                Path(d))
+        files["block_reads"] = ft.n_keys
+        files["requests"] = ft.n_requests
+        del ft
 
     head = (f"{'capacity':>12} {'hit rate':>8} {'kvsim M/s':>9} {'libCacheSim M/s':>15} "
             f"{'ratio':>6} {'flat hits kvsim / libCacheSim':>31} {'B/block':>7}")
@@ -151,15 +214,31 @@ def main() -> None:
               f"{r['bytes_per_cached_block']:>7.1f}")
     print(f"peak RSS: {rss:.0f} MB (trace, tables and libCacheSim's input included)")
     if starts:
-        print(f"start-up of `kvsim replay` on the sample: cold {starts['cold']:.2f} s, "
+        print(f"start-up of `kvsim replay` on the sample: cold (empty kernel cache) "
+              f"{starts['cold']:.2f} s wall / {starts['cold_cpu']:.1f} s CPU (target < 15 s), "
               f"warm {starts['warm']:.2f} s (target < 2 s)")
+    if files:
+        print(f"file trace: {files['block_reads']:,} block reads, {files['requests']:,} "
+              f"requests, JSONL {files['jsonl_mb']:.0f} MB, capacities {files['capacities']}")
+        for k, label, target in (("jsonl_3caps", "JSONL, 3 capacities", "<= 1.5 s, 300 MB"),
+                                 ("parquet_3caps", "parquet, 3 capacities", "<= 1 s"),
+                                 ("parquet_1cap", "parquet, 1 capacity", "<= 0.5 s")):
+            m = files[k]
+            print(f"  `kvsim replay` {label}: {m['wall_s']:.2f} s wall, {m['cpu_s']:.2f} s CPU, "
+                  f"peak RSS {m['peak_rss_mb']:.0f} MB (target {target})")
+        ps = files["parse_s"]
+        print(f"  JSONL parse alone: orjson line by line {ps['orjson_lines']:.2f} s, "
+              f"polars read_ndjson {ps['polars_ndjson']:.2f} s")
     report = {
         "trace": {"requests": trace.n_requests, "block_accesses": trace.n_keys,
                   "unique_blocks": unique, "generator_seed": 42},
         "runs": runs,
         "peak_rss_mb": rss,
         "startup_s": starts,
-        "targets": {"ratio": 2.0, "bytes_per_cached_block": 64, "warm_start_s": 2.0},
+        "file_trace": files,
+        "targets": {"ratio": 3.0, "bytes_per_cached_block": 32, "warm_start_s": 2.0,
+                    "cold_start_s": 15.0, "jsonl_3caps_s": 1.5, "jsonl_3caps_rss_mb": 300,
+                    "parquet_3caps_s": 1.0, "parquet_1cap_s": 0.5},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".tmp")

@@ -7,6 +7,12 @@ from pathlib import Path
 
 import pytest
 
+# One kernel set (every built-in policy) for every manager of the suite and of the
+# `kvsim` processes it starts: compiled once, instead of once per policy combination
+# (kvsim.core.specialize.kernels_for). tests/test_specialize.py unsets it where it
+# checks the per-policy kernels.
+os.environ.setdefault("KVSIM_KERNELS", "all")
+
 #: ``../shared`` beside the clone (CI's layout); ``KVSIM_SHARED_DIR`` points elsewhere.
 SHARED_DIR = Path(os.environ.get("KVSIM_SHARED_DIR")
                   or Path(__file__).resolve().parents[2] / "shared")

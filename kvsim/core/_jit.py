@@ -17,6 +17,7 @@ from typing import Any, TypeVar, cast
 
 from llvmlite import ir
 from numba import njit, types
+from numba.core.registry import CPUDispatcher
 from numba.extending import intrinsic
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -25,15 +26,41 @@ F = TypeVar("F", bound=Callable[..., Any])
 _njit: Any = njit  # ``_nrt`` is a real numba option missing from its type stubs
 
 
+class _KernelDispatcher(CPUDispatcher):
+    """A kernel as Python calls it (cached on disk, with a CPython wrapper); numba code
+    that calls it is typed against :attr:`_inner`, a twin compiled without the
+    CPython wrapper.
+
+    Every compiled function gets a wrapper that unboxes its arguments from Python
+    objects; for the ~45-array ``Tables`` tuple that wrapper was about half of the
+    compile time of a small kernel, paid by every kernel a top-level call reached
+    though only the top-level one is ever called from Python. The twin is not cached
+    on disk (it would share the cache index of this one, whose key ignores the
+    wrapper flag): callees compile only while a top-level kernel compiles.
+    """
+
+    _inner: Any = None
+
+    @property
+    def _numba_type_(self) -> Any:
+        return types.Dispatcher(self._inner)
+
+
 def kernel(fn: F) -> F:
     """Compile ``fn`` as a cached, reference-count-free numba kernel.
 
     ``forceinline`` makes LLVM inline kernels into their callers: a call that is not
     inlined passes the whole ``Tables`` tuple as ~350 scalar arguments, and the policy
     dispatch grew past LLVM's own inlining threshold (measured: replay at 5.2 M/s
-    without, 9-11 M/s with, on the 20M-access benchmark).
+    without, 9-11 M/s with, on the 20M-access benchmark). Calls from other kernels go
+    to a wrapper-less twin (see :class:`_KernelDispatcher`).
     """
-    return cast(F, _njit(cache=True, _nrt=False, forceinline=True)(fn))
+    outer = _njit(cache=True, _nrt=False, forceinline=True, no_cfunc_wrapper=True)(fn)
+    inner = _njit(_nrt=False, forceinline=True, no_cpython_wrapper=True,
+                  no_cfunc_wrapper=True)(fn)
+    outer.__class__ = _KernelDispatcher
+    outer._inner = inner
+    return cast(F, outer)
 
 
 def inline_kernel(fn: F) -> F:

@@ -29,7 +29,7 @@ from kvsim.core.events import (
     EventArrays,
     emit,
 )
-from kvsim.core.policies import dispatch, ttl
+from kvsim.core.policies import dispatch
 from kvsim.core.table import (
     COUNT_MAX,
     DELETING,
@@ -55,6 +55,12 @@ MODE_INSTANCE_PRECISE = 3
 MODE_GROUP_PRECISE = 4
 
 MASKED = -2  # row placeholder for a masked key in match outputs
+
+# Whether any policy of the dispatch tracks leaves / expires blocks. Module-level
+# constants, so numba prunes the guarded branches at compile time and never compiles
+# the leaf or expiry code for policy sets that do not use it.
+_ANY_LEAVES: bool = dispatch.ANY_LEAVES
+_ANY_EXPIRY: bool = dispatch.ANY_EXPIRY
 
 
 @kernel
@@ -336,7 +342,7 @@ def write_serving(
             t.i_blocks[i] += 1
             slot_add(t, r, 1, 1)
             t.g_used[g] += cost
-            if leaves:
+            if _ANY_LEAVES and leaves:
                 _link_parent(t, r, prev)
             emit(ev, EV_STORED, i, k, now, 0)
         rows[j] = r
@@ -370,7 +376,7 @@ def evict_row(t: Tables, ev: EventArrays, r: int, now: int, delete_now: bool) ->
     g = t.i_group[i]
     code = t.g_policy[g]
     dispatch.remove(t, code, g, r)
-    if dispatch.tracks_leaves(code):
+    if _ANY_LEAVES and dispatch.tracks_leaves(code):
         _detach(t, r)
     t.i_blocks[i] -= 1
     slot_add(t, r, -1, -1)
@@ -445,16 +451,18 @@ def _evict_group_precise(
 
 @kernel
 def _expire(t: Tables, ev: EventArrays, g: int, now: int, delete_now: bool) -> int:
-    """Evict every expired block of a ``ttl`` group (oldest first, per instance)."""
+    """Evict every expired block of a group whose policy expires blocks (``ttl``),
+    oldest first, per instance."""
     n = 0
+    code = t.g_policy[g]
     for i in range(t.i_group.shape[0]):
         if t.i_group[i] != g:
             continue
-        r = ttl.expired_tail(t, g, i, now)
+        r = dispatch.expired_tail(t, code, g, i, now)
         while r >= 0:
             evict_row(t, ev, r, now, delete_now)
             n += 1
-            r = ttl.expired_tail(t, g, i, now)
+            r = dispatch.expired_tail(t, code, g, i, now)
     flush_frees(t)
     t.g_evicted[g] += n
     return n
@@ -475,7 +483,7 @@ def evict_to(
     Returns the number of blocks evicted.
     """
     expired = 0
-    if t.g_policy[g] == dispatch.TTL:
+    if _ANY_EXPIRY and dispatch.has_expiry(t.g_policy[g]):
         expired = _expire(t, ev, g, now, delete_now)
     if t.g_used[g] <= target:
         return expired
@@ -569,7 +577,7 @@ def start_write(
         t.i_pending[i] += 1
         slot_add(t, r, 1, 0)
         t.g_used[g] += cost
-        if leaves:
+        if _ANY_LEAVES and leaves:
             _link_parent(t, r, prev)
         prev = r
     return n_new
@@ -610,7 +618,7 @@ def finish_write(
         else:
             t.g_used[g] -= cost
             slot_add(t, r, -1, 0)
-            if leaves:
+            if _ANY_LEAVES and leaves:
                 _detach(t, r)
             emit(ev, EV_WRITE_FAILED, i, keys[j], now, 0)
             free_row(t, r)
@@ -625,7 +633,7 @@ def remove_row(t: Tables, ev: EventArrays, r: int, now: int) -> None:
     g = t.i_group[i]
     code = t.g_policy[g]
     dispatch.remove(t, code, g, r)
-    if dispatch.tracks_leaves(code):
+    if _ANY_LEAVES and dispatch.tracks_leaves(code):
         _detach(t, r)
     t.i_blocks[i] -= 1
     slot_add(t, r, -1, -1)

@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
+from types import ModuleType
 
 import numpy as np
 
@@ -39,7 +40,7 @@ from kvsim.core.errors import (
     QuotaExceeded,
 )
 from kvsim.core.events import EV_EXPIRED, EV_WRITE_STARTED, Event, EventBuffer, emit
-from kvsim.core.policies import get_policy
+from kvsim.core.policies import DEFAULT_POLICY, get_policy
 from kvsim.core.spec import (
     EVICTION_MODES,
     STORAGE_TYPES,
@@ -47,6 +48,7 @@ from kvsim.core.spec import (
     InstanceSpec,
     StorageSpec,
 )
+from kvsim.core.specialize import kernels_for
 from kvsim.core.table import (
     M_HWM,
     M_SLOT_COUNTS,
@@ -200,6 +202,28 @@ class CacheManager:
         self._next_sid = 1
         self._free_group_slots: list[int] = []
         self._n_group_slots = 0
+        self._policy_names: set[str] = set()
+        self._kernels: ModuleType | None = None
+
+    @property
+    def kernels(self) -> ModuleType:
+        """The core kernels (:mod:`kvsim.core.kernels`) specialised to the policies this
+        manager's groups have used (:func:`kvsim.core.specialize.kernels_for`): only
+        those policies are compiled. A group with a new policy switches to the kernels
+        of the larger set (compiled, or loaded from the disk cache, on first use)."""
+        k = self._kernels
+        if k is None:
+            k = self._kernels = kernels_for(self._policy_names or (DEFAULT_POLICY,))
+        return k
+
+    def use_policies(self, names: Sequence[str] | set[str]) -> None:
+        """Include ``names`` in the policies this manager's kernels are specialised to
+        (before their groups exist: a server warms the set its config names once,
+        instead of compiling a larger set when a group with another policy arrives)."""
+        new = {get_policy(n).name for n in names} - self._policy_names
+        if new:
+            self._policy_names |= new
+            self._kernels = None
 
     # ================================================================ registry
     def add_storage(self, spec: StorageSpec) -> None:
@@ -333,6 +357,9 @@ class CacheManager:
             t.g_pol[gi] = 0
             t.g_polf[gi] = 0.0
         t.g_policy[gi] = pol.code
+        if pol.name not in self._policy_names:
+            self._policy_names.add(pol.name)
+            self._kernels = None
         t.g_mode[gi] = spec.eviction.mode_code
         t.g_batch[gi] = max(1, spec.eviction.batch_size)
         t.g_params[gi] = params.to_vector()
@@ -471,7 +498,7 @@ class CacheManager:
                                               np.asarray(slot_ok, dtype=bool))
             if touch:
                 sel = rows[rows >= 0].astype(np.int32)
-                K.touch_rows(self.table.t, sel, sel.shape[0], self.clock.now_ns())
+                self.kernels.touch_rows(self.table.t, sel, sel.shape[0], self.clock.now_ns())
             return MatchResult(hit_blocks=hit, rows=rows, window_start=start,
                                prefix=query == QUERY_PREFIX)
         code = _QUERY_CODES.get(query)
@@ -482,8 +509,8 @@ class CacheManager:
                 f"sw_size must be in 1..{n_keys} (the number of keys), got {sw_size}"
             )
         rows = np.full(n_keys, -1, dtype=np.int32)
-        res = int(K.match_and_touch(self.table.t, ii, k, m, has, code, int(sw_size), rows,
-                                    self.clock.now_ns() if touch else 0, touch))
+        res = int(self.kernels.match_and_touch(self.table.t, ii, k, m, has, code, int(sw_size),
+                                               rows, self.clock.now_ns() if touch else 0, touch))
         if code == K.Q_PREFIX:
             return MatchResult(hit_blocks=res, rows=rows, prefix=True)
         if code == K.Q_BATCH:
@@ -502,7 +529,7 @@ class CacheManager:
         if query == QUERY_SW and not 1 <= sw_size <= n:
             raise InvalidArgument(f"sw_size must be in 1..{n} (the number of keys), got {sw_size}")
         t = self.table.t
-        K.match_batch(t, ii, k, m, has, rows)
+        self.kernels.match_batch(t, ii, k, m, has, rows)
         srv = rows >= 0
         ok = rows == K.MASKED
         ok[srv] = slot_ok[t.loc[rows[srv]].astype(np.int64) % STORAGE_SLOTS]
@@ -573,7 +600,7 @@ class CacheManager:
         isnew = first_occurrence(k)
         now = self.clock.now_ns()
         gspec = self._groups[ispec.group][1]
-        n_new = K.start_write(self.table.t, self.events.arrays, ii, k, now, rows, isnew,
+        n_new = self.kernels.start_write(self.table.t, self.events.arrays, ii, k, now, rows, isnew,
                               gspec.delay_before_delete_ms == 0)
         if n_new < 0:
             raise QuotaExceeded(
@@ -616,8 +643,8 @@ class CacheManager:
     def _finish(self, sid: int, ok: np.ndarray) -> WriteFinish:
         ses = self._sessions.pop(sid)
         self.events.reserve(ses.keys.shape[0] + 4)
-        done = K.finish_write(self.table.t, self.events.arrays, ses.inst, ses.rows, ses.keys, ok,
-                              self.clock.now_ns())
+        done = self.kernels.finish_write(self.table.t, self.events.arrays, ses.inst, ses.rows,
+                                         ses.keys, ok, self.clock.now_ns())
         return WriteFinish(committed=int(done), failed=int(ses.keys.shape[0] - done))
 
     def pending_sessions(self) -> int:
@@ -643,7 +670,7 @@ class CacheManager:
         k = _keys(keys)
         m, has = _mask(mask, k.shape[0])
         self.events.reserve(k.shape[0] + 4)
-        return int(K.remove_keys(self.table.t, self.events.arrays, ii, k, m, has,
+        return int(self.kernels.remove_keys(self.table.t, self.events.arrays, ii, k, m, has,
                                  self.clock.now_ns()))
 
     def trim(
@@ -658,7 +685,8 @@ class CacheManager:
         lo = np.iinfo(np.int64).min if begin_ns is None else int(begin_ns)
         hi = np.iinfo(np.int64).max if end_ns is None else int(end_ns)
         self.events.reserve(int(self.table.t.meta[M_HWM]) + 4)
-        return int(K.trim(self.table.t, self.events.arrays, ii, lo, hi, self.clock.now_ns()))
+        return int(self.kernels.trim(self.table.t, self.events.arrays, ii, lo, hi,
+                                     self.clock.now_ns()))
 
     # ================================================================ reclaim
     def reclaim(self, group: str | None = None) -> int:
@@ -669,8 +697,9 @@ class CacheManager:
         for name in names:
             gi, spec = self._need_group(name)
             self.events.reserve(int(self.table.used_rows) + 4)
-            n = K.evict_to(self.table.t, self.events.arrays, gi, -1, int(self.table.t.g_cap[gi]),
-                           now, spec.delay_before_delete_ms == 0)
+            n = self.kernels.evict_to(self.table.t, self.events.arrays, gi, -1,
+                                      int(self.table.t.g_cap[gi]), now,
+                                      spec.delay_before_delete_ms == 0)
             total += int(n)
         return total
 
@@ -684,7 +713,7 @@ class CacheManager:
         cutoff = np.full(t.g_used.shape[0], now, dtype=np.int64)
         for gi, spec in self._groups.values():
             cutoff[gi] = now - spec.delay_before_delete_ms * 1_000_000
-        return int(K.reap_deleting_by_group(t, cutoff, now))
+        return int(self.kernels.reap_deleting_by_group(t, cutoff, now))
 
     # ================================================================ server triggers
     # Key-count and per-storage-type eviction (the server's max_key_count and
@@ -701,7 +730,7 @@ class CacheManager:
     def count_new(self, instance_id: str, keys: Sequence[int] | np.ndarray) -> int:
         """How many blocks ``start_write(instance_id, keys)`` would allocate now."""
         ii, _ = self._need_instance(instance_id)
-        return int(K.count_new_keys(self.table.t, ii, _keys(keys)))
+        return int(self.kernels.count_new_keys(self.table.t, ii, _keys(keys)))
 
     def evict_blocks(self, group: str, count: int, *, writer: str | None = None) -> int:
         """Evict ``count`` blocks of a group in its eviction order and mode (fewer when
@@ -733,7 +762,7 @@ class CacheManager:
         while total < count:
             self.events.reserve(int(self.table.used_rows) + 4)
             target = int(t.g_used[gi]) - (count - total) * unit
-            n = int(K.evict_to(t, self.events.arrays, gi, wi, max(target, -1), now,
+            n = int(self.kernels.evict_to(t, self.events.arrays, gi, wi, max(target, -1), now,
                                spec.delay_before_delete_ms == 0))
             if n == 0:
                 break
@@ -754,7 +783,7 @@ class CacheManager:
             >>> m.rows_slot(m.match("i0", [1, 2]).rows), m.rows_slot(m.match("i0", [1, 5]).rows)
             (0, -1)
         """
-        return int(K.common_slot(self.table.t.loc, np.asarray(rows, dtype=np.int32)))
+        return int(self.kernels.common_slot(self.table.t.loc, np.asarray(rows, dtype=np.int32)))
 
     def slot_usage(self, group: str, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per storage slot, the weight of a group's blocks: ``(held, serving)``.
@@ -835,7 +864,7 @@ class CacheManager:
         if ((lc < 0) | (lc >= STORAGE_SLOTS)).any():
             raise InvalidArgument(f"set_loc: storage slots are 0..{STORAGE_SLOTS - 1}")
         if r.shape[0]:
-            K.set_loc(self.table.t, r, lc)
+            self.kernels.set_loc(self.table.t, r, lc)
 
     def evict_on_slots(self, group: str, slots: np.ndarray, amount: int,
                        weights: np.ndarray) -> tuple[int, int]:
@@ -877,14 +906,14 @@ class CacheManager:
         t = self.table.t
         hwm = int(t.meta[M_HWM])
         buf = np.empty(max(1, hwm), dtype=np.int32)
-        n_rows = K.serving_rows_on_slots(t.state, t.inst, t.loc, t.i_group, hwm, gi,
+        n_rows = self.kernels.serving_rows_on_slots(t.state, t.inst, t.loc, t.i_group, hwm, gi,
                                          np.ascontiguousarray(slots, dtype=np.bool_), buf)
         if n_rows == 0:
             return 0, 0
         rows = buf[:n_rows]
         r1 = np.zeros(n_rows, dtype=np.int64)
         r2 = np.zeros(n_rows, dtype=np.int64)
-        K.rank_rows(t, int(t.g_policy[gi]), rows, r1, r2)
+        self.kernels.rank_rows(t, int(t.g_policy[gi]), rows, r1, r2)
         weights = np.asarray(weights, dtype=np.int64)
         # only the first k in rank order can be victims (each weighs at least the group's
         # lightest block): sort just the rows that can be among them, i.e. those whose
@@ -909,7 +938,7 @@ class CacheManager:
         k = int(np.searchsorted(cum, amount, side="left")) + 1
         rows = np.ascontiguousarray(rows[:k])
         self.events.reserve(rows.shape[0] + 4)
-        n = int(K.evict_rows(t, self.events.arrays, gi, rows, self.clock.now_ns(),
+        n = int(self.kernels.evict_rows(t, self.events.arrays, gi, rows, self.clock.now_ns(),
                              spec.delay_before_delete_ms == 0))
         return n, int(cum[min(k, cum.shape[0]) - 1])
 
@@ -938,7 +967,7 @@ class CacheManager:
         self.table.ensure_rows(k.shape[0])
         self.events.reserve(3 * k.shape[0] + 16)
         out = [np.zeros(1, dtype=np.int64) for _ in range(6)]
-        K.replay_requests(
+        self.kernels.replay_requests(
             self.table.t, self.events.arrays,
             np.array([ii], dtype=np.int32), np.array([self.clock.now_ns()], dtype=np.int64),
             np.array([0, k.shape[0]], dtype=np.int64), k, m, has, np.zeros(1, dtype=np.int8),
@@ -1066,7 +1095,7 @@ class CacheManager:
         now = int(ta[idx].max())
         kk = np.ascontiguousarray(k[idx])
         isnew = first_occurrence(kk)
-        if K.start_write(self.table.t, self.events.arrays, ii, kk, now, rows, isnew,
+        if self.kernels.start_write(self.table.t, self.events.arrays, ii, kk, now, rows, isnew,
                          gspec.delay_before_delete_ms == 0) < 0:
             if m == 1:
                 return 0
@@ -1078,7 +1107,7 @@ class CacheManager:
         new = rows[isnew]
         sel = idx[isnew]
         self.set_loc(new, lc[sel])
-        done = K.finish_write(t, self.events.arrays, ii, new, kk[isnew],
+        done = self.kernels.finish_write(t, self.events.arrays, ii, new, kk[isnew],
                               np.ones(new.shape[0], dtype=bool), now)
         t.t_write[new] = tw[sel]
         # the persisted access times (unique when they came from this core), made
@@ -1123,8 +1152,8 @@ class CacheManager:
         rows = np.full(k.shape[0], -1, dtype=np.int32)
         isnew = first_occurrence(k)
         gspec = self._groups[ispec.group][1]
-        if K.start_write(self.table.t, self.events.arrays, ii, k, self.clock.now_ns(), rows,
-                         isnew, gspec.delay_before_delete_ms == 0) < 0:
+        if self.kernels.start_write(self.table.t, self.events.arrays, ii, k, self.clock.now_ns(),
+                                    rows, isnew, gspec.delay_before_delete_ms == 0) < 0:
             raise QuotaExceeded(f"group {gspec.name!r}: no room to restore session {sid}")
         self.set_loc(rows[isnew], loc)
         self._sessions[sid] = _Session(ii, rows[isnew].copy(), k[isnew].copy(), int(deadline_ns))

@@ -280,7 +280,6 @@ def replay_steps(trace: Trace, config: KVSimConfig, steps: int,
         >>> seen, r.hit_blocks.tolist() == replay(t, cfg).hit_blocks.tolist()
         ([(0, 1, 0), (1, 2, 1024), (2, 3, 1024)], True)
     """
-    from kvsim.core import kernels as K
     from kvsim.sim.replay import ReplayResult, build_manager
 
     n = trace.n_requests
@@ -305,7 +304,7 @@ def replay_steps(trace: Trace, config: KVSimConfig, steps: int,
     ends = np.unique(np.linspace(0, n, steps + 1).round().astype(np.int64))[1:]
     for s, end in enumerate(ends):
         while q < end:
-            q = K.replay_requests(
+            q = mgr.kernels.replay_requests(
                 table.t, mgr.events.arrays, req_inst, trace.ts_ns, trace.offsets, trace.keys,
                 mask, has_mask, trace.kind, q, int(end), batch, True,
                 outs[0], outs[1], outs[2], outs[3], outs[4], outs[5], tmp_rows, tmp_new,

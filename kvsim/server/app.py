@@ -320,7 +320,9 @@ def start_server(
     from kvsim.compile_notice import CompileWatch
 
     with CompileWatch(log.warning, command="serve"):  # says so when kernels compile
-        secs = warm_up({g.eviction.policy for g in service.mgr.groups()} | {"lru"})
+        policies = {g.eviction.policy for g in service.mgr.groups()} | {"lru"}
+        service.mgr.use_policies(policies)  # one kernel set, the one warmed here
+        secs = warm_up(policies)
         kvcm_token_keys(np.arange(4, dtype=np.int64), 2)  # token_ids reads and writes
         if service.advisor is not None:  # the advisor's kernels, before its first tick
             from kvsim.optimizer.online_curve import warm_up as warm_advisor

@@ -26,7 +26,6 @@ import numpy as np
 import polars as pl
 
 from kvsim.config import ConfigError, KVSimConfig
-from kvsim.core import kernels as K
 from kvsim.core.clock import ManualClock
 from kvsim.core.manager import CacheManager
 from kvsim.core.spec import InstanceSpec
@@ -35,6 +34,7 @@ from kvsim.trace.model import KIND_WRITE, Trace
 ProgressFn = Callable[[int, int], None]
 
 CHUNK_KEYS = 1 << 20
+UNBOUNDED_ROWS = 1 << 16  # first block rows of an unbounded cache (doubles as it fills)
 
 
 @dataclass(frozen=True)
@@ -376,6 +376,8 @@ def replay(
     caps = [g.quota_units() for g in config.groups]
     bounded = all(c > 0 for c in caps) and all(g.unit == "blocks" for g in config.groups)
     rows = min(trace.n_keys, sum(caps) + 2 * max_len) if bounded else trace.n_keys
+    if all(c == 0 for c in caps):  # nothing is ever evicted: grow the table as it fills
+        rows = min(rows, UNBOUNDED_ROWS)
     mgr, core_idx, group_of = build_manager(trace, config, rows=max(rows, 16) + 16)
     table = mgr.table
     req_inst = core_idx[trace.instance]
@@ -387,7 +389,7 @@ def replay(
     batch = config.replay.match == "batch"
 
     def run(start: int, end: int) -> int:
-        return int(K.replay_requests(
+        return int(mgr.kernels.replay_requests(
             table.t, mgr.events.arrays, req_inst, trace.ts_ns, trace.offsets, trace.keys,
             mask, has_mask, trace.kind, start, end, batch, True,
             outs[0], outs[1], outs[2], outs[3], outs[4], outs[5], tmp_rows, tmp_new,

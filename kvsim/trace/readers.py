@@ -1037,6 +1037,22 @@ def read_parquet(
         table = pq.ParquetFile(p).read()  # (read_table imports pandas via pyarrow.dataset)
     except (OSError, pa.ArrowException) as e:
         raise TraceError(f"{p}: cannot read parquet: {e}") from None
+    return parquet_table_trace(p, table, block_size=block_size, chain=chain, strict=strict,
+                               instance=instance)
+
+
+def parquet_table_trace(
+    p: Path,
+    table: pa.Table,
+    *,
+    block_size: int | None = None,
+    chain: Chain = "auto",
+    strict: bool = False,
+    instance: str | None = None,
+    row0: int = 0,
+) -> Trace:
+    """The trace of an Arrow table in kvsim's parquet layout (all of a file, or one
+    chunk of it: ``row0`` is the chunk's first row in the file, for error messages)."""
     md = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
     for required in ("ts_ns", "instance", "keys", "input_len", "output_len"):
         if required not in table.column_names:
@@ -1096,7 +1112,7 @@ def read_parquet(
     )
     if chain == "on":
         trace = replace(trace, keys=chain_ids(trace.keys, trace.offsets))
-    trace = _sort_by_time(trace, lambda i: f"{p}: row {i + 1}", strict)
+    trace = _sort_by_time(trace, lambda i: f"{p}: row {row0 + i + 1}", strict)
     return _only_instance(trace, instance)
 
 

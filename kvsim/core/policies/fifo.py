@@ -42,6 +42,12 @@ def remove(t: Tables, g: int, r: int) -> None:
     _dlist.unlink(t, r)
 
 
+@kernel
+def rank(t: Tables, r: int) -> tuple[int, int]:
+    """Cross-instance eviction rank: oldest write first."""
+    return 0, t.t_write[r]
+
+
 SPEC = PolicySpec(
     name="fifo",
     code=5,

@@ -93,6 +93,12 @@ def remove(t: Tables, g: int, r: int) -> None:
     _unlink(t, r, bucket(t, r))
 
 
+@kernel
+def rank(t: Tables, r: int) -> tuple[int, int]:
+    """Cross-instance eviction rank: lowest frequency bucket, then least recent."""
+    return bucket(t, r), t.t_access[r]
+
+
 SPEC = PolicySpec(
     name="lfu",
     code=6,

@@ -66,6 +66,12 @@ def remove(t: Tables, g: int, r: int) -> None:
     _dlist.unlink(t, r)
 
 
+@kernel
+def rank(t: Tables, r: int) -> tuple[int, int]:
+    """Cross-instance eviction rank: oldest write first."""
+    return 0, t.t_write[r]
+
+
 SPEC = PolicySpec(
     name="sieve",
     code=7,

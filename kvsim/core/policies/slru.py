@@ -82,6 +82,12 @@ def remove(t: Tables, g: int, r: int) -> None:
         _dlist.unlink(t, r)
 
 
+@kernel
+def rank(t: Tables, r: int) -> tuple[int, int]:
+    """Cross-instance eviction rank: probationary before protected, then least recent."""
+    return (1 if t.pbits[r] & 2 else 0), t.t_access[r]
+
+
 SPEC = PolicySpec(
     name="slru",
     code=8,

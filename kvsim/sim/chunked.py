@@ -1,0 +1,183 @@
+"""Replay a trace chunk by chunk, in memory bounded by the chunk and the cache.
+
+:func:`replay` in :mod:`kvsim.sim.replay` holds the whole trace (its keys are most of
+the memory of a large trace). :func:`replay_chunks` feeds the core one chunk at a
+time (:func:`iter_parquet_chunks` reads a parquet trace by row groups), so a trace
+larger than memory replays with the chunk, the block table (sized by the groups'
+capacities, growing only when a group is unbounded) and 48 bytes per request of
+outcomes. The outcomes are the same integers as the whole-trace replay's (a test
+holds them equal), provided the chunks are in time order.
+
+Example:
+    >>> from kvsim.config import KVSimConfig
+    >>> from kvsim.trace.model import Trace
+    >>> t = Trace.from_lists(ts_ns=[1, 2, 3], keys=[[1, 2], [1, 2, 3], [1]])
+    >>> r = replay_chunks([t.head(2), t.select(np.array([2]))],
+    ...                   KVSimConfig.single_cache(capacity_blocks=8))
+    >>> r.hit_blocks.tolist()
+    [0, 2, 1]
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from kvsim.config import KVSimConfig
+from kvsim.core.manager import CacheManager
+from kvsim.core.spec import InstanceSpec
+from kvsim.sim.replay import UNBOUNDED_ROWS, build_manager
+from kvsim.trace.model import KIND_WRITE, Trace, TraceError
+from kvsim.trace.readers import parquet_table_trace
+
+__all__ = ["ChunkedReplay", "iter_parquet_chunks", "replay_chunks"]
+
+
+
+def iter_parquet_chunks(path: str | Path, *, rows: int = 1 << 16,
+                        block_size: int | None = None) -> Iterator[Trace]:
+    """The requests of a kvsim parquet trace, ``rows`` at a time (read by batches of
+    row groups, never the whole file).
+
+    Raises:
+        TraceError: unreadable file or a malformed chunk (the message names the file
+            and row).
+    """
+    p = Path(path)
+    try:
+        pf = pq.ParquetFile(p)
+    except (OSError, pa.ArrowException) as e:
+        raise TraceError(f"{p}: cannot read parquet: {e}") from None
+    schema_md = pf.schema_arrow.metadata
+    row0 = 0
+    try:
+        batches = pf.iter_batches(batch_size=max(1, int(rows)))
+        for batch in batches:
+            table = pa.Table.from_batches([batch]).replace_schema_metadata(schema_md)
+            yield parquet_table_trace(p, table, block_size=block_size, row0=row0)
+            row0 += batch.num_rows
+    except pa.ArrowException as e:
+        raise TraceError(f"{p}: cannot read parquet (after row {row0}): {e}") from None
+
+
+@dataclass
+class ChunkedReplay:
+    """Per-request outcomes of :func:`replay_chunks` (in request order over all chunks)
+    and the totals the rates need.
+
+    Attributes:
+        hit_blocks, internal_hits, internal_reads, cached_blocks, group_used, evicted:
+            as in :class:`kvsim.sim.replay.ReplayResult`.
+        read_blocks: block reads (requests that read).
+        input_tokens: input tokens of requests that read.
+        hit_tokens: ``sum(min(hit_blocks * block_size, input_len))`` over reads.
+        chunks: how many chunks were fed.
+        peak_rows: the block table's rows at the end (its memory is rows x bytes/row).
+        elapsed_s: time in the kernels (compile excluded).
+    """
+
+    hit_blocks: np.ndarray
+    internal_hits: np.ndarray
+    internal_reads: np.ndarray
+    cached_blocks: np.ndarray
+    group_used: np.ndarray
+    evicted: np.ndarray
+    read_blocks: int
+    input_tokens: int
+    hit_tokens: int
+    chunks: int
+    peak_rows: int
+    elapsed_s: float
+
+    @property
+    def token_hit_rate(self) -> float:
+        """Hit tokens over input tokens (the contract's aggregate)."""
+        return self.hit_tokens / self.input_tokens if self.input_tokens else 0.0
+
+
+def _rows(config: KVSimConfig, max_len: int) -> int:
+    caps = [g.quota_units() for g in config.groups]
+    bounded = all(c > 0 for c in caps) and all(g.unit == "blocks" for g in config.groups)
+    return (sum(caps) + 2 * max_len if bounded else UNBOUNDED_ROWS) + 16
+
+
+def replay_chunks(chunks: Iterable[Trace], config: KVSimConfig) -> ChunkedReplay:
+    """Replay the chunks of one trace, in order, through one core.
+
+    Args:
+        chunks: traces in time order (each sorted; a chunk may not start before the
+            previous one ended). Instances are matched by name across chunks.
+        config: groups, instances and replay options.
+
+    Raises:
+        TraceError: a chunk starts before the previous chunk's last request.
+    """
+    mgr: CacheManager | None = None
+    core_of: dict[str, int] = {}
+    outs: list[list[np.ndarray]] = [[] for _ in range(6)]
+    read_blocks = input_tokens = hit_tokens = 0
+    elapsed = 0.0
+    last_ts = None
+    n_chunks = 0
+    batch = config.replay.match == "batch"
+    for tr in chunks:
+        n = tr.n_requests
+        if n == 0:
+            continue
+        if last_ts is not None and int(tr.ts_ns[0]) < last_ts:
+            raise TraceError(f"{tr.source}: chunk {n_chunks + 1} starts at {int(tr.ts_ns[0])} "
+                             f"ns, before the previous chunk's last request ({last_ts} ns)")
+        last_ts = int(tr.ts_ns[-1])
+        counts = tr.key_counts()
+        max_len = int(counts.max())
+        if mgr is None:
+            mgr, idx, _ = build_manager(tr, config, rows=_rows(config, max_len))
+            core_of = {name: int(idx[j]) for j, name in enumerate(tr.instances)}
+        bs = config.replay.block_size or tr.block_size
+        for name in tr.instances:
+            if name not in core_of:
+                mgr.register_instance(InstanceSpec(name, config.replay.default_group,
+                                                   block_size=bs))
+                core_of[name] = mgr.instance_index(name)
+        req_inst = np.asarray([core_of[s] for s in tr.instances], dtype=np.int32)[tr.instance]
+        has_mask = tr.mask is not None
+        mask = tr.mask if tr.mask is not None else np.zeros(0, dtype=bool)
+        o = [np.zeros(n, dtype=np.int64) for _ in range(6)]
+        tmp_rows = np.zeros(max(1, max_len), dtype=np.int32)
+        tmp_new = np.zeros(max(1, max_len), dtype=bool)
+        table = mgr.table
+        kern = mgr.kernels
+        kern.replay_requests(table.t, mgr.events.arrays, req_inst, tr.ts_ns, tr.offsets,
+                             tr.keys, mask, has_mask, tr.kind, 0, 0, batch, True, *o,
+                             tmp_rows, tmp_new)  # load (or compile) before the clock
+        t0 = time.perf_counter()
+        q = 0
+        while q < n:
+            q = int(kern.replay_requests(table.t, mgr.events.arrays, req_inst, tr.ts_ns,
+                                         tr.offsets, tr.keys, mask, has_mask, tr.kind, q, n,
+                                         batch, True, *o, tmp_rows, tmp_new))
+            if q < n:
+                table.ensure_rows(table.rows + max_len)
+        elapsed += time.perf_counter() - t0
+        reads = tr.kind != KIND_WRITE
+        read_blocks += int(counts[reads].sum())
+        inp = np.where(reads, tr.input_len, 0)
+        input_tokens += int(inp.sum())
+        hit_tokens += int(np.minimum(o[0] * tr.block_size, inp).sum())
+        for j in range(6):
+            outs[j].append(o[j])
+        n_chunks += 1
+    if mgr is None:
+        raise TraceError("replay_chunks: no requests in any chunk")
+    cat = [np.concatenate(x) for x in outs]
+    return ChunkedReplay(
+        hit_blocks=cat[0], internal_hits=cat[1], internal_reads=cat[2], cached_blocks=cat[3],
+        group_used=cat[4], evicted=cat[5], read_blocks=read_blocks, input_tokens=input_tokens,
+        hit_tokens=hit_tokens, chunks=n_chunks, peak_rows=mgr.table.rows, elapsed_s=elapsed,
+    )
