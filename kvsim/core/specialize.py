@@ -13,9 +13,9 @@ file: ``kvsim replay`` with ``lru`` compiles (once, then loads) ``lru`` only.
 A policy is still one module plus one registry line: nothing here names a policy.
 
 Example:
-    >>> k = kernels_for(["lru"])
-    >>> k.__name__
-    '_kvsim_gen_kernels__lru'
+    >>> k = kernels_for(["lru"])  # (every built-in policy under KVSIM_KERNELS=all)
+    >>> k.__name__.startswith("_kvsim_gen_kernels__")
+    True
     >>> kernels_for(["lru"]) is k
     True
 """
