@@ -113,7 +113,8 @@ class TimingOptions:
             at prefill end, as the server does).
         write_timeout_s: two-phase write sessions expire after this long.
         reclaim_interval_ms: reclaimer cadence (expire sessions, reclaim, reap);
-            0 = evict to capacity after every write, as the replay does.
+            0 = evict to capacity after every write, as the replay does. Superseded by
+            the top-level ``reclaim.interval_ms`` when that is set.
         session_outputs: at decode end, write the previous turn's output blocks
             (the next turn's keys that cover prompt + output) when the trace has sessions.
     """

@@ -223,3 +223,16 @@ def test_drive_cli_over_http_equals_replay_client_flow(tmp_path: Path) -> None:
     assert got_r["hit_blocks"] == want_r["hit_blocks"] > 0
     assert got_r["hit_tokens"] == want_r["hit_tokens"]
     assert set(doc) >= {"trace", "results"} and doc["drive"]["latency"]
+
+
+def test_reclaim_config_round_trip_and_errors(tmp_path: Path) -> None:
+    from kvsim.config import ConfigError
+
+    cfg = _config(tmp_path, interval_ms=250, health=True)
+    assert KVSimConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.reclaim.interval_ms == 250 and cfg.reclaim.storage_health[0].storage == "fast"
+    bad = cfg.to_dict() | {"reclaim": {"storage_health": [{"storage": "nope", "at_ms": 1}]}}
+    with pytest.raises(ConfigError, match=r"reclaim\.storage_health\[0\]\.storage"):
+        KVSimConfig.from_dict(bad)
+    with pytest.raises(ConfigError, match=r"reclaim\.interval_ms"):
+        KVSimConfig.from_dict(cfg.to_dict() | {"reclaim": {"interval_ms": -1}})
