@@ -236,3 +236,24 @@ def test_reclaim_config_round_trip_and_errors(tmp_path: Path) -> None:
         KVSimConfig.from_dict(bad)
     with pytest.raises(ConfigError, match=r"reclaim\.interval_ms"):
         KVSimConfig.from_dict(cfg.to_dict() | {"reclaim": {"interval_ms": -1}})
+
+
+def test_drive_concurrency_and_rate_on_the_wall_clock(tmp_path: Path) -> None:
+    """Several requests in flight (the service serializes them under its lock): every
+    call answered, latencies recorded per call, the pace respected."""
+    cfg = _config(tmp_path, quota=100_000)  # nothing evicted: hits do not depend on order
+    svc = Service(cfg, data_dir=tmp_path / "srv", admin_auth="none", event_log=False,
+                  storage_probe_seconds=0)
+    t = TRACE.head(60)
+    try:
+        d = drive(t, lambda api, m, b: svc.call(api, m, b), config=cfg, clock="wall",
+                  concurrency=4, rate=400)
+    finally:
+        svc.close()
+    lat = {row["call"]: row["count"] for row in d.latency_table()}
+    assert lat == {"getCacheLocation": 60, "startWriteCache": 60, "finishWriteCache": 60}
+    assert d.elapsed_s >= 59 / 400 and d.refused_writes == 0
+    # every read hit at most the keys written before it was answered
+    assert 0 < int(d.result.hit_blocks.sum()) <= int(t.key_counts().sum())
+    with pytest.raises(ValueError, match="concurrency must be 1"):
+        drive(t, lambda api, m, b: {}, clock="trace", concurrency=2)
