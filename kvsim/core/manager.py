@@ -65,6 +65,7 @@ QUERY_SW = "sw"
 _QUERY_CODES = {QUERY_PREFIX: K.Q_PREFIX, QUERY_BATCH: K.Q_BATCH, QUERY_SW: K.Q_SW}
 
 _UNLIMITED = np.iinfo(np.int64).max // 4
+_NEVER = np.iinfo(np.int64).max
 #: The largest block (sum of an instance's location spec sizes, bytes) the core accepts.
 #: With int32 rows, any group's usage (blocks x bytes) then stays below 2^63.
 MAX_BLOCK_BYTES = 1 << 32
@@ -289,6 +290,7 @@ class CacheManager:
         self._inst_names: list[str] = []
         self._sessions: dict[int, _Session] = {}
         self._tags: dict[str, int] = {}
+        self._next_deadline_ns = _NEVER  # no open session expires before this
         self._next_sid = 1
         self._free_group_slots: list[int] = []
         self._n_group_slots = 0
@@ -710,6 +712,7 @@ class CacheManager:
         deadline = now + int(timeout_s * 1e9)
         self._sessions[sid] = _Session(ii, new_rows, k[isnew].copy(), deadline, k.copy(),
                                        isnew.copy(), slot, tag)
+        self._next_deadline_ns = min(self._next_deadline_ns, deadline)
         if tag:
             self._tags[tag] = sid
         emit(self.events.arrays, EV_WRITE_STARTED, ii, n_new, now, sid)
@@ -782,7 +785,11 @@ class CacheManager:
 
     def _expire(self) -> list[SessionInfo]:
         now = self.clock.now_ns()
+        if now < self._next_deadline_ns:  # no session can be due (the reclaimer runs at
+            return []                     # every write at interval 0: keep it O(1))
         late = [sid for sid, s in self._sessions.items() if s.deadline_ns <= now]
+        self._next_deadline_ns = min((s.deadline_ns for sid, s in self._sessions.items()
+                                      if s.deadline_ns > now), default=_NEVER)
         out = []
         for sid in late:
             ses = self._sessions[sid]
@@ -1720,6 +1727,7 @@ class CacheManager:
             rk, rn = new_keys.copy(), np.ones(new_keys.shape[0], dtype=bool)
         self._sessions[sid] = _Session(ii, rows[isnew].copy(), new_keys, int(deadline_ns),
                                        rk, rn, int(loc), tag)
+        self._next_deadline_ns = min(self._next_deadline_ns, int(deadline_ns))
         if tag:
             self._tags[tag] = sid
         self._next_sid = max(self._next_sid, sid + 1)
