@@ -244,15 +244,36 @@ def drive(trace: Trace, call: Caller, *, config: KVSimConfig | None = None,
             for f in futs:
                 f.result()
     elapsed = time.perf_counter() - t0
+    evicted = _evicted_by_trigger(call)
     zeros = np.zeros(n, dtype=np.int64)
     groups = tuple(listed.get(name, group) for name in trace.instances)
     res = ReplayResult(
         label=f"drive ({clock} clock)", trace=trace, config=cfg, group_of_instance=groups,
         hit_blocks=hit, internal_hits=ihit, internal_reads=iread, cached_blocks=zeros,
         group_used=zeros, evicted=zeros, elapsed_s=elapsed,
-        capacity_units={g.name: g.capacity_units() for g in cfg.groups})
+        capacity_units={g.name: g.capacity_units() for g in cfg.groups},
+        evicted_by_trigger=evicted)
     return DriveResult(res, {k: np.asarray(v, dtype=np.float64) for k, v in lat.items()},
                        refused[0], elapsed)
+
+
+def _evicted_by_trigger(call: Caller) -> dict[str, int]:
+    """kvsim's ``kvsim_evicted_blocks`` metric per trigger (admin ``getMetrics``); empty
+    when the manager has no such metric or the admin service is not reachable."""
+    try:
+        r = call("admin", "getMetrics", {})
+    except Exception:  # a stock manager, or no admin URL: not reported
+        return {}
+    if _code(r) != "OK":
+        return {}
+    out: dict[str, int] = {}
+    for m in r.get("metrics") or []:
+        if m.get("metric_name") != "kvsim_evicted_blocks":
+            continue
+        tags = {t.get("tag_key"): t.get("tag_value") for t in m.get("metric_tags") or []}
+        v = m.get("metric_value") or {}
+        out[str(tags.get("trigger"))] = int(v.get("int_value", v.get("float_value", 0)))
+    return out
 
 
 def _pace(t0: float, q: int, rate: float) -> None:

@@ -79,6 +79,7 @@ def _live(tmp: Path, cfg: KVSimConfig, trace: Trace) -> tuple[np.ndarray, dict[s
                   admin_auth="none", event_log=False, storage_probe_seconds=0)
     try:
         d = drive(trace, lambda api, m, b: svc.call(api, m, b), config=cfg, clock="trace")
+        assert d.result.evicted_by_trigger == svc.evicted_by_trigger  # read via getMetrics
         return d.result.hit_blocks, svc.evicted_by_trigger
     finally:
         svc.close()
@@ -222,6 +223,8 @@ def test_drive_cli_over_http_equals_replay_client_flow(tmp_path: Path) -> None:
     got_r, want_r = doc["results"][0], want["results"][0]
     assert got_r["hit_blocks"] == want_r["hit_blocks"] > 0
     assert got_r["hit_tokens"] == want_r["hit_tokens"]
+    assert got_r["evicted_by_trigger"] == want_r["evicted_by_trigger"]
+    assert want_r["evicted_by_trigger"]
     assert set(doc) >= {"trace", "results"} and doc["drive"]["latency"]
 
 
