@@ -274,6 +274,12 @@ def compile_seconds(ctx: click.Context | None = None) -> float:
               show_default=True,
               help="belady: also the offline optimum's hits per group at its block "
                    "capacity, and its headroom over each run (one extra pass per capacity).")
+@click.option("--flow", type=click.Choice(["combined", "client"]), default="combined",
+              show_default=True,
+              help="combined: the replay contract's read+write request (the batch kernel); "
+                   "client: per request the calls a client of `kvsim serve` makes (read, "
+                   "startWriteCache, finishWriteCache), every server rule applied: what the "
+                   "live server answers, request by request.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON document on stdout instead of tables.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
@@ -293,7 +299,7 @@ def replay_cmd(
     capacity_bytes: list[int] | None, block_bytes: int | None, policy: str,
     params: tuple[str, ...], mode: str | None, batch_size: int | None,
     used_percentage: float | None, match: str | None, jobs: int | None, bound: str,
-    as_json: bool, out_dir: Path, no_out: bool, timeseries_format: str,
+    flow: str, as_json: bool, out_dir: Path, no_out: bool, timeseries_format: str,
     window: float | None,
 ) -> None:  # fmt: skip
     """Replay TRACE (default: the shipped sample) through a KV cache and report hit rates.
@@ -380,8 +386,11 @@ def replay_cmd(
         if capacity_bytes is not None:
             labels = [f"{policy}@{b:,}B" for b in capacity_bytes]
 
-        sweep = _run(t, configs, labels, jobs=jobs, err=err,
-                     show_progress=err.is_terminal)
+        if flow == "client":
+            sweep = _run_client_flow(t, configs, labels)
+        else:
+            sweep = _run(t, configs, labels, jobs=jobs, err=err,
+                         show_progress=err.is_terminal)
 
         from kvsim.sim import report
 
@@ -482,6 +491,20 @@ def _run(trace: Trace, configs: list[KVSimConfig], labels: list[str | None], *,
         return run_sweep(trace, configs, labels=labels, jobs=jobs, progress=progress)
 
 
+def _run_client_flow(trace: Trace, configs: list[KVSimConfig],
+                     labels: list[str | None]) -> Any:
+    """Replay every config in the client flow, in this process (a Python loop per
+    request: no worker pool), with the ideal cache's figures."""
+    from kvsim._startup import prepare_numba
+    from kvsim.sim.replay import ideal, replay
+    from kvsim.sim.sweep import SweepResult
+
+    prepare_numba()
+    results = [replay(trace, c, label=lb, flow="client")
+               for c, lb in zip(configs, labels, strict=True)]
+    return SweepResult(results=results, ideal=ideal(trace), jobs=1)
+
+
 def _print_tables(trace: Trace, path: Path, results: Sequence[Any],
                   ideal: dict[str, Any] | None) -> None:
     from kvsim.sim import report
@@ -496,6 +519,92 @@ def _print_tables(trace: Trace, path: Path, results: Sequence[Any],
         out.print(report.instance_table(results))
     if any(len(set(r.group_of_instance)) > 1 for r in results):
         out.print(report.group_table(results))
+
+
+@main.command("drive")
+@trace_options(tail_default=None, limit_help="Drive only the first N requests.")
+@click.option("--url", required=True, help="The meta service's HTTP base URL.")
+@click.option("--admin-url", default=None,
+              help="The admin service's HTTP base URL (needed for --clock trace).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="The served config (match rule, instances' groups).")
+@click.option("--group", default="default", show_default=True,
+              help="Group of trace instances the manager does not know (registered first).")
+@click.option("--clock", "clock_kind", type=click.Choice(["trace", "wall"]), default="wall",
+              show_default=True,
+              help="trace: setClock to each request's trace time first (against `kvsim "
+                   "serve --clock manual`: deterministic, equals `kvsim replay --flow "
+                   "client`); wall: the server's own clock.")
+@click.option("--concurrency", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Requests in flight (wall clock only).")
+@click.option("--rate", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Requests per second to send at (0 = as fast as answered).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON document (the shape of `kvsim replay --json`) on stdout.")
+def drive_cmd(trace: Path | None, fmt: str, block_size: int | None, tail: str | None,
+              chain: str, strict: bool, instance: str | None, limit: int | None, url: str,
+              admin_url: str | None, config_path: Path | None, group: str, clock_kind: str,
+              concurrency: int, rate: float, as_json: bool) -> None:
+    """Replay TRACE against a live manager (kvsim's or a stock Tair KVCM) as its clients
+    would: per request getCacheLocation, startWriteCache, finishWriteCache.
+
+    The admin credential comes from KVSIM_ADMIN_PASSWORD (user admin), as for `kvsim
+    serve`.
+
+    \b
+    Examples:
+      kvsim serve --config c.yaml --clock manual --http-port 6382 --admin-http-port 6492 &
+      kvsim drive t.jsonl --url http://127.0.0.1:6382 \\
+          --admin-url http://127.0.0.1:6492 --clock trace --config c.yaml
+    """
+    from kvsim.sim.drive import DriveError, HttpCaller, drive
+
+    err = _err_console()
+    if clock_kind == "trace" and admin_url is None:
+        raise click.UsageError("--clock trace needs --admin-url (setClock is an admin call)")
+    if trace is None:
+        trace = sample_trace_path()
+    with _clean_errors(err):
+        from kvsim.config import KVSimConfig
+
+        config = KVSimConfig.load(config_path) if config_path is not None else None
+        t, fmt = _read_trace(trace, fmt, err=err, block_size=block_size, tail=tail or "drop",
+                             chain=chain, strict=strict, instance=instance, limit=limit)
+        gc.enable()
+        import os
+
+        from kvsim.server.service import DEFAULT_ADMIN_PASSWORD
+
+        pw = os.environ.get("KVSIM_ADMIN_PASSWORD", DEFAULT_ADMIN_PASSWORD)
+        caller = HttpCaller(url, admin_url, admin_credential=f"admin:{pw}")
+        try:
+            d = drive(t, caller, config=config, clock=clock_kind, group=group,
+                      concurrency=concurrency, rate=rate)
+        except DriveError as e:
+            raise click.ClickException(str(e)) from None
+        from kvsim.sim import report
+
+        info = report.trace_record(t, path=str(trace), fmt=fmt, limit=limit)
+        doc = report.build_document(info, [d.result], None)
+        doc["drive"] = {"url": url, "clock": clock_kind, "concurrency": concurrency,
+                        "rate": rate, "refused_writes": d.refused_writes,
+                        "elapsed_s": d.elapsed_s, "latency": d.latency_table()}
+        if as_json:
+            click.echo(report.document_json(doc), nl=False)
+        else:
+            _print_tables(t, trace, [d.result], None)
+            from rich.table import Table
+
+            tab = Table(title="call latency (ms)")
+            for col in ("call", "count", "mean_ms", "p50_ms", "p99_ms", "max_ms"):
+                tab.add_column(col, justify="left" if col == "call" else "right")
+            for row in d.latency_table():
+                tab.add_row(row["call"], f"{row['count']:,}",
+                            *(f"{row[k]:.3f}" for k in ("mean_ms", "p50_ms", "p99_ms",
+                                                        "max_ms")))
+            Console().print(tab)
+            err.print(f"refused writes: {d.refused_writes:,}; done in {d.elapsed_s:.2f}s",
+                      highlight=False, style="dim")
 
 
 from kvsim.optimizer.cli_curve import curve_cmd  # noqa: E402

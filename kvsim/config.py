@@ -62,6 +62,37 @@ class ReplayOptions:
     block_size: int = 0
 
 
+@dataclass(frozen=True)
+class HealthChange:
+    """A scheduled change of a storage's health in a replay (an outage to simulate).
+
+    Attributes:
+        storage: the storage's name.
+        at_ms: when, in ms after the trace's first request.
+        healthy: its health from then on.
+    """
+
+    storage: str
+    at_ms: int
+    healthy: bool = False
+
+
+@dataclass(frozen=True)
+class ReclaimOptions:
+    """The reclaimer's cadence (the top-level ``reclaim:`` section), one for every mode.
+
+    Attributes:
+        interval_ms: 0 evicts at each write (the replay contract); N > 0 runs the
+            reclaimer every N ms of the manager's clock: wall time in ``kvsim serve``,
+            trace time in ``replay``, ``simulate`` and ``tune``.
+        storage_health: health changes applied at trace times in ``replay``/``tune``
+            (health is runtime state in ``kvsim serve``, set by its probes).
+    """
+
+    interval_ms: int = 0
+    storage_health: tuple[HealthChange, ...] = ()
+
+
 WRITE_MODES = ("at_end", "two_phase")
 WRITE_POLICIES = ("through", "back", "selective")
 TIER_SCOPES = ("local", "pool")
@@ -82,7 +113,8 @@ class TimingOptions:
             at prefill end, as the server does).
         write_timeout_s: two-phase write sessions expire after this long.
         reclaim_interval_ms: reclaimer cadence (expire sessions, reclaim, reap);
-            0 = evict to capacity after every write, as the replay does.
+            0 = evict to capacity after every write, as the replay does. Superseded by
+            the top-level ``reclaim.interval_ms`` when that is set.
         session_outputs: at decode end, write the previous turn's output blocks
             (the next turn's keys that cover prompt + output) when the trace has sessions.
     """
@@ -257,6 +289,7 @@ class KVSimConfig:
     timing: TimingOptions = field(default_factory=TimingOptions)
     tiers: TiersOptions = field(default_factory=TiersOptions)
     routing: RoutingOptions = field(default_factory=RoutingOptions)
+    reclaim: ReclaimOptions = field(default_factory=ReclaimOptions)
 
     # ------------------------------------------------------------ constructors
     @staticmethod
@@ -316,7 +349,7 @@ class KVSimConfig:
         """Validate and build from a mapping; errors name ``source`` and the field."""
         r = _Reader(source)
         r.known(data, "", {"storages", "instance_groups", "instances", "replay", "server",
-                           "timing", "tiers", "routing"})
+                           "timing", "tiers", "routing", "reclaim"})
         storages = tuple(r.storage(s, f"storages[{i}]")
                          for i, s in enumerate(r.list_of(data, "storages", "")))
         groups = tuple(r.group(g, f"instance_groups[{i}]")
@@ -351,8 +384,13 @@ class KVSimConfig:
         routing = r.routing(data.get("routing") or {}, "routing")
         if tiers.write_policy == "back" and timing.write == "two_phase":
             raise ConfigError(f"{source}: tiers.write_policy: 'back' needs timing.write 'at_end'")
+        reclaim = r.reclaim(data.get("reclaim") or {}, "reclaim")
+        for i, h in enumerate(reclaim.storage_health):
+            if h.storage not in snames:
+                raise ConfigError(f"{source}: reclaim.storage_health[{i}].storage: unknown "
+                                  f"storage {h.storage!r}")
         return KVSimConfig(storages, groups, instances, replay, source, server=server,
-                           timing=timing, tiers=tiers, routing=routing)
+                           timing=timing, tiers=tiers, routing=routing, reclaim=reclaim)
 
     # ------------------------------------------------------------ output
     def to_dict(self) -> dict[str, Any]:
@@ -397,6 +435,10 @@ class KVSimConfig:
             out["tiers"] = t
         if self.routing != RoutingOptions():
             out["routing"] = asdict(self.routing)
+        if self.reclaim != ReclaimOptions():
+            rc = asdict(self.reclaim)
+            rc["storage_health"] = [asdict(h) for h in self.reclaim.storage_health]
+            out["reclaim"] = rc
         return out
 
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -673,6 +715,24 @@ class _Reader:
             levels=levels,
             write_policy=self.choice(d, "write_policy", path, "through", list(WRITE_POLICIES)),
             selective_min_reuse=self.num(d, "selective_min_reuse", path, 1, integer=True, low=0),
+        )
+
+    def reclaim(self, d: Any, path: str) -> ReclaimOptions:
+        self.known(d, path, {"interval_ms", "storage_health"})
+        changes = []
+        for i, h in enumerate(self.list_of(d, "storage_health", f"{path}.")):
+            hp = f"{path}.storage_health[{i}]"
+            self.known(h, hp, {"storage", "at_ms", "healthy"})
+            ok = h.get("healthy", False)
+            if not isinstance(ok, bool):
+                raise self.fail(f"{hp}.healthy", f"expected true or false, got {ok!r}")
+            changes.append(HealthChange(self.text(h, "storage", hp),
+                                        int(self.num(h, "at_ms", hp, 0, integer=True, low=0)),
+                                        ok))
+        return ReclaimOptions(
+            interval_ms=int(self.num(d, "interval_ms", path, 0, integer=True, low=0,
+                                     high=86_400_000)),
+            storage_health=tuple(sorted(changes, key=lambda h: h.at_ms)),
         )
 
     def routing(self, d: Any, path: str) -> RoutingOptions:

@@ -26,8 +26,8 @@ TP2 = (LocationSpec("tp0", 1000), LocationSpec("tp1", 1000))  # 2000 bytes per b
 
 
 def make(quota: int = 0, *, policy: str = "lru", level: int = 2, instances=("i0",),
-         **group_kw) -> CacheManager:
-    m = CacheManager(ManualClock(1_000), event_level=level)
+         interval_ms: int = 0, **group_kw) -> CacheManager:
+    m = CacheManager(ManualClock(1_000), event_level=level, reclaim_interval_ms=interval_ms)
     m.create_group(GroupSpec("g", quota_blocks=quota, eviction=EvictionSpec(policy=policy),
                              **group_kw))
     for name in instances:
@@ -153,8 +153,30 @@ def test_byte_quota(quota: int, blocks: int) -> None:
         m.register_instance(InstanceSpec("nosize", "g"))
 
 
+def test_watermark_at_each_write_when_the_interval_is_zero() -> None:
+    m = make(10, used_percentage=0.5)  # reclaim_interval_ms 0: the contract
+    assert write(m, "i0", list(range(8))) == 8
+    assert usage(m).used == 5 and usage(m).evicted_blocks == 3
+    fin = m.finish_write(m.start_write("i0", [50]).session_id, [True])
+    assert fin.tick is not None and fin.tick.reclaimed == 1
+    assert [r.trigger for r in fin.tick.reclaims] == ["quota"]
+    assert m.evicted_by_trigger == {"quota": 4}
+
+
+def test_reclaimer_ticks_at_multiples_of_the_interval() -> None:
+    m = make(10, used_percentage=0.5, interval_ms=100)
+    write(m, "i0", list(range(8)))
+    assert usage(m).used == 8  # the writes keep only the hard quota
+    assert m.advance_to(99_000_000) == []  # 1 us .. 99 ms: no multiple of 100 ms
+    reps = m.advance_to(1_050_000_000)  # due at 100 ms, ..., 1000 ms: first and last run
+    assert [r.now_ns for r in reps] == [100_000_000, 1_000_000_000]
+    assert [r.reclaimed for r in reps] == [3, 0] and usage(m).used == 5
+    assert m.clock.now_ns() == 1_050_000_000
+    assert m.advance_to(5) == [] and m.clock.now_ns() == 1_050_000_000  # never back
+
+
 def test_used_percentage() -> None:
-    m = make(10, used_percentage=0.5)
+    m = make(10, used_percentage=0.5, interval_ms=1000)
     assert usage(m).capacity == 5
     assert write(m, "i0", list(range(8))) == 8  # writes may go up to the hard quota
     assert usage(m).used == 8

@@ -48,7 +48,9 @@ def _trace(tt: TreeTrace) -> Trace:
 def _manager(policy: str, *, quota: int, mode: str = "group_precise", batch: int = 1,
              pct: float = 1.0, instances: tuple[str, ...] = ("i0",), event_level: int = 2,
              params: dict | None = None) -> CacheManager:
-    m = CacheManager(ManualClock(1), event_level=event_level)
+    # the reclaimer on its interval: these tests call reclaim() themselves (at interval
+    # 0 every finish_write would run it)
+    m = CacheManager(ManualClock(1), event_level=event_level, reclaim_interval_ms=1000)
     m.create_group(GroupSpec(
         "g", quota_blocks=quota, used_percentage=pct,
         eviction=EvictionSpec(policy=policy, params=params if params is not None

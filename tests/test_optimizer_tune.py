@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from kvsim.config import KVSimConfig
 from kvsim.optimizer.export import export_study
 from kvsim.optimizer.split import exact_split
-from kvsim.optimizer.tune import TuneSpec, allocate, replay_steps, run_study
+from kvsim.optimizer.tune import TuneSpec, allocate, run_study
 from kvsim.sim.replay import replay
 from kvsim.trace.generator import GenSpec, generate_trace
 from kvsim.trace.model import Trace
@@ -107,7 +107,7 @@ def test_replay_steps_equals_replay_and_reports(two_groups) -> None:
     t, cfg = two_groups
     c = exact_split(t, cfg, 500, step=50).apply(cfg)
     seen: list[tuple[int, int]] = []
-    r = replay_steps(t, c, 5, lambda s, d, h, i: seen.append((s, d)))
+    r = replay(t, c, steps=5, on_step=lambda s, d, h, i: seen.append((s, d)))
     ref = replay(t, c)
     assert np.array_equal(r.hit_blocks, ref.hit_blocks)
     assert np.array_equal(r.evicted, ref.evicted)

@@ -158,6 +158,17 @@ def test_two_phase_sessions_expire_on_the_virtual_clock() -> None:
     assert ok.counters["expired_sessions"] == 0 and ok.hit_blocks.tolist() == [0, 3]
 
 
+def test_top_level_reclaim_interval_is_the_simulators_cadence() -> None:
+    """``reclaim.interval_ms`` (the one cadence) drives ``simulate`` as the older
+    ``timing.reclaim_interval_ms`` did."""
+    t = Trace.from_lists(ts_ns=[0, 5 * 10**9], keys=[[1, 2, 3], [1, 2, 3]], block_size=16)
+    slow = {"prefill_tokens_per_s": 12, "write": "two_phase", "write_timeout_s": 2}
+    old = simulate(t, KVSimConfig.from_dict({"timing": slow | {"reclaim_interval_ms": 500}}))
+    new = simulate(t, KVSimConfig.from_dict({"timing": slow, "reclaim": {"interval_ms": 500}}))
+    assert new.counters["expired_sessions"] == old.counters["expired_sessions"] == 2
+    assert new.hit_blocks.tolist() == old.hit_blocks.tolist()
+
+
 def test_delay_before_delete_on_virtual_clock() -> None:
     t = Trace.from_lists(ts_ns=[0, 10**9, 2 * 10**9], keys=[[1, 2], [3, 4], [1, 2]],
                          block_size=16)

@@ -24,7 +24,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 from functools import cached_property
 from types import ModuleType
 
@@ -49,6 +49,7 @@ from kvsim.core.spec import (
     StorageSpec,
 )
 from kvsim.core.specialize import kernels_for
+from kvsim.core.storage import StorageRegistry
 from kvsim.core.table import (
     M_HWM,
     M_SLOT_COUNTS,
@@ -66,6 +67,7 @@ QUERY_SW = "sw"
 _QUERY_CODES = {QUERY_PREFIX: K.Q_PREFIX, QUERY_BATCH: K.Q_BATCH, QUERY_SW: K.Q_SW}
 
 _UNLIMITED = np.iinfo(np.int64).max // 4
+_NEVER = np.iinfo(np.int64).max
 #: The largest block (sum of an instance's location spec sizes, bytes) the core accepts.
 #: With int32 rows, any group's usage (blocks x bytes) then stays below 2^63.
 MAX_BLOCK_BYTES = 1 << 32
@@ -108,26 +110,109 @@ class WriteStart:
     is_new: np.ndarray  # bool per requested key
     new_keys: np.ndarray  # int64, the keys of this session, in order
     deadline_ns: int
-    storage: str
+    storage: str  # the storage the new blocks go to ("" without storages)
+    slot: int = 0  # its storage slot
+    tag: str = ""  # the caller's name for the session (e.g. the wire's session token)
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """A write session: the one record of it (persistence stores it, the server reads
+    it to answer ``finishWriteCache``).
+
+    Attributes:
+        session_id: the core's id.
+        instance_id: the writer.
+        keys: the keys the session writes (the new ones), in order.
+        deadline_ns: when it expires as all-failed.
+        request_keys: every key of the start request (held ones too), in order.
+        is_new: bool per ``request_keys``: written by this session.
+        slot: the storage slot of its blocks.
+        tag: the caller's name for it ("" none).
+    """
+
+    session_id: int
+    instance_id: str
+    keys: np.ndarray
+    deadline_ns: int
+    request_keys: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    is_new: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    slot: int = 0
+    tag: str = ""
+
+
+@dataclass(frozen=True)
+class Reclaim:
+    """One reclaim trigger that fired (see :meth:`CacheManager.tick`).
+
+    Attributes:
+        trigger: ``quota``, ``max_key_count``, ``storage_type`` or ``storage_capacity``.
+        group: the group (``""`` for ``storage_capacity``).
+        storage: the storage (``storage_capacity`` only).
+        storage_type: the storage type (``storage_type`` only).
+        blocks: blocks evicted.
+        freed: bytes freed (the byte triggers).
+        used: usage when it fired (the trigger's unit).
+        capacity: the target it reclaims to.
+        limit: ``max_key_count`` or the type's byte quota (0 otherwise).
+    """
+
+    trigger: str
+    group: str = ""
+    storage: str = ""
+    storage_type: str = ""
+    blocks: int = 0
+    freed: int = 0
+    used: int = 0
+    capacity: int = 0
+    limit: int = 0
+
+
+@dataclass(frozen=True)
+class TickReport:
+    """What one run of the reclaimer did (:meth:`CacheManager.tick`)."""
+
+    now_ns: int
+    expired: tuple[SessionInfo, ...] = ()
+    reclaims: tuple[Reclaim, ...] = ()
+    reaped: int = 0
+
+    @property
+    def reclaimed(self) -> int:
+        """Blocks evicted by every trigger."""
+        return sum(r.blocks for r in self.reclaims)
 
 
 @dataclass(frozen=True)
 class WriteFinish:
-    """Outcome of ``finish_write``."""
+    """Outcome of ``finish_write``.
+
+    Attributes:
+        committed: blocks now SERVING.
+        failed: blocks dropped.
+        session: the finished session's record (None for a restore).
+        held_keys: the request's keys the instance holds now (held before, or committed),
+            in request order.
+        tick: at ``reclaim_interval_ms`` 0, the reclaimer run that followed the write.
+    """
 
     committed: int
     failed: int
+    session: SessionInfo | None = None
+    held_keys: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    tick: TickReport | None = None
 
 
 @dataclass(frozen=True)
 class AccessResult:
-    """Outcome of one combined read+write request (the replay unit)."""
+    """Outcome of one request (combined, or the client flow; the replay unit)."""
 
     hit_blocks: int
     internal_hits: int
     internal_reads: int
     evicted: int
     cached_blocks: int
+    group_used: int = 0
 
 
 @dataclass
@@ -136,16 +221,10 @@ class _Session:
     rows: np.ndarray
     keys: np.ndarray
     deadline_ns: int
-
-
-@dataclass(frozen=True)
-class SessionInfo:
-    """A pending write session, as persistence stores it."""
-
-    session_id: int
-    instance_id: str
-    keys: np.ndarray
-    deadline_ns: int
+    request_keys: np.ndarray
+    is_new: np.ndarray
+    slot: int
+    tag: str
 
 
 @dataclass(frozen=True)
@@ -186,19 +265,34 @@ class CacheManager:
         slot_counts: keep per-instance block counts by storage slot as blocks come and
             go, so :meth:`slot_usage` costs O(instances), not a pass over the table (the
             server's per-storage limits ask on every write; replay does not need them).
+        reclaim_interval_ms: the reclaimer's cadence on ``clock``: 0 runs it after every
+            write (:meth:`finish_write`; the replay contract evicts at each write), N > 0
+            every N ms (:meth:`advance_to` on a manual clock, the server's timer on a
+            wall clock).
+
+    Attributes:
+        storage: the storage registry (slots, admin state, health).
+        evicted_by_trigger: blocks evicted per reclaim trigger since the start (the
+            tick's ``quota``/``max_key_count``/``storage_type``/``storage_capacity`` and
+            the write-time ``write_storage_type``/``write_storage_capacity``).
     """
 
     def __init__(self, clock: Clock, *, rows: int = 1024, event_level: int = 1,
-                 slot_counts: bool = False) -> None:
+                 slot_counts: bool = False, reclaim_interval_ms: int = 0) -> None:
         self.clock = clock
         self.table = BlockTable.create(rows=rows)
         self.table.t.meta[M_SLOT_COUNTS] = int(slot_counts)
         self.events = EventBuffer(level=event_level)
+        self.storage = StorageRegistry()
+        self.evicted_by_trigger: dict[str, int] = {}
+        self.reclaim_interval_ms = 0
+        self.set_reclaim_interval(reclaim_interval_ms)
         self._groups: dict[str, tuple[int, GroupSpec]] = {}
         self._instances: dict[str, tuple[int, InstanceSpec]] = {}
         self._inst_names: list[str] = []
-        self._storages: dict[str, StorageSpec] = {}
         self._sessions: dict[int, _Session] = {}
+        self._tags: dict[str, int] = {}
+        self._next_deadline_ns = _NEVER  # no open session expires before this
         self._next_sid = 1
         self._free_group_slots: list[int] = []
         self._n_group_slots = 0
@@ -225,37 +319,46 @@ class CacheManager:
             self._policy_names |= new
             self._kernels = None
 
+    def set_reclaim_interval(self, interval_ms: int) -> None:
+        """Change the reclaimer's cadence (see the class docstring)."""
+        if interval_ms < 0:
+            raise InvalidArgument(f"reclaim interval_ms must be >= 0, got {interval_ms}")
+        self.reclaim_interval_ms = int(interval_ms)
+
     # ================================================================ registry
     def add_storage(self, spec: StorageSpec) -> None:
         """Add a storage; an existing name with a different definition is a duplicate."""
-        old = self._storages.get(spec.name)
-        if old is not None and old != spec:
-            raise DuplicateEntity(f"storage {spec.name!r} exists with a different definition")
-        self._storages[spec.name] = spec
+        self.storage.add(spec)
 
     def update_storage(self, spec: StorageSpec) -> None:
-        """Replace a storage's definition."""
-        self._need_storage(spec.name)
-        self._storages[spec.name] = spec
+        """Replace a storage's definition (keeps its admin state; healthy until probed)."""
+        self.storage.update(spec)
 
     def set_storage_available(self, name: str, available: bool) -> None:
-        """Enable or disable a storage (writes avoid unavailable storages)."""
-        self._storages[name] = replace(self._need_storage(name), available=available)
+        """Enable or disable a storage (writes avoid unusable storages, reads treat their
+        blocks as misses)."""
+        self.storage.set_enabled(name, available)
+
+    def set_storage_health(self, name: str, healthy: bool, reason: str = "") -> bool:
+        """Mark a storage healthy or unhealthy (runtime state: a probe, or a replay's
+        scheduled outage); returns whether it changed."""
+        return self.storage.set_health(name, healthy, reason)
 
     def remove_storage(self, name: str) -> None:
-        """Remove a storage."""
-        self._need_storage(name)
-        del self._storages[name]
+        """Remove a storage (no group may list it as a candidate)."""
+        self.storage.get(name)
+        users = [g.name for _, g in self._groups.values() if name in g.storage_candidates]
+        if users:
+            raise InvalidArgument(f"storage {name!r} is a candidate of groups {users}; "
+                                  "update them first")
+        self.storage.remove(name)
 
     def storages(self) -> list[StorageSpec]:
         """All storages."""
-        return list(self._storages.values())
+        return self.storage.specs()
 
     def _need_storage(self, name: str) -> StorageSpec:
-        try:
-            return self._storages[name]
-        except KeyError:
-            raise NotFound(f"storage {name!r} does not exist") from None
+        return self.storage.get(name)
 
     def create_group(self, spec: GroupSpec) -> None:
         """Create an instance group (idempotent for an identical spec)."""
@@ -442,9 +545,8 @@ class CacheManager:
         """Remove an instance and all its blocks."""
         ii, _ = self._need_instance(instance_id)
         self.trim(instance_id)
-        if self.table.t.i_pending[ii] > 0:
-            for sid in [s for s, ses in self._sessions.items() if ses.inst == ii]:
-                self._finish(sid, np.zeros(self._sessions[sid].keys.shape[0], dtype=bool))
+        for sid in [s for s, ses in self._sessions.items() if ses.inst == ii]:
+            self._finish(sid, np.zeros(self._sessions[sid].keys.shape[0], dtype=bool))
         self.table.t.i_group[ii] = -1
         del self._instances[instance_id]
 
@@ -565,6 +667,7 @@ class CacheManager:
                 "key": int(key),
                 "status": {1: "writing", 2: "serving", 3: "deleting"}.get(st, "not_found"),
                 "row": int(r),
+                "slot": int(t.loc[r]),
                 "write_time_ns": int(t.t_write[r]),
                 "last_access_ns": int(t.t_access[r]),
                 "access_count": int(t.acc[r]),
@@ -578,59 +681,100 @@ class CacheManager:
         keys: Sequence[int] | np.ndarray,
         *,
         timeout_s: float = 30.0,
+        tag: str = "",
     ) -> WriteStart:
         """Phase one: reserve WRITING blocks for the keys that have none.
 
+        In order: keys held on an unusable storage are forgotten (so this write places
+        them again), the group's ``max_key_count`` is checked (refused, never evicted
+        for: the reclaimer frees room, as in KVCM), the storage is chosen
+        (:meth:`_place`: usable, within the per-type quota and the storage capacity, by
+        candidate order, evicting this group's blocks there when needed), then the
+        group quota (evicting in the group's order and mode).
+
+        Args:
+            instance_id: the writer.
+            keys: the request's keys.
+            timeout_s: the session expires (all-failed) after this long.
+            tag: the caller's name for the session (unique among open sessions; found
+                again with :meth:`find_session`).
+
         Raises:
-            QuotaExceeded: the new blocks would pass the group's quota even after
-                evicting everything evictable.
+            QuotaExceeded: a limit refuses the write (group quota even after eviction,
+                ``max_key_count``, no usable storage, no room on any storage).
         """
         ii, ispec = self._need_instance(instance_id)
         if timeout_s <= 0:
             raise InvalidArgument("write_timeout_seconds must be > 0")
+        if tag and tag in self._tags:
+            raise DuplicateEntity(f"write session tag {tag[:40]!r} is in use")
         k = _keys(keys)
-        storage = self._pick_storage(ispec)
-        self.table.ensure_rows(k.shape[0])
-        self.events.reserve(2 * k.shape[0] + 16)
         if ispec.block_bytes > MAX_BLOCK_BYTES:
             raise InvalidArgument(
                 f"instance {instance_id!r}: a block of {ispec.block_bytes} bytes is over the "
                 f"maximum of {MAX_BLOCK_BYTES} (MAX_BLOCK_BYTES)")
+        gspec = self._groups[ispec.group][1]
+        if not self.storage.all_ok:
+            self._relocate_unusable(instance_id, k)
+        if gspec.max_key_count > 0:
+            self._check_key_room(instance_id, gspec, k)
+        slot = self._place(instance_id, ispec, gspec, k)
+        self.table.ensure_rows(k.shape[0])
+        self.events.reserve(2 * k.shape[0] + 16)
         rows = np.full(k.shape[0], -1, dtype=np.int32)
         isnew = first_occurrence(k)
         now = self.clock.now_ns()
-        gspec = self._groups[ispec.group][1]
-        n_new = self.kernels.start_write(self.table.t, self.events.arrays, ii, k, now, rows, isnew,
-                              gspec.delay_before_delete_ms == 0)
+        n_new = self.kernels.start_write(self.table.t, self.events.arrays, ii, k, now, rows,
+                                         isnew, gspec.delay_before_delete_ms == 0)
         if n_new < 0:
             raise QuotaExceeded(
                 f"group {gspec.name!r}: writing {int(np.count_nonzero(isnew))} blocks would pass "
                 f"its quota of {gspec.quota_units()}"
             )
+        new_rows = rows[isnew].copy()
+        if new_rows.shape[0]:
+            self.set_loc(new_rows, slot)
         sid = self._next_sid
         self._next_sid += 1
         deadline = now + int(timeout_s * 1e9)
-        self._sessions[sid] = _Session(ii, rows[isnew].copy(), k[isnew].copy(), deadline)
+        self._sessions[sid] = _Session(ii, new_rows, k[isnew].copy(), deadline, k.copy(),
+                                       isnew.copy(), slot, tag)
+        self._next_deadline_ns = min(self._next_deadline_ns, deadline)
+        if tag:
+            self._tags[tag] = sid
         emit(self.events.arrays, EV_WRITE_STARTED, ii, n_new, now, sid)
-        return WriteStart(sid, isnew, k[isnew].copy(), deadline, storage)
+        st = self.storage.at(slot)
+        return WriteStart(sid, isnew, k[isnew].copy(), deadline, st.name if st else "", slot,
+                          tag)
 
-    def _pick_storage(self, ispec: InstanceSpec) -> str:
-        gspec = self._groups[ispec.group][1]
-        names = gspec.storage_candidates or tuple(self._storages)
-        if not names:
-            return ""
-        for name in names:
-            s = self._storages.get(name)
-            if s is not None and s.available:
-                return name
-        raise QuotaExceeded(f"group {gspec.name!r}: no available storage among {list(names)}")
+    def find_session(self, tag: str) -> SessionInfo | None:
+        """The open session started with ``tag``, or None."""
+        sid = self._tags.get(tag)
+        return None if sid is None else self._info(sid)
+
+    def _info(self, sid: int) -> SessionInfo:
+        s = self._sessions[sid]
+        return SessionInfo(sid, self._inst_names[s.inst], s.keys, s.deadline_ns,
+                           s.request_keys, s.is_new, s.slot, s.tag)
 
     def finish_write(
-        self, session_id: int, success: Sequence[bool] | np.ndarray
+        self, session_id: int, success: Sequence[bool] | np.ndarray, *,
+        instance_id: str | None = None,
     ) -> WriteFinish:
-        """Phase two: commit the successful blocks of a session, drop the others."""
-        ses = self._sessions.get(int(session_id))
-        if ses is None:
+        """Phase two: commit the successful blocks of a session, drop the others, then
+        refresh the keys the write found held (after the new ones: the replay contract's
+        tail-first write, the new keys being the request's tail). At
+        ``reclaim_interval_ms`` 0 the reclaimer runs next (:meth:`tick`).
+
+        Args:
+            session_id: the session.
+            success: bool per new key.
+            instance_id: when given, the session must be this instance's (else it is
+                reported as unknown: an id reveals nothing to a non-owner).
+        """
+        sid = int(session_id)
+        ses = self._sessions.get(sid)
+        if ses is None or (instance_id is not None and self._inst_names[ses.inst] != instance_id):
             raise NotFound(f"write session {session_id} is unknown, finished or expired")
         ok = np.asarray(success, dtype=bool)
         if ok.shape != ses.keys.shape:
@@ -638,10 +782,21 @@ class CacheManager:
                 f"success_blocks has {ok.shape[0] if ok.ndim else 0} entries; the session "
                 f"wrote {ses.keys.shape[0]} new blocks"
             )
-        return self._finish(int(session_id), ok)
+        info = self._info(sid)
+        res = self._finish(sid, ok)
+        iid = info.instance_id
+        old = ses.request_keys[~ses.is_new]
+        if old.shape[0]:
+            self.match(iid, old, query=QUERY_BATCH, touch=True)
+        keep = ~ses.is_new
+        keep[np.flatnonzero(ses.is_new)[ok]] = True
+        tick = self.tick() if self.reclaim_interval_ms == 0 else None
+        return WriteFinish(res.committed, res.failed, info, ses.request_keys[keep], tick)
 
     def _finish(self, sid: int, ok: np.ndarray) -> WriteFinish:
         ses = self._sessions.pop(sid)
+        if ses.tag:
+            self._tags.pop(ses.tag, None)
         self.events.reserve(ses.keys.shape[0] + 4)
         done = self.kernels.finish_write(self.table.t, self.events.arrays, ses.inst, ses.rows,
                                          ses.keys, ok, self.clock.now_ns())
@@ -653,13 +808,161 @@ class CacheManager:
 
     def expire_sessions(self) -> int:
         """Finish every session past its deadline as all-failed; returns how many."""
+        return len(self._expire())
+
+    def _expire(self) -> list[SessionInfo]:
         now = self.clock.now_ns()
+        if now < self._next_deadline_ns:  # no session can be due (the reclaimer runs at
+            return []                     # every write at interval 0: keep it O(1))
         late = [sid for sid, s in self._sessions.items() if s.deadline_ns <= now]
+        self._next_deadline_ns = min((s.deadline_ns for sid, s in self._sessions.items()
+                                      if s.deadline_ns > now), default=_NEVER)
+        out = []
         for sid in late:
             ses = self._sessions[sid]
+            out.append(self._info(sid))
             emit(self.events.arrays, EV_EXPIRED, ses.inst, ses.keys.shape[0], now, sid)
             self._finish(sid, np.zeros(ses.keys.shape[0], dtype=bool))
-        return len(late)
+        return out
+
+    # ------------------------------------------------------------ write-time rules
+    def _relocate_unusable(self, iid: str, keys: np.ndarray) -> None:
+        """Forget the request's blocks held on unusable storages, so the write places
+        them again on a usable one (their one location cannot be read)."""
+        rows = self.match(iid, keys, query=QUERY_BATCH, touch=False).rows
+        srv = rows >= 0
+        if not srv.any():
+            return
+        bad = np.zeros(rows.shape[0], dtype=bool)
+        bad[srv] = ~self.storage.ok_mask[self.table.t.loc[rows[srv]].astype(np.int64)
+                                         % STORAGE_SLOTS]
+        if bad.any():
+            self.remove(iid, keys[bad])
+
+    def _check_key_room(self, iid: str, g: GroupSpec, keys: np.ndarray) -> None:
+        """Refuse a write whose new keys would pass the group's ``max_key_count`` (as in
+        KVCM the write does not evict: the tick's ``max_key_count`` trigger at
+        ``max_key_count x used_percentage`` makes room)."""
+        limit = g.max_key_count
+        held, serving = self.key_count(g.name)
+        n_new = self.count_new(iid, keys)
+        if held + n_new > limit:
+            raise QuotaExceeded(
+                f"instance group {g.name!r}: writing {n_new} new blocks would pass its "
+                f"max_key_count of {limit} ({serving} blocks serving, {held - serving} "
+                f"being written); the reclaimer frees blocks above max_key_count x "
+                f"used_percentage")
+
+    def _count_evicted(self, trigger: str, n: int) -> None:
+        if n:
+            self.evicted_by_trigger[trigger] = self.evicted_by_trigger.get(trigger, 0) + n
+
+    def inst_bytes(self) -> np.ndarray:
+        """Bytes of one block per instance index (what the byte limits count)."""
+        w = np.zeros(max(1, self.table.t.i_group.shape[0]), dtype=np.int64)
+        for ii, spec in self._instances.values():
+            w[ii] = spec.block_bytes
+        return w
+
+    def _limits(self, g: GroupSpec, slot: int) -> list[tuple[str, np.ndarray, int, bool]]:
+        """The byte limits a write of group ``g`` to storage ``slot`` must keep:
+        ``(name, slots, cap, all_groups)``: the group's quota for the storage's type
+        and the storage's own ``capacity_bytes`` (every group's blocks on it)."""
+        st = self.storage.at(slot)
+        if st is None:
+            return []
+        out: list[tuple[str, np.ndarray, int, bool]] = []
+        tq = g.type_quota(st.type)
+        if tq:
+            out.append((f"storage type {st.type!r} quota of group {g.name!r}",
+                        self.storage.type_slots(st.type), tq, False))
+        if st.capacity_bytes:
+            one = np.zeros(STORAGE_SLOTS, dtype=bool)
+            one[slot] = True
+            out.append((f"capacity of storage {st.name!r}", one, st.capacity_bytes, True))
+        return out
+
+    def held_bytes(self, weights: np.ndarray | None = None) -> np.ndarray:
+        """Bytes (or ``weights`` per instance index) per storage slot of every group's
+        blocks, WRITING + SERVING."""
+        if weights is None:
+            weights = self.inst_bytes()
+        held = np.zeros(STORAGE_SLOTS, dtype=np.int64)
+        for name in self._groups:
+            held += self.slot_usage(name, weights)[0]
+        return held
+
+    def _over_limit(self, g: GroupSpec, limits: list[tuple[str, np.ndarray, int, bool]],
+                    need: int, weights: np.ndarray
+                    ) -> tuple[np.ndarray, int, int, int, bool] | None:
+        """The first of ``limits`` that ``need`` more bytes would pass, as ``(slots, cap,
+        used, evictable, all_groups)``, or None when they fit."""
+        if not limits:
+            return None
+        mine, mine_srv = self.slot_usage(g.name, weights)
+        every = self.held_bytes(weights) if any(a for *_, a in limits) else mine
+        for _, slots, cap, all_groups in limits:
+            used = int((every if all_groups else mine)[slots].sum())
+            if used + need > cap:
+                return slots, cap, used, int(mine_srv[slots].sum()), all_groups
+        return None
+
+    def _place(self, iid: str, ispec: InstanceSpec, g: GroupSpec, keys: np.ndarray) -> int:
+        """The storage slot of a write's new blocks.
+
+        The first usable storage in the group's ``storage_candidates`` order (every
+        storage when it lists none) where the new blocks' bytes fit both the group's
+        quota for the storage's type and the storage's ``capacity_bytes`` (counting
+        every group's blocks on it); when none has room as it is, the first one where
+        evicting this group's blocks (policy rank order, only blocks on that type or
+        that storage) makes room, after that eviction. Another group's blocks are never
+        evicted to make room.
+
+        Raises:
+            QuotaExceeded: no candidate is usable, or none has room even after eviction.
+        """
+        reg = self.storage
+        cands = list(g.storage_candidates) or [s.name for s in reg.specs()]
+        if not cands:
+            return 0
+        usable = [c for c in cands if reg.usable(c)]
+        if not usable:
+            why = ", ".join(f"{c}: unhealthy ({reg.health(c)})" if reg.health(c) is not None
+                            else f"{c}: disabled" if reg.slot(c) else f"{c}: not added"
+                            for c in cands)
+            raise QuotaExceeded(f"instance group {g.name!r}: no usable storage among "
+                                f"{cands} ({why})")
+        limits = {c: self._limits(g, reg.slot(c)) for c in usable}
+        first = usable[0]
+        if not limits[first]:
+            return reg.slot(first)
+        n_new = self.count_new(iid, keys)
+        need = n_new * ispec.block_bytes
+        if need == 0:
+            return reg.slot(first)
+        weights = self.inst_bytes()
+        for c in usable:
+            if self._over_limit(g, limits[c], need, weights) is None:
+                return reg.slot(c)
+        for c in usable:
+            while True:
+                need = self.count_new(iid, keys) * ispec.block_bytes
+                over = self._over_limit(g, limits[c], need, weights)
+                if over is None:
+                    return reg.slot(c)
+                slots, cap, used, evictable, all_groups = over
+                if used - evictable + need > cap:
+                    break
+                n, _ = self.evict_on_slots(g.name, slots, used + need - cap, weights)
+                self._count_evicted("write_storage_capacity" if all_groups
+                                    else "write_storage_type", n)
+                if n == 0:  # pragma: no cover - defensive
+                    break
+        why = "; ".join(f"{c}: " + ", ".join(f"{name} ({cap} bytes)"
+                                             for name, _, cap, _ in limits[c])
+                        for c in usable if limits[c])
+        raise QuotaExceeded(f"instance group {g.name!r}: no room for {n_new} new blocks "
+                            f"({need} bytes) on any usable storage ({why})")
 
     # ================================================================ removal
     def remove(
@@ -714,6 +1017,288 @@ class CacheManager:
         for gi, spec in self._groups.values():
             cutoff[gi] = now - spec.delay_before_delete_ms * 1_000_000
         return int(self.kernels.reap_deleting_by_group(t, cutoff, now))
+
+    # ================================================================ the reclaimer
+    def tick(self) -> TickReport:
+        """Run the reclaimer once, at the clock's time: expire overdue write sessions,
+        run every reclaim trigger, reap delayed deletions.
+
+        Triggers, each down to its limit x the group's ``used_percentage``:
+
+        * ``quota``: the group's usage (its unit) passed ``quota x used_percentage``;
+          evicts in the group's eviction order and mode.
+        * ``max_key_count``: the group's keys (blocks WRITING or SERVING) passed
+          ``max_key_count x used_percentage``; evicts that many blocks in the group's
+          order and mode (never more in the precise modes).
+        * ``storage_type``: the bytes of the group's blocks on storages of one type
+          passed that type's quota x ``used_percentage``; evicts only blocks on that
+          type, in the policy's rank order (:meth:`evict_on_slots`).
+        * ``storage_capacity``: every group's bytes on one storage passed its
+          ``capacity_bytes`` (no watermark); each group with blocks there gives back its
+          share of the excess (by its serving bytes there, rounded up).
+
+        DELETING blocks count as freed.
+
+        Example:
+            >>> from kvsim.core.clock import ManualClock
+            >>> m = CacheManager(ManualClock(), reclaim_interval_ms=1000)
+            >>> m.create_group(GroupSpec("g", quota_blocks=10, used_percentage=0.5))
+            >>> _ = m.register_instance(InstanceSpec("i", "g"))
+            >>> w = m.start_write("i", range(8)); _ = m.finish_write(w.session_id, [True] * 8)
+            >>> r = m.tick(); r.reclaimed, r.reclaims[0].trigger, m.usage()[0].used
+            (3, 'quota', 5)
+        """
+        now = self.clock.now_ns()
+        expired = self._expire()
+        reclaims: list[Reclaim] = []
+        t = self.table.t
+        for name, (gi, spec) in self._groups.items():
+            used, cap = int(t.g_used[gi]), spec.capacity_units()
+            if spec.quota_units() > 0 and used > cap:
+                n = self.reclaim(name)
+                self._count_evicted("quota", n)
+                reclaims.append(Reclaim("quota", group=name, blocks=n, used=used, capacity=cap))
+        reclaims += self._reclaim_keys_and_types()
+        reclaims += self._reclaim_storage_capacity()
+        reaped = self.reap()
+        return TickReport(now, tuple(expired), tuple(reclaims), reaped)
+
+    def advance_to(self, now_ns: int) -> list[TickReport]:
+        """Move a manual clock forward to ``now_ns``, running the reclaimer at each due
+        time on the way (``reclaim_interval_ms`` N > 0: at every multiple of N ms, so
+        two managers moved through the same times tick at the same times). Ticks with
+        nothing between them but time reduce to the first and the last (the ones between
+        would find nothing over its limit and the last one's expiry and reaping cover
+        theirs). A time in the past changes nothing.
+
+        Raises:
+            InvalidArgument: the clock cannot be set (a wall clock).
+        """
+        clock = self.clock
+        set_ = getattr(clock, "set", None)
+        if set_ is None:
+            raise InvalidArgument("advance_to needs a manual clock")
+        cur = clock.now_ns()
+        out: list[TickReport] = []
+        iv = self.reclaim_interval_ms * 1_000_000
+        if iv > 0 and now_ns > cur:
+            first = (cur // iv + 1) * iv
+            if first <= now_ns:
+                last = now_ns // iv * iv
+                for due in ((first,) if last == first else (first, last)):
+                    set_(due)
+                    out.append(self.tick())
+        if now_ns > clock.now_ns():
+            set_(int(now_ns))
+        return out
+
+    def _reclaim_keys_and_types(self) -> list[Reclaim]:
+        """The ``max_key_count`` and ``storage_type`` triggers (see :meth:`tick`)."""
+        out: list[Reclaim] = []
+        weights: np.ndarray | None = None
+        for _, g in self._groups.values():
+            if g.max_key_count > 0:
+                held, _ = self.key_count(g.name)
+                target = int(g.max_key_count * g.used_percentage)
+                if held > target:
+                    n = self.evict_blocks(g.name, held - target)
+                    self._count_evicted("max_key_count", n)
+                    out.append(Reclaim("max_key_count", group=g.name, blocks=n, used=held,
+                                       capacity=target, limit=g.max_key_count))
+            if g.storage_type_quotas:
+                if weights is None:
+                    weights = self.inst_bytes()
+                used_slots, _ = self.slot_usage(g.name, weights)
+                for stype, cap in g.storage_type_quotas:
+                    slots = self.storage.type_slots(stype)
+                    used = int(used_slots[slots].sum())
+                    target = int(cap * g.used_percentage)
+                    if used <= target:
+                        continue
+                    n, freed = self.evict_on_slots(g.name, slots, used - target, weights)
+                    self._count_evicted("storage_type", n)
+                    out.append(Reclaim("storage_type", group=g.name, storage_type=stype,
+                                       blocks=n, freed=freed, used=used, capacity=target,
+                                       limit=cap))
+        return out
+
+    def _reclaim_storage_capacity(self) -> list[Reclaim]:
+        """The ``storage_capacity`` trigger (see :meth:`tick`)."""
+        reg = self.storage
+        limited = [st for st in reg.specs() if st.capacity_bytes]
+        if not limited:
+            return []
+        weights = self.inst_bytes()
+        usage = {name: self.slot_usage(name, weights) for name in self._groups}
+        out: list[Reclaim] = []
+        for st in limited:
+            i = reg.slot(st.name)
+            used = sum(int(held[i]) for held, _ in usage.values())
+            excess = used - st.capacity_bytes
+            if excess <= 0:
+                continue
+            share = {g: int(srv[i]) for g, (_, srv) in usage.items() if srv[i] > 0}
+            serving = sum(share.values())
+            if serving == 0:
+                continue
+            one = np.zeros(STORAGE_SLOTS, dtype=bool)
+            one[i] = True
+            blocks = freed = 0
+            for g, b in sorted(share.items()):
+                amount = min(b, -(-excess * b // serving))
+                n, f = self.evict_on_slots(g, one, amount, weights)
+                self._count_evicted("storage_capacity", n)
+                blocks += n
+                freed += f
+            out.append(Reclaim("storage_capacity", storage=st.name, blocks=blocks,
+                               freed=freed, used=used, capacity=st.capacity_bytes))
+            if blocks:  # usage changed: recount for the next storage
+                usage = {name: self.slot_usage(name, weights) for name in self._groups}
+        return out
+
+    # ================================================================ request flows
+    def client_request(
+        self,
+        instance_id: str,
+        keys: Sequence[int] | np.ndarray,
+        *,
+        mask: np.ndarray | None = None,
+        read: bool = True,
+        write: bool = True,
+        query: str = QUERY_PREFIX,
+        timeout_s: float = 30.0,
+    ) -> AccessResult:
+        """One request the way a client of the server makes it: a read
+        (``getCacheLocation``: ``query`` match, hits refreshed), ``startWriteCache`` of
+        every key, ``finishWriteCache`` with every new block written (which refreshes
+        the keys it found held and, at ``reclaim_interval_ms`` 0, runs the reclaimer). A
+        refused write (a limit) writes nothing, as the server's client sees
+        ``REACH_MAX_ENTITY_CAPACITY``.
+
+        Example:
+            >>> from kvsim.core.clock import ManualClock
+            >>> m = CacheManager(ManualClock())
+            >>> m.create_group(GroupSpec("g", quota_blocks=3))
+            >>> _ = m.register_instance(InstanceSpec("i", "g"))
+            >>> [m.client_request("i", k).hit_blocks for k in ([1, 2], [1, 2, 3], [4], [1, 2])]
+            [0, 2, 0, 2]
+        """
+        ii, ispec = self._need_instance(instance_id)
+        gi = self._groups[ispec.group][0]
+        t = self.table.t
+        ev0 = int(t.g_evicted[gi])
+        k = _keys(keys)
+        hit = ihit = iread = 0
+        if read:
+            m = self.match(instance_id, k, query=query, mask=mask,
+                           slot_ok=None if self.storage.all_ok else self.storage.ok_mask)
+            hit = m.hit_blocks
+            if mask is not None:
+                iread = ihit = int(np.count_nonzero(mask))
+        if write and k.shape[0]:
+            try:
+                ws = self.start_write(instance_id, k, timeout_s=timeout_s)
+            except QuotaExceeded:
+                ws = None
+            if ws is not None:
+                self.finish_write(ws.session_id, np.ones(ws.new_keys.shape[0], dtype=bool))
+        return AccessResult(hit, ihit, iread, int(t.g_evicted[gi]) - ev0, int(t.i_blocks[ii]),
+                            int(t.g_used[gi]))
+
+    def run_combined(
+        self,
+        req_inst: np.ndarray,
+        ts: np.ndarray,
+        offsets: np.ndarray,
+        keys: np.ndarray,
+        mask: np.ndarray | None,
+        kind: np.ndarray,
+        start: int,
+        end: int,
+        outs: Sequence[np.ndarray],
+        *,
+        batch: bool = False,
+    ) -> None:
+        """Run requests ``[start, end)`` as the replay contract's combined request (the
+        batch kernel; the table grows as needed).
+
+        ``outs`` are six int64 arrays indexed by request: hit blocks, internal hits,
+        internal reads, the instance's cached blocks after it, the group's usage after
+        it and the blocks it evicted. At ``reclaim_interval_ms`` 0 every write evicts to
+        the watermark (the contract); at N > 0 a write evicts only to the hard quota and
+        the reclaimer runs at its due times between requests (:meth:`advance_to`; a
+        manual clock), its evictions counted in no request.
+        """
+        tbl = self.table
+        n_keys = np.diff(offsets[start:end + 1]) if end > start else np.zeros(0, np.int64)
+        max_len = int(n_keys.max()) if n_keys.shape[0] else 0
+        tmp_rows = np.zeros(max(1, max_len), dtype=np.int32)
+        tmp_new = np.zeros(max(1, max_len), dtype=bool)
+        has_mask = mask is not None
+        m = mask if mask is not None else np.zeros(0, dtype=bool)
+        iv = self.reclaim_interval_ms * 1_000_000
+        q = start
+        if end <= start:  # loads the kernel (callers time the replay without the compile)
+            self.kernels.replay_requests(tbl.t, self.events.arrays, req_inst, ts, offsets, keys, m,
+                              has_mask, kind, start, start, batch, True, outs[0], outs[1],
+                              outs[2], outs[3], outs[4], outs[5], tmp_rows, tmp_new)
+            return
+        while q < end:
+            stop = end
+            t = tbl.t
+            saved = None
+            if iv > 0:
+                self.advance_to(int(ts[q]))
+                nxt = (self.clock.now_ns() // iv + 1) * iv
+                stop = q + int(np.searchsorted(ts[q:end], nxt, side="left"))
+                saved = t.g_cap.copy()
+                t.g_cap[:] = t.g_quota  # writes keep the hard quota; the tick the watermark
+            try:
+                q2 = int(self.kernels.replay_requests(
+                    t, self.events.arrays, req_inst, ts, offsets, keys, m, has_mask, kind, q,
+                    stop, batch, True, outs[0], outs[1], outs[2], outs[3], outs[4], outs[5],
+                    tmp_rows, tmp_new))
+            finally:
+                if saved is not None:
+                    t.g_cap[:] = saved
+            if iv > 0 and q2 > q:
+                self.advance_to(int(ts[q2 - 1]))
+            if q2 < stop:
+                tbl.ensure_rows(tbl.rows + max_len)
+            q = q2
+
+    # ================================================================ views for adapters
+    def rows_slots(self, rows: np.ndarray) -> np.ndarray:
+        """The storage slot of each table row (-1 where the row is < 0)."""
+        r = np.asarray(rows, dtype=np.int64)
+        loc = self.table.t.loc[np.maximum(r, 0)].astype(np.int64)
+        return np.where(r >= 0, loc, -1)
+
+    def block_records(self, instance_id: str, keys: Sequence[int] | np.ndarray) -> BlockDump:
+        """The SERVING blocks of ``keys`` (absent ones skipped), as persistence saves them."""
+        k = _keys(keys)
+        rows = self.match(instance_id, k, query=QUERY_BATCH, touch=False).rows
+        sel = rows >= 0
+        r = rows[sel]
+        t = self.table.t
+        return BlockDump(instance_id=(instance_id,) * int(r.shape[0]), key=k[sel].copy(),
+                         state=t.state[r].copy(), t_write=t.t_write[r].copy(),
+                         t_access=t.t_access[r].copy(), access_count=t.acc[r].astype(np.int64),
+                         loc=t.loc[r].copy())
+
+    def recency(self, rows: np.ndarray) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+        """For table ``rows`` (e.g. those reads refreshed), per instance the SERVING ones'
+        ``(instance_id, keys, t_access, access_count)``."""
+        t = self.table.t
+        r = np.asarray(rows, dtype=np.int64)
+        r = r[t.state[r] == SERVING]
+        inst = t.inst[r]
+        out = []
+        for i in np.unique(inst).tolist():
+            sel = r[inst == i]
+            out.append((self._inst_names[i], t.key[sel].copy(), t.t_access[sel].copy(),
+                        t.acc[sel].astype(np.int64)))
+        return out
 
     # ================================================================ server triggers
     # Key-count and per-storage-type eviction (the server's max_key_count and
@@ -1123,8 +1708,7 @@ class CacheManager:
 
     def sessions(self) -> list[SessionInfo]:
         """Pending write sessions (for persistence and admin views)."""
-        return [SessionInfo(sid, self._inst_names[s.inst], s.keys.copy(), s.deadline_ns)
-                for sid, s in self._sessions.items()]
+        return [self._info(sid) for sid in self._sessions]
 
     def restore_session(
         self,
@@ -1134,18 +1718,26 @@ class CacheManager:
         session_id: int,
         deadline_ns: int,
         loc: int = 0,
+        request_keys: Sequence[int] | np.ndarray | None = None,
+        is_new: Sequence[bool] | np.ndarray | None = None,
+        tag: str = "",
     ) -> WriteStart:
         """Re-open a persisted write session: its keys become WRITING again under the
         same id and deadline (a past deadline expires at the next ``expire_sessions``).
 
+        ``request_keys``/``is_new`` (the start request's keys and which were new) are
+        kept when they agree with ``keys``; otherwise the request is ``keys``, all new.
+
         Raises:
-            DuplicateEntity: the session id is in use.
+            DuplicateEntity: the session id (or tag) is in use.
             QuotaExceeded: the group has no room for the blocks.
         """
         ii, ispec = self._need_instance(instance_id)
         sid = int(session_id)
         if sid in self._sessions:
             raise DuplicateEntity(f"write session {sid} exists")
+        if tag and tag in self._tags:
+            raise DuplicateEntity(f"write session tag {tag[:40]!r} is in use")
         k = _keys(keys)
         self.table.ensure_rows(k.shape[0])
         self.events.reserve(2 * k.shape[0] + 16)
@@ -1156,9 +1748,19 @@ class CacheManager:
                                     rows, isnew, gspec.delay_before_delete_ms == 0) < 0:
             raise QuotaExceeded(f"group {gspec.name!r}: no room to restore session {sid}")
         self.set_loc(rows[isnew], loc)
-        self._sessions[sid] = _Session(ii, rows[isnew].copy(), k[isnew].copy(), int(deadline_ns))
+        new_keys = k[isnew].copy()
+        rk = None if request_keys is None else _keys(request_keys)
+        rn = None if is_new is None else np.asarray(is_new, dtype=bool).reshape(-1)
+        if (rk is None or rn is None or rn.shape != rk.shape
+                or not np.array_equal(rk[rn], new_keys)):
+            rk, rn = new_keys.copy(), np.ones(new_keys.shape[0], dtype=bool)
+        self._sessions[sid] = _Session(ii, rows[isnew].copy(), new_keys, int(deadline_ns),
+                                       rk, rn, int(loc), tag)
+        self._next_deadline_ns = min(self._next_deadline_ns, int(deadline_ns))
+        if tag:
+            self._tags[tag] = sid
         self._next_sid = max(self._next_sid, sid + 1)
-        return WriteStart(sid, isnew, k[isnew].copy(), int(deadline_ns), "")
+        return WriteStart(sid, isnew, k[isnew].copy(), int(deadline_ns), "", int(loc), tag)
 
     def drain_events(self) -> list[Event]:
         """Recorded events since the last drain."""

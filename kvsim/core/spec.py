@@ -72,9 +72,10 @@ class GroupSpec:
     ``storage_type_quotas`` (``(storage type, bytes)`` pairs, KVCM's
     ``quota.quota_config``) and ``max_key_count`` (KVCM's
     ``cache_config.meta_indexer_config.max_key_count``, blocks WRITING or SERVING; 0 =
-    unlimited) are enforced by the server (:mod:`kvsim.server.service`): placement of
-    writes and reclaim triggers at the same ``used_percentage``. The core and the replay
-    carry them but do not enforce them (a replayed block has no storage).
+    unlimited) are enforced by the core (:class:`~kvsim.core.manager.CacheManager`):
+    placement of writes, ``max_key_count`` refusing a write, and reclaim triggers at the
+    same ``used_percentage``, for the server and for ``replay --flow client`` alike (the
+    contract's combined flow has no storages: it applies the group quota only).
     """
 
     name: str

@@ -61,8 +61,9 @@ def warm_up(policies: Iterable[str] = ("lru",), *, modes: Iterable[str] | None =
             clock.advance(1_000_000)
             keys = np.arange(base, base + 6, dtype=np.int64)
             ws = mgr.start_write(iid, keys, timeout_s=1.0)
-            mgr.set_loc(mgr._sessions[ws.session_id].rows, base % 2)
             mgr.finish_write(ws.session_id, np.ones(ws.new_keys.shape[0], dtype=bool))
+            rows = mgr.match(iid, keys, query=QUERY_BATCH, touch=False).rows
+            mgr.set_loc(rows[rows >= 0], base % 2)
             mask = np.zeros(keys.shape[0], dtype=bool)
             mask[0] = True
             for query in (QUERY_PREFIX, QUERY_BATCH, QUERY_SW):
@@ -79,6 +80,8 @@ def warm_up(policies: Iterable[str] = ("lru",), *, modes: Iterable[str] | None =
         mgr.evict_on_slots(name, on1, 1,
                            np.ones(mgr.instance_index(iid) + 1, dtype=np.int64))
         mgr.reap()
+        mgr.count_new(iid, np.arange(0, 8, dtype=np.int64))  # placement's room check
+        mgr.tick()
         mgr.remove(iid, np.arange(0, 4, dtype=np.int64))
         mgr.trim(iid, begin_ns=0, end_ns=clock.now_ns() // 2)
         mgr.trim(iid)

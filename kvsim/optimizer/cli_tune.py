@@ -63,11 +63,11 @@ def _cost_model(model: str | None, prices: tuple[str, ...], default_tier: str,
 @click.option("--used-low", type=click.FloatRange(0, 1, min_open=True), default=0.8,
               show_default=True, help="Lowest used_percentage tried (1 = not searched).")
 @click.option("--trials", type=click.IntRange(min=1), default=30, show_default=True)
-@click.option("--flow", type=click.Choice(["combined", "server"]), default="combined",
-              show_default=True,
-              help="combined: the replay contract's read+write request; server: a read then "
-                   "a write per request, as clients of `kvsim serve` do (predicts the live "
-                   "server for every policy).")
+@click.option("--flow", type=click.Choice(["combined", "client", "server"]),
+              default="combined", show_default=True,
+              help="combined: the replay contract's read+write request; client (old name: "
+                   "server): a read then a write per request, as clients of `kvsim serve` "
+                   "do, every server rule applied (predicts the live server).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--steps", type=click.IntRange(min=1), default=4, show_default=True,
               help="Intermediate hit-rate reports per trial (for the pruner).")

@@ -13,8 +13,8 @@ Search space (built from the config and the policies' parameter metadata):
   scale, ``[1, 1024]``) when the mode is a rough one. One policy, watermark and mode
   apply to every group of a trial.
 
-Each trial is a replay through the core (:func:`replay_steps`, the loop of
-:func:`kvsim.sim.replay.replay` cut into ``steps`` pieces) that reports the running
+Each trial is a replay through the core (:func:`kvsim.sim.replay.replay` cut into
+``steps`` pieces, in the spec's request flow) that reports the running
 value after each piece, so a :class:`optuna.pruners.MedianPruner` stops poor trials
 (single objectives only). Objectives: ``hit-rate`` (maximise the token hit rate),
 ``cost`` (minimise :meth:`~kvsim.optimizer.cost.CostModel.net_cost` summed over
@@ -47,12 +47,11 @@ import numpy as np
 from kvsim.config import KVSimConfig, atomic_write_text
 from kvsim.core.spec import EvictionSpec
 from kvsim.optimizer.cost import CostModel
-from kvsim.trace.model import KIND_WRITE, Trace
+from kvsim.trace.model import Trace
 
 if TYPE_CHECKING:
     import optuna
 
-    from kvsim.sim.replay import ReplayResult
 
 __all__ = [
     "OBJECTIVES",
@@ -62,7 +61,6 @@ __all__ = [
     "create_study",
     "evaluate",
     "open_storage",
-    "replay_steps",
     "run_study",
     "trial_config",
 ]
@@ -93,10 +91,9 @@ class TuneSpec:
         storage: an RDB URL, or None for a journal file in the output directory.
         workers: local worker processes.
         flow: how requests reach the cache in a trial: ``combined`` (the replay
-            contract's read+write request, fast) or ``server`` (the calls a client of
-            ``kvsim serve`` makes, through the same manager calls as the server: predicts
-            the live server for every policy, not only ``lru``; see
-            :func:`kvsim.sim.server_flow.replay_server_flow`).
+            contract's read+write request, fast) or ``client`` (the calls a client of
+            ``kvsim serve`` makes, through the manager calls the server makes: predicts
+            the live server for every policy and limit; ``server`` is an old name for it).
     """
 
     budget: int
@@ -129,8 +126,10 @@ class TuneSpec:
         badm = [m for m in self.modes if m not in EVICTION_MODES]
         if badm or not self.modes:
             raise ValueError(f"unknown modes {badm}; known: {', '.join(EVICTION_MODES)}")
-        if self.flow not in ("combined", "server"):
-            raise ValueError(f"flow must be 'combined' or 'server', got {self.flow!r}")
+        if self.flow == "server":  # the old name of the client flow
+            object.__setattr__(self, "flow", "client")
+        if self.flow not in ("combined", "client"):
+            raise ValueError(f"flow must be 'combined' or 'client', got {self.flow!r}")
         if not 0.0 < self.used_low <= 1.0:
             raise ValueError(f"used_low must be in (0, 1], got {self.used_low}")
         if self.budget < 1 or self.trials < 1 or self.steps < 1 or self.workers < 1:
@@ -261,69 +260,6 @@ def warm_start_params(spec: TuneSpec, split_quotas: Sequence[int],
     return p
 
 
-# ----------------------------------------------------------------------------- replay
-def replay_steps(trace: Trace, config: KVSimConfig, steps: int,
-                 on_step: Callable[[int, int, int, int], None] | None = None) -> ReplayResult:
-    """:func:`kvsim.sim.replay.replay` in ``steps`` pieces of about equal requests.
-
-    After piece ``s`` (0-based) ``on_step(s, done_requests, hit_tokens, input_tokens)``
-    is called with the running totals; it may raise (e.g. ``optuna.TrialPruned``) to
-    stop. The result equals :func:`~kvsim.sim.replay.replay`'s (same kernel, same state;
-    only the pieces differ).
-
-    Example:
-        >>> from kvsim.sim.replay import replay
-        >>> t = Trace.from_lists(ts_ns=[0, 1, 2], keys=[[1, 2], [1, 2, 3], [4]])
-        >>> cfg = KVSimConfig.single_cache(capacity_blocks=3)
-        >>> seen = []
-        >>> r = replay_steps(t, cfg, 3, lambda s, d, h, i: seen.append((s, d, h)))
-        >>> seen, r.hit_blocks.tolist() == replay(t, cfg).hit_blocks.tolist()
-        ([(0, 1, 0), (1, 2, 1024), (2, 3, 1024)], True)
-    """
-    from kvsim.sim.replay import ReplayResult, build_manager
-
-    n = trace.n_requests
-    counts = trace.key_counts()
-    max_len = int(counts.max()) if n else 0
-    caps = [g.quota_units() for g in config.groups]
-    bounded = all(c > 0 for c in caps) and all(g.unit == "blocks" for g in config.groups)
-    rows = min(trace.n_keys, sum(caps) + 2 * max_len) if bounded else trace.n_keys
-    mgr, core_idx, group_of = build_manager(trace, config, rows=max(rows, 16) + 16)
-    table = mgr.table
-    req_inst = core_idx[trace.instance]
-    has_mask = trace.mask is not None
-    mask = trace.mask if trace.mask is not None else np.zeros(0, dtype=bool)
-    outs = [np.zeros(n, dtype=np.int64) for _ in range(6)]
-    tmp_rows = np.zeros(max(1, max_len), dtype=np.int32)
-    tmp_new = np.zeros(max(1, max_len), dtype=bool)
-    batch = config.replay.match == "batch"
-    reads = trace.kind != KIND_WRITE
-    input_tokens = np.where(reads, trace.input_len, 0)
-    t0 = time.perf_counter()
-    q = 0
-    ends = np.unique(np.linspace(0, n, steps + 1).round().astype(np.int64))[1:]
-    for s, end in enumerate(ends):
-        while q < end:
-            q = mgr.kernels.replay_requests(
-                table.t, mgr.events.arrays, req_inst, trace.ts_ns, trace.offsets, trace.keys,
-                mask, has_mask, trace.kind, q, int(end), batch, True,
-                outs[0], outs[1], outs[2], outs[3], outs[4], outs[5], tmp_rows, tmp_new,
-            )
-            if q < end:
-                table.ensure_rows(table.rows + max_len)
-        if on_step is not None:
-            hit = np.minimum(outs[0][:q] * trace.block_size, input_tokens[:q])
-            on_step(s, int(q), int(hit.sum()), int(input_tokens[:q].sum()))
-    g0 = config.groups[0]
-    return ReplayResult(
-        label=f"{g0.eviction.policy}@{g0.capacity_units() or 'inf'}", trace=trace,
-        config=config, group_of_instance=group_of, hit_blocks=outs[0],
-        internal_hits=outs[1], internal_reads=outs[2], cached_blocks=outs[3],
-        group_used=outs[4], evicted=outs[5], elapsed_s=time.perf_counter() - t0,
-        capacity_units={g.name: g.capacity_units() for g in config.groups},
-    )
-
-
 def _duration_s(trace: Trace) -> float:
     return (int(trace.ts_ns[-1]) - int(trace.ts_ns[0])) / 1e9 if trace.n_requests else 0.0
 
@@ -361,12 +297,9 @@ def evaluate(spec: TuneSpec, trace: Trace, config: KVSimConfig,
         if trial.should_prune():
             raise optuna.TrialPruned()
 
-    if spec.flow == "server":
-        from kvsim.sim.server_flow import replay_server_flow
+    from kvsim.sim.replay import replay
 
-        r = replay_server_flow(trace, config, spec.steps, on_step)
-    else:
-        r = replay_steps(trace, config, spec.steps, on_step)
+    r = replay(trace, config, flow=spec.flow, steps=spec.steps, on_step=on_step)
     s = r.summary()
     out: dict[str, Any] = {
         "token_hit_rate": float(s["token_hit_rate"]), "hit_tokens": int(s["hit_tokens"]),

@@ -247,6 +247,7 @@ def start_server(
     debug_http_port: int | None = None,
     event_format: str = "kvsim",
     advisor_sample_rate: float | None = None,
+    manual_clock: bool = False,
 ) -> ServerHandle:
     """Start the meta and admin listeners in background threads.
 
@@ -264,6 +265,9 @@ def start_server(
             else the documented default).
         clock: time source (default: monotonic).
         tick_seconds: background tick period (default ``config.server.tick_seconds``).
+        manual_clock: time moves only by the admin call ``setClock`` (a
+            :class:`~kvsim.core.clock.ManualClock` at 0 unless ``clock`` is given); the
+            reclaimer then runs in that time (``kvsim drive --clock trace``).
         event_log: write the event log (default ``config.server.event_log``).
         state: the state store URL, ``sqlite`` or ``none`` (default
             ``config.server.state``, else ``none`` when no config is given).
@@ -299,8 +303,12 @@ def start_server(
     if node_id is None:
         node_id = new_node_id()
     store, elector = open_state(state, leader, lease_ms, Path(data_dir), node_id)
+    if manual_clock and clock is None:
+        from kvsim.core.clock import ManualClock
+
+        clock = ManualClock(0)
     service = Service(
-        config, data_dir=data_dir, clock=clock,
+        config, data_dir=data_dir, clock=clock, manual_clock=manual_clock,
         admin_user=opts.admin_user if opts is not None else "admin",
         admin_password=admin_password,
         event_log=event_log if event_log is not None else (opts.event_log if opts else True),

@@ -65,7 +65,7 @@ def note_read(svc: Service, group: str, iid: str, keys: np.ndarray, mask: np.nda
     have hit with every storage usable (a second match that touches nothing)."""
     assert svc.advisor is not None
     unusable = 0
-    if not svc._all_ok and hit_blocks < keys.shape[0]:
+    if not svc.mgr.storage.all_ok and hit_blocks < keys.shape[0]:
         res = svc.mgr.match(iid, keys, query=QUERY_PREFIX, mask=mask, touch=False)
         unusable = max(0, int(res.hit_blocks) - int(hit_blocks))
     svc.advisor.note_read(group, iid, keys, mask, int(hit_blocks), unusable,
@@ -78,7 +78,7 @@ def note_write(svc: Service, ses: Any, held: np.ndarray, ok: np.ndarray) -> None
     group = svc.mgr.instance(ses.instance_id).group
     if held.shape[0]:
         svc.advisor.note_write(group, ses.instance_id, held, svc.clock.now_ns())
-    failed = ses.keys[ses.is_new][~ok]
+    failed = ses.keys[~ok]
     if failed.shape[0]:
         svc.advisor.note_failed(group, ses.instance_id, failed)
 
@@ -148,21 +148,21 @@ def capacity_advice(svc: Service, body: dict[str, Any]) -> dict[str, Any]:
         if u is not None:
             g["quota"] = u.quota
             g["unit"] = u.unit
-    inst_bytes = svc._inst_bytes()
-    on_slot = svc._held_bytes(None, inst_bytes) if svc._storage_idx else None
+    reg = svc.mgr.storage
+    on_slot = svc.mgr.held_bytes()
     out["usage"] = {
         "groups": [{"name": u.name, "unit": u.unit, "used": u.used, "quota": u.quota,
                     "capacity": u.capacity, "serving_blocks": u.serving_blocks,
                     "pending_blocks": u.pending_blocks, "evicted_blocks": u.evicted_blocks}
                    for u in units.values()],
         "storages": [{"name": st.name, "type": st.type,
-                      "used_bytes": int(on_slot[svc._storage_idx[st.name]])
-                      if on_slot is not None and st.name in svc._storage_idx else 0,
+                      "used_bytes": int(on_slot[reg.slot(st.name)]) if reg.slot(st.name)
+                      else 0,
                       "capacity_bytes": st.capacity_bytes, "available": st.available,
-                      "healthy": st.name not in svc._health}
+                      "healthy": reg.health(st.name) is None}
                      for st in sorted(svc.mgr.storages(), key=lambda s: s.name)],
     }
-    out["evictions"] = dict(sorted(svc.evicted_by_trigger.items()))
+    out["evictions"] = dict(sorted(svc.mgr.evicted_by_trigger.items()))
     if (W.get_str(body, "bound") or "") == "belady":
         _belady_headroom(svc, out)
     return {"advice": out}

@@ -80,6 +80,11 @@ __all__ = ["serve_cmd"]
 @click.option("--debug-http-port", type=click.IntRange(-1, 65535), default=None,
               help="Debug service (fault injection) HTTP port [default: meta HTTP port + "
                    "3000, as KVCM]; -1 = none. Same credential as the admin calls.")
+@click.option("--clock", "clock_kind", type=click.Choice(["wall", "manual"]), default="wall",
+              show_default=True,
+              help="manual: time moves only by the admin call setClock {now_ns} (the "
+                   "reclaimer runs in that time), so `kvsim drive --clock trace` replays "
+                   "deterministically. For tests and parity checks, never production.")
 def serve_cmd(config_path: Path | None, host: str | None, http_port: int | None,
               admin_http_port: int | None, grpc_port: int | None,
               admin_grpc_port: int | None, no_grpc: bool, data_dir: Path | None,
@@ -88,7 +93,7 @@ def serve_cmd(config_path: Path | None, host: str | None, http_port: int | None,
               storage_probe_seconds: float | None, access_log: bool, admin_auth: str,
               allow_unauthenticated_admin: bool, event_format: str,
               debug_http_port: int | None,
-              advisor_sample_rate: float | None) -> None:
+              advisor_sample_rate: float | None, clock_kind: str = "wall") -> None:
     """Serve the KV-cache manager API (Tair KVCM compatible) over HTTP and gRPC.
 
     \b
@@ -173,6 +178,7 @@ def serve_cmd(config_path: Path | None, host: str | None, http_port: int | None,
             admin_auth=admin_auth, debug_http_port=debug_http_port,
             event_format=event_format,
             advisor_sample_rate=advisor_sample_rate,
+            manual_clock=clock_kind == "manual",
         )
     except RuntimeError as e:
         raise click.ClickException(str(e)) from None

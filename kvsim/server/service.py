@@ -80,7 +80,6 @@ from kvsim.core.errors import (
     InvalidArgument,
     KVSimError,
     NotFound,
-    QuotaExceeded,
 )
 from kvsim.core.events import EV_EVICTED, EV_REMOVED
 from kvsim.core.manager import (
@@ -90,6 +89,7 @@ from kvsim.core.manager import (
     QUERY_SW,
     STORAGE_SLOTS,
     CacheManager,
+    TickReport,
 )
 from kvsim.core.policies import POLICIES
 from kvsim.core.spec import (
@@ -100,7 +100,6 @@ from kvsim.core.spec import (
     LocationSpec,
     StorageSpec,
 )
-from kvsim.core.table import SERVING
 from kvsim.server import capacity
 from kvsim.server import wire as W
 from kvsim.server.auth import Account, Accounts, AuthGuard
@@ -162,15 +161,6 @@ class Unsupported(KVSimError):
     """A call kvsim does not implement."""
 
     code = "UNSUPPORTED"
-
-
-@dataclass
-class _Session:
-    instance_id: str
-    keys: np.ndarray  # every key of the startWriteCache request
-    is_new: np.ndarray
-    deadline_ns: int
-    token: str = ""  # the wire write_session_id (random; the core's id never leaves)
 
 
 class _Later:
@@ -248,6 +238,10 @@ class Service:
             ``config.server.event_log_max_bytes``).
         advisor_sample_rate: run the capacity advisor (:mod:`kvsim.server.advisor`) at
             this key sampling rate (1 = exact); 0 = no advisor.
+        manual_clock: ``clock`` is a manual clock moved only by :meth:`set_clock` (the
+            admin call ``setClock``): the reclaimer then runs at its due times in that
+            clock (``config.reclaim.interval_ms``), never on the timer, so a driven
+            run is deterministic.
     """
 
     _read_rows: np.ndarray  # table rows read since the last recency flush
@@ -271,6 +265,7 @@ class Service:
         limits: ServerLimits | None = None,
         event_log_max_bytes: int | None = None,
         advisor_sample_rate: float = 0.0,
+        manual_clock: bool = False,
     ) -> None:
         opts = config.server if config is not None else None
         self.limits = limits if limits is not None else (
@@ -279,6 +274,9 @@ class Service:
             tempfile.mkdtemp(prefix="kvsim-serve-"))
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.clock: Clock = clock if clock is not None else MonotonicClock()
+        if manual_clock and not hasattr(self.clock, "set"):
+            raise ValueError("manual_clock needs a settable clock (ManualClock)")
+        self.manual_clock = manual_clock
         self.store = store
         self.elector = elector
         self._batch = StoreBatch()
@@ -314,16 +312,13 @@ class Service:
         self.latency: dict[tuple[str, str], list[Any]] = {}
         self.reclaimed_blocks = 0
         self.expired_sessions = 0
-        # blocks evicted per trigger: the tick's quota / max_key_count / storage_type and
-        # the write-time write_storage_type / write_storage_capacity
-        self.evicted_by_trigger: dict[str, int] = {}
         self.probe_interval_ns = int(max(0.0, storage_probe_seconds) * 1e9)
         self._probe_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.advisor = capacity.make_advisor(advisor_sample_rate)
-        self._reset_registry()
         self._config = config if config is not None else default_config(self.data_dir)
+        self._reset_registry()
         if self.store is None or not self._load_store():
             self._load_config(self._config)
             if self.store is not None:
@@ -365,6 +360,7 @@ class Service:
             "checkHealth": self._check_health,
             "getManagerClusterInfo": self._cluster_info,
             "leaderDemote": self._leader_demote,
+            "setClock": self._set_clock,
             **capacity.admin_calls(self),
         }
         self._debug: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {}
@@ -497,68 +493,105 @@ class Service:
 
     # ================================================================ lifecycle
     def tick(self) -> dict[str, int]:
-        """The background reclaimer: expire overdue write sessions, reclaim, reap delayed
-        deletions, probe storages when due and flush the event log.
+        """The background timer: probe storages when due, run the core's reclaimer
+        (:meth:`~kvsim.core.manager.CacheManager.tick`: expire overdue write sessions,
+        every reclaim trigger, reap delayed deletions; each trigger reported as a
+        ``CacheReclaimSubmit`` event naming it), flush the event log.
 
-        Reclaim triggers, each down to its limit x the group's ``used_percentage``, each
-        reported as a ``CacheReclaimSubmit`` event naming its ``trigger``:
-
-        * ``quota``: the group's usage (its unit) passed ``quota x used_percentage``;
-          evicts in the group's eviction order and mode.
-        * ``max_key_count``: the group's keys (blocks WRITING or SERVING) passed
-          ``max_key_count x used_percentage``; evicts that many blocks in the group's
-          order and mode (never more in the precise modes).
-        * ``storage_type``: the bytes of the group's blocks on storages of one type
-          passed that type's ``quota_config`` capacity x ``used_percentage``; evicts only
-          blocks on that type, in the policy's rank order
-          (:meth:`~kvsim.core.manager.CacheManager.evict_on_slots`).
-        * ``storage_capacity``: every group's bytes on one storage passed its
-          ``capacity_bytes`` (no watermark: storages have none); each group with blocks
-          there gives back its share of the excess, in its policy's rank order.
-
-        DELETING blocks count as freed. Returns what was done (nothing on a follower).
+        On a manual clock (``kvsim serve --clock manual``) the reclaimer runs only as
+        the clock moves (``setClock``), so a driven run is deterministic; the timer does
+        the rest. Returns what was done (nothing on a follower).
         """
         if self.elector is not None and not self.elector.is_leader:
             return {"expired": 0, "reclaimed": 0, "reaped": 0}
         if self.probe_interval_ns > 0 and self.clock.now_ns() >= self._next_probe_ns:
             self.probe_storages()
-        with self._lock:
-            now = self.clock.now_ns()
-            overdue = [sid for sid, s in self._sessions.items() if s.deadline_ns <= now]
-            expired = self.mgr.expire_sessions()
-            for sid in overdue:
-                ses = self._sessions.pop(sid)
-                self._tokens.pop(ses.token, None)
-                if self.advisor is not None:
-                    capacity.note_failed(self, ses.instance_id, ses.keys[ses.is_new])
-                self._emit("FinishWriteCache", ses.instance_id, write_session_id=ses.token,
-                           block_keys=[], success_count=0, expired=True)
-            self.expired_sessions += expired
-            reclaimed = 0
-            for u in self.mgr.usage():
-                if u.quota > 0 and u.used > u.capacity:
-                    n = self.mgr.reclaim(u.name)
-                    reclaimed += n
-                    self._count_evicted("quota", n)
-                    self._emit("CacheReclaimSubmit", u.name, group=u.name, trigger="quota",
-                               blocks=n, used=u.used, capacity=u.capacity)
-            reclaimed += self._reclaim_keys_and_types()
-            self.reclaimed_blocks += reclaimed
-            reaped = self.mgr.reap()
-            for sid in overdue:
-                self._batch.close_session(sid)
-            self._save()
+        out = {"expired": 0, "reclaimed": 0, "reaped": 0}
+        if not self.manual_clock:
+            with self._lock:
+                self._note_tick(self.mgr.tick(), out)
+                self._save()
         self._flush_recency()
         if self.events is not None:
             self.events.flush()
         if self.advisor is not None:
             capacity.process(self)
-        return {"expired": expired, "reclaimed": reclaimed, "reaped": reaped}
+        return out
+
+    def set_clock(self, now_ns: int) -> dict[str, int]:
+        """Move a manual clock to ``now_ns`` (never back), running the reclaimer at each
+        due time on the way (the core's :meth:`~kvsim.core.manager.CacheManager.advance_to`);
+        returns what it did."""
+        if not self.manual_clock:
+            raise Unsupported("setClock: this server runs on the wall clock (start it "
+                              "with --clock manual)")
+        out = {"expired": 0, "reclaimed": 0, "reaped": 0}
+        with self._lock:
+            for rep in self.mgr.advance_to(int(now_ns)):
+                self._note_tick(rep, out)
+            self._save()
+        return out
+
+    def _set_clock(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Admin ``setClock`` (``kvsim serve --clock manual`` only): ``now_ns``."""
+        now = W.get_int(body, "now_ns", -1, low=0, high=2**62)
+        if now < 0:
+            raise W.WireError("now_ns: required (the manual clock's new time, ns)")
+        # the caller already holds the service lock: advance in place
+        if not self.manual_clock:
+            raise Unsupported("setClock: this server runs on the wall clock (start it "
+                              "with --clock manual)")
+        out = {"expired": 0, "reclaimed": 0, "reaped": 0}
+        for r in self.mgr.advance_to(now):
+            self._note_tick(r, out)
+        return out | {"now_ns": self.clock.now_ns()}
+
+    def _note_tick(self, rep: TickReport, out: dict[str, int] | None = None) -> None:
+        """Events, counters and store records of one reclaimer run (under the lock)."""
+        for ses in rep.expired:
+            if self.advisor is not None:
+                capacity.note_failed(self, ses.instance_id, ses.keys)
+            self._emit("FinishWriteCache", ses.instance_id, write_session_id=ses.tag,
+                       block_keys=[], success_count=0, expired=True)
+            if self.store is not None:
+                self._batch.close_session(ses.session_id)
+        for r in rep.reclaims:
+            if r.trigger == "storage_capacity":
+                self._emit("CacheReclaimSubmit", r.storage, storage=r.storage,
+                           trigger=r.trigger, blocks=r.blocks, freed_bytes=r.freed,
+                           used=r.used, capacity=r.capacity)
+            elif r.trigger == "storage_type":
+                self._emit("CacheReclaimSubmit", r.group, group=r.group, trigger=r.trigger,
+                           storage_type=W.TYPE_ENUM.get(r.storage_type, r.storage_type),
+                           blocks=r.blocks, freed_bytes=r.freed, used=r.used,
+                           capacity=r.capacity, quota=r.limit)
+            elif r.trigger == "max_key_count":
+                self._emit("CacheReclaimSubmit", r.group, group=r.group, trigger=r.trigger,
+                           blocks=r.blocks, used=r.used, capacity=r.capacity,
+                           max_key_count=r.limit)
+            else:
+                self._emit("CacheReclaimSubmit", r.group, group=r.group, trigger=r.trigger,
+                           blocks=r.blocks, used=r.used, capacity=r.capacity)
+        self.expired_sessions += len(rep.expired)
+        self.reclaimed_blocks += rep.reclaimed
+        if out is not None:
+            out["expired"] += len(rep.expired)
+            out["reclaimed"] += rep.reclaimed
+            out["reaped"] += rep.reaped
+
+    @property
+    def evicted_by_trigger(self) -> dict[str, int]:
+        """Blocks evicted per reclaim trigger (the core's counters)."""
+        return dict(self.mgr.evicted_by_trigger)
 
     def start_background(self, interval_s: float = 0.5) -> None:
-        """Run :meth:`tick` every ``interval_s`` seconds on a daemon thread."""
+        """Run :meth:`tick` on a daemon thread: every ``reclaim.interval_ms`` of wall time
+        (the reclaimer's cadence) when the config sets one, else every ``interval_s``
+        seconds (the writes keep the watermark themselves then)."""
         if self._thread is not None:
             return
+        if self.mgr.reclaim_interval_ms > 0:
+            interval_s = self.mgr.reclaim_interval_ms / 1000
         self._stop.clear()
 
         def loop() -> None:
@@ -606,7 +639,7 @@ class Service:
             return
         rows = np.concatenate(self._read_log)
         self._read_log.clear()
-        n = self.mgr.table.t.key.shape[0]
+        n = self.mgr.table.rows
         if self._read_rows.shape[0] < n:
             grown = np.zeros(n, dtype=bool)
             grown[: self._read_rows.shape[0]] = self._read_rows
@@ -634,44 +667,32 @@ class Service:
             if not rows.shape[0]:
                 return 0
             marked[rows] = False
-            t = self.mgr.table.t
-            rows = rows[t.state[rows] == SERVING]
-            inst = t.inst[rows]
-            parts = []
-            for i in np.unique(inst).tolist():
-                sel = rows[inst == i]
-                parts.append((self.mgr.instance_name(i), t.key[sel].copy(),
-                              t.t_access[sel].copy(), t.acc[sel].astype(np.int64)))
+            parts = self.mgr.recency(rows)
         try:
             for name, keys, ta, acc in parts:
                 self.store.write_recency(name, keys, ta, acc)
         except Exception:
             self.store_errors += 1
             log.exception("state store: recency write failed")
-        return int(rows.shape[0])
+        return sum(int(k.shape[0]) for _, k, _, _ in parts)
 
     # ================================================================ registry state
     def _reset_registry(self) -> None:
         # per-block events feed the state store (evictions and removals)
         self.mgr = CacheManager(self.clock, rows=1 << 14,
                                 event_level=2 if self.store is not None else 0,
-                                slot_counts=True)
+                                slot_counts=True,
+                                reclaim_interval_ms=self._config.reclaim.interval_ms)
         self._storage_cfg: dict[str, dict[str, Any]] = {}
-        self._storage_idx: dict[str, int] = {}
-        self._storage_slots: list[StorageSpec | None] = [None]  # index 0 = unknown
         self._loc_gen = getattr(self, "_loc_gen", 0) + 1  # drops cached locations
         self._group_cfg: dict[str, dict[str, Any]] = {}
         self._inst: dict[str, _Instance] = {}
-        self._sessions: dict[int, _Session] = {}  # by the core's session id
-        self._tokens: dict[str, int] = {}  # wire write_session_id -> core session id
         self._read_rows = np.zeros(0, dtype=bool)  # rows read since the last recency flush
         self._read_log: list[np.ndarray] = []  # reads' hit rows not yet in _read_rows
         self._encoder = None  # per call (see call)
-        # storage health (runtime only: every storage starts healthy and is re-probed)
-        self._health: dict[str, str] = {}  # unhealthy storage -> the failed probe's reason
+        # storage health is runtime state (the core's registry): every storage starts
+        # healthy and is re-probed
         self._next_probe_ns = 0
-        self._slot_ok = np.ones(STORAGE_SLOTS, dtype=bool)
-        self._all_ok = True
 
     def _load_config(self, config: KVSimConfig) -> None:
         for st in config.storages:
@@ -683,7 +704,6 @@ class Service:
             self._check_sized(self.mgr.group(s.group), [s], f"instances: {s.instance_id!r}")
             self.mgr.register_instance(s)
             self._inst[s.instance_id] = self._instance_record(s, {}, [])
-        self._refresh_usable()
 
     def _persist(self, op: str, payload: dict[str, Any]) -> None:
         if self._restoring:
@@ -764,7 +784,7 @@ class Service:
             # the registry is small and changes rarely: its journal is one snapshot
             snap = self.snapshot()
             snap["storage_slots"] = [st.name if st is not None else None
-                                     for st in self._storage_slots]
+                                     for st in self.mgr.storage.slot_specs()]
             b.set_registry("snapshot", snap)
         self._batch = StoreBatch()
         self._registry_dirty = False
@@ -781,11 +801,7 @@ class Service:
         self._restoring = True
         try:
             self._apply_snapshot(snap)
-            old_slots = snap.get("storage_slots") or []
-            remap = np.zeros(max(1, len(old_slots)), dtype=np.int64)
-            for i, name in enumerate(old_slots):
-                if name is not None:
-                    remap[i] = self._storage_idx.get(name, 0)
+            remap = self.mgr.storage.restore_slots(snap.get("storage_slots") or [])
             known = {s.instance_id for s in self.mgr.instances()}
             recs = [r for r in self.store.load_blocks() if r.instance_id in known]
             # size the block table once (not by doubling as chunks are restored)
@@ -800,24 +816,22 @@ class Service:
                 if ses.instance_id not in known:
                     continue
                 sloc = int(remap[ses.loc]) if 0 <= ses.loc < remap.shape[0] else 0
-                ws = self.mgr.restore_session(ses.instance_id, ses.keys,
-                                              session_id=ses.session_id,
-                                              deadline_ns=ses.deadline_ns, loc=sloc)
-                keys = np.asarray(ses.extra.get("keys", ses.keys.tolist()), dtype=np.int64)
-                is_new = np.asarray(ses.extra.get("is_new", [True] * len(keys)), dtype=bool)
-                if is_new.shape != keys.shape or int(is_new.sum()) != ws.new_keys.shape[0]:
-                    keys, is_new = ws.new_keys, np.ones(ws.new_keys.shape[0], dtype=bool)
                 token = ses.extra.get("token")
                 if not isinstance(token, str) or not token:
                     token = str(ses.session_id)  # saved before session ids were random
-                self._sessions[ses.session_id] = _Session(ses.instance_id, keys, is_new,
-                                                          ses.deadline_ns, token)
-                self._tokens[token] = ses.session_id
+                self.mgr.restore_session(
+                    ses.instance_id, ses.keys, session_id=ses.session_id,
+                    deadline_ns=ses.deadline_ns, loc=sloc,
+                    request_keys=np.asarray(ses.extra.get("keys", ses.keys.tolist()),
+                                            dtype=np.int64),
+                    is_new=np.asarray(ses.extra.get("is_new", [True] * len(ses.keys)),
+                                      dtype=bool),
+                    tag=token)
             self.mgr.events.clear()  # restoring is not a change to save
         finally:
             self._restoring = False
         log.info("state restored from %s: %d blocks, %d write sessions", self.store.url,
-                 sum(u.serving_blocks for u in self.mgr.usage()), len(self._sessions))
+                 sum(u.serving_blocks for u in self.mgr.usage()), self.mgr.pending_sessions())
         return True
 
     def reload(self) -> None:
@@ -839,39 +853,9 @@ class Service:
                                 "trigger_time_us": self.clock.now_ns() // 1000, **fields})
 
     # ------------------------------------------------------------ storage rules
-    # Usability (admin enable AND probe health), per-storage-type quotas and
-    # max_key_count: placement of writes, write-time room and the tick's triggers.
-    def _usable(self, name: str) -> bool:
-        """A storage takes writes and serves reads: enabled by the admin and healthy."""
-        st = next((s for s in self.mgr.storages() if s.name == name), None)
-        return st is not None and st.available and name not in self._health
-
-    def _refresh_usable(self) -> None:
-        """Recompute the per-slot usability mask the reads filter with."""
-        avail = {s.name: s.available for s in self.mgr.storages()}
-        ok = np.ones(STORAGE_SLOTS, dtype=bool)
-        for i, st in enumerate(self._storage_slots):
-            # a removed storage keeps its last state (its blocks stay readable, as before)
-            if st is not None and (not avail.get(st.name, True) or st.name in self._health):
-                ok[i] = False
-        self._slot_ok = ok
-        self._all_ok = bool(ok.all())
-
-    def _type_slots(self, stype: str) -> np.ndarray:
-        """Bool per storage slot: the slot's storage is of type ``stype``."""
-        m = np.zeros(STORAGE_SLOTS, dtype=bool)
-        for i, st in enumerate(self._storage_slots):
-            if st is not None and st.type == stype:
-                m[i] = True
-        return m
-
-    def _inst_bytes(self) -> np.ndarray:
-        """Bytes of one block per instance index (what type quotas count)."""
-        w = np.zeros(max(1, self.mgr.table.t.i_group.shape[0]), dtype=np.int64)
-        for spec in self.mgr.instances():
-            w[self.mgr.instance_index(spec.instance_id)] = spec.block_bytes
-        return w
-
+    # Every cache rule (usability, placement, per-type quotas, storage capacity,
+    # max_key_count, the reclaim triggers) lives in the core (CacheManager); the
+    # service checks only what the wire needs before it reaches the core.
     def _check_sized(self, g: GroupSpec, specs: list[InstanceSpec], where: str) -> None:
         """Per-storage-type quotas count bytes: the group's instances need block sizes."""
         if not g.storage_type_quotas:
@@ -882,217 +866,6 @@ class Service:
                     f"{where}: instance {spec.instance_id!r} has no location_spec_infos "
                     f"sizes, but group {g.name!r} has per-storage-type quotas "
                     "(quota.quota_config, bytes)")
-
-    def _count_evicted(self, trigger: str, n: int) -> None:
-        if n:
-            self.evicted_by_trigger[trigger] = self.evicted_by_trigger.get(trigger, 0) + n
-
-    def _reclaim_keys_and_types(self) -> int:
-        """The tick's ``max_key_count`` and ``storage_type`` triggers (see :meth:`tick`)."""
-        total = 0
-        for g in self.mgr.groups():
-            if g.max_key_count > 0:
-                held, _ = self.mgr.key_count(g.name)
-                target = int(g.max_key_count * g.used_percentage)
-                if held > target:
-                    n = self.mgr.evict_blocks(g.name, held - target)
-                    total += n
-                    self._count_evicted("max_key_count", n)
-                    self._emit("CacheReclaimSubmit", g.name, group=g.name,
-                               trigger="max_key_count", blocks=n, used=held, capacity=target,
-                               max_key_count=g.max_key_count)
-            if g.storage_type_quotas:
-                weights = self._inst_bytes()
-                used_slots, _ = self.mgr.slot_usage(g.name, weights)
-                for stype, cap in g.storage_type_quotas:
-                    slots = self._type_slots(stype)
-                    used = int(used_slots[slots].sum())
-                    target = int(cap * g.used_percentage)
-                    if used <= target:
-                        continue
-                    n, freed = self.mgr.evict_on_slots(g.name, slots, used - target, weights)
-                    total += n
-                    self._count_evicted("storage_type", n)
-                    self._emit("CacheReclaimSubmit", g.name, group=g.name,
-                               trigger="storage_type", storage_type=W.TYPE_ENUM.get(stype, stype),
-                               blocks=n, freed_bytes=freed, used=used, capacity=target,
-                               quota=cap)
-        return total + self._reclaim_storage_capacity()
-
-    def _reclaim_storage_capacity(self) -> int:
-        """The tick's ``storage_capacity`` trigger: a storage holding more bytes than its
-        ``capacity_bytes`` (say, after ``updateStorage`` lowered it) is brought back to
-        it. Every group with SERVING blocks on it gives back its share of the excess (in
-        proportion to those bytes, rounded up), in its own policy's rank order; one
-        ``CacheReclaimSubmit`` event per storage."""
-        limited = [st for st in self.mgr.storages()
-                   if st.capacity_bytes and st.name in self._storage_idx]
-        if not limited:
-            return 0
-        weights = self._inst_bytes()
-        usage = {g.name: self.mgr.slot_usage(g.name, weights) for g in self.mgr.groups()}
-        total = 0
-        for st in limited:
-            i = self._storage_idx[st.name]
-            used = sum(int(held[i]) for held, _ in usage.values())
-            excess = used - st.capacity_bytes
-            if excess <= 0:
-                continue
-            share = {g: int(srv[i]) for g, (_, srv) in usage.items() if srv[i] > 0}
-            serving = sum(share.values())
-            if serving == 0:
-                continue
-            one = np.zeros(STORAGE_SLOTS, dtype=bool)
-            one[i] = True
-            blocks = freed = 0
-            for g, b in sorted(share.items()):
-                amount = min(b, -(-excess * b // serving))
-                n, f = self.mgr.evict_on_slots(g, one, amount, weights)
-                self._count_evicted("storage_capacity", n)
-                blocks += n
-                freed += f
-            total += blocks
-            self._emit("CacheReclaimSubmit", st.name, storage=st.name,
-                       trigger="storage_capacity", blocks=blocks, freed_bytes=freed,
-                       used=used, capacity=st.capacity_bytes)
-            if blocks:  # usage changed: recount for the next storage
-                usage = {g.name: self.mgr.slot_usage(g.name, weights)
-                         for g in self.mgr.groups()}
-        return total
-
-    def _relocate_unusable(self, iid: str, keys: np.ndarray) -> None:
-        """Forget the request's blocks held on unusable storages, so the write places
-        them again on a usable one (their one location cannot be read)."""
-        m = self.mgr.match(iid, keys, query=QUERY_BATCH, touch=False)
-        rows = m.rows
-        srv = rows >= 0
-        if not srv.any():
-            return
-        bad = np.zeros(rows.shape[0], dtype=bool)
-        bad[srv] = ~self._slot_ok[self.mgr.table.t.loc[rows[srv]].astype(np.int64)
-                                  % STORAGE_SLOTS]
-        if bad.any():
-            self.mgr.remove(iid, keys[bad])
-
-    def _make_key_room(self, iid: str, g: GroupSpec, keys: np.ndarray) -> None:
-        """Refuse a write whose new keys would pass the group's ``max_key_count``.
-
-        As in KVCM, the write does not evict: the reclaimer (:meth:`tick`, trigger
-        ``max_key_count`` at ``max_key_count x used_percentage``) makes room.
-
-        Raises:
-            QuotaExceeded: the group's keys (WRITING and SERVING) plus the new ones would
-                pass ``max_key_count``.
-        """
-        limit = g.max_key_count
-        held, serving = self.mgr.key_count(g.name)
-        n_new = self.mgr.count_new(iid, keys)
-        if held + n_new > limit:
-            raise QuotaExceeded(
-                f"instance group {g.name!r}: writing {n_new} new blocks would pass its "
-                f"max_key_count of {limit} ({serving} blocks serving, {held - serving} "
-                f"being written); the reclaimer frees blocks above max_key_count x "
-                f"used_percentage")
-
-    def _limits(self, g: GroupSpec, idx: int) -> list[tuple[str, np.ndarray, int, bool]]:
-        """The byte limits a write of group ``g`` to storage slot ``idx`` must keep:
-        ``(name, slots, cap, all_groups)``: the group's quota for the storage's type
-        (its blocks on storages of that type) and the storage's own ``capacity_bytes``
-        (every group's blocks on it)."""
-        st = self._storage_slots[idx]
-        if st is None:
-            return []
-        out: list[tuple[str, np.ndarray, int, bool]] = []
-        tq = g.type_quota(st.type)
-        if tq:
-            out.append((f"storage type {st.type!r} quota of group {g.name!r}",
-                        self._type_slots(st.type), tq, False))
-        if st.capacity_bytes:
-            one = np.zeros(STORAGE_SLOTS, dtype=bool)
-            one[idx] = True
-            out.append((f"capacity of storage {st.name!r}", one, st.capacity_bytes, True))
-        return out
-
-    def _held_bytes(self, group: str | None, weights: np.ndarray) -> np.ndarray:
-        """Bytes per storage slot of one group's blocks (WRITING + SERVING), or of every
-        group's (``group`` None)."""
-        names = [group] if group is not None else [x.name for x in self.mgr.groups()]
-        held = np.zeros(STORAGE_SLOTS, dtype=np.int64)
-        for name in names:
-            held += self.mgr.slot_usage(name, weights)[0]
-        return held
-
-    def _over_limit(self, g: GroupSpec, limits: list[tuple[str, np.ndarray, int, bool]],
-                    need: int, weights: np.ndarray
-                    ) -> tuple[np.ndarray, int, int, int, bool] | None:
-        """The first of ``limits`` that ``need`` more bytes would pass, as ``(slots, cap,
-        used, evictable, all_groups)`` (evictable: the group's SERVING bytes there), or
-        None when they fit (per-slot usage is O(instances): no pass over the table)."""
-        if not limits:
-            return None
-        mine, mine_srv = self.mgr.slot_usage(g.name, weights)
-        every = self._held_bytes(None, weights) if any(a for *_, a in limits) else mine
-        for _, slots, cap, all_groups in limits:
-            used = int((every if all_groups else mine)[slots].sum())
-            if used + need > cap:
-                return slots, cap, used, int(mine_srv[slots].sum()), all_groups
-        return None
-
-    def _place(self, iid: str, ispec: InstanceSpec, g: GroupSpec, keys: np.ndarray) -> int:
-        """The storage slot of a write's new blocks.
-
-        The first usable storage in the group's ``storage_candidates`` order (every
-        storage when it lists none) where the new blocks' bytes fit both the group's
-        quota for the storage's type and the storage's ``capacity_bytes`` (counting
-        every group's blocks on it); when none has room as it is, the first one where
-        evicting this group's blocks (policy rank order, only blocks on that type or
-        that storage) makes room, after that eviction. Another group's blocks are never
-        evicted to make room.
-
-        Raises:
-            QuotaExceeded: no candidate is usable, or none has room even after eviction.
-        """
-        cands = list(g.storage_candidates) or [s.name for s in self.mgr.storages()]
-        if not cands:
-            return 0
-        usable = [c for c in cands if self._usable(c)]
-        if not usable:
-            why = ", ".join(f"{c}: unhealthy ({self._health[c]})" if c in self._health
-                            else f"{c}: disabled" if c in self._storage_idx
-                            else f"{c}: not added" for c in cands)
-            raise QuotaExceeded(f"instance group {g.name!r}: no usable storage among "
-                                f"{cands} ({why})")
-        limits = {c: self._limits(g, self._storage_idx[c]) for c in usable}
-        first = usable[0]
-        if not limits[first]:
-            return self._storage_idx[first]
-        n_new = self.mgr.count_new(iid, keys)
-        need = n_new * ispec.block_bytes
-        if need == 0:
-            return self._storage_idx[first]
-        weights = self._inst_bytes()
-        for c in usable:
-            if self._over_limit(g, limits[c], need, weights) is None:
-                return self._storage_idx[c]
-        for c in usable:
-            while True:
-                need = self.mgr.count_new(iid, keys) * ispec.block_bytes
-                over = self._over_limit(g, limits[c], need, weights)
-                if over is None:
-                    return self._storage_idx[c]
-                slots, cap, used, evictable, all_groups = over
-                if used - evictable + need > cap:
-                    break
-                n, _ = self.mgr.evict_on_slots(g.name, slots, used + need - cap, weights)
-                self._count_evicted("write_storage_capacity" if all_groups
-                                    else "write_storage_type", n)
-                if n == 0:  # pragma: no cover - defensive
-                    break
-        why = "; ".join(f"{c}: " + ", ".join(f"{name} ({cap} bytes)"
-                                             for name, _, cap, _ in limits[c])
-                        for c in usable if limits[c])
-        raise QuotaExceeded(f"instance group {g.name!r}: no room for {n_new} new blocks "
-                            f"({need} bytes) on any usable storage ({why})")
 
     def probe_storages(self) -> dict[str, bool]:
         """Probe every ``file`` storage now: write a small file in its root, fsync, read
@@ -1112,28 +885,20 @@ class Service:
                 todo = [(s.name, s.uri) for s in self.mgr.storages() if s.type == "file"]
             results = {name: probe_directory(root) for name, root in todo}
             with self._lock:
-                known = {s.name for s in self.mgr.storages()}
-                changed = False
+                reg = self.mgr.storage
                 for name, err in results.items():
-                    if name not in known:
+                    if reg.find(name) is None:
                         continue
-                    was_ok = name not in self._health
-                    if err is None and not was_ok:
-                        del self._health[name]
+                    was = reg.health(name)
+                    if err is None and was is not None:
                         log.warning("storage %s is healthy again", name)
-                    elif err is not None and (was_ok or self._health[name] != err):
-                        self._health[name] = err
-                        if was_ok:
-                            log.warning("storage %s is unhealthy: %s", name, err)
-                    else:
-                        continue
-                    if was_ok != (err is None):
-                        changed = True
+                    elif err is not None and was is None:
+                        log.warning("storage %s is unhealthy: %s", name, err)
+                    if (self.mgr.set_storage_health(name, err is None, err or "")
+                            and (was is None) != (err is None)):
                         self._emit("StorageHealthChange", name, storage=name,
                                    healthy=err is None, **({} if err is None
                                                            else {"reason": err}))
-                if changed:
-                    self._refresh_usable()
             return {name: err is None for name, err in results.items()}
 
     # ------------------------------------------------------------ storages
@@ -1205,7 +970,7 @@ class Service:
 
     def _put_storage(self, wire: dict[str, Any], st: StorageSpec) -> None:
         self._loc_gen += 1
-        if st.name not in self._storage_idx and len(self._storage_slots) >= 127:
+        if not self.mgr.storage.slot(st.name) and len(self.mgr.storage.slot_specs()) >= 127:
             raise W.WireError("too many storages (at most 126)")
         if st.type == "file":
             try:
@@ -1215,12 +980,6 @@ class Service:
                                f"{e.strerror or e}") from None
         self.mgr.add_storage(st)
         self._storage_cfg[st.name] = wire
-        if st.name not in self._storage_idx:
-            self._storage_idx[st.name] = len(self._storage_slots)
-            self._storage_slots.append(st)
-        else:
-            self._storage_slots[self._storage_idx[st.name]] = st
-        self._refresh_usable()
 
     def _add_storage(self, body: dict[str, Any]) -> dict[str, Any]:
         wire, st = self._storage_from_wire(body)
@@ -1238,33 +997,23 @@ class Service:
         old = {s.name: s for s in self.mgr.storages()}.get(st.name)
         if old is None:
             raise NotFound(f"storage {st.name!r} does not exist")
-        st = replace(st, available=old.available)
-        self.mgr.update_storage(st)
+        self.mgr.update_storage(st)  # keeps the admin state; healthy until probed
         self._loc_gen += 1
         self._storage_cfg[st.name] = wire
-        self._storage_slots[self._storage_idx[st.name]] = st
-        self._health.pop(st.name, None)  # a new definition: healthy until probed
-        self._refresh_usable()
         self._persist("updateStorage", wire)
         return {}
 
     def _enable_storage(self, body: dict[str, Any], on: bool) -> dict[str, Any]:
         name = W.get_str(body, "storage_unique_name", required=True)
         self.mgr.set_storage_available(name, on)
-        self._refresh_usable()
         self._persist("enableStorage" if on else "disableStorage", {"name": name})
         return {}
 
     def _remove_storage(self, body: dict[str, Any]) -> dict[str, Any]:
         name = W.get_str(body, "storage_unique_name", required=True)
-        users = [g.name for g in self.mgr.groups() if name in g.storage_candidates]
-        if users:
-            raise InvalidArgument(f"storage {name!r} is a candidate of groups {users}; "
-                                  "update them first")
         self.mgr.remove_storage(name)
         self._loc_gen += 1
         del self._storage_cfg[name]
-        self._health.pop(name, None)
         self._persist("removeStorage", {"name": name})
         return {}
 
@@ -1272,12 +1021,14 @@ class Service:
         """Every storage with ``available`` (admin enable/disable) and ``healthy`` (the
         last probe; non-file storages are always healthy) and, when unhealthy,
         ``health_message``; a storage is used only when both are true."""
-        avail = {s.name: s.available for s in self.mgr.storages()}
-        return {"storage": [self._storage_cfg[n] | {"available": avail[n],
-                                                    "healthy": n not in self._health}
-                            | ({"health_message": self._health[n]} if n in self._health
-                               else {})
-                            for n in sorted(self._storage_cfg)]}
+        reg = self.mgr.storage
+        out = []
+        for n in sorted(self._storage_cfg):
+            why = reg.health(n)
+            out.append(self._storage_cfg[n] | {"available": reg.get(n).available,
+                                               "healthy": why is None}
+                       | ({"health_message": why} if why is not None else {}))
+        return {"storage": out}
 
     # ------------------------------------------------------------ groups
     def _group_to_wire(self, g: GroupSpec, extra: dict[str, Any]) -> dict[str, Any]:
@@ -1525,7 +1276,7 @@ class Service:
         gspec = self.mgr.group(group)
         names_st = list(gspec.storage_candidates) or sorted(self._storage_cfg)
         return {"storage_configs": json.dumps([
-            storage_config_entry(self._storage_cfg[n], self._usable(n))
+            storage_config_entry(self._storage_cfg[n], self.mgr.storage.usable(n))
             for n in names_st if n in self._storage_cfg])}
 
     def _need_instance(self, body: dict[str, Any]) -> tuple[str, InstanceSpec, _Instance]:
@@ -1541,8 +1292,6 @@ class Service:
         iid, _, _ = self._need_instance(body)
         self.mgr.remove_instance(iid)
         del self._inst[iid]
-        for sid in [s for s, ses in self._sessions.items() if ses.instance_id == iid]:
-            self._tokens.pop(self._sessions.pop(sid).token, None)
         if self.store is not None:
             self._batch.drop_instance(iid)
         self._persist("removeInstance", {"instance_id": iid})
@@ -1604,9 +1353,7 @@ class Service:
             raise W.WireError(f"config_snapshot: not valid JSON: {e}") from None
         if not isinstance(snap, dict):
             raise W.WireError("config_snapshot: expected a JSON object")
-        saved = (self.mgr, self._storage_cfg, self._storage_idx, self._storage_slots,
-                 self._group_cfg, self._inst, self._sessions, self.accounts, self._health,
-                 self._slot_ok, self._all_ok, self._tokens)
+        saved = (self.mgr, self._storage_cfg, self._group_cfg, self._inst, self.accounts)
         try:
             self._reset_registry()
             self._apply_snapshot(snap)
@@ -1614,9 +1361,7 @@ class Service:
                 self._batch = StoreBatch()
                 self._batch.drop_everything()
         except BaseException:
-            (self.mgr, self._storage_cfg, self._storage_idx, self._storage_slots,
-             self._group_cfg, self._inst, self._sessions, self.accounts, self._health,
-             self._slot_ok, self._all_ok, self._tokens) = saved
+            (self.mgr, self._storage_cfg, self._group_cfg, self._inst, self.accounts) = saved
             raise
         self._persist("loadConfigSnapshot", snap)
         return {}
@@ -1629,7 +1374,6 @@ class Service:
             self._put_storage(wire, spec)
             if st.get("available") is False:
                 self.mgr.set_storage_available(spec.name, False)
-                self._refresh_usable()
         for i, g in enumerate(W.get_list(snap, "instance_groups", where="config_snapshot.")):
             if not isinstance(g, dict):
                 raise W.WireError(f"config_snapshot.instance_groups[{i}]: expected an object")
@@ -1676,26 +1420,26 @@ class Service:
                 out += [("kvsim_group_keys", held, {"group": g.name}),
                         ("kvsim_group_max_key_count", g.max_key_count, {"group": g.name})]
             if g.storage_type_quotas:
-                used, _ = self.mgr.slot_usage(g.name, self._inst_bytes())
+                used, _ = self.mgr.slot_usage(g.name, self.mgr.inst_bytes())
                 for stype, cap in g.storage_type_quotas:
                     tags = {"group": g.name, "storage_type": W.TYPE_ENUM.get(stype, stype)}
                     out += [("kvsim_storage_type_used_bytes",
-                             int(used[self._type_slots(stype)].sum()), tags),
+                             int(used[self.mgr.storage.type_slots(stype)].sum()), tags),
                             ("kvsim_storage_type_quota_bytes", cap, tags)]
         avail = {s.name: s.available for s in self.mgr.storages()}
-        on_slot = self._held_bytes(None, self._inst_bytes()) if avail else None
+        reg = self.mgr.storage
+        on_slot = self.mgr.held_bytes() if avail else None
         for st in sorted(self.mgr.storages(), key=lambda x: x.name):
             name, tags = st.name, {"storage": st.name}
             out += [("kvsim_storage_available", int(avail[name]), tags),
-                    ("kvsim_storage_healthy", int(name not in self._health), tags)]
-            if on_slot is not None and name in self._storage_idx:
-                out.append(("kvsim_storage_used_bytes",
-                            int(on_slot[self._storage_idx[name]]), tags))
+                    ("kvsim_storage_healthy", int(reg.health(name) is None), tags)]
+            if on_slot is not None and reg.slot(name):
+                out.append(("kvsim_storage_used_bytes", int(on_slot[reg.slot(name)]), tags))
             if st.capacity_bytes:
                 out.append(("kvsim_storage_capacity_bytes", st.capacity_bytes, tags))
         for trig, n in sorted(self.evicted_by_trigger.items()):
             out.append(("kvsim_evicted_blocks", n, {"trigger": trig}))
-        out.append(("kvsim_write_sessions", len(self._sessions), {}))
+        out.append(("kvsim_write_sessions", self.mgr.pending_sessions(), {}))
         out.append(("kvsim_expired_sessions", self.expired_sessions, {}))
         out.append(("kvsim_reclaimed_blocks", self.reclaimed_blocks, {}))
         out.append(("kvsim_instances", len(self._inst), {}))
@@ -1821,9 +1565,8 @@ class Service:
         return out
 
     def _storages_of_rows(self, rows: np.ndarray) -> list[StorageSpec | None]:
-        slots = self._storage_slots
-        idx = np.where(rows >= 0, self.mgr.table.t.loc[np.maximum(rows, 0)], -1)
-        return [slots[i] if i >= 0 else None for i in idx.tolist()]
+        at = self.mgr.storage.at
+        return [at(i) if i >= 0 else None for i in self.mgr.rows_slots(rows).tolist()]
 
     def _row_locations(self, rec: _Instance, iid: str, keys: np.ndarray, rows: np.ndarray,
                        only: set[str] | None) -> list[dict[str, Any]]:
@@ -1839,7 +1582,7 @@ class Service:
         if keys.shape[0] == 0:
             return []
         s0 = self.mgr.rows_slot(rows)  # -1: not all rows on one slot
-        st = self._storage_slots[s0] if 0 <= s0 < len(self._storage_slots) else None
+        st = self.mgr.storage.at(s0)
         if only is not None or st is None:
             return self._locations(rec, iid, keys.tolist(), self._storages_of_rows(rows), only)
         if rec.loc_gen != self._loc_gen:
@@ -1860,6 +1603,11 @@ class Service:
             for j, loc in zip(miss, built, strict=True):
                 out[j] = cache[kl[j]] = loc if enc is None else enc(loc)
         return out
+
+    def _slot_filter(self) -> np.ndarray | None:
+        """The per-slot usability mask reads filter with (None: every storage usable)."""
+        reg = self.mgr.storage
+        return None if reg.all_ok else reg.ok_mask
 
     def _read_args(self, body: dict[str, Any]
                    ) -> tuple[str, InstanceSpec, _Instance, np.ndarray, np.ndarray | None]:
@@ -1888,7 +1636,7 @@ class Service:
         names = W.get_str_list(body, "location_spec_names")
         only = set(names) if names else None
         res = self.mgr.match(iid, keys, query=query, mask=mask, sw_size=sw,
-                             slot_ok=None if self._all_ok else self._slot_ok)
+                             slot_ok=self._slot_filter())
         rows = res.rows
         if query == QUERY_PREFIX:
             if mask is None:  # the common read: the hits are the first hit_blocks keys
@@ -1912,7 +1660,7 @@ class Service:
         iid, _, _, keys, mask = self._read_args(body)
         _, query, sw = self._query(body)
         res = self.mgr.match(iid, keys, query=query, mask=mask, sw_size=sw, touch=False,
-                             slot_ok=None if self._all_ok else self._slot_ok)
+                             slot_ok=self._slot_filter())
         return {"cache_location_len": int(np.count_nonzero(res.rows >= 0))}
 
     def _get_cache_meta(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -1920,13 +1668,13 @@ class Service:
         detail = W.get_int(body, "detail_level", 0, low=0, high=W.INT32_MAX)
         sel = keys if mask is None else keys[~mask]
         infos = self.mgr.block_info(iid, sel)
-        loc = self.mgr.table.t.loc
+        reg = self.mgr.storage
         locs, metas = [], []
         for info in infos:
             status = _STATUS_NAMES[info["status"]]
             meta: dict[str, Any] = {"id": str(info["key"]), "status": status}
-            st = self._storage_slots[int(loc[info["row"]])] if "row" in info else None
-            if "row" in info and not self._slot_ok[int(loc[info["row"]]) % STORAGE_SLOTS]:
+            st = reg.at(info["slot"]) if "slot" in info else None
+            if "slot" in info and not reg.ok_mask[info["slot"] % STORAGE_SLOTS]:
                 st = None  # on an unusable storage: not handed out
             locs.append(self._location(rec, iid, info["key"], st if status != "CLS_NOT_FOUND"
                                        else None, None))
@@ -1941,11 +1689,10 @@ class Service:
     def _start_write(self, body: dict[str, Any]) -> dict[str, Any]:
         """Reserve WRITING blocks for the keys that have none and hand out their URIs.
 
-        Before the core's write (which enforces the group quota): keys held on an
-        unusable storage are forgotten (written again), ``max_key_count`` makes room
-        (:meth:`_make_key_room`) and the storage is chosen (:meth:`_place`: usable,
-        within the type quotas, by candidate order). Any of them refusing is
-        ``REACH_MAX_ENTITY_CAPACITY``.
+        The core's ``start_write`` applies every rule (keys held on an unusable storage
+        are written again, ``max_key_count`` refuses, placement by candidate order
+        within the type quotas and storage capacities, the group quota); any of them
+        refusing is ``REACH_MAX_ENTITY_CAPACITY``.
         """
         iid, spec, rec = self._need_instance(body)
         keys = self._keys(body, spec)
@@ -1961,24 +1708,15 @@ class Service:
         if timeout > self.limits.max_write_timeout_seconds:
             raise W.over_limit("write_timeout_seconds", timeout, "max_write_timeout_seconds",
                                self.limits.max_write_timeout_seconds)
-        # storages, key count and type quotas (the core enforces the group quota)
-        grp = self.mgr.group(spec.group)
-        if not self._all_ok:
-            self._relocate_unusable(iid, keys)
-        if grp.max_key_count > 0:
-            self._make_key_room(iid, grp, keys)
-        idx = self._place(iid, spec, grp, keys)
-        ws = self.mgr.start_write(iid, keys, timeout_s=float(timeout or DEFAULT_WRITE_TIMEOUT_S))
-        # the core allocates rows with storage slot 0; record the chosen storage
-        self.mgr.set_loc(self.mgr._sessions[ws.session_id].rows, idx)
-        st = self._storage_slots[idx]
         token = new_session_token()
-        self._sessions[ws.session_id] = _Session(iid, keys.copy(), ws.is_new.copy(),
-                                                 ws.deadline_ns, token)
-        self._tokens[token] = ws.session_id
+        # every cache rule (usable storages, max_key_count, placement within the type
+        # quotas and storage capacities, the group quota) is the core's
+        ws = self.mgr.start_write(iid, keys, timeout_s=float(timeout or DEFAULT_WRITE_TIMEOUT_S),
+                                  tag=token)
+        st = self.mgr.storage.at(ws.slot)
         if self.store is not None:
             self._batch.open_session(SessionRecord(
-                ws.session_id, iid, ws.new_keys, ws.deadline_ns, idx,
+                ws.session_id, iid, ws.new_keys, ws.deadline_ns, ws.slot,
                 {"keys": keys.copy(), "is_new": ws.is_new.copy(), "token": token}))
         held = ~ws.is_new
         n_held = int(np.count_nonzero(held))
@@ -2009,44 +1747,34 @@ class Service:
             raise W.WireError("write_session_id: required (the id startWriteCache returned)")
         # the owner must name itself (upstream KVCM's clients always send instance_id)
         iid = W.get_str(body, "instance_id", required=True)
-        sid = self._tokens.get(token, -1)
-        ses = self._sessions.get(sid)
+        ses = self.mgr.find_session(token)
         if ses is None or ses.instance_id != iid:
             # the same answer whether the session does not exist or is another
             # instance's: a session id reveals nothing to a non-owner
             raise NotFound(f"write_session_id: session {token[:40]!r} of instance {iid!r} is "
                            "unknown, finished or expired")
-        n_new = int(np.count_nonzero(ses.is_new))
+        n_new = int(ses.keys.shape[0])
         if body.get("success_blocks") is None:
             raise W.WireError("success_blocks: required ({\"offset\": n} or bool masks)")
         ok = _mask(body, "success_blocks", n_new, clamp=False)
         assert ok is not None
-        self.mgr.finish_write(sid, ok)
-        del self._sessions[sid]
-        del self._tokens[token]
-        keep = ~ses.is_new
-        keep[np.flatnonzero(ses.is_new)[ok]] = True
-        held = ses.keys[keep]
-        old = ses.keys[~ses.is_new]
-        if old.shape[0]:
-            # a write refreshes the keys it found held, after committing the new ones: the
-            # replay contract's tail-first write (the new keys are the request's tail)
-            self.mgr.match(ses.instance_id, old, query=QUERY_BATCH, touch=True)
-        if held.shape[0]:
-            m = self.mgr.match(ses.instance_id, held, query=QUERY_BATCH, touch=False)
-            if self.store is not None:
-                rows = m.rows[m.rows >= 0]
-                t = self.mgr.table.t
-                self._batch.put_blocks(ses.instance_id, held[m.rows >= 0],
-                                       t_write=t.t_write[rows], t_access=t.t_access[rows],
-                                       access_count=t.acc[rows], loc=t.loc[rows])
+        # commits, refreshes the keys the write found held, and (reclaim interval 0)
+        # runs the reclaimer
+        fin = self.mgr.finish_write(ses.session_id, ok, instance_id=iid)
+        held = fin.held_keys
+        if self.store is not None and held.shape[0]:
+            d = self.mgr.block_records(iid, held)
+            self._batch.put_blocks(iid, d.key, t_write=d.t_write, t_access=d.t_access,
+                                   access_count=d.access_count, loc=d.loc)
         if self.store is not None:
-            self._batch.close_session(sid)
+            self._batch.close_session(ses.session_id)
         if self.advisor is not None:
             capacity.note_write(self, ses, held, ok)
-        self._emit("FinishWriteCache", ses.instance_id, trace_id=_trace_id(body),
+        self._emit("FinishWriteCache", iid, trace_id=_trace_id(body),
                    write_session_id=token, block_keys=held,
                    success_count=int(np.count_nonzero(ok)))
+        if fin.tick is not None:
+            self._note_tick(fin.tick)
         return {}
 
     def _remove_cache(self, body: dict[str, Any]) -> dict[str, Any]:

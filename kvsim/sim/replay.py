@@ -27,11 +27,12 @@ import polars as pl
 
 from kvsim.config import ConfigError, KVSimConfig
 from kvsim.core.clock import ManualClock
-from kvsim.core.manager import CacheManager
+from kvsim.core.manager import QUERY_BATCH, QUERY_PREFIX, CacheManager
 from kvsim.core.spec import InstanceSpec
-from kvsim.trace.model import KIND_WRITE, Trace
+from kvsim.trace.model import KIND_READ, KIND_WRITE, Trace
 
 ProgressFn = Callable[[int, int], None]
+StepFn = Callable[[int, int, int, int], None]
 
 CHUNK_KEYS = 1 << 20
 UNBOUNDED_ROWS = 1 << 16  # first block rows of an unbounded cache (doubles as it fills)
@@ -54,6 +55,9 @@ class ReplayResult:
         evicted: int64[n] blocks evicted by the request.
         elapsed_s: wall time of the kernel loop (kernel compile excluded).
         capacity_units: eviction target per group name (0 = unbounded).
+        evicted_by_trigger: blocks evicted per reclaim trigger (the manager's counters:
+            the reclaimer's and the write-time storage triggers; the combined kernel's
+            evictions at each write are in ``evicted``).
     """
 
     label: str
@@ -68,6 +72,7 @@ class ReplayResult:
     evicted: np.ndarray
     elapsed_s: float
     capacity_units: dict[str, int] = field(default_factory=dict)
+    evicted_by_trigger: dict[str, int] = field(default_factory=dict)
 
     # ------------------------------------------------------------ basic columns
     @property
@@ -323,7 +328,8 @@ def ideal(trace: Trace) -> dict[str, Any]:
 
 def build_manager(trace: Trace, config: KVSimConfig, *, rows: int, event_level: int = 0
                   ) -> tuple[CacheManager, np.ndarray, tuple[str, ...]]:
-    """A manager with the config's registry and every trace instance registered.
+    """A manager with the config's registry and every trace instance registered, on a
+    manual clock at the trace's first time and the config's reclaim cadence.
 
     Returns the manager, the core instance index per trace instance, and the group
     name per trace instance.
@@ -331,7 +337,8 @@ def build_manager(trace: Trace, config: KVSimConfig, *, rows: int, event_level: 
     if not config.groups:
         raise ConfigError(f"{config.source}: instance_groups: at least one group is needed")
     mgr = CacheManager(ManualClock(int(trace.ts_ns[0]) if trace.n_requests else 0), rows=rows,
-                       event_level=event_level)
+                       event_level=event_level,
+                       reclaim_interval_ms=config.reclaim.interval_ms)
     for st in config.storages:
         mgr.add_storage(st)
     for g in config.groups:
@@ -352,24 +359,50 @@ def build_manager(trace: Trace, config: KVSimConfig, *, rows: int, event_level: 
     return mgr, core_idx, tuple(groups)
 
 
+FLOWS = ("combined", "client")
+
+
 def replay(
     trace: Trace,
     config: KVSimConfig,
     *,
     label: str | None = None,
     progress: ProgressFn | None = None,
+    flow: str = "combined",
+    steps: int = 1,
+    on_step: StepFn | None = None,
 ) -> ReplayResult:
     """Replay ``trace`` through the core configured by ``config``.
 
     Args:
         trace: requests in timestamp order.
-        config: groups, instances and replay options.
+        config: groups, instances, replay options and the reclaim cadence.
         label: a name for the result (default: policy@capacity of the first group).
         progress: called as ``progress(done_requests, total_requests)``.
+        flow: ``combined`` (the replay contract's combined request, the batch kernel)
+            or ``client`` (per request the calls a client of ``kvsim serve`` makes:
+            :meth:`~kvsim.core.manager.CacheManager.client_request`; what the live
+            server does, request by request).
+        steps: pieces of about equal requests; after each, ``on_step(s, done_requests,
+            hit_tokens, input_tokens)`` is called with running totals (it may raise to
+            stop, e.g. ``optuna.TrialPruned``).
+        on_step: the callback.
 
     Returns:
         The per-request outcomes as a :class:`ReplayResult`.
+
+    Example:
+        >>> from kvsim.trace.model import Trace
+        >>> t = Trace.from_lists(ts_ns=[0, 1, 2, 3], keys=[[1, 2], [1, 2, 3], [4], [1, 2]])
+        >>> cfg = KVSimConfig.single_cache(capacity_blocks=3)
+        >>> seen = []
+        >>> r = replay(t, cfg, flow="client", steps=2,
+        ...            on_step=lambda s, d, h, i: seen.append((s, d, h)))
+        >>> r.hit_blocks.tolist() == replay(t, cfg).hit_blocks.tolist(), seen
+        (True, [(0, 2, 1024), (1, 4, 2048)])
     """
+    if flow not in FLOWS:
+        raise ValueError(f"flow must be one of {FLOWS}, got {flow!r}")
     n = trace.n_requests
     counts = trace.key_counts()
     max_len = int(counts.max()) if n else 0
@@ -379,42 +412,57 @@ def replay(
     if all(c == 0 for c in caps):  # nothing is ever evicted: grow the table as it fills
         rows = min(rows, UNBOUNDED_ROWS)
     mgr, core_idx, group_of = build_manager(trace, config, rows=max(rows, 16) + 16)
-    table = mgr.table
     req_inst = core_idx[trace.instance]
-    has_mask = trace.mask is not None
-    mask = trace.mask if trace.mask is not None else np.zeros(0, dtype=bool)
     outs = [np.zeros(n, dtype=np.int64) for _ in range(6)]
-    tmp_rows = np.zeros(max(1, max_len), dtype=np.int32)
-    tmp_new = np.zeros(max(1, max_len), dtype=bool)
     batch = config.replay.match == "batch"
-
-    def run(start: int, end: int) -> int:
-        return int(mgr.kernels.replay_requests(
-            table.t, mgr.events.arrays, req_inst, trace.ts_ns, trace.offsets, trace.keys,
-            mask, has_mask, trace.kind, start, end, batch, True,
-            outs[0], outs[1], outs[2], outs[3], outs[4], outs[5], tmp_rows, tmp_new,
-        ))
-
-    # load (or, on a first run, compile) the kernel before the clock starts: an empty
-    # range runs nothing, so ``elapsed_s`` is the replay alone, never the compile
-    run(0, 0)
+    health = _health_schedule(trace, config)
+    if flow == "combined":
+        # load (or, on a first run, compile) the kernel before the clock starts: an empty
+        # range runs nothing, so ``elapsed_s`` is the replay alone, never the compile
+        mgr.run_combined(req_inst, trace.ts_ns, trace.offsets, trace.keys, trace.mask,
+                         trace.kind, 0, 0, outs, batch=batch)
+    # piece boundaries: the steps, chunks of keys (an even progress bar), health changes
+    step_ends = np.unique(np.linspace(0, n, max(1, steps) + 1).round().astype(np.int64))[1:]
+    bounds = np.searchsorted(trace.offsets, np.arange(0, trace.n_keys + CHUNK_KEYS, CHUNK_KEYS))
+    cuts = [bounds, step_ends, [n]]
+    if health:
+        cuts.append(np.searchsorted(trace.ts_ns, [at for at, _, _ in health], side="left"))
+    ends = np.unique(np.clip(np.concatenate([np.asarray(c, dtype=np.int64) for c in cuts]),
+                             0, n))
+    ends = ends[ends > 0]
+    steps_at = {int(e): i for i, e in enumerate(step_ends)}
+    reads = trace.kind != KIND_WRITE
+    input_tokens = np.where(reads, trace.input_len, 0)
+    names = trace.instances
+    h = 0
     t0 = time.perf_counter()
     q = 0
-    # chunk boundaries by keys, for an even progress bar
-    bounds = np.searchsorted(trace.offsets, np.arange(0, trace.n_keys + CHUNK_KEYS, CHUNK_KEYS))
-    bounds = np.unique(np.clip(np.append(bounds, n), 0, n))
-    for end in bounds[1:]:
-        while q < end:
-            q = run(q, int(end))
-            if q < end:
-                table.ensure_rows(table.rows + max_len)
+    for end in ends.tolist():
+        while h < len(health) and (q >= n or health[h][0] <= int(trace.ts_ns[q])):
+            at, storage, ok = health[h]
+            if mgr.reclaim_interval_ms:
+                mgr.advance_to(at)
+            mgr.set_storage_health(storage, ok, "scheduled outage (reclaim.storage_health)")
+            h += 1
+        if flow == "combined":
+            mgr.run_combined(req_inst, trace.ts_ns, trace.offsets, trace.keys, trace.mask,
+                             trace.kind, q, end, outs, batch=batch)
+        else:
+            _client_range(mgr, trace, names, q, end, outs, batch)
+        q = end
         if progress is not None:
-            progress(int(q), n)
+            progress(q, n)
+        s = steps_at.get(q)
+        if s is not None and on_step is not None:
+            hit = np.minimum(outs[0][:q] * trace.block_size, input_tokens[:q])
+            on_step(s, q, int(hit.sum()), int(input_tokens[:q].sum()))
     elapsed = time.perf_counter() - t0
     if label is None:
         g0 = config.groups[0]
         cap = g0.capacity_units()
         label = f"{g0.eviction.policy}@{cap if cap else 'inf'}"
+        if flow != "combined":
+            label += f" ({flow} flow)"
     return ReplayResult(
         label=label,
         trace=trace,
@@ -428,4 +476,31 @@ def replay(
         evicted=outs[5],
         elapsed_s=elapsed,
         capacity_units={g.name: g.capacity_units() for g in config.groups},
+        evicted_by_trigger=dict(mgr.evicted_by_trigger),
     )
+
+
+def _health_schedule(trace: Trace, config: KVSimConfig) -> list[tuple[int, str, bool]]:
+    """``(trace time ns, storage, healthy)`` of the config's scheduled health changes."""
+    t0 = int(trace.ts_ns[0]) if trace.n_requests else 0
+    return [(t0 + h.at_ms * 1_000_000, h.storage, h.healthy)
+            for h in config.reclaim.storage_health]
+
+
+def _client_range(mgr: CacheManager, trace: Trace, names: tuple[str, ...], start: int,
+                  end: int, outs: list[np.ndarray], batch: bool) -> None:
+    """Requests ``[start, end)`` through the client flow, each at its trace time."""
+    query = QUERY_BATCH if batch else QUERY_PREFIX
+    for q in range(start, end):
+        mgr.advance_to(int(trace.ts_ns[q]))
+        kind = int(trace.kind[q])
+        a, b = int(trace.offsets[q]), int(trace.offsets[q + 1])
+        mask = None if trace.mask is None else trace.mask[a:b]
+        r = mgr.client_request(names[int(trace.instance[q])], trace.keys[a:b], mask=mask,
+                               read=kind != KIND_WRITE, write=kind != KIND_READ, query=query)
+        outs[0][q] = r.hit_blocks
+        outs[1][q] = r.internal_hits
+        outs[2][q] = r.internal_reads
+        outs[3][q] = r.cached_blocks
+        outs[4][q] = r.group_used
+        outs[5][q] = r.evicted

@@ -182,6 +182,8 @@ def result_record(result: ReplayResult) -> dict[str, Any]:
     rec: dict[str, Any] = {"label": result.label}
     rec.update(config_record(result.config))
     rec.update({k: _clean(v) for k, v in s.items() if k != "label"})
+    if result.evicted_by_trigger:  # the reclaimer's counters (client flow, intervals)
+        rec["evicted_by_trigger"] = dict(sorted(result.evicted_by_trigger.items()))
     rec["per_instance"] = _rows(per_instance_frame(result))
     rec["per_group"] = _rows(result.by("group"))
     return rec

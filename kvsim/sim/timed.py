@@ -390,11 +390,14 @@ class _Sim:
         self.two_phase = tm.write == "two_phase"
         self.timeout_s = tm.write_timeout_s
         delays = any(g.delay_before_delete_ms > 0 for g in config.groups) and not levels
-        interval = tm.reclaim_interval_ms
+        # the one cadence is the top-level reclaim.interval_ms; timing.reclaim_interval_ms
+        # (older configs) applies when it is not set
+        cadence = float(config.reclaim.interval_ms or tm.reclaim_interval_ms)
+        interval = cadence
         if interval == 0 and delays:
             interval = 1000.0  # DELETING blocks are freed by the reclaimer only
         self.tick_ns = round(interval * 1e6)
-        self.evict_each_write = tm.reclaim_interval_ms == 0
+        self.evict_each_write = cadence == 0
         self.decode_ns_per_tok = tm.decode_ms_per_token * 1e6
         self.nxt = _next_in_session(trace) if tm.session_outputs else None
         # outputs

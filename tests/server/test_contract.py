@@ -306,7 +306,10 @@ def test_write_session_expiry(c: Client, clock: ManualClock) -> None:
 
 
 def test_reclaimer_and_event_log(transport: str, tmp_path: Path) -> None:
-    cfg = small_config(tmp_path, quota={"blocks": 10}, used_percentage=0.5)
+    # the reclaimer on its timer (reclaim.interval_ms > 0): the writes keep the quota only
+    cfg = KVSimConfig.from_dict(small_config(tmp_path, quota={"blocks": 10},
+                                             used_percentage=0.5).to_dict()
+                                | {"reclaim": {"interval_ms": 500}})
     c = TRANSPORTS[transport](tmp_path, config=cfg, clock=ManualClock(T0))
     try:
         ok(register(c))
@@ -322,6 +325,24 @@ def test_reclaimer_and_event_log(transport: str, tmp_path: Path) -> None:
                          "CacheReclaimSubmit"]
         assert all(x["trigger_time_us"] == T0 // 1000 for x in lines)
         assert lines[0]["source"] == "i0" and lines[3]["blocks"] == 3
+    finally:
+        c.close()
+
+
+def test_watermark_kept_at_each_write_by_default(tmp_path: Path) -> None:
+    """``reclaim.interval_ms`` 0 (the default): finishWriteCache runs the reclaimer, so
+    the usage never rests above quota x used_percentage (as the replay contract)."""
+    cfg = small_config(tmp_path, quota={"blocks": 10}, used_percentage=0.5)
+    c = TRANSPORTS["inproc"](tmp_path, config=cfg, clock=ManualClock(T0))
+    try:
+        ok(register(c))
+        write(c, list(range(1, 9)))
+        u = {g.name: g for g in c.service.mgr.usage()}["default"]
+        assert u.used == 5 and c.service.evicted_by_trigger == {"quota": 3}
+        assert c.tick()["reclaimed"] == 0
+        lines = [json.loads(x) for x in (tmp_path / "events.jsonl").read_text().splitlines()]
+        assert [x["type"] for x in lines] == ["StartWriteCache", "FinishWriteCache",
+                                              "CacheReclaimSubmit"]
     finally:
         c.close()
 

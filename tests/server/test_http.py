@@ -187,7 +187,7 @@ def _json_safe(v: Any) -> Any:
 def _consistent(svc: Service) -> None:
     for u in svc.mgr.usage():
         assert u.used >= 0 and u.serving_blocks >= 0 and u.pending_blocks >= 0
-    assert len(svc._sessions) == svc.mgr.pending_sessions()
+    assert len(svc.mgr.sessions()) == svc.mgr.pending_sessions()
 
 
 @settings(max_examples=400, deadline=None,

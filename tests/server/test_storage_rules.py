@@ -49,6 +49,8 @@ def make_config(tmp: Path, **group: Any) -> KVSimConfig:
     g = {"name": "g", "quota": {"bytes": 10**9}, "storage_candidates": ["fast", "nfs_a"],
          "used_percentage": 1.0} | group
     return KVSimConfig.from_dict({
+        # the reclaimer on its timer (these tests call tick), not at each write
+        "reclaim": {"interval_ms": 500},
         "storages": storage_cfg(tmp), "instance_groups": [g],
         "instances": [{"instance_id": "i0", "group": "g", "block_size": 16,
                        "location_spec_infos": SPEC},
@@ -538,7 +540,7 @@ def test_unfiltered_reads_unchanged_when_all_usable(tmp_path: Path, clock: Manua
     c = Calls(s)
     rng = np.random.default_rng(3)
     c.write(rng.choice(40, size=25, replace=False).tolist())
-    assert s._all_ok
+    assert s.mgr.storage.all_ok
     allok = np.ones(128, dtype=bool)
     for _ in range(50):
         keys = rng.integers(0, 40, size=int(rng.integers(1, 12)))
