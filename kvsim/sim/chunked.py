@@ -146,24 +146,13 @@ def replay_chunks(chunks: Iterable[Trace], config: KVSimConfig) -> ChunkedReplay
                                                    block_size=bs))
                 core_of[name] = mgr.instance_index(name)
         req_inst = np.asarray([core_of[s] for s in tr.instances], dtype=np.int32)[tr.instance]
-        has_mask = tr.mask is not None
-        mask = tr.mask if tr.mask is not None else np.zeros(0, dtype=bool)
         o = [np.zeros(n, dtype=np.int64) for _ in range(6)]
-        tmp_rows = np.zeros(max(1, max_len), dtype=np.int32)
-        tmp_new = np.zeros(max(1, max_len), dtype=bool)
-        table = mgr.table
-        kern = mgr.kernels
-        kern.replay_requests(table.t, mgr.events.arrays, req_inst, tr.ts_ns, tr.offsets,
-                             tr.keys, mask, has_mask, tr.kind, 0, 0, batch, True, *o,
-                             tmp_rows, tmp_new)  # load (or compile) before the clock
+        # load (or compile) the kernel before the clock: an empty range runs nothing
+        mgr.run_combined(req_inst, tr.ts_ns, tr.offsets, tr.keys, tr.mask, tr.kind, 0, 0, o,
+                         batch=batch)
         t0 = time.perf_counter()
-        q = 0
-        while q < n:
-            q = int(kern.replay_requests(table.t, mgr.events.arrays, req_inst, tr.ts_ns,
-                                         tr.offsets, tr.keys, mask, has_mask, tr.kind, q, n,
-                                         batch, True, *o, tmp_rows, tmp_new))
-            if q < n:
-                table.ensure_rows(table.rows + max_len)
+        mgr.run_combined(req_inst, tr.ts_ns, tr.offsets, tr.keys, tr.mask, tr.kind, 0, n, o,
+                         batch=batch)
         elapsed += time.perf_counter() - t0
         reads = tr.kind != KIND_WRITE
         read_blocks += int(counts[reads].sum())
