@@ -21,10 +21,12 @@ from click.testing import CliRunner
 from kvsim.cli import main
 from kvsim.config import KVSimConfig
 from kvsim.core.clock import ManualClock
+from kvsim.optimizer.bounds import belady
 from kvsim.server.app import start_server
 from kvsim.server.service import Service
 from kvsim.trace.generator import GenSpec, generate_trace
 from kvsim.trace.model import Trace
+from kvsim.trace.readers import read_trace
 
 PW = "advisor-pw"
 AUTH = ("admin", PW)
@@ -296,3 +298,37 @@ def test_advice_and_plan_over_grpc(tmp_path: Path) -> None:
         assert denied["header"]["status"]["code"] == "INVALID_ARGUMENT"
     finally:
         c.close()
+
+
+# ---------------------------------------------------------------- the Belady headroom
+BELADY_QUOTA = 400
+
+
+def test_belady_headroom_from_the_event_log(tmp_path: Path) -> None:
+    cfg = KVSimConfig.from_dict({
+        "storages": [{"name": "nfs_01", "type": "file", "uri": str(tmp_path / "nfs")}],
+        "instance_groups": [{"name": "default", "quota": {"blocks": BELADY_QUOTA},
+                             "storage_candidates": ["nfs_01"],
+                             "eviction": {"policy": "lru"}}],
+    })
+    trace = generate_trace(GenSpec(seed=3, requests=300, instances=2, block_size=64))
+    svc = Service(cfg, data_dir=tmp_path, admin_password="pw", advisor_sample_rate=1.0)
+    try:
+        _drive(svc, trace)
+        svc.tick()
+        plain = svc.call("admin", "getCapacityAdvice", {}, credential="admin:pw")
+        assert "belady" not in plain["advice"]["groups"][0]
+        r = svc.call("admin", "getCapacityAdvice", {"bound": "belady"},
+                     credential="admin:pw")
+    finally:
+        svc.close()
+    assert r["header"]["status"]["code"] == "OK", r["header"]
+    g = r["advice"]["groups"][0]
+    b = g["belady"]
+    logged = read_trace(tmp_path / "events.jsonl", "kvcm-events")
+    rows = np.argsort(logged.ts_ns, kind="stable")
+    want = belady(logged.select(rows), [BELADY_QUOTA])[0]["hit_blocks"]
+    actual = g["windows"]["since_start"]["actual_hit_blocks"]
+    assert b["capacity_blocks"] == BELADY_QUOTA and b["hit_blocks"] == want
+    assert b["headroom_blocks"] == want - actual >= 0
+    assert 0 < actual < want  # the quota binds: there is something to win
