@@ -8,9 +8,9 @@ request in file order, 288,500 accesses) and a generated one (Zipf reuse with
 one-hit scans, seeded). libCacheSim runs in the same test, through its C trace path.
 
 Where kvsim and libCacheSim differ by design (``slru``: kvsim's is the two-segment
-SLRU, libCacheSim's a four-segment one; ``lfu`` on the generated stream: the contract
-inserts before it evicts, libCacheSim evicts first), the test pins both to plain
-transcriptions and asserts the exact counts differ. Where libCacheSim has no
+SLRU, libCacheSim's a four-segment one; ``lfu`` and ``sieve`` on the generated stream:
+the contract inserts before it evicts, libCacheSim evicts first), the test pins both
+to plain transcriptions and asserts the exact counts differ. Where libCacheSim has no
 counterpart, kvsim is checked against a transcription written here from the
 algorithm's description (not the twin in ``kvsim/core/reference.py``).
 """
@@ -112,7 +112,7 @@ def kvsim_hits(keys: np.ndarray, capacity: int, policy: str, **params: float) ->
 def test_policy_equals_libcachesim(streams, oracle_files, stream: str, policy: str) -> None:
     if stream == "generated" and policy in ("lfu", "sieve"):
         pytest.skip("known differences: test_evicting_after_the_insert, "
-                    "test_sieve_equals_the_nsdi24_algorithm")
+                    "test_sieve_evicting_after_the_insert")
     keys, capacities = streams[stream]
     for capacity in capacities:
         theirs = lcs_hits(SAME_ALGORITHM[policy], oracle_files[stream], capacity, keys.shape[0])
@@ -270,38 +270,59 @@ def lfu_transcription(keys: np.ndarray, c: int, *, insert_first: bool, cap: int 
     return hits
 
 
-def sieve_transcription(keys: np.ndarray, c: int, *, insert_first: bool) -> int:
-    """SIEVE (Zhang et al., NSDI'24): a FIFO queue, new objects at the head, a visited
-    bit set on hits; the hand walks from the tail toward the head (wrapping), clearing
-    visited bits, evicts the first unvisited object and stays at its newer neighbour.
-    ``insert_first`` as in :func:`lfu_transcription` (kvsim equals the evict-first
-    order: its newcomer sits at the head, past which the hand wraps to the tail)."""
-    queue: list[int] = []  # index 0 = tail (oldest)
+def sieve_transcription(keys: np.ndarray, c: int, *, insert_first: bool) -> np.ndarray:
+    """SIEVE (Zhang et al., NSDI'24, Algorithm 1) on a doubly linked queue: new objects
+    at the head, a visited bit set on hits; the hand starts at the tail when it is NULL,
+    walks toward the head clearing visited bits (from the head it wraps to the tail),
+    evicts the first unvisited object and moves to that object's newer neighbour (NULL
+    if it was the head). ``insert_first`` as in :func:`lfu_transcription`: the newcomer
+    is already at the head, unvisited, when the hand sweeps, so a full sweep ends on it.
+    Returns the hit (1) / miss (0) of every access."""
+    newer: dict[int, int | None] = {}  # neighbour toward the head (None at the head)
+    older: dict[int, int | None] = {}  # neighbour toward the tail (None at the tail)
     visited: dict[int, bool] = {}
-    hand = 0
-    hits = 0
+    head: int | None = None
+    tail: int | None = None
+    hand: int | None = None
+    out = np.zeros(keys.shape[0], dtype=np.int8)
 
     def evict() -> None:
-        nonlocal hand
-        if hand >= len(queue):
-            hand = 0
-        while visited[queue[hand]]:
-            visited[queue[hand]] = False
-            hand = hand + 1 if hand + 1 < len(queue) else 0
-        del visited[queue.pop(hand)]
+        nonlocal head, tail, hand
+        o = hand if hand is not None else tail
+        assert o is not None
+        while visited[o]:
+            visited[o] = False
+            nxt = newer[o]
+            o = nxt if nxt is not None else tail
+            assert o is not None
+        hand = newer[o]
+        n, p = newer.pop(o), older.pop(o)
+        del visited[o]
+        if n is not None:
+            older[n] = p
+        else:
+            head = p
+        if p is not None:
+            newer[p] = n
+        else:
+            tail = n
 
-    for x in keys.tolist():
+    for i, x in enumerate(keys.tolist()):
         if x in visited:
-            hits += 1
+            out[i] = 1
             visited[x] = True
             continue
-        if not insert_first and len(queue) >= c:
+        if not insert_first and len(visited) >= c:
             evict()
-        queue.append(x)
-        visited[x] = False
-        if insert_first and len(queue) > c:
+        newer[x], older[x], visited[x] = None, head, False
+        if head is not None:
+            newer[head] = x
+        head = x
+        if tail is None:
+            tail = x
+        if insert_first and len(visited) > c:
             evict()
-    return hits
+    return out
 
 
 def test_evicting_after_the_insert(streams, oracle_files) -> None:
@@ -322,28 +343,47 @@ def test_evicting_after_the_insert(streams, oracle_files) -> None:
     assert differs >= 1
 
 
-def test_sieve_equals_the_nsdi24_algorithm(streams, oracle_files) -> None:
-    """kvsim's ``sieve`` equals a transcription of SIEVE (NSDI'24) on both streams.
-    libCacheSim's Sieve equals it on the Mooncake stream and at 3,000 blocks on the
-    generated one, but not at 50 and 400 there (20,545 and 28,188 hits against the
-    transcription's 20,715 and 28,136): a difference inside libCacheSim's hand
-    handling that is not identified yet (NOTES.md, issue 16). At 50 blocks the two
-    first part at access 7,378, where the transcription's hand reaches the newest block
-    after a full sweep and evicts it and libCacheSim keeps it; a multi-bit visited
-    counter (2 to 8) does not reproduce libCacheSim's counts either. The difference is
-    pinned exactly, so a libCacheSim upgrade that changes it shows here."""
+def lcs_sieve_hits_per_access(keys: np.ndarray, capacity: int) -> np.ndarray:
+    """libCacheSim's Sieve request by request (its ``get``: find, else evict, insert)."""
+    cache = lcs.Sieve(cache_size=capacity)
+    return np.array([cache.get(lcs.Request(obj_size=1, obj_id=x, clock_time=i))
+                     for i, x in enumerate(keys.tolist())], dtype=np.int8)
+
+
+def kvsim_hits_per_access(keys: np.ndarray, capacity: int, policy: str) -> np.ndarray:
+    cfg = KVSimConfig.single_cache(capacity_blocks=capacity, policy=policy)
+    return np.asarray(replay(block_stream(keys), cfg).hit_blocks, dtype=np.int8)
+
+
+def test_sieve_evicting_after_the_insert(streams, oracle_files) -> None:
+    """Known difference (``sieve``), the same order as ``lfu``: the replay contract
+    inserts a block, then evicts; libCacheSim evicts, then inserts. Inserting first, the
+    newcomer is already at the head (unvisited): a hand that reaches the head stops on
+    it (evicting it, or moving onto it after evicting its older neighbour), where
+    evicting first the hand becomes NULL and restarts at the tail. On the generated
+    stream at 50 blocks access 7,377 evicts the head's older neighbour, so kvsim's hand
+    rests on that access's newcomer and evicts it at 7,378, libCacheSim the oldest
+    unvisited block; hits first part at access 7,677. Each side equals a transcription
+    of SIEVE (NSDI'24) in its own order, access for access on the generated stream
+    (20,715 / 28,136 hits for kvsim, 20,545 / 28,188 for libCacheSim at 50 / 400 blocks)
+    and in hit counts on both streams."""
     for name, (keys, capacities) in streams.items():
         for capacity in capacities:
             ours = kvsim_hits(keys, capacity, "sieve")
-            assert ours == sieve_transcription(keys, capacity, insert_first=False), (name,
-                                                                                       capacity)
+            theirs = lcs_hits("Sieve", oracle_files[name], capacity, keys.shape[0])
+            assert ours == int(sieve_transcription(keys, capacity, insert_first=True).sum()), (
+                name, capacity)
+            assert theirs == int(sieve_transcription(keys, capacity, insert_first=False).sum()), (
+                name, capacity)
     keys, _ = streams["generated"]
-    theirs = lcs_hits("Sieve", oracle_files["generated"], 3000, keys.shape[0])
-    assert theirs == kvsim_hits(keys, 3000, "sieve")
-    for capacity, lcs_count, paper in ((50, 20_545, 20_715), (400, 28_188, 28_136)):
-        assert lcs_hits("Sieve", oracle_files["generated"], capacity,
-                        keys.shape[0]) == lcs_count
-        assert kvsim_hits(keys, capacity, "sieve") == paper
+    for capacity, lcs_count, kvsim_count, first in ((50, 20_545, 20_715, 7_677),
+                                                    (400, 28_188, 28_136, 43_510)):
+        ours = kvsim_hits_per_access(keys, capacity, "sieve")
+        theirs = lcs_sieve_hits_per_access(keys, capacity)
+        assert np.array_equal(ours, sieve_transcription(keys, capacity, insert_first=True))
+        assert np.array_equal(theirs, sieve_transcription(keys, capacity, insert_first=False))
+        assert (int(ours.sum()), int(theirs.sum())) == (kvsim_count, lcs_count)
+        assert int(np.nonzero(ours != theirs)[0][0]) == first
 
 
 @pytest.mark.parametrize("stream", ["mooncake", "generated"])
