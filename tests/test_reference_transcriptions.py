@@ -37,40 +37,13 @@ from kvsim.sim.replay import replay
 from kvsim.trace.generator import GenSpec, generate_trace
 from kvsim.trace.model import Trace
 from kvsim.trace.readers import read_trace
+from tests.block_streams import block_stream, generated_keys
 
 MOONCAKE_CAPACITIES = (1000, 5859, 20000)
 GENERATED_CAPACITIES = (300, 2000, 8000)
 
 
 # ------------------------------------------------------------------ inputs
-def block_stream(keys: np.ndarray, block_size: int = 16) -> Trace:
-    """A trace of one request per key (1 ns apart), each of one full block."""
-    n = int(keys.shape[0])
-    return Trace(
-        ts_ns=np.arange(n, dtype=np.int64), instance=np.zeros(n, dtype=np.int32),
-        instances=("default",), offsets=np.arange(n + 1, dtype=np.int64),
-        keys=np.ascontiguousarray(keys, dtype=np.int64),
-        input_len=np.full(n, block_size, dtype=np.int64),
-        output_len=np.zeros(n, dtype=np.int64), block_size=block_size,
-        kind=np.zeros(n, dtype=np.int8), query_type=np.zeros(n, dtype=np.int8),
-        sw_size=np.zeros(n, dtype=np.int32), source="<block stream>",
-    )
-
-
-def generated_keys(n: int, seed: int = 16) -> np.ndarray:
-    """Zipf(1.1) reuse over 5,000 keys with a one-hit scan of 300 new keys every 4,000
-    (the generated block stream of ``tests/test_reference_libcachesim.py``)."""
-    rng = np.random.default_rng(seed)
-    hot = rng.zipf(1.1, n) % 5000
-    out = []
-    fresh = 1_000_000
-    for start in range(0, n, 4000):
-        out.append(hot[start:start + 4000])
-        out.append(np.arange(fresh, fresh + 300))
-        fresh += 300
-    return np.concatenate(out).astype(np.int64)
-
-
 @pytest.fixture(scope="module")
 def mooncake(mooncake_path: Path) -> Trace:
     return read_trace(mooncake_path, "mooncake")
@@ -364,7 +337,7 @@ class GreedyDualWheel(Policy):
                 self.children[parent] -= 1
 
 
-class RecencyByCategory(Policy):
+class RecencyByCategory(HeadFirstLRU):
     """"KVCache Cache in the Wild" (Wang et al., USENIX ATC'25, Section 6): a block's
     reuse probability is its workload category's, decaying with the time since its last
     access at the category's pace, and the cache evicts the block least likely to be
@@ -372,24 +345,7 @@ class RecencyByCategory(Policy):
     victim is the least recently accessed block: LRU, tail-first commit (so the deepest
     block of a request goes first, the paper's within-request order)."""
 
-    def __init__(self) -> None:
-        self.lru: OrderedDict[int, None] = OrderedDict()
-
-    def __contains__(self, key: int) -> bool:
-        return key in self.lru
-
-    def __len__(self) -> int:
-        return len(self.lru)
-
-    def insert(self, key: int, parent: int | None, clock: int, now: int) -> None:
-        self.lru[key] = None
-
-    def touch(self, key: int, clock: int, now: int) -> None:
-        self.lru.move_to_end(key)
-
-    def evict(self, capacity: int, now: int) -> None:
-        while len(self.lru) > capacity:
-            self.lru.popitem(last=False)
+    tail_first = True  # the same LRU list as HeadFirstLRU, committed tail first
 
 
 # ------------------------------------------------------------------ tests
