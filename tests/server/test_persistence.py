@@ -141,6 +141,17 @@ class _Http:
                 time.sleep(0.1)
         raise AssertionError("server did not start in time")
 
+    def wait_leader(self, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+        """Wait until the server leads: after a ``kill -9`` the dead process's file lease
+        holds until its TTL runs out, and the restarted server answers
+        ``SERVER_NOT_LEADER`` until then."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.wait_ready(proc).get("is_leader"):
+                return
+            time.sleep(0.1)
+        raise AssertionError("the restarted server did not take the lease in time")
+
 
 @pytest.fixture(params=["journal", "journal-fsync", "sqlite", "redis"])
 def state_args(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, ...]:
@@ -206,7 +217,7 @@ def test_sigkill_during_write_load_loses_nothing(tmp_path: Path,
     proc = _serve(data, p1, p2, *state_args)
     call = _Http(p1, p2)
     try:
-        call.wait_ready(proc)
+        call.wait_leader(proc)
         for keys in acked:  # every acknowledged finish survived
             assert _found(call, "i0", keys).all(), keys
         # unfinished sessions resolve: they time out (2 s) and their quota comes back
