@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import random
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,15 @@ SECONDS = 12.0  # per transport
 _STRINGS = ["", "a", "default", "i0", "nfs_01", "../../etc", "..", "/", "a/../../b", "²", "٣",
             "9" * 5000, "\x00", "é" * 300, "QT_PREFIX_MATCH", "ROLE_ADMIN", "1e309", "-1",
             "9223372036854775808", " 7 ", "ST_NFS", "x" * 70_000]
+# Calls that may legitimately drop the checked blocks (an admin disabling their storage,
+# shrinking their group's quota, removing them): sent half as often, and never when the
+# body names the group, storage or instance the final check reads (the soak asserts
+# robustness; an authorised removal of the checked blocks is not a defect).
+_DESTRUCTIVE = {m.lower() for m in (
+    "removeInstanceGroup", "removeStorage", "disableStorage", "loadConfigSnapshot",
+    "removeInstance", "trimCache", "removeCache", "deleteAccount", "leaderDemote",
+    "updateInstanceGroup", "updateStorage")}
+_PROTECTED = re.compile(r"default|nfs_01|good")
 _INTS = [0, 1, -1, 2, 7, 2**31 - 1, 2**31, -(2**31), 2**62, 2**63 - 1, -(2**63), 10**6]
 _FIELDS = ["instance_id", "instance_group", "block_keys", "token_ids", "block_mask",
            "query_type", "sw_size", "write_session_id", "success_blocks",
@@ -155,12 +165,10 @@ def test_adversarial_soak(tmp_path: Path) -> None:
                 [("admin", m) for m in method_table("admin")]
         while time.monotonic() < end:
             api, method = rng.choice(calls)
-            if method in ("removeInstanceGroup", "removeStorage", "disableStorage",
-                          "loadConfigSnapshot", "removeInstance", "trimCache", "removeCache",
-                          "deleteAccount", "leaderDemote", "updateInstanceGroup",
-                          "updateStorage") and rng.random() < 0.5:
-                method = "noSuch" + method  # the destructive ones half as often
             body = _body(rng)
+            if method.lower() in _DESTRUCTIVE and (
+                    rng.random() < 0.5 or _PROTECTED.search(str(body))):
+                method = "noSuch" + method  # half as often, never on the checked state
             if rng.random() < 0.05:
                 data = rng.randbytes(rng.choice([1, 100, 5000]))
             else:
@@ -192,9 +200,8 @@ def test_adversarial_soak(tmp_path: Path) -> None:
                 continue
             msg = spec.request()
             _fill(msg, rng)
-            if api == "admin" and spec.name in ("RemoveInstanceGroup", "RemoveStorage",
-                                           "DisableStorage", "LoadConfigSnapshot",
-                                           "LeaderDemote") and rng.random() < 0.5:
+            if spec.name.lower() in _DESTRUCTIVE and (
+                    rng.random() < 0.5 or _PROTECTED.search(str(msg))):
                 continue
             try:
                 rep = gc_.call(api, spec.name, msg)
