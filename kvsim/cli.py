@@ -523,9 +523,11 @@ def _print_tables(trace: Trace, path: Path, results: Sequence[Any],
 
 @main.command("drive")
 @trace_options(tail_default=None, limit_help="Drive only the first N requests.")
-@click.option("--url", required=True, help="The meta service's HTTP base URL.")
+@click.option("--url", required=True,
+              help="The meta service's HTTP base URL, or grpc://HOST:PORT for its gRPC API.")
 @click.option("--admin-url", default=None,
-              help="The admin service's HTTP base URL (needed for --clock trace).")
+              help="The admin service's HTTP base URL, or grpc://HOST:PORT (needed for "
+                   "--clock trace).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="The served config (match rule, instances' groups).")
 @click.option("--group", default="default", show_default=True,
@@ -556,8 +558,9 @@ def drive_cmd(trace: Path | None, fmt: str, block_size: int | None, tail: str | 
       kvsim serve --config c.yaml --clock manual --http-port 6382 --admin-http-port 6492 &
       kvsim drive t.jsonl --url http://127.0.0.1:6382 \\
           --admin-url http://127.0.0.1:6492 --clock trace --config c.yaml
+      kvsim drive t.jsonl --url grpc://127.0.0.1:6381 --admin-url grpc://127.0.0.1:6491
     """
-    from kvsim.sim.drive import DriveError, HttpCaller, drive
+    from kvsim.sim.drive import DriveError, caller_for, drive
 
     err = _err_console()
     if clock_kind == "trace" and admin_url is None:
@@ -576,12 +579,19 @@ def drive_cmd(trace: Path | None, fmt: str, block_size: int | None, tail: str | 
         from kvsim.server.service import DEFAULT_ADMIN_PASSWORD
 
         pw = os.environ.get("KVSIM_ADMIN_PASSWORD", DEFAULT_ADMIN_PASSWORD)
-        caller = HttpCaller(url, admin_url, admin_credential=f"admin:{pw}")
+        try:
+            caller = caller_for(url, admin_url, admin_credential=f"admin:{pw}")
+        except ValueError as e:
+            raise click.UsageError(str(e)) from None
         try:
             d = drive(t, caller, config=config, clock=clock_kind, group=group,
                       concurrency=concurrency, rate=rate)
         except DriveError as e:
             raise click.ClickException(str(e)) from None
+        finally:
+            close = getattr(caller, "close", None)
+            if close is not None:
+                close()
         from kvsim.sim import report
 
         info = report.trace_record(t, path=str(trace), fmt=fmt, limit=limit)

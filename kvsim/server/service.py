@@ -521,28 +521,27 @@ class Service:
     def set_clock(self, now_ns: int) -> dict[str, int]:
         """Move a manual clock to ``now_ns`` (never back), running the reclaimer at each
         due time on the way (the core's :meth:`~kvsim.core.manager.CacheManager.advance_to`);
-        returns what it did."""
-        if not self.manual_clock:
-            raise Unsupported("setClock: this server runs on the wall clock (start it "
-                              "with --clock manual)")
-        out = {"expired": 0, "reclaimed": 0, "reaped": 0}
+        the admin call ``setClock`` without the wire. Returns what it did and the time."""
         with self._lock:
-            for rep in self.mgr.advance_to(int(now_ns)):
-                self._note_tick(rep, out)
+            out = self._advance_clock(int(now_ns))
             self._save()
         return out
 
     def _set_clock(self, body: dict[str, Any]) -> dict[str, Any]:
-        """Admin ``setClock`` (``kvsim serve --clock manual`` only): ``now_ns``."""
+        """Admin ``setClock`` (``kvsim serve --clock manual`` only): ``now_ns``; the reply
+        has ``now_ns``, ``expired``, ``reclaimed`` and ``reaped`` (HTTP and gRPC alike)."""
         now = W.get_int(body, "now_ns", -1, low=0, high=2**62)
         if now < 0:
             raise W.WireError("now_ns: required (the manual clock's new time, ns)")
-        # the caller already holds the service lock: advance in place
+        return self._advance_clock(now)  # the caller holds the service lock
+
+    def _advance_clock(self, now_ns: int) -> dict[str, int]:
+        """:meth:`set_clock`'s work, under the service lock."""
         if not self.manual_clock:
             raise Unsupported("setClock: this server runs on the wall clock (start it "
                               "with --clock manual)")
         out = {"expired": 0, "reclaimed": 0, "reaped": 0}
-        for r in self.mgr.advance_to(now):
+        for r in self.mgr.advance_to(now_ns):
             self._note_tick(r, out)
         return out | {"now_ns": self.clock.now_ns()}
 

@@ -9,7 +9,8 @@ the run equals ``kvsim replay --flow client`` request by request.
 
 The transport is a callable ``call(api, method, body) -> reply`` (``api`` is ``meta``
 or ``admin``): :class:`HttpCaller` speaks the HTTP API of any manager (kvsim's or a
-stock Tair KVCM); tests also pass :meth:`kvsim.server.service.Service.call`.
+stock Tair KVCM), :class:`GrpcCaller` its gRPC API; tests also pass
+:meth:`kvsim.server.service.Service.call`.
 
 Example:
     >>> from kvsim.core.clock import ManualClock
@@ -40,7 +41,8 @@ from kvsim.config import KVSimConfig
 from kvsim.sim.replay import ReplayResult
 from kvsim.trace.model import KIND_READ, KIND_WRITE, Trace
 
-__all__ = ["DriveError", "DriveResult", "HttpCaller", "drive"]
+__all__ = ["DriveError", "DriveResult", "GrpcCaller", "HttpCaller", "caller_for", "drive",
+           "grpc_address"]
 
 Caller = Callable[[str, str, dict[str, Any]], dict[str, Any]]
 CALLS = ("setClock", "getCacheLocation", "startWriteCache", "finishWriteCache")
@@ -120,6 +122,69 @@ class HttpCaller:
             raise DriveError(f"{method}: HTTP {r.status_code}: {r.text[:200]}")
         out: dict[str, Any] = r.json()
         return out
+
+
+class GrpcCaller:
+    """``call(api, method, body)`` over a manager's gRPC services (KVCM's ``MetaService``
+    and ``AdminService``; bodies and replies in the HTTP API's JSON shape, through
+    :class:`~kvsim.server.grpc_client.GrpcClient`).
+
+    Args:
+        url: the meta service's address, ``grpc://HOST:PORT``.
+        admin_url: the admin service's address, ``grpc://HOST:PORT`` (None: admin calls
+            are refused).
+        admin_credential: ``user:password`` for admin calls (None: no metadata).
+        timeout_s: per call.
+    """
+
+    def __init__(self, url: str, admin_url: str | None = None, *,
+                 admin_credential: str | None = None, timeout_s: float = 30.0) -> None:
+        from kvsim.server.grpc_client import GrpcClient
+
+        host, port = grpc_address(url)
+        # meta calls carry no credential (as over HTTP); the admin client its own channel
+        self._meta = GrpcClient(host, port, None, timeout=timeout_s)
+        self._admin = None
+        if admin_url:
+            ahost, aport = grpc_address(admin_url)
+            self._admin = GrpcClient(ahost, port, aport, credential=admin_credential,
+                                     timeout=timeout_s)
+
+    def __call__(self, api: str, method: str, body: dict[str, Any]) -> dict[str, Any]:
+        if api == "admin":
+            if self._admin is None:
+                raise DriveError(f"{method}: no URL for the admin service (give --admin-url)")
+            return self._admin.request(api, method, body)
+        return self._meta.request(api, method, body)
+
+    def close(self) -> None:
+        """Close the channels."""
+        self._meta.close()
+        if self._admin is not None:
+            self._admin.close()
+
+
+def grpc_address(url: str) -> tuple[str, int]:
+    """``(host, port)`` of a ``grpc://HOST:PORT`` address.
+
+    Example:
+        >>> grpc_address("grpc://127.0.0.1:6381")
+        ('127.0.0.1', 6381)
+    """
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    if u.scheme != "grpc" or not u.hostname or u.port is None:
+        raise ValueError(f"a gRPC address is grpc://HOST:PORT, got {url!r}")
+    return u.hostname, u.port
+
+
+def caller_for(url: str, admin_url: str | None = None, *,
+               admin_credential: str | None = None) -> HttpCaller | GrpcCaller:
+    """The transport for ``url``: :class:`GrpcCaller` for ``grpc://``, else HTTP."""
+    if url.startswith("grpc://"):
+        return GrpcCaller(url, admin_url, admin_credential=admin_credential)
+    return HttpCaller(url, admin_url, admin_credential=admin_credential)
 
 
 def _code(reply: dict[str, Any]) -> str:

@@ -347,6 +347,49 @@ def test_watermark_kept_at_each_write_by_default(tmp_path: Path) -> None:
         c.close()
 
 
+def test_set_clock(transport: str, tmp_path: Path) -> None:
+    """The admin call ``setClock`` (``kvsim serve --clock manual``), on every transport:
+    the reclaimer runs at its due times on the way (``reclaim.interval_ms``), write
+    sessions expire, the clock never moves back; a wall-clock server refuses it."""
+    cfg = KVSimConfig.from_dict(small_config(tmp_path, quota={"blocks": 10},
+                                             used_percentage=0.5).to_dict()
+                                | {"reclaim": {"interval_ms": 1000}})
+    c = TRANSPORTS[transport](tmp_path, config=cfg, clock=ManualClock(T0), manual_clock=True)
+    try:
+        ok(register(c))
+        write(c, list(range(1, 9)))  # 8 blocks: over the watermark (5) until a tick
+        w = ok(c.meta("startWriteCache", {"instance_id": "i0", "block_keys": [20, 21],
+                                          "write_timeout_seconds": 2}))
+        r = ok(c.admin("setClock", {"now_ns": T0 + 999_999_999}))
+        assert (r["now_ns"], r["expired"], r["reclaimed"], r["reaped"]) == (
+            T0 + 999_999_999, 0, 0, 0)
+        assert hits(c, list(range(1, 9))) == 8
+        r = ok(c.admin("setClock", {"now_ns": str(T0 + 3 * 10**9)}))  # int64 as a string
+        assert r["now_ns"] == T0 + 3 * 10**9
+        # the tick at T0 + 1 s keeps the watermark with the session's 2 pending blocks
+        # counted (10 -> 5); the one at T0 + 3 s expires the session
+        assert r["expired"] == 1 and r["reclaimed"] == 5
+        assert sum(hits(c, [k]) for k in range(1, 9)) == 3
+        r = c.meta("finishWriteCache", {"instance_id": "i0",
+                                        "write_session_id": w["write_session_id"],
+                                        "success_blocks": {"offset": 2}})
+        assert code(r) == "INVALID_ARGUMENT"  # expired on the way
+        for t in (T0, 0):  # never back (0 is a time, not a missing field, over gRPC too)
+            back = ok(c.admin("setClock", {"now_ns": t}))
+            assert back["now_ns"] == T0 + 3 * 10**9 and back["reclaimed"] == 0
+        assert code(c.admin("setClock", {})) == "INVALID_ARGUMENT"
+        r = c.admin("setClock", {"now_ns": T0 + 4 * 10**9}, credential="admin:wrong")
+        assert code(r) == "INVALID_ARGUMENT" and "credential" in msg(r)
+        assert c.service.clock.now_ns() == T0 + 3 * 10**9
+    finally:
+        c.close()
+
+
+def test_set_clock_refused_on_a_wall_clock(c: Client) -> None:
+    r = c.admin("setClock", {"now_ns": T0 + 10**9})
+    assert code(r) == "UNSUPPORTED" and "--clock manual" in msg(r)
+
+
 # ---------------------------------------------------------------------------- admin
 def test_admin_auth(c: Client) -> None:
     for cred in (None, "admin:wrong", "nobody:x", "garbage"):

@@ -2,7 +2,8 @@
 
 The server side is a :class:`Service` on a manual clock (``kvsim serve --clock manual``)
 driven by :func:`kvsim.sim.drive.drive` with ``setClock`` before each request (in
-process through ``Service.call``; one test over real HTTP processes with the CLI). Both
+process through ``Service.call``; one test over real HTTP processes with the CLI, one
+over a real server's gRPC listeners). Both
 sides run the same core rules, so hit blocks per request and evictions per trigger must
 be equal for every policy, eviction mode, watermark, reclaim cadence and storage limit.
 """
@@ -226,6 +227,38 @@ def test_drive_cli_over_http_equals_replay_client_flow(tmp_path: Path) -> None:
     assert got_r["evicted_by_trigger"] == want_r["evicted_by_trigger"]
     assert want_r["evicted_by_trigger"]
     assert set(doc) >= {"trace", "results"} and doc["drive"]["latency"]
+
+
+def test_drive_over_grpc_equals_replay_client_flow(tmp_path: Path) -> None:
+    """The same over a real server's gRPC listeners (``grpc://`` URLs): ``setClock`` is
+    an AdminService rpc, called with the admin credential."""
+    from kvsim.server.app import start_server
+    from kvsim.sim.drive import GrpcCaller
+
+    cfg = _config(tmp_path, policy="slru", mode="group_rough", used=0.8, limit="max_key_count",
+                  interval_ms=100)
+    h = start_server(cfg, data_dir=tmp_path / "srv", manual_clock=True, grpc_port=0,
+                     admin_grpc_port=0, http_port=0, admin_http_port=0, debug_http_port=-1,
+                     admin_password="grpc-pw", event_log=False, storage_probe_seconds=0)
+    try:
+        c = GrpcCaller(f"grpc://127.0.0.1:{h.grpc_port}", f"grpc://127.0.0.1:{h.admin_grpc_port}",
+                       admin_credential="admin:grpc-pw", timeout_s=300)
+        try:
+            d = drive(TRACE, c, config=cfg, clock="trace")
+            assert c("admin", "setClock", {"now_ns": 0})["now_ns"] == int(TRACE.ts_ns[-1])
+        finally:
+            c.close()
+        row = d.latency_table()[0]
+        assert (row["call"], row["count"]) == ("setClock", TRACE.n_requests)
+        evicted = h.service.evicted_by_trigger
+    finally:
+        h.stop()
+    r = replay(TRACE, cfg, flow="client")
+    assert d.result.hit_blocks.tolist() == r.hit_blocks.tolist()
+    assert d.result.evicted_by_trigger == evicted == r.evicted_by_trigger
+    assert r.evicted_by_trigger and int(r.hit_blocks.sum()) > 0
+    with pytest.raises(ValueError, match="grpc://HOST:PORT"):
+        GrpcCaller("127.0.0.1:1")
 
 
 def test_reclaim_config_round_trip_and_errors(tmp_path: Path) -> None:

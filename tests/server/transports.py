@@ -7,7 +7,8 @@ Every client has ``.meta(method, body) -> dict`` and ``.admin(method, body) -> d
 store); "http" runs a real server on loopback ephemeral ports and talks to it with
 httpx; "grpc" runs the same server with its gRPC listeners and talks to them with
 :class:`kvsim.server.grpc_client.GrpcClient`. Add another transport by adding a factory
-with the same signature.
+with the same signature (``config=``, ``clock=``, ``manual_clock=``: the server runs on
+``clock`` moved only by the admin call ``setClock``, as ``kvsim serve --clock manual``).
 """
 
 from __future__ import annotations
@@ -45,9 +46,9 @@ class InprocClient:
     """Calls the service directly."""
 
     def __init__(self, tmp: Path, config: KVSimConfig | None, clock: Clock | None,
-                 store: Any = None) -> None:
+                 store: Any = None, manual_clock: bool = False) -> None:
         self.service = Service(config, data_dir=tmp, clock=clock, admin_password=ADMIN_PASSWORD,
-                               store=store)
+                               store=store, manual_clock=manual_clock)
 
     def meta(self, method: str, body: dict[str, Any]) -> dict[str, Any]:
         return self.service.call("meta", method, body)
@@ -67,11 +68,13 @@ class InprocClient:
 class HttpClient:
     """A real server on 127.0.0.1 ephemeral ports, called with httpx (keep-alive)."""
 
-    def __init__(self, tmp: Path, config: KVSimConfig | None, clock: Clock | None) -> None:
+    def __init__(self, tmp: Path, config: KVSimConfig | None, clock: Clock | None,
+                 manual_clock: bool = False) -> None:
         from kvsim.server.app import start_server
 
         self.handle = start_server(config, data_dir=tmp, clock=clock,
-                                   admin_password=ADMIN_PASSWORD, tick_seconds=3600)
+                                   admin_password=ADMIN_PASSWORD, tick_seconds=3600,
+                                   manual_clock=manual_clock)
         self.service = self.handle.service
         self.meta_url = f"http://127.0.0.1:{self.handle.http_port}"
         self.admin_url = f"http://127.0.0.1:{self.handle.admin_http_port}"
@@ -112,13 +115,14 @@ class GrpcTransportClient:
     ``"block_size": "x"``; reported as ``INVALID_ARGUMENT`` naming the field).
     """
 
-    def __init__(self, tmp: Path, config: KVSimConfig | None, clock: Clock | None) -> None:
+    def __init__(self, tmp: Path, config: KVSimConfig | None, clock: Clock | None,
+                 manual_clock: bool = False) -> None:
         from kvsim.server.app import start_server
         from kvsim.server.grpc_client import GrpcClient
 
         self.handle = start_server(config, data_dir=tmp, clock=clock,
                                    admin_password=ADMIN_PASSWORD, tick_seconds=3600,
-                                   grpc_port=0, admin_grpc_port=0)
+                                   grpc_port=0, admin_grpc_port=0, manual_clock=manual_clock)
         self.service = self.handle.service
         assert self.handle.grpc_port and self.handle.admin_grpc_port
         # generous deadline: the first call may compile the core's numba kernels
@@ -170,28 +174,31 @@ def _local_reply(code: str, message: str) -> dict[str, Any]:
 Factory = Callable[..., Client]
 
 
-def inproc(tmp: Path, *, config: KVSimConfig | None = None, clock: Clock | None = None
-           ) -> Client:
+def inproc(tmp: Path, *, config: KVSimConfig | None = None, clock: Clock | None = None,
+           manual_clock: bool = False) -> Client:
     """A client calling :meth:`Service.call` in process."""
-    return InprocClient(tmp, config, clock)
+    return InprocClient(tmp, config, clock, manual_clock=manual_clock)
 
 
-def http(tmp: Path, *, config: KVSimConfig | None = None, clock: Clock | None = None) -> Client:
+def http(tmp: Path, *, config: KVSimConfig | None = None, clock: Clock | None = None,
+         manual_clock: bool = False) -> Client:
     """A client of a real HTTP server on loopback."""
-    return HttpClient(tmp, config, clock)
+    return HttpClient(tmp, config, clock, manual_clock)
 
 
-def grpc(tmp: Path, *, config: KVSimConfig | None = None, clock: Clock | None = None) -> Client:
+def grpc(tmp: Path, *, config: KVSimConfig | None = None, clock: Clock | None = None,
+         manual_clock: bool = False) -> Client:
     """A client of a real server's gRPC listeners on loopback."""
-    return GrpcTransportClient(tmp, config, clock)
+    return GrpcTransportClient(tmp, config, clock, manual_clock)
 
 
-def inproc_sqlite(tmp: Path, *, config: KVSimConfig | None = None, clock: Clock | None = None
-                  ) -> Client:
+def inproc_sqlite(tmp: Path, *, config: KVSimConfig | None = None, clock: Clock | None = None,
+                  manual_clock: bool = False) -> Client:
     """In process, with every call's changes saved to a SQLite state store."""
     from kvsim.server.store import SqliteStore
 
-    return InprocClient(tmp, config, clock, store=SqliteStore(tmp / "state.db"))
+    return InprocClient(tmp, config, clock, store=SqliteStore(tmp / "state.db"),
+                        manual_clock=manual_clock)
 
 
 TRANSPORTS: dict[str, Factory] = {"inproc": inproc, "http": http, "grpc": grpc,

@@ -906,3 +906,25 @@ class GetCapacityPlanResponse(_message.Message):
     predicted: _struct_pb2.Struct
     update_instance_group: _struct_pb2.Struct
     def __init__(self, header: _Optional[_Union[CommonResponseHeader, _Mapping]] = ..., name: _Optional[str] = ..., factor: _Optional[float] = ..., capacity_blocks: _Optional[int] = ..., predicted: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., update_instance_group: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+
+class SetClockRequest(_message.Message):
+    __slots__ = ("trace_id", "now_ns")
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
+    NOW_NS_FIELD_NUMBER: _ClassVar[int]
+    trace_id: str
+    now_ns: int
+    def __init__(self, trace_id: _Optional[str] = ..., now_ns: _Optional[int] = ...) -> None: ...
+
+class SetClockResponse(_message.Message):
+    __slots__ = ("header", "now_ns", "expired", "reclaimed", "reaped")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    NOW_NS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRED_FIELD_NUMBER: _ClassVar[int]
+    RECLAIMED_FIELD_NUMBER: _ClassVar[int]
+    REAPED_FIELD_NUMBER: _ClassVar[int]
+    header: CommonResponseHeader
+    now_ns: int
+    expired: int
+    reclaimed: int
+    reaped: int
+    def __init__(self, header: _Optional[_Union[CommonResponseHeader, _Mapping]] = ..., now_ns: _Optional[int] = ..., expired: _Optional[int] = ..., reclaimed: _Optional[int] = ..., reaped: _Optional[int] = ...) -> None: ...

@@ -189,6 +189,11 @@ class AdminServiceStub:
                 request_serializer=admin__service__pb2.GetCapacityPlanRequest.SerializeToString,
                 response_deserializer=admin__service__pb2.GetCapacityPlanResponse.FromString,
                 _registered_method=True)
+        self.SetClock = channel.unary_unary(
+                '/kv_cache_manager.proto.admin.AdminService/SetClock',
+                request_serializer=admin__service__pb2.SetClockRequest.SerializeToString,
+                response_deserializer=admin__service__pb2.SetClockResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -380,6 +385,12 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetClock(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -537,6 +548,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetCapacityPlan,
                     request_deserializer=admin__service__pb2.GetCapacityPlanRequest.FromString,
                     response_serializer=admin__service__pb2.GetCapacityPlanResponse.SerializeToString,
+            ),
+            'SetClock': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetClock,
+                    request_deserializer=admin__service__pb2.SetClockRequest.FromString,
+                    response_serializer=admin__service__pb2.SetClockResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1376,6 +1392,33 @@ class AdminService:
             '/kv_cache_manager.proto.admin.AdminService/GetCapacityPlan',
             admin__service__pb2.GetCapacityPlanRequest.SerializeToString,
             admin__service__pb2.GetCapacityPlanResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetClock(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kv_cache_manager.proto.admin.AdminService/SetClock',
+            admin__service__pb2.SetClockRequest.SerializeToString,
+            admin__service__pb2.SetClockResponse.FromString,
             options,
             channel_credentials,
             insecure,
