@@ -28,6 +28,7 @@ from kvsim.cli import main
 from kvsim.config import KVSimConfig
 from kvsim.server.advisor import Advisor
 from kvsim.server.service import Service
+from kvsim.sim.drive import drive, service_caller
 from kvsim.trace.generator import GenSpec, generate_trace
 
 REPORT = Path(__file__).resolve().parents[1] / "reports" / "advisor_seeds.json"
@@ -53,30 +54,18 @@ def run(seed: int, trace_seed: int, requests: int, rate: float, tick: int) -> di
                       advisor_sample_rate=rate)
         svc.advisor = Advisor(rate, seed=seed)
         try:
-            def call(method: str, body: dict) -> dict:
-                r = svc.call("meta", method, body)
-                assert r["header"]["status"]["code"] == "OK", (method, r["header"])
-                return r
-
-            for name in trace.instances:
-                call("registerInstance", {"instance_group": "default", "instance_id": name,
-                                          "block_size": trace.block_size,
-                                          "model_deployment": {"model_name": "m",
-                                                               "dtype": "bf16"}})
-            t0 = time.perf_counter()
-            for q in range(trace.n_requests):
-                iid = trace.instances[int(trace.instance[q])]
-                keys = trace.request_keys(q).tolist()
-                call("getCacheLocation", {"instance_id": iid, "block_keys": keys,
-                                          "query_type": "QT_PREFIX_MATCH"})
-                w = call("startWriteCache", {"instance_id": iid, "block_keys": keys})
-                call("finishWriteCache", {"instance_id": iid,
-                                          "write_session_id": w["write_session_id"],
-                                          "success_blocks": {"offset": len(w["locations"])}})
+            # the one client driver (read, start, finish per request), the server's
+            # timer run every `tick` requests
+            def timer(q: int) -> None:
                 if (q + 1) % tick == 0:
                     svc.tick()
+
+            run_ = drive(trace, service_caller(svc, credential=f"admin:{PW}"), clock="wall",
+                         after=timer)
+            assert run_.refused_writes == 0
+            t0 = time.perf_counter()
             svc.tick()
-            drive_s = time.perf_counter() - t0
+            drive_s = run_.elapsed_s + time.perf_counter() - t0
             adv = svc.call("admin", "getCapacityAdvice", {},
                            credential=f"admin:{PW}")["advice"]
             g = adv["groups"][0]

@@ -9,8 +9,9 @@ the run equals ``kvsim replay --flow client`` request by request.
 
 The transport is a callable ``call(api, method, body) -> reply`` (``api`` is ``meta``
 or ``admin``): :class:`HttpCaller` speaks the HTTP API of any manager (kvsim's or a
-stock Tair KVCM), :class:`GrpcCaller` its gRPC API; tests also pass
-:meth:`kvsim.server.service.Service.call`.
+stock Tair KVCM), :class:`GrpcCaller` its gRPC API, :func:`service_caller` an
+in-process :class:`~kvsim.server.service.Service`. This is the one place the client
+sequence is written: tests and benchmarks that drive a server call :func:`drive`.
 
 Example:
     >>> from kvsim.core.clock import ManualClock
@@ -42,7 +43,7 @@ from kvsim.sim.replay import ReplayResult
 from kvsim.trace.model import KIND_READ, KIND_WRITE, Trace
 
 __all__ = ["DriveError", "DriveResult", "GrpcCaller", "HttpCaller", "caller_for", "drive",
-           "grpc_address"]
+           "grpc_address", "service_caller"]
 
 Caller = Callable[[str, str, dict[str, Any]], dict[str, Any]]
 CALLS = ("setClock", "getCacheLocation", "startWriteCache", "finishWriteCache")
@@ -179,6 +180,18 @@ def grpc_address(url: str) -> tuple[str, int]:
     return u.hostname, u.port
 
 
+def service_caller(service: Any, credential: str | None = None) -> Caller:
+    """``call(api, method, body)`` straight into an in-process
+    :class:`~kvsim.server.service.Service` (no transport), admin calls with
+    ``credential``."""
+
+    def call(api: str, method: str, body: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = service.call(api, method, body, credential=credential)
+        return out
+
+    return call
+
+
 def caller_for(url: str, admin_url: str | None = None, *,
                admin_credential: str | None = None) -> HttpCaller | GrpcCaller:
     """The transport for ``url``: :class:`GrpcCaller` for ``grpc://``, else HTTP."""
@@ -201,7 +214,8 @@ def _ok(method: str, reply: dict[str, Any]) -> dict[str, Any]:
 
 def drive(trace: Trace, call: Caller, *, config: KVSimConfig | None = None,
           clock: str = "trace", group: str = "default", concurrency: int = 1,
-          rate: float = 0.0, write_timeout_s: int = 0) -> DriveResult:
+          rate: float = 0.0, write_timeout_s: int = 0,
+          after: Callable[[int], None] | None = None) -> DriveResult:
     """Replay ``trace`` against a live manager through ``call`` (see the module docstring).
 
     Args:
@@ -216,6 +230,8 @@ def drive(trace: Trace, call: Caller, *, config: KVSimConfig | None = None,
             order is the run's order).
         rate: requests per second to send at (0 = as fast as answered).
         write_timeout_s: ``write_timeout_seconds`` of each write (0 = the server's default).
+        after: called with each request's index once its calls are answered (one request
+            in flight only), e.g. to run an in-process server's timer every N requests.
 
     Returns:
         The outcomes and latencies.
@@ -229,6 +245,8 @@ def drive(trace: Trace, call: Caller, *, config: KVSimConfig | None = None,
         raise ValueError("clock 'trace' runs the trace in order: concurrency must be 1")
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+    if after is not None and concurrency != 1:
+        raise ValueError("after runs between requests: concurrency must be 1")
     cfg = config or KVSimConfig()
     listed = {s.instance_id: s.group for s in cfg.instances}
     batch = cfg.replay.match == "batch"
@@ -299,6 +317,8 @@ def drive(trace: Trace, call: Caller, *, config: KVSimConfig | None = None,
             if clock == "trace":
                 _ok("setClock", timed("admin", "setClock", {"now_ns": int(trace.ts_ns[q])}))
             one(q)
+            if after is not None:
+                after(q)
     else:
         with ThreadPoolExecutor(concurrency) as pool:
             futs = []

@@ -24,6 +24,7 @@ from kvsim.core.clock import ManualClock
 from kvsim.optimizer.bounds import belady
 from kvsim.server.app import start_server
 from kvsim.server.service import Service
+from kvsim.sim.drive import HttpCaller, drive, service_caller
 from kvsim.trace.generator import GenSpec, generate_trace
 from kvsim.trace.model import Trace
 from kvsim.trace.readers import read_trace
@@ -44,36 +45,12 @@ def _config(tmp: Path, quota_blocks: int = QUOTA) -> KVSimConfig:
 
 
 def _drive(meta: str | Service, trace: Trace) -> None:
-    """read -> startWriteCache -> finishWriteCache per request, over HTTP (a URL) or
-    straight into the live server's service (faster, for the big sampled trace)."""
-    c = httpx.Client(timeout=120) if isinstance(meta, str) else None
-
-    def call(method: str, body: dict) -> dict:
-        if c is not None:
-            r = c.post(f"{meta}/api/{method}", json=body).json()
-        else:
-            assert isinstance(meta, Service)
-            r = meta.call("meta", method, body)
-        assert r["header"]["status"]["code"] == "OK", (method, r["header"])
-        return r
-
-    try:
-        for name in trace.instances:
-            call("registerInstance", {"instance_group": "default", "instance_id": name,
-                                      "block_size": trace.block_size,
-                                      "model_deployment": {"model_name": "m", "dtype": "bf16"}})
-        for q in range(trace.n_requests):
-            iid = trace.instances[int(trace.instance[q])]
-            keys = trace.request_keys(q).tolist()
-            call("getCacheLocation", {"instance_id": iid, "block_keys": keys,
-                                      "query_type": "QT_PREFIX_MATCH"})
-            w = call("startWriteCache", {"instance_id": iid, "block_keys": keys})
-            call("finishWriteCache", {"instance_id": iid,
-                                      "write_session_id": w["write_session_id"],
-                                      "success_blocks": {"offset": len(w["locations"])}})
-    finally:
-        if c is not None:
-            c.close()
+    """read -> startWriteCache -> finishWriteCache per request (:func:`kvsim.sim.drive.drive`),
+    over HTTP (a URL) or straight into the live server's service (faster, for the big
+    sampled trace)."""
+    call = (HttpCaller(meta) if isinstance(meta, str)
+            else service_caller(meta, credential=f"admin:{PW}"))
+    assert drive(trace, call, clock="wall").refused_writes == 0
 
 
 def _advice(admin: str) -> dict:
@@ -312,14 +289,14 @@ def test_belady_headroom_from_the_event_log(tmp_path: Path) -> None:
                              "eviction": {"policy": "lru"}}],
     })
     trace = generate_trace(GenSpec(seed=3, requests=300, instances=2, block_size=64))
-    svc = Service(cfg, data_dir=tmp_path, admin_password="pw", advisor_sample_rate=1.0)
+    svc = Service(cfg, data_dir=tmp_path, admin_password=PW, advisor_sample_rate=1.0)
     try:
         _drive(svc, trace)
         svc.tick()
-        plain = svc.call("admin", "getCapacityAdvice", {}, credential="admin:pw")
+        plain = svc.call("admin", "getCapacityAdvice", {}, credential=f"admin:{PW}")
         assert "belady" not in plain["advice"]["groups"][0]
         r = svc.call("admin", "getCapacityAdvice", {"bound": "belady"},
-                     credential="admin:pw")
+                     credential=f"admin:{PW}")
     finally:
         svc.close()
     assert r["header"]["status"]["code"] == "OK", r["header"]

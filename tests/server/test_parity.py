@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from transports import TRANSPORTS
+from transports import TRANSPORTS, Client, caller
 
 from kvsim.cli import main
 from kvsim.config import KVSimConfig
+from kvsim.sim.drive import drive
 from kvsim.sim.replay import replay
 from kvsim.trace.generator import GenSpec, generate_trace
 from kvsim.trace.model import KIND_READ, KIND_WRITE, Trace
@@ -35,28 +36,12 @@ def _config(tmp: Path, quota_blocks: int, policy: str = "lru") -> KVSimConfig:
     })
 
 
-def _drive(client: object, trace: Trace) -> np.ndarray:
-    c = client
-    for name in trace.instances:
-        r = c.meta("registerInstance", {  # type: ignore[attr-defined]
-            "instance_group": "default", "instance_id": name, "block_size": trace.block_size,
-            "model_deployment": {"model_name": "m", "dtype": "bf16"}})
-        assert r["header"]["status"]["code"] == "OK"
-    hits = np.zeros(trace.n_requests, dtype=np.int64)
-    for q in range(trace.n_requests):
-        iid = trace.instances[int(trace.instance[q])]
-        keys = trace.request_keys(q).tolist()
-        g = c.meta("getCacheLocation", {"instance_id": iid, "block_keys": keys,  # type: ignore
-                                        "query_type": "QT_PREFIX_MATCH"})
-        assert g["header"]["status"]["code"] == "OK", g["header"]
-        hits[q] = len(g["locations"])
-        w = c.meta("startWriteCache", {"instance_id": iid, "block_keys": keys})  # type: ignore
-        assert w["header"]["status"]["code"] == "OK", w["header"]
-        f = c.meta("finishWriteCache", {  # type: ignore[attr-defined]
-            "instance_id": iid, "write_session_id": w["write_session_id"],
-            "success_blocks": {"offset": len(w["locations"])}})
-        assert f["header"]["status"]["code"] == "OK", f["header"]
-    return hits
+def _drive(client: Client, trace: Trace) -> np.ndarray:
+    """Per request: getCacheLocation (prefix), startWriteCache with every key,
+    finishWriteCache with every new key (:func:`kvsim.sim.drive.drive`); the hits."""
+    d = drive(trace, caller(client), clock="wall")
+    assert d.refused_writes == 0
+    return d.result.hit_blocks
 
 
 @pytest.mark.parametrize(("transport", "requests", "quota"),

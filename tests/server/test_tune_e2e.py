@@ -47,25 +47,14 @@ def _base(tmp: Path, quota: int) -> KVSimConfig:
     })
 
 
-def _drive(client: object, trace: Trace) -> int:
+def _drive(client: object, trace: Trace, config: KVSimConfig) -> int:
     """Per request: getCacheLocation (prefix), startWriteCache, finishWriteCache (the
-    replay contract's combined request); returns the hit tokens."""
-    c = client
-    hit = 0
-    for q in range(trace.n_requests):
-        iid = trace.instances[int(trace.instance[q])]
-        keys = trace.request_keys(q).tolist()
-        g = c.meta("getCacheLocation", {"instance_id": iid, "block_keys": keys,  # type: ignore
-                                        "query_type": "QT_PREFIX_MATCH"})
-        assert g["header"]["status"]["code"] == "OK", g["header"]
-        hit += min(len(g["locations"]) * trace.block_size, int(trace.input_len[q]))
-        w = c.meta("startWriteCache", {"instance_id": iid, "block_keys": keys})  # type: ignore
-        assert w["header"]["status"]["code"] == "OK", w["header"]
-        f = c.meta("finishWriteCache", {  # type: ignore[attr-defined]
-            "instance_id": iid, "write_session_id": w["write_session_id"],
-            "success_blocks": {"offset": len(w["locations"])}})
-        assert f["header"]["status"]["code"] == "OK", f["header"]
-    return hit
+    replay contract's combined request, :func:`kvsim.sim.drive.drive`); the hit tokens."""
+    from kvsim.sim.drive import drive
+
+    d = drive(trace, transports.caller(client), config=config, clock="wall")
+    assert d.refused_writes == 0
+    return int(d.result.summary()["hit_tokens"])
 
 
 def test_tuned_config_served_live_equals_prediction(tmp_path: Path) -> None:
@@ -81,7 +70,7 @@ def test_tuned_config_served_live_equals_prediction(tmp_path: Path) -> None:
     # 1. a live HTTP server started with the exported config
     client = transports.TRANSPORTS["http"](tmp_path / "srv1", config=tuned)
     try:
-        assert _drive(client, trace) == predicted
+        assert _drive(client, trace, tuned) == predicted
     finally:
         client.close()
 
@@ -91,7 +80,7 @@ def test_tuned_config_served_live_equals_prediction(tmp_path: Path) -> None:
         for body in json.loads((tmp_path / "export" / "instance_groups.json").read_text()):
             r = client.admin("updateInstanceGroup", body)
             assert r["header"]["status"]["code"] == "OK", r["header"]
-        assert _drive(client, trace) == predicted
+        assert _drive(client, trace, tuned) == predicted
     finally:
         client.close()
     assert predicted > 0 and np.isfinite(o.best.value)
@@ -111,7 +100,7 @@ def test_server_flow_predicts_live_for_other_policies(tmp_path: Path,
     predicted = int(o.best.user_attrs["hit_tokens"])
     client = transports.TRANSPORTS["inproc"](tmp_path / "srv", config=tuned)
     try:
-        assert _drive(client, trace) == predicted
+        assert _drive(client, trace, tuned) == predicted
     finally:
         client.close()
 

@@ -166,6 +166,16 @@ class GrpcTransportClient:
         self.handle.stop()
 
 
+def caller(client: Client) -> Callable[[str, str, dict[str, Any]], dict[str, Any]]:
+    """``client`` as the transport of :func:`kvsim.sim.drive.drive` (the one client
+    driver): ``call(api, method, body)``, admin calls with the test admin credential."""
+
+    def call(api: str, method: str, body: dict[str, Any]) -> dict[str, Any]:
+        return client.meta(method, body) if api == "meta" else client.admin(method, body)
+
+    return call
+
+
 def _local_reply(code: str, message: str) -> dict[str, Any]:
     return {"header": {"status": {"code": code, "message": message},
                        "request_id": "grpc-client"}}
