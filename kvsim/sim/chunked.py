@@ -5,8 +5,10 @@ the memory of a large trace). :func:`replay_chunks` feeds the core one chunk at 
 time (:func:`iter_parquet_chunks` reads a parquet trace by row groups), so a trace
 larger than memory replays with the chunk, the block table (sized by the groups'
 capacities, growing only when a group is unbounded) and 48 bytes per request of
-outcomes. The outcomes are the same integers as the whole-trace replay's (a test
-holds them equal), provided the chunks are in time order.
+outcomes. It is the same replay loop (:class:`~kvsim.sim.replay.Replayer`) fed chunk by
+chunk, so the outcomes are the same integers as the whole-trace replay's (a test holds
+them equal, in both flows and with a storage health schedule), provided the chunks are
+in time order.
 
 Example:
     >>> from kvsim.config import KVSimConfig
@@ -20,7 +22,6 @@ Example:
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,14 +31,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from kvsim.config import KVSimConfig
-from kvsim.core.manager import CacheManager
-from kvsim.core.spec import InstanceSpec
-from kvsim.sim.replay import UNBOUNDED_ROWS, build_manager
-from kvsim.trace.model import KIND_WRITE, Trace, TraceError
+from kvsim.sim.replay import Replayer, table_rows
+from kvsim.trace.model import Trace, TraceError
 from kvsim.trace.readers import parquet_table_trace
 
 __all__ = ["ChunkedReplay", "iter_parquet_chunks", "replay_chunks"]
-
 
 
 def iter_parquet_chunks(path: str | Path, *, rows: int = 1 << 16,
@@ -101,72 +99,38 @@ class ChunkedReplay:
         return self.hit_tokens / self.input_tokens if self.input_tokens else 0.0
 
 
-def _rows(config: KVSimConfig, max_len: int) -> int:
-    caps = [g.quota_units() for g in config.groups]
-    bounded = all(c > 0 for c in caps) and all(g.unit == "blocks" for g in config.groups)
-    return (sum(caps) + 2 * max_len if bounded else UNBOUNDED_ROWS) + 16
-
-
-def replay_chunks(chunks: Iterable[Trace], config: KVSimConfig) -> ChunkedReplay:
-    """Replay the chunks of one trace, in order, through one core.
+def replay_chunks(chunks: Iterable[Trace], config: KVSimConfig, *,
+                  flow: str = "combined") -> ChunkedReplay:
+    """Replay the chunks of one trace, in order, through one core: the replay loop of
+    :func:`kvsim.sim.replay.replay` (:class:`~kvsim.sim.replay.Replayer`) fed chunk by
+    chunk.
 
     Args:
         chunks: traces in time order (each sorted; a chunk may not start before the
             previous one ended). Instances are matched by name across chunks.
-        config: groups, instances and replay options.
+        config: groups, instances, replay options, the reclaim cadence and schedule.
+        flow: ``combined`` or ``client`` (see :func:`kvsim.sim.replay.replay`).
 
     Raises:
-        TraceError: a chunk starts before the previous chunk's last request.
+        TraceError: a chunk starts before the previous chunk's last request, or no chunk
+            holds a request.
     """
-    mgr: CacheManager | None = None
-    core_of: dict[str, int] = {}
+    run: Replayer | None = None
     outs: list[list[np.ndarray]] = [[] for _ in range(6)]
-    read_blocks = input_tokens = hit_tokens = 0
-    elapsed = 0.0
-    last_ts = None
-    n_chunks = 0
-    batch = config.replay.match == "batch"
     for tr in chunks:
-        n = tr.n_requests
-        if n == 0:
+        if tr.n_requests == 0:
             continue
-        if last_ts is not None and int(tr.ts_ns[0]) < last_ts:
-            raise TraceError(f"{tr.source}: chunk {n_chunks + 1} starts at {int(tr.ts_ns[0])} "
-                             f"ns, before the previous chunk's last request ({last_ts} ns)")
-        last_ts = int(tr.ts_ns[-1])
-        counts = tr.key_counts()
-        max_len = int(counts.max())
-        if mgr is None:
-            mgr, idx, _ = build_manager(tr, config, rows=_rows(config, max_len))
-            core_of = {name: int(idx[j]) for j, name in enumerate(tr.instances)}
-        bs = config.replay.block_size or tr.block_size
-        for name in tr.instances:
-            if name not in core_of:
-                mgr.register_instance(InstanceSpec(name, config.replay.default_group,
-                                                   block_size=bs))
-                core_of[name] = mgr.instance_index(name)
-        req_inst = np.asarray([core_of[s] for s in tr.instances], dtype=np.int32)[tr.instance]
-        o = [np.zeros(n, dtype=np.int64) for _ in range(6)]
-        # load (or compile) the kernel before the clock: an empty range runs nothing
-        mgr.run_combined(req_inst, tr.ts_ns, tr.offsets, tr.keys, tr.mask, tr.kind, 0, 0, o,
-                         batch=batch)
-        t0 = time.perf_counter()
-        mgr.run_combined(req_inst, tr.ts_ns, tr.offsets, tr.keys, tr.mask, tr.kind, 0, n, o,
-                         batch=batch)
-        elapsed += time.perf_counter() - t0
-        reads = tr.kind != KIND_WRITE
-        read_blocks += int(counts[reads].sum())
-        inp = np.where(reads, tr.input_len, 0)
-        input_tokens += int(inp.sum())
-        hit_tokens += int(np.minimum(o[0] * tr.block_size, inp).sum())
-        for j in range(6):
-            outs[j].append(o[j])
-        n_chunks += 1
-    if mgr is None:
+        if run is None:  # the table is sized by the capacities, not by the trace
+            run = Replayer(tr, config, rows=table_rows(config, int(tr.key_counts().max())),
+                           flow=flow)
+        for j, o in enumerate(run.feed(tr)):
+            outs[j].append(o)
+    if run is None:
         raise TraceError("replay_chunks: no requests in any chunk")
     cat = [np.concatenate(x) for x in outs]
     return ChunkedReplay(
         hit_blocks=cat[0], internal_hits=cat[1], internal_reads=cat[2], cached_blocks=cat[3],
-        group_used=cat[4], evicted=cat[5], read_blocks=read_blocks, input_tokens=input_tokens,
-        hit_tokens=hit_tokens, chunks=n_chunks, peak_rows=mgr.table.rows, elapsed_s=elapsed,
+        group_used=cat[4], evicted=cat[5], read_blocks=run.read_blocks,
+        input_tokens=run.input_tokens, hit_tokens=run.hit_tokens, chunks=run.fed,
+        peak_rows=run.mgr.table.rows, elapsed_s=run.elapsed_s,
     )

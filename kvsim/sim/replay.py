@@ -29,7 +29,7 @@ from kvsim.config import ConfigError, KVSimConfig
 from kvsim.core.clock import ManualClock
 from kvsim.core.manager import QUERY_BATCH, QUERY_PREFIX, CacheManager
 from kvsim.core.spec import InstanceSpec
-from kvsim.trace.model import KIND_READ, KIND_WRITE, Trace
+from kvsim.trace.model import KIND_READ, KIND_WRITE, Trace, TraceError
 
 ProgressFn = Callable[[int, int], None]
 StepFn = Callable[[int, int, int, int], None]
@@ -362,6 +362,149 @@ def build_manager(trace: Trace, config: KVSimConfig, *, rows: int, event_level: 
 FLOWS = ("combined", "client")
 
 
+def table_rows(config: KVSimConfig, max_len: int, n_keys: int | None = None) -> int:
+    """First block-table rows of a replay: the groups' capacities plus two of the longest
+    request (every group bounded in blocks), at most the trace's keys (``n_keys``, when
+    known); an unbounded cache starts at :data:`UNBOUNDED_ROWS` and grows as it fills."""
+    caps = [g.quota_units() for g in config.groups]
+    bounded = all(c > 0 for c in caps) and all(g.unit == "blocks" for g in config.groups)
+    rows = sum(caps) + 2 * max_len if bounded else (
+        UNBOUNDED_ROWS if n_keys is None else n_keys)
+    if n_keys is not None:
+        rows = min(rows, n_keys)
+    if all(c == 0 for c in caps):  # nothing is ever evicted: grow the table as it fills
+        rows = min(rows, UNBOUNDED_ROWS)
+    return max(rows, 16) + 16
+
+
+class Replayer:
+    """The replay loop: one manager fed a whole trace, or a trace's chunks in time order
+    (:func:`replay`, :func:`kvsim.sim.chunked.replay_chunks`).
+
+    Each :meth:`feed` runs its requests in pieces (cut at every :data:`CHUNK_KEYS` keys,
+    at the caller's cuts and at the config's scheduled health changes) through the
+    ``combined`` flow (the contract's batch kernel) or the ``client`` flow; the running
+    totals cover everything fed so far.
+
+    Args:
+        first: the trace (or first chunk): its first time starts the clock and the health
+            schedule, its instances are registered.
+        config: groups, instances, replay options and the reclaim cadence.
+        rows: the block table's first rows (:func:`table_rows`).
+        flow: ``combined`` or ``client`` (see :func:`replay`).
+
+    Attributes:
+        mgr: the manager.
+        group_of: the group name per instance of ``first``.
+        fed: traces fed so far.
+        read_blocks, input_tokens, hit_tokens: running totals (reads only).
+        elapsed_s: time in the loop (kernel compile excluded).
+    """
+
+    def __init__(self, first: Trace, config: KVSimConfig, *, rows: int,
+                 flow: str = "combined") -> None:
+        if flow not in FLOWS:
+            raise ValueError(f"flow must be one of {FLOWS}, got {flow!r}")
+        self.config = config
+        self.flow = flow
+        self.mgr, idx, self.group_of = build_manager(first, config, rows=rows)
+        self._core = {name: int(idx[j]) for j, name in enumerate(first.instances)}
+        self._listed = {s.instance_id for s in config.instances}
+        self._batch = config.replay.match == "batch"
+        self._health = _health_schedule(first, config)
+        self._h = 0
+        self._last_ts: int | None = None
+        self.fed = 0
+        self.read_blocks = self.input_tokens = self.hit_tokens = 0
+        self.elapsed_s = 0.0
+
+    def _core_index(self, tr: Trace) -> np.ndarray:
+        """The core instance index per request of ``tr`` (registering new instances in
+        the default group, as :func:`build_manager` does)."""
+        mgr = self.mgr
+        for name in tr.instances:
+            if name in self._core:
+                continue
+            if name in self._listed:
+                self._core[name] = mgr.instance_index(name)
+            else:
+                bs = self.config.replay.block_size or tr.block_size
+                self._core[name] = mgr.register_instance(
+                    InstanceSpec(name, self.config.replay.default_group, block_size=bs))
+        code = np.asarray([self._core[name] for name in tr.instances], dtype=np.int32)
+        return code[tr.instance]
+
+    def feed(self, tr: Trace, *, cuts: np.ndarray | None = None,
+             on_piece: Callable[[int], None] | None = None) -> list[np.ndarray]:
+        """Replay ``tr`` after everything fed before.
+
+        Args:
+            tr: requests in time order, none before the last one fed.
+            cuts: more piece ends (request indices of ``tr``).
+            on_piece: called with each piece's end once it ran (the running totals
+                include it).
+
+        Returns:
+            The six outcome arrays of ``tr``'s requests (hit blocks, internal hits,
+            internal reads, cached blocks, group used, evicted).
+
+        Raises:
+            TraceError: ``tr`` starts before the last request fed.
+        """
+        n = tr.n_requests
+        outs = [np.zeros(n, dtype=np.int64) for _ in range(6)]
+        if n == 0:
+            return outs
+        if self._last_ts is not None and int(tr.ts_ns[0]) < self._last_ts:
+            raise TraceError(f"{tr.source}: chunk {self.fed + 1} starts at {int(tr.ts_ns[0])} "
+                             f"ns, before the previous chunk's last request ({self._last_ts} ns)")
+        self._last_ts = int(tr.ts_ns[-1])
+        mgr, batch, health = self.mgr, self._batch, self._health
+        req_inst = self._core_index(tr)
+        if self.flow == "combined":
+            # load (or, on a first run, compile) the kernel before the clock starts: an
+            # empty range runs nothing, so ``elapsed_s`` is the replay alone
+            mgr.run_combined(req_inst, tr.ts_ns, tr.offsets, tr.keys, tr.mask, tr.kind, 0, 0,
+                             outs, batch=batch)
+        # piece ends: chunks of keys (an even progress bar), the caller's, health changes
+        parts = [np.searchsorted(tr.offsets, np.arange(0, tr.n_keys + CHUNK_KEYS, CHUNK_KEYS)),
+                 [n]]
+        if cuts is not None:
+            parts.append(cuts)
+        if health:
+            parts.append(np.searchsorted(tr.ts_ns, [at for at, _, _ in health], side="left"))
+        ends = np.unique(np.clip(np.concatenate([np.asarray(c, dtype=np.int64) for c in parts]),
+                                 0, n))
+        ends = ends[ends > 0]
+        reads = tr.kind != KIND_WRITE
+        inp = np.where(reads, tr.input_len, 0)
+        self.read_blocks += int(tr.key_counts()[reads].sum())
+        names = tr.instances
+        t0 = time.perf_counter()
+        q = 0
+        for end in ends.tolist():
+            while self._h < len(health) and health[self._h][0] <= int(tr.ts_ns[q]):
+                at, storage, ok = health[self._h]
+                if mgr.reclaim_interval_ms:
+                    mgr.advance_to(at)
+                mgr.set_storage_health(storage, ok, "scheduled outage (reclaim.storage_health)")
+                self._h += 1
+            if self.flow == "combined":
+                mgr.run_combined(req_inst, tr.ts_ns, tr.offsets, tr.keys, tr.mask, tr.kind,
+                                 q, end, outs, batch=batch)
+            else:
+                _client_range(mgr, tr, names, q, end, outs, batch)
+            self.input_tokens += int(inp[q:end].sum())
+            self.hit_tokens += int(np.minimum(outs[0][q:end] * tr.block_size,
+                                              inp[q:end]).sum())
+            q = end
+            if on_piece is not None:
+                on_piece(q)
+        self.elapsed_s += time.perf_counter() - t0
+        self.fed += 1
+        return outs
+
+
 def replay(
     trace: Trace,
     config: KVSimConfig,
@@ -401,62 +544,20 @@ def replay(
         >>> r.hit_blocks.tolist() == replay(t, cfg).hit_blocks.tolist(), seen
         (True, [(0, 2, 1024), (1, 4, 2048)])
     """
-    if flow not in FLOWS:
-        raise ValueError(f"flow must be one of {FLOWS}, got {flow!r}")
     n = trace.n_requests
-    counts = trace.key_counts()
-    max_len = int(counts.max()) if n else 0
-    caps = [g.quota_units() for g in config.groups]
-    bounded = all(c > 0 for c in caps) and all(g.unit == "blocks" for g in config.groups)
-    rows = min(trace.n_keys, sum(caps) + 2 * max_len) if bounded else trace.n_keys
-    if all(c == 0 for c in caps):  # nothing is ever evicted: grow the table as it fills
-        rows = min(rows, UNBOUNDED_ROWS)
-    mgr, core_idx, group_of = build_manager(trace, config, rows=max(rows, 16) + 16)
-    req_inst = core_idx[trace.instance]
-    outs = [np.zeros(n, dtype=np.int64) for _ in range(6)]
-    batch = config.replay.match == "batch"
-    health = _health_schedule(trace, config)
-    if flow == "combined":
-        # load (or, on a first run, compile) the kernel before the clock starts: an empty
-        # range runs nothing, so ``elapsed_s`` is the replay alone, never the compile
-        mgr.run_combined(req_inst, trace.ts_ns, trace.offsets, trace.keys, trace.mask,
-                         trace.kind, 0, 0, outs, batch=batch)
-    # piece boundaries: the steps, chunks of keys (an even progress bar), health changes
+    max_len = int(trace.key_counts().max()) if n else 0
+    run = Replayer(trace, config, rows=table_rows(config, max_len, trace.n_keys), flow=flow)
     step_ends = np.unique(np.linspace(0, n, max(1, steps) + 1).round().astype(np.int64))[1:]
-    bounds = np.searchsorted(trace.offsets, np.arange(0, trace.n_keys + CHUNK_KEYS, CHUNK_KEYS))
-    cuts = [bounds, step_ends, [n]]
-    if health:
-        cuts.append(np.searchsorted(trace.ts_ns, [at for at, _, _ in health], side="left"))
-    ends = np.unique(np.clip(np.concatenate([np.asarray(c, dtype=np.int64) for c in cuts]),
-                             0, n))
-    ends = ends[ends > 0]
     steps_at = {int(e): i for i, e in enumerate(step_ends)}
-    reads = trace.kind != KIND_WRITE
-    input_tokens = np.where(reads, trace.input_len, 0)
-    names = trace.instances
-    h = 0
-    t0 = time.perf_counter()
-    q = 0
-    for end in ends.tolist():
-        while h < len(health) and (q >= n or health[h][0] <= int(trace.ts_ns[q])):
-            at, storage, ok = health[h]
-            if mgr.reclaim_interval_ms:
-                mgr.advance_to(at)
-            mgr.set_storage_health(storage, ok, "scheduled outage (reclaim.storage_health)")
-            h += 1
-        if flow == "combined":
-            mgr.run_combined(req_inst, trace.ts_ns, trace.offsets, trace.keys, trace.mask,
-                             trace.kind, q, end, outs, batch=batch)
-        else:
-            _client_range(mgr, trace, names, q, end, outs, batch)
-        q = end
+
+    def piece_done(q: int) -> None:
         if progress is not None:
             progress(q, n)
         s = steps_at.get(q)
         if s is not None and on_step is not None:
-            hit = np.minimum(outs[0][:q] * trace.block_size, input_tokens[:q])
-            on_step(s, q, int(hit.sum()), int(input_tokens[:q].sum()))
-    elapsed = time.perf_counter() - t0
+            on_step(s, q, run.hit_tokens, run.input_tokens)
+
+    outs = run.feed(trace, cuts=step_ends, on_piece=piece_done)
     if label is None:
         g0 = config.groups[0]
         cap = g0.capacity_units()
@@ -467,16 +568,16 @@ def replay(
         label=label,
         trace=trace,
         config=config,
-        group_of_instance=group_of,
+        group_of_instance=run.group_of,
         hit_blocks=outs[0],
         internal_hits=outs[1],
         internal_reads=outs[2],
         cached_blocks=outs[3],
         group_used=outs[4],
         evicted=outs[5],
-        elapsed_s=elapsed,
+        elapsed_s=run.elapsed_s,
         capacity_units={g.name: g.capacity_units() for g in config.groups},
-        evicted_by_trigger=dict(mgr.evicted_by_trigger),
+        evicted_by_trigger=dict(run.mgr.evicted_by_trigger),
     )
 
 
