@@ -393,6 +393,34 @@ class KVSimConfig:
                            timing=timing, tiers=tiers, routing=routing, reclaim=reclaim)
 
     # ------------------------------------------------------------ output
+    def storage_rules(self) -> list[str]:
+        """The config fields that set a storage rule: a storage's ``capacity_bytes`` or
+        ``available: false``, a group's per-type quota (``quota.storage_types``) or
+        ``max_key_count``, a ``reclaim.storage_health`` schedule. The client flow
+        (``replay --flow client``, the server) honours them; the contract's combined
+        flow has no storages and would ignore them (``delay_before_delete_ms`` changes
+        no hit: evicted blocks are unreadable either way).
+
+        Example:
+            >>> KVSimConfig.from_dict({"storages": [{"name": "s", "capacity_bytes": 8}],
+            ...     "instance_groups": [{"name": "g"}]}).storage_rules()
+            ['storages[0].capacity_bytes']
+        """
+        out = []
+        for i, st in enumerate(self.storages):
+            if st.capacity_bytes:
+                out.append(f"storages[{i}].capacity_bytes")
+            if not st.available:
+                out.append(f"storages[{i}].available")
+        for i, g in enumerate(self.groups):
+            if g.storage_type_quotas:
+                out.append(f"instance_groups[{i}].quota.storage_types")
+            if g.max_key_count:
+                out.append(f"instance_groups[{i}].max_key_count")
+        if self.reclaim.storage_health:
+            out.append("reclaim.storage_health")
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         """The config as the mapping :meth:`from_dict` reads."""
         return {

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from kvsim.config import KVSimConfig
+from kvsim.config import ConfigError, KVSimConfig
 from kvsim.data import sample_trace_path
 from kvsim.sim.chunked import iter_parquet_chunks, replay_chunks
 from kvsim.sim.replay import replay
@@ -50,8 +50,9 @@ def test_chunked_replay_equals_whole_trace(chunked_file: Path, capacity: int) ->
 
 @pytest.mark.parametrize("flow", ["combined", "client"])
 def test_chunked_replay_equals_whole_trace_with_storage_rules(tmp_path: Path, flow: str) -> None:
-    """The one replay loop fed in chunks: a reclaimer every 50 ms of trace time and a
-    storage taken down (then up) mid-trace give the whole trace's integers, in both flows."""
+    """The one replay loop fed in chunks: a reclaimer every 50 ms of trace time and (client
+    flow) a storage capacity and a storage taken down, then up, mid-trace give the whole
+    trace's integers."""
     whole = generate_trace(GenSpec(seed=5, requests=400, instances=3, block_size=64))
     span_ms = int(whole.ts_ns[-1] - whole.ts_ns[0]) // 1_000_000
     cfg = KVSimConfig.from_dict({
@@ -68,9 +69,17 @@ def test_chunked_replay_equals_whole_trace_with_storage_rules(tmp_path: Path, fl
             {"storage": "fast", "at_ms": span_ms // 3, "healthy": False},
             {"storage": "fast", "at_ms": 2 * span_ms // 3, "healthy": True}]},
     })
-    ref = replay(whole, cfg, flow=flow)
     pieces = [whole.select(np.arange(a, min(a + 70, whole.n_requests)))
               for a in range(0, whole.n_requests, 70)]
+    if flow == "combined":  # no storages in the contract's request: refused, as replay()
+        with pytest.raises(ConfigError, match=r"storages\[0\]\.capacity_bytes, "
+                                              r"reclaim\.storage_health: .*--flow client"):
+            replay_chunks(pieces, cfg, flow=flow)
+        cfg = KVSimConfig.from_dict(cfg.to_dict() | {
+            "storages": [{"name": "fast", "type": "memory", "uri": "mem://fast"},
+                         {"name": "slow", "type": "file", "uri": str(tmp_path / "slow")}],
+            "reclaim": {"interval_ms": 50}})
+    ref = replay(whole, cfg, flow=flow)
     got = replay_chunks(pieces, cfg, flow=flow)
     assert got.chunks == len(pieces) == 6
     for f in FIELDS:

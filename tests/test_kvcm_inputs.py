@@ -142,7 +142,12 @@ def test_cli_config_import_export_and_replay_with_kvcm_config(tmp_path: Path) ->
     tr = _jsonl(tmp_path / "t.jsonl", [
         {"instance_id": "a", "timestamp_us": 1 + i, "keys": [1, 2], "block_mask": [],
          "total_keys": [1, 2, 3 + i], "input_len": 8} for i in range(4)])
+    # its storages have capacities: the client flow honours them (the combined flow,
+    # which has no storages, refuses the config)
     r = CliRunner().invoke(main, ["replay", str(tr), "--config", str(src), "--json"])
+    assert r.exit_code != 0 and "capacity_bytes" in r.output and "--flow client" in r.output
+    r = CliRunner().invoke(main, ["replay", str(tr), "--config", str(src), "--json",
+                                  "--flow", "client"])
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout[r.stdout.index("{"):])
     assert out["results"][0]["hit_blocks"] == 6  # turns 2..4 hit keys 1 and 2

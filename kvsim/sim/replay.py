@@ -393,6 +393,10 @@ class Replayer:
         rows: the block table's first rows (:func:`table_rows`).
         flow: ``combined`` or ``client`` (see :func:`replay`).
 
+    Raises:
+        ConfigError: the ``combined`` flow and a config with a storage rule
+            (:meth:`~kvsim.config.KVSimConfig.storage_rules`): it would be ignored.
+
     Attributes:
         mgr: the manager.
         group_of: the group name per instance of ``first``.
@@ -405,6 +409,14 @@ class Replayer:
                  flow: str = "combined") -> None:
         if flow not in FLOWS:
             raise ValueError(f"flow must be one of {FLOWS}, got {flow!r}")
+        ignored = config.storage_rules() if flow == "combined" else []
+        if ignored:
+            raise ConfigError(
+                f"{config.source}: {', '.join(ignored)}: the combined flow (the replay "
+                "contract's request, which has no storages) would ignore "
+                f"{'this storage rule' if len(ignored) == 1 else 'these storage rules'}; "
+                "replay with --flow client (flow='client': the server's calls, every "
+                "storage rule)")
         self.config = config
         self.flow = flow
         self.mgr, idx, self.group_of = build_manager(first, config, rows=rows)
@@ -525,7 +537,8 @@ def replay(
         flow: ``combined`` (the replay contract's combined request, the batch kernel)
             or ``client`` (per request the calls a client of ``kvsim serve`` makes:
             :meth:`~kvsim.core.manager.CacheManager.client_request`; what the live
-            server does, request by request).
+            server does, request by request, with every storage rule; ``combined``
+            refuses a config with one: :meth:`~kvsim.config.KVSimConfig.storage_rules`).
         steps: pieces of about equal requests; after each, ``on_step(s, done_requests,
             hit_tokens, input_tokens)`` is called with running totals (it may raise to
             stop, e.g. ``optuna.TrialPruned``).

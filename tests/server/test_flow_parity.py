@@ -171,6 +171,46 @@ def test_scheduled_outage_is_simulated(tmp_path: Path) -> None:
     assert down.hit_blocks.tolist() == replay(TRACE, gone, flow="client").hit_blocks.tolist()
 
 
+@pytest.mark.parametrize("limit", [*LIMITS, "health"])
+def test_combined_flow_refuses_the_storage_rules_it_would_ignore(tmp_path: Path,
+                                                                  limit: str) -> None:
+    """The contract's combined request has no storages: a config with a storage rule is
+    refused, naming the field and pointing at the client flow (which honours it)."""
+    from click.testing import CliRunner
+
+    from kvsim.cli import main
+    from kvsim.config import ConfigError
+
+    cfg = _config(tmp_path, used=0.8, limit="none" if limit == "health" else limit,
+                  health=limit == "health", interval_ms=100)
+    field = {"type_quota": r"instance_groups\[0\]\.quota\.storage_types",
+             "storage_capacity": r"storages\[0\]\.capacity_bytes",
+             "max_key_count": r"instance_groups\[0\]\.max_key_count",
+             "health": r"reclaim\.storage_health"}.get(limit)
+    if field is None:  # none, or a delete delay (no hit depends on it): the kernel runs
+        assert cfg.storage_rules() == []
+        assert int(replay(TRACE, cfg).hit_blocks.sum()) > 0
+        return
+    with pytest.raises(ConfigError, match=field + r".*--flow client"):
+        replay(TRACE, cfg)
+    r = replay(TRACE, cfg, flow="client")
+    plain = replay(TRACE, _config(tmp_path, used=0.8, interval_ms=100), flow="client")
+    if limit != "health":  # (the outage moves every write to `slow`: the same hits)
+        assert r.hit_blocks.tolist() != plain.hit_blocks.tolist()  # the rule matters
+    cfg_path = tmp_path / "c.yaml"
+    cfg.save(cfg_path)
+    trace_path = tmp_path / "t.parquet"
+    write_trace(TRACE, trace_path)
+    out = CliRunner().invoke(main, ["replay", str(trace_path), "--config", str(cfg_path),
+                                    "--no-out"])
+    assert out.exit_code != 0 and "--flow client" in out.output, out.output
+    ok = CliRunner().invoke(main, ["replay", str(trace_path), "--config", str(cfg_path),
+                                   "--no-out", "--flow", "client", "--json"])
+    assert ok.exit_code == 0, ok.output
+    doc = json.loads(ok.stdout[ok.stdout.index("{"):])
+    assert doc["results"][0]["hit_blocks"] == int(r.hit_blocks.sum())
+
+
 # ------------------------------------------------------------------------ over HTTP
 def _free_port() -> int:
     from conftest import free_port  # type: ignore[import-not-found]
