@@ -134,3 +134,58 @@ def test_specialised_kernels_equal_the_all_policy_template() -> None:
     b = replay(tr, two)
     assert a.hit_blocks.tolist() == b.hit_blocks.tolist()
     assert a.evicted.tolist() == b.evicted.tolist()
+
+
+class _RecordingLoader:
+    """The default file loader, recording what the core asks of it."""
+
+    def __init__(self) -> None:
+        from kvsim._kernels_loader import FileKernelLoader
+
+        self.inner = FileKernelLoader()
+        self.loaded: list[str] = []
+        self.read: list[str] = []
+
+    def source(self, module: object) -> str:
+        self.read.append(module.__name__)  # type: ignore[attr-defined]
+        return self.inner.source(module)  # type: ignore[arg-type]
+
+    def load(self, modname: str, text: str) -> object:
+        self.loaded.append(modname)
+        return self.inner.load(modname, text)
+
+    def all_policies(self) -> bool:
+        return True  # the suite's one kernel set: no compile of its own
+
+
+def test_an_injected_loader_makes_the_managers_kernels() -> None:
+    from kvsim.core.clock import ManualClock
+    from kvsim.core.manager import CacheManager
+
+    rec = _RecordingLoader()
+    m = CacheManager(ManualClock(), kernel_loader=rec)  # type: ignore[arg-type]
+    k = m.kernels
+    assert k.__name__.startswith("_kvsim_gen_kernels__")
+    assert rec.loaded == [k.dispatch.__name__, k.__name__]  # dispatch first, then kernels
+    assert "kvsim.core.kernels" in rec.read and "kvsim.core.policies.lru" in rec.read
+    assert m.kernels is k  # per manager, loaded once
+
+
+def test_the_core_does_no_file_io_nor_reads_the_environment() -> None:
+    """Directory choice, file writing and ``KVSIM_KERNELS`` live in the loader."""
+    import ast
+
+    import kvsim.core.loader
+    import kvsim.core.specialize
+
+    for mod in (kvsim.core.specialize, kvsim.core.loader):
+        tree = ast.parse(Path(mod.__file__).read_text())
+        imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import)
+                    for a in n.names}
+        imported |= {(n.module or "").split(".")[0] for n in ast.walk(tree)
+                     if isinstance(n, ast.ImportFrom)}
+        assert not imported & {"os", "pathlib", "tempfile", "shutil", "io"}, (mod, imported)
+        names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+        attrs = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+        assert "open" not in names and not attrs & {"environ", "getenv", "read_text",
+                                                     "write_text", "CACHE_DIR"}, mod

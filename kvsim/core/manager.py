@@ -40,6 +40,7 @@ from kvsim.core.errors import (
     QuotaExceeded,
 )
 from kvsim.core.events import EV_EXPIRED, EV_WRITE_STARTED, Event, EventBuffer, emit
+from kvsim.core.loader import KernelLoader
 from kvsim.core.policies import DEFAULT_POLICY, get_policy
 from kvsim.core.spec import (
     EVICTION_MODES,
@@ -269,6 +270,9 @@ class CacheManager:
             write (:meth:`finish_write`; the replay contract evicts at each write), N > 0
             every N ms (:meth:`advance_to` on a manual clock, the server's timer on a
             wall clock).
+        kernel_loader: turns generated kernel source into modules
+            (:mod:`kvsim.core.specialize`); ``None`` = the process-wide one that
+            ``import kvsim`` installs (files in numba's cache directory).
 
     Attributes:
         storage: the storage registry (slots, admin state, health).
@@ -278,8 +282,10 @@ class CacheManager:
     """
 
     def __init__(self, clock: Clock, *, rows: int = 1024, event_level: int = 1,
-                 slot_counts: bool = False, reclaim_interval_ms: int = 0) -> None:
+                 slot_counts: bool = False, reclaim_interval_ms: int = 0,
+                 kernel_loader: KernelLoader | None = None) -> None:
         self.clock = clock
+        self._kernel_loader = kernel_loader
         self.table = BlockTable.create(rows=rows)
         self.table.t.meta[M_SLOT_COUNTS] = int(slot_counts)
         self.events = EventBuffer(level=event_level)
@@ -307,7 +313,8 @@ class CacheManager:
         of the larger set (compiled, or loaded from the disk cache, on first use)."""
         k = self._kernels
         if k is None:
-            k = self._kernels = kernels_for(self._policy_names or (DEFAULT_POLICY,))
+            k = self._kernels = kernels_for(self._policy_names or (DEFAULT_POLICY,),
+                                            self._kernel_loader)
         return k
 
     def use_policies(self, names: Sequence[str] | set[str]) -> None:
