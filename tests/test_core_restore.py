@@ -11,6 +11,7 @@ from strategies import examples
 from kvsim.core.clock import ManualClock
 from kvsim.core.errors import DuplicateEntity, InvalidArgument, NotFound
 from kvsim.core.manager import CacheManager
+from kvsim.core.policies import BUILTIN
 from kvsim.core.spec import EvictionSpec, GroupSpec, InstanceSpec
 
 INSTANCES = ("a", "b")
@@ -117,3 +118,109 @@ def test_sessions_round_trip_and_expiry() -> None:
     assert r.finish_write(w2.session_id, [True]).committed == 1
     assert r.cached_keys("b").tolist() == [4]
     assert r.cached_keys("a", serving_only=False).tolist() == [77]
+
+
+# ---------------------------------------------------------------- bulk restore
+def _policy_manager(policy: str, quota: int, delay_ms: int = 0) -> CacheManager:
+    m = CacheManager(ManualClock(5_000), event_level=0, slot_counts=True)
+    m.create_group(GroupSpec("g", quota_blocks=quota, delay_before_delete_ms=delay_ms,
+                             eviction=EvictionSpec(policy=policy)))
+    for name in INSTANCES:
+        m.register_instance(InstanceSpec(name, "g"))
+    m.reserve_rows(2048)  # the same table (and free list) on every side
+    return m
+
+
+def _tables_equal(a: CacheManager, b: CacheManager) -> None:
+    ta, tb = a.table.t, b.table.t
+    for name in ta._fields:
+        if name == "scratch":  # the free batch's scratch: contents are not state
+            continue
+        np.testing.assert_array_equal(getattr(ta, name), getattr(tb, name), err_msg=name)
+
+
+entries = st.lists(
+    st.tuples(st.sampled_from(INSTANCES), st.integers(0, 60), st.integers(0, 400),
+              st.integers(0, 400), st.integers(0, 70), st.integers(0, 3)),
+    min_size=0, max_size=120)
+
+
+@settings(max_examples=examples(120), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(policy=st.sampled_from(sorted(BUILTIN)),
+       pre=st.lists(st.tuples(st.sampled_from(INSTANCES), st.integers(0, 80),
+                              st.integers(1, 4)), max_size=8),
+       rows=entries, chunk=st.sampled_from([1, 3, 7, 4096]), evict=st.integers(0, 200),
+       after=st.lists(st.tuples(st.sampled_from(INSTANCES), st.integers(0, 60),
+                                st.integers(1, 5)), max_size=12),
+       delay=st.sampled_from([0, 10]))
+def test_bulk_restore_equals_chunked_path(policy, pre, rows, chunk, evict, after,
+                                          delay) -> None:
+    """The one-pass kernel (and its plain-Python twin, the kernel's body run by the
+    interpreter) leaves exactly the table the chunked start/finish path leaves, for
+    every registered policy: same rows, times, counts, index, policy lists and
+    counters; so the same lookups, and the same evictions afterwards."""
+    from unittest import mock
+
+    import kvsim.core.manager as M
+
+    sides = [_policy_manager(policy, 0, delay) for _ in range(3)]
+    for m in sides:  # some blocks already there (and, with a delay, DELETING ones)
+        for inst, root, n in pre:
+            m.clock.advance(100)  # type: ignore[attr-defined]
+            m.access(inst, [root + j for j in range(n)])
+        m.evict_blocks("g", 2)
+    twin = sides[2].kernels.restore_serving
+    with mock.patch.object(M, "_RESTORE_CHUNK", chunk):
+        for inst in INSTANCES:
+            sel = [r for r in rows if r[0] == inst]
+            k = np.array([r[1] for r in sel], np.int64)
+            tw = np.array([r[2] for r in sel], np.int64)
+            ta = np.array([r[3] for r in sel], np.int64)
+            acc = np.array([r[4] for r in sel], np.int64)
+            loc = np.array([r[5] for r in sel], np.int64)
+            kw = dict(t_write=tw, t_access=ta, access_count=acc, loc=loc)
+            got = [sides[0].restore_blocks(inst, k, bulk=False, **kw),
+                   sides[1].restore_blocks(inst, k, **kw)]
+            with mock.patch.object(sides[2].kernels, "restore_serving", twin.py_func):
+                got.append(sides[2].restore_blocks(inst, k, **kw))
+            assert got[0] == got[1] == got[2]
+    _tables_equal(sides[0], sides[1])
+    _tables_equal(sides[0], sides[2])
+    probe = list(range(0, 90))
+    for inst in INSTANCES:
+        assert (sides[0].match(inst, probe, query="batch", touch=False).found.tolist()
+                == sides[1].match(inst, probe, query="batch", touch=False).found.tolist())
+    # the same future: reads, writes and evictions one block at a time
+    seen: list[list[list[int]]] = [[], []]
+    for side, m in enumerate(sides[:2]):
+        for inst, root, n in after:
+            m.clock.advance(1_000)  # type: ignore[attr-defined]
+            m.access(inst, [root + j for j in range(n)])
+        for _ in range(min(evict, 40)):
+            if m.evict_blocks("g", 1) == 0:
+                break
+            seen[side].append([*m.cached_keys("a").tolist(), -1, *m.cached_keys("b").tolist()])
+    assert seen[0] == seen[1]
+    _tables_equal(sides[0], sides[1])
+
+
+def test_bulk_restore_needs_quota_room_else_chunks() -> None:
+    """A set larger than the quota takes the chunked path (evicting the oldest)."""
+    for bulk in (True, False):
+        m = _make(6_000, "lru")
+        keys = np.arange(10_000, dtype=np.int64)
+        m.restore_blocks("a", keys, t_write=keys, t_access=keys + 1, bulk=bulk)
+        assert m.cached_keys("a").tolist() == list(range(4_000, 10_000))
+
+
+def test_reserve_rows_grows_once() -> None:
+    m = _make(0, "lru")
+    m.reserve_rows(100_000)
+    rows = m.row_capacity
+    assert 100_000 <= rows <= 100_000 * 1.2
+    keys = np.arange(100_000, dtype=np.int64)
+    assert m.restore_blocks("a", keys, t_write=keys, t_access=keys) == 100_000
+    assert m.row_capacity == rows  # no growth while restoring
+    m.reserve_rows(10)
+    assert m.row_capacity == rows

@@ -35,6 +35,7 @@ from kvsim.core.table import (
     DELETING,
     M_HWM,
     M_SLOT_COUNTS,
+    M_STAMP,
     M_USED,
     SERVING,
     STORAGE_SLOTS,
@@ -622,6 +623,91 @@ def finish_write(
                 _detach(t, r)
             emit(ev, EV_WRITE_FAILED, i, keys[j], now, 0)
             free_row(t, r)
+    return done
+
+
+# ---------------------------------------------------------------- bulk restore
+@kernel
+def restore_serving(
+    t: Tables, i: int, keys: np.ndarray, tw: np.ndarray, ta: np.ndarray, acc: np.ndarray,
+    loc: np.ndarray, order: np.ndarray, chunk: int, rows: np.ndarray,
+) -> int:
+    """Insert persisted blocks of instance ``i`` as SERVING in one pass (a restart);
+    returns how many were committed.
+
+    ``order`` lists the entries oldest access first (a stable argsort of ``ta``). The
+    result is exactly that of :meth:`CacheManager.restore_blocks`' chunked path (a
+    ``start_write`` + ``finish_write`` per ``chunk`` entries, then the persisted times),
+    without its sessions, events or per-chunk calls: per chunk, rows are allocated in
+    the order ``start_write`` allocates them (reversed for tail-first policies, parent
+    links included), then committed oldest first through the policy's ``commit`` hook
+    with the persisted access count already set; write and access times then become the
+    persisted ones (access times made strictly increasing in commit order).
+
+    The caller guarantees the group's quota holds every entry and ``len(keys)`` free
+    rows; ``rows`` is scratch of at least ``chunk`` entries. Keys already present (not
+    DELETING) are left alone, as is a key's later repeat.
+    """
+    g = t.i_group[i]
+    code = t.g_policy[g]
+    cost = t.i_cost[i]
+    tf = dispatch.tail_first(code)
+    leaves = dispatch.tracks_leaves(code)
+    n = order.shape[0]
+    done = 0
+    for c0 in range(0, n, chunk):
+        c1 = min(n, c0 + chunk)
+        m = c1 - c0
+        now = ta[order[c1 - 1]]
+        prev = -1
+        for pp in range(m):  # allocate, as start_write does
+            p = c1 - 1 - pp if tf else c0 + pp
+            j = order[p]
+            r = lookup(t, i, keys[j])
+            if r >= 0 and t.state[r] != DELETING:
+                rows[p - c0] = -1
+                prev = r
+                continue
+            if r >= 0:  # resurrect a DELETING row
+                t.state[r] = WRITING
+                t.t_write[r] = now
+                t.t_access[r] = stamp(t, now)
+                t.acc[r] = 1
+            else:
+                r = alloc_row(t, i, keys[j], WRITING, now)
+            rows[p - c0] = r
+            t.loc[r] = loc[j]
+            slot_add(t, r, 1, 0)
+            t.g_used[g] += cost
+            if _ANY_LEAVES and leaves:
+                _link_parent(t, r, prev)
+            prev = r
+        for pp in range(m):  # commit oldest first, as finish_write does
+            r = rows[pp]
+            if r < 0:
+                continue
+            a = acc[order[c0 + pp]]
+            t.acc[r] = COUNT_MAX if a > COUNT_MAX else a
+            t.state[r] = SERVING
+            t.t_write[r] = now
+            t.t_access[r] = stamp(t, now)
+            t.i_blocks[i] += 1
+            slot_add(t, r, 0, 1)
+            dispatch.commit(t, code, g, r, now)
+            done += 1
+        v = np.int64(0)
+        first = True
+        for pp in range(m):  # the persisted times
+            r = rows[pp]
+            if r < 0:
+                continue
+            j = order[c0 + pp]
+            t.t_write[r] = tw[j]
+            v = ta[j] if first or ta[j] > v + 1 else v + 1
+            first = False
+            t.t_access[r] = v
+        if not first and v > t.meta[M_STAMP]:
+            t.meta[M_STAMP] = v
     return done
 
 

@@ -1624,6 +1624,23 @@ class CacheManager:
             loc=t.loc[rows].copy(),
         )
 
+    @property
+    def row_capacity(self) -> int:
+        """Rows the block table has now (row numbers are below this)."""
+        return self.table.rows
+
+    def reserve_rows(self, n: int, *, headroom: float = 0.125) -> None:
+        """Make room for ``n`` more blocks in one step (a restart sizes the table from
+        the persisted count instead of doubling as it restores).
+
+        When the table is too small it grows once, to the rows in use plus ``n`` plus
+        ``headroom`` of that (so the first writes after a restart do not copy the whole
+        table again); when it is large enough nothing changes.
+        """
+        need = self.table.used_rows + max(0, int(n))
+        if need > self.table.rows:
+            self.table.grow_to(need + int(need * max(0.0, headroom)))
+
     def restore_blocks(
         self,
         instance_id: str,
@@ -1633,13 +1650,22 @@ class CacheManager:
         t_access: Sequence[int] | np.ndarray,
         access_count: Sequence[int] | np.ndarray | None = None,
         loc: Sequence[int] | np.ndarray | None = None,
+        bulk: bool = True,
     ) -> int:
         """Re-create SERVING blocks from persisted metadata (a restart); returns how many
         were committed (a quota smaller than the set evicts the oldest again).
 
         Blocks enter the policy oldest access first, so recency order survives; their
-        write and access times are the persisted ones. Keys already present are left
-        alone. Quotas apply as for any write.
+        write and access times and access counts are the persisted ones (the count is
+        set before the policy's insert hook, so frequency policies file the block
+        under it). Keys already present are left alone. Quotas apply as for any write.
+        No events are recorded.
+
+        When the group's quota holds every block (the restart case) one kernel pass
+        inserts them all (:func:`kvsim.core.kernels.restore_serving`); otherwise, or
+        with ``bulk=False``, they go through ``start_write`` + ``finish_write`` in
+        chunks of 4096 (a chunk that does not fit evicts first, or splits). Both give
+        the same table. Call :meth:`reserve_rows` first to size the table once.
 
         Example:
             >>> from kvsim.core.clock import ManualClock
@@ -1665,8 +1691,18 @@ class CacheManager:
                 raise InvalidArgument(f"{name} has {arr.shape[0]} entries for {n} keys")
         if n == 0:
             return 0
-        tail_first = get_policy(self._groups[ispec.group][1].eviction.policy).tail_first
+        gspec = self._groups[ispec.group][1]
         order = np.argsort(ta, kind="stable")
+        gi = self._groups[ispec.group][0]
+        quota = int(self.table.t.g_quota[gi])
+        room = quota - int(self.table.t.g_used[gi])
+        if bulk and (quota <= 0 or n * int(self.table.t.i_cost[ii]) <= room):
+            self.table.ensure_rows(n)
+            chunk = min(_RESTORE_CHUNK, n)
+            return int(self.kernels.restore_serving(
+                self.table.t, ii, k, tw, ta, acc, lc, order, chunk,
+                np.empty(chunk, dtype=np.int32)))
+        tail_first = get_policy(gspec.eviction.policy).tail_first
         done = 0
         for c0 in range(0, n, _RESTORE_CHUNK):
             done += self._restore_chunk(ii, ispec, order[c0:c0 + _RESTORE_CHUNK], k, tw, ta,
@@ -1699,6 +1735,8 @@ class CacheManager:
         new = rows[isnew]
         sel = idx[isnew]
         self.set_loc(new, lc[sel])
+        # the persisted count before the policy's insert hook (lfu files by it)
+        t.acc[new] = np.minimum(acc[sel], np.iinfo(np.int16).max).astype(np.int16)
         done = self.kernels.finish_write(t, self.events.arrays, ii, new, kk[isnew],
                               np.ones(new.shape[0], dtype=bool), now)
         t.t_write[new] = tw[sel]
@@ -1710,7 +1748,6 @@ class CacheManager:
             vals = ar + np.maximum.accumulate(ta[c_sel] - ar)
             t.t_access[c_rows] = vals
             t.meta[M_STAMP] = max(int(t.meta[M_STAMP]), int(vals[-1]))
-        t.acc[new] = np.minimum(acc[sel], np.iinfo(np.int16).max).astype(np.int16)
         return int(done)
 
     def sessions(self) -> list[SessionInfo]:

@@ -269,6 +269,11 @@ class BlockTable:
             new_rows *= 2
         self._grow_rows(new_rows)
 
+    def grow_to(self, rows: int) -> None:
+        """Grow to ``rows`` rows in one step (no doubling); smaller sizes change nothing."""
+        if int(rows) > self.rows:
+            self._grow_rows(int(rows))
+
     def _grow_rows(self, new_rows: int) -> None:
         old = self.rows
         fresh = _new_rows(new_rows)

@@ -638,7 +638,7 @@ class Service:
             return
         rows = np.concatenate(self._read_log)
         self._read_log.clear()
-        n = self.mgr.table.rows
+        n = self.mgr.row_capacity
         if self._read_rows.shape[0] < n:
             grown = np.zeros(n, dtype=bool)
             grown[: self._read_rows.shape[0]] = self._read_rows
@@ -804,7 +804,7 @@ class Service:
             known = {s.instance_id for s in self.mgr.instances()}
             recs = [r for r in self.store.load_blocks() if r.instance_id in known]
             # size the block table once (not by doubling as chunks are restored)
-            self.mgr.table.ensure_rows(sum(int(r.keys.shape[0]) for r in recs))
+            self.mgr.reserve_rows(sum(int(r.keys.shape[0]) for r in recs))
             for rec in recs:
                 loc = np.where(rec.loc < remap.shape[0], remap[np.minimum(rec.loc,
                                remap.shape[0] - 1)], 0)
