@@ -527,7 +527,7 @@ def evict_to(
 @kernel
 def start_write(
     t: Tables, ev: EventArrays, i: int, keys: np.ndarray, now: int, rows: np.ndarray,
-    isnew: np.ndarray, delete_now: bool,
+    isnew: np.ndarray, delete_now: bool, prev0: int = -1,
 ) -> int:
     """Allocate WRITING rows for keys with no block; returns new count, or -1 over quota.
 
@@ -539,7 +539,9 @@ def start_write(
     evicts; if that cannot make room nothing is allocated and -1 is returned.
     The quota test is overflow-safe (``need > quota - used``, with ``n x cost`` below
     2^63 because the manager bounds ``cost`` by ``MAX_BLOCK_BYTES`` and rows are int32).
-    The caller guarantees ``len(keys)`` free rows.
+    The caller guarantees ``len(keys)`` free rows. ``prev0`` is the row of the key
+    before ``keys[0]`` in the request (a write made in steps: the parent link of a
+    leaf-tracking policy crosses the step boundary), -1 none.
     """
     g = t.i_group[i]
     cost = t.i_cost[i]
@@ -559,7 +561,7 @@ def start_write(
         if need > t.g_quota[g] - t.g_used[g]:
             return -1
     leaves = dispatch.tracks_leaves(t.g_policy[g])
-    prev = -1
+    prev = prev0
     for j in range(n):
         if not isnew[j]:
             r = lookup(t, i, keys[j])
@@ -746,11 +748,15 @@ def remove_keys(
 
 
 @kernel
-def trim(t: Tables, ev: EventArrays, i: int, lo: int, hi: int, now: int) -> int:
-    """Remove SERVING blocks of instance ``i`` (-1 = all) written in ``[lo, hi)``."""
+def trim(t: Tables, ev: EventArrays, i: int, lo: int, hi: int, now: int, r0: int = 0,
+         r1: int = -1) -> int:
+    """Remove SERVING blocks of instance ``i`` (-1 = all) written in ``[lo, hi)``, among
+    table rows ``[r0, r1)`` (``r1`` -1: up to the high-water mark)."""
     n = 0
     hwm = t.meta[M_HWM]
-    for r in range(hwm):
+    if 0 <= r1 < hwm:
+        hwm = r1
+    for r in range(r0, hwm):
         if t.state[r] != SERVING:
             continue
         if i >= 0 and t.inst[r] != i:
@@ -894,21 +900,20 @@ def replay_requests(
 # Used only by the server's per-storage-type reclaim (the manager picks the victims with
 # numpy from the policy's rank keys); replay and the ordinary reclaim never call these.
 @kernel
-def count_new_keys(t: Tables, i: int, keys: np.ndarray) -> int:
-    """How many of ``keys`` a ``start_write`` would allocate now (no block, or a
-    DELETING one; a key listed twice counts once). Changes nothing."""
-    n = keys.shape[0]
+def mark_fresh(t: Tables, i: int, keys: np.ndarray, isnew: np.ndarray) -> int:
+    """Of the keys whose ``isnew`` flag is set on input (the first occurrence of each key
+    in the request, :func:`~kvsim.core.manager.first_occurrence`), keep it set only for
+    those with no block or a DELETING one, as :func:`start_write`'s first pass does;
+    returns how many stay set (the blocks a ``start_write`` of them would allocate now).
+    """
     n_new = 0
-    for j in range(n):
-        r = lookup(t, i, keys[j])
-        if r >= 0 and t.state[r] != DELETING:
+    for j in range(keys.shape[0]):
+        if not isnew[j]:
             continue
-        dup = False
-        for k in range(j):
-            if keys[k] == keys[j]:
-                dup = True
-                break
-        if not dup:
+        r = lookup(t, i, keys[j])
+        fresh = r < 0 or t.state[r] == DELETING
+        isnew[j] = fresh
+        if fresh:
             n_new += 1
     return n_new
 

@@ -23,7 +23,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from types import ModuleType
@@ -73,6 +73,10 @@ _NEVER = np.iinfo(np.int64).max
 #: With int32 rows, any group's usage (blocks x bytes) then stays below 2^63.
 MAX_BLOCK_BYTES = 1 << 32
 _RESTORE_CHUNK = 4096
+#: Keys per step of a long write, finish or removal (:attr:`CacheManager.step_keys`).
+STEP_KEYS = 8192
+#: A caller's hook run between two steps of a long call (see :attr:`CacheManager.step_keys`).
+Pause = Callable[[], None]
 
 
 @dataclass(frozen=True)
@@ -226,6 +230,9 @@ class _Session:
     is_new: np.ndarray
     slot: int
     tag: str
+    # "open"; "starting" / "finishing": a start or finish made in steps is under way
+    # (not found, never expired; a removed instance's cleanup still drops its rows)
+    phase: str = "open"
 
 
 @dataclass(frozen=True)
@@ -274,6 +281,18 @@ class CacheManager:
             (:mod:`kvsim.core.specialize`); ``None`` = the process-wide one that
             ``import kvsim`` installs (files in numba's cache directory).
 
+    Long calls in steps: :meth:`start_write`, :meth:`finish_write`, :meth:`remove` and
+    :meth:`trim` with more than :attr:`step_keys` keys (or rows) run their kernels on
+    slices of at most that many, in the order the whole call would, and call their
+    ``pause`` hook between two slices (a server releases its lock there, so short calls
+    are answered while a 100k-key write runs). Run without anything in between, the
+    steps give exactly the state, events and results of the whole call. Whatever must
+    see the whole request (placement, ``max_key_count``, the quota test and its
+    eviction) is decided once, before the first slice; when calls in between take the
+    room a later slice needs, that slice is refused and the slices before it are
+    dropped (all or nothing, as before). A start in progress is not yet a session
+    (:meth:`find_session` does not see it), a finish in progress no longer is one.
+
     Attributes:
         storage: the storage registry (slots, admin state, health).
         evicted_by_trigger: blocks evicted per reclaim trigger since the start (the
@@ -291,6 +310,7 @@ class CacheManager:
         self.events = EventBuffer(level=event_level)
         self.storage = StorageRegistry()
         self.evicted_by_trigger: dict[str, int] = {}
+        self.step_keys = STEP_KEYS
         self.reclaim_interval_ms = 0
         self.set_reclaim_interval(reclaim_interval_ms)
         self._groups: dict[str, tuple[int, GroupSpec]] = {}
@@ -300,6 +320,7 @@ class CacheManager:
         self._tags: dict[str, int] = {}
         self._next_deadline_ns = _NEVER  # no open session expires before this
         self._next_sid = 1
+        self._next_tmp = 0  # keys (< 0) of writes in progress in _sessions
         self._free_group_slots: list[int] = []
         self._n_group_slots = 0
         self._policy_names: set[str] = set()
@@ -689,6 +710,7 @@ class CacheManager:
         *,
         timeout_s: float = 30.0,
         tag: str = "",
+        pause: Pause | None = None,
     ) -> WriteStart:
         """Phase one: reserve WRITING blocks for the keys that have none.
 
@@ -705,10 +727,13 @@ class CacheManager:
             timeout_s: the session expires (all-failed) after this long.
             tag: the caller's name for the session (unique among open sessions; found
                 again with :meth:`find_session`).
+            pause: run between two steps of a write of more than :attr:`step_keys`
+                keys (see the class docstring).
 
         Raises:
             QuotaExceeded: a limit refuses the write (group quota even after eviction,
                 ``max_key_count``, no usable storage, no room on any storage).
+            InstanceNotFound: the instance was removed during a ``pause``.
         """
         ii, ispec = self._need_instance(instance_id)
         if timeout_s <= 0:
@@ -726,24 +751,29 @@ class CacheManager:
         if gspec.max_key_count > 0:
             self._check_key_room(instance_id, gspec, k)
         slot = self._place(instance_id, ispec, gspec, k)
-        self.table.ensure_rows(k.shape[0])
-        self.events.reserve(2 * k.shape[0] + 16)
         rows = np.full(k.shape[0], -1, dtype=np.int32)
         isnew = first_occurrence(k)
         now = self.clock.now_ns()
-        n_new = self.kernels.start_write(self.table.t, self.events.arrays, ii, k, now, rows,
-                                         isnew, gspec.delay_before_delete_ms == 0)
-        if n_new < 0:
-            raise QuotaExceeded(
-                f"group {gspec.name!r}: writing {int(np.count_nonzero(isnew))} blocks would pass "
-                f"its quota of {gspec.quota_units()}"
-            )
+        deadline = now + int(timeout_s * 1e9)
+        if k.shape[0] <= self.step_keys:
+            self.table.ensure_rows(k.shape[0])
+            self.events.reserve(2 * k.shape[0] + 16)
+            n_new = self.kernels.start_write(self.table.t, self.events.arrays, ii, k, now, rows,
+                                             isnew, gspec.delay_before_delete_ms == 0, -1)
+            if n_new < 0:
+                raise QuotaExceeded(
+                    f"group {gspec.name!r}: writing {int(np.count_nonzero(isnew))} blocks would "
+                    f"pass its quota of {gspec.quota_units()}"
+                )
+        else:
+            self._next_tmp -= 1  # the write's key in _sessions until it is one
+            n_new = self._start_in_steps(self._next_tmp, ii, instance_id, k, rows, isnew, now,
+                                         deadline, slot, tag, pause)
+        sid = self._next_sid
+        self._next_sid += 1
         new_rows = rows[isnew].copy()
         if new_rows.shape[0]:
             self.set_loc(new_rows, slot)
-        sid = self._next_sid
-        self._next_sid += 1
-        deadline = now + int(timeout_s * 1e9)
         self._sessions[sid] = _Session(ii, new_rows, k[isnew].copy(), deadline, k.copy(),
                                        isnew.copy(), slot, tag)
         self._next_deadline_ns = min(self._next_deadline_ns, deadline)
@@ -754,10 +784,87 @@ class CacheManager:
         return WriteStart(sid, isnew, k[isnew].copy(), deadline, st.name if st else "", slot,
                           tag)
 
+    def _start_in_steps(self, tmp: int, ii: int, iid: str, k: np.ndarray, rows: np.ndarray,
+                        isnew: np.ndarray, now: int, deadline: int, slot: int, tag: str,
+                        pause: Pause | None) -> int:
+        """The kernel part of :meth:`start_write` on slices of :attr:`step_keys` keys
+        (``pause`` between two): count the new blocks, make room for all of them at
+        once (the whole call's quota test and eviction), then reserve slice by slice.
+        Fills ``rows`` and ``isnew``; returns the new blocks. While it runs the write is
+        a session in phase ``starting`` (so removing the instance drops its rows)."""
+        step = self.step_keys
+        n = k.shape[0]
+        entry = self._instances[iid]
+        ses = _Session(ii, np.full(n, -1, dtype=np.int32), k, deadline, k, isnew, slot, tag,
+                       phase="starting")
+        self._sessions[tmp] = ses
+
+        def between() -> None:
+            if pause is not None:
+                pause()
+            if self._sessions.get(tmp) is not ses or self._instances.get(iid) is not entry:
+                self._sessions.pop(tmp, None)
+                raise InstanceNotFound(f"instance {iid!r} was removed during its write")
+
+        try:
+            # 1. the new blocks of the whole call (what its quota test counts); a key
+            # held now stays held for this write even if the quota's eviction drops it
+            # (as in one kernel call); a slice re-checks its keys (calls in between)
+            n_fresh = 0
+            for a in range(0, n, step):
+                if a:
+                    between()
+                n_fresh += int(self.kernels.mark_fresh(self.table.t, ii, k[a:a + step],
+                                                       isnew[a:a + step]))
+            between()
+            gi, gspec = self._groups[self._instances[iid][1].group]
+            t = self.table.t
+            delete_now = gspec.delay_before_delete_ms == 0
+            # 2. the whole call's quota test, as the kernel makes it for one call
+            need = n_fresh * int(t.i_cost[ii])
+            if t.g_quota[gi] > 0 and need > int(t.g_quota[gi]) - int(t.g_used[gi]):
+                self.events.reserve(int(self.table.used_rows) + 4)
+                self.kernels.evict_to(t, self.events.arrays, gi, ii,
+                                      int(t.g_quota[gi]) - need, now, delete_now)
+                if need > int(t.g_quota[gi]) - int(t.g_used[gi]):
+                    raise QuotaExceeded(
+                        f"group {gspec.name!r}: writing {n_fresh} blocks would pass its "
+                        f"quota of {gspec.quota_units()}")
+            # 3. reserve, slice by slice (a slice refused: calls in between took the room)
+            n_new = 0
+            for a in range(0, n, step):
+                if a:
+                    between()
+                b = min(n, a + step)
+                self.table.ensure_rows(b - a)
+                self.events.reserve(2 * (b - a) + 16)
+                got = int(self.kernels.start_write(
+                    self.table.t, self.events.arrays, ii, k[a:b], now, rows[a:b],
+                    isnew[a:b], delete_now, int(rows[a - 1]) if a else -1))
+                if got < 0:
+                    raise QuotaExceeded(
+                        f"group {gspec.name!r}: writing {n_fresh} blocks would pass its quota "
+                        f"of {gspec.quota_units()} (blocks written meanwhile took the room)")
+                ses.rows[a:b] = np.where(isnew[a:b], rows[a:b], -1)
+                n_new += got
+            return n_new
+        except BaseException:
+            if self._sessions.get(tmp) is ses:  # drop the slices reserved so far
+                del self._sessions[tmp]
+                mine = ses.rows >= 0
+                self.events.reserve(int(np.count_nonzero(mine)) + 4)
+                self.kernels.finish_write(self.table.t, self.events.arrays, ii, ses.rows[mine],
+                                          k[mine], np.zeros(int(np.count_nonzero(mine)),
+                                                            dtype=bool), now)
+            raise
+        finally:
+            if self._sessions.get(tmp) is ses:
+                del self._sessions[tmp]
+
     def find_session(self, tag: str) -> SessionInfo | None:
         """The open session started with ``tag``, or None."""
         sid = self._tags.get(tag)
-        return None if sid is None else self._info(sid)
+        return None if sid is None or self._sessions[sid].phase != "open" else self._info(sid)
 
     def _info(self, sid: int) -> SessionInfo:
         s = self._sessions[sid]
@@ -766,7 +873,7 @@ class CacheManager:
 
     def finish_write(
         self, session_id: int, success: Sequence[bool] | np.ndarray, *,
-        instance_id: str | None = None,
+        instance_id: str | None = None, pause: Pause | None = None,
     ) -> WriteFinish:
         """Phase two: commit the successful blocks of a session, drop the others, then
         refresh the keys the write found held (after the new ones: the replay contract's
@@ -778,10 +885,17 @@ class CacheManager:
             success: bool per new key.
             instance_id: when given, the session must be this instance's (else it is
                 reported as unknown: an id reveals nothing to a non-owner).
+            pause: run between two steps of a session of more than :attr:`step_keys`
+                keys (see the class docstring).
+
+        Raises:
+            NotFound: no such open session (or the instance was removed during a
+                ``pause``).
         """
         sid = int(session_id)
         ses = self._sessions.get(sid)
-        if ses is None or (instance_id is not None and self._inst_names[ses.inst] != instance_id):
+        if ses is None or ses.phase != "open" or (
+                instance_id is not None and self._inst_names[ses.inst] != instance_id):
             raise NotFound(f"write session {session_id} is unknown, finished or expired")
         ok = np.asarray(success, dtype=bool)
         if ok.shape != ses.keys.shape:
@@ -790,24 +904,70 @@ class CacheManager:
                 f"wrote {ses.keys.shape[0]} new blocks"
             )
         info = self._info(sid)
-        res = self._finish(sid, ok)
         iid = info.instance_id
+        entry = self._instances[iid]
+        res = self._finish(sid, ok, pause)
         old = ses.request_keys[~ses.is_new]
-        if old.shape[0]:
-            self.match(iid, old, query=QUERY_BATCH, touch=True)
+        step = self.step_keys
+        # touched in the policy's commit order, as one call would (tail first: last slice
+        # first)
+        for j, a in enumerate(self._slice_starts(old.shape[0], ses.inst)):
+            if j and pause is not None:
+                pause()
+                if self._instances.get(iid) is not entry:
+                    raise NotFound(f"write session {session_id}: its instance was removed")
+            self.match(iid, old[a:a + step], query=QUERY_BATCH, touch=True)
         keep = ~ses.is_new
         keep[np.flatnonzero(ses.is_new)[ok]] = True
         tick = self.tick() if self.reclaim_interval_ms == 0 else None
         return WriteFinish(res.committed, res.failed, info, ses.request_keys[keep], tick)
 
-    def _finish(self, sid: int, ok: np.ndarray) -> WriteFinish:
-        ses = self._sessions.pop(sid)
+    def _finish(self, sid: int, ok: np.ndarray, pause: Pause | None = None) -> WriteFinish:
+        """Commit/drop a session's blocks; over :attr:`step_keys` of them, in slices in
+        the kernel's own order (tail first for a tail-first policy), ``pause`` between
+        two (the session is in phase ``finishing`` meanwhile)."""
+        ses = self._sessions[sid]
         if ses.tag:
             self._tags.pop(ses.tag, None)
-        self.events.reserve(ses.keys.shape[0] + 4)
-        done = self.kernels.finish_write(self.table.t, self.events.arrays, ses.inst, ses.rows,
-                                         ses.keys, ok, self.clock.now_ns())
-        return WriteFinish(committed=int(done), failed=int(ses.keys.shape[0] - done))
+        n = ses.keys.shape[0]
+        step = self.step_keys
+        now = self.clock.now_ns()
+        if n <= step:
+            del self._sessions[sid]
+            self.events.reserve(n + 4)
+            done = self.kernels.finish_write(self.table.t, self.events.arrays, ses.inst,
+                                             ses.rows, ses.keys, ok, now)
+            return WriteFinish(committed=int(done), failed=int(n - done))
+        ses.phase = "finishing"
+        starts = self._slice_starts(n, ses.inst)
+        done = 0
+        try:
+            for j, a in enumerate(starts):
+                if j and pause is not None:
+                    pause()
+                    if self._sessions.get(sid) is not ses:  # its instance was removed
+                        raise NotFound(f"write session {sid}: its instance was removed")
+                b = min(n, a + step)
+                self.events.reserve(b - a + 4)
+                done += int(self.kernels.finish_write(self.table.t, self.events.arrays,
+                                                      ses.inst, ses.rows[a:b], ses.keys[a:b],
+                                                      ok[a:b], now))
+        finally:
+            if self._sessions.get(sid) is ses:
+                del self._sessions[sid]
+        return WriteFinish(committed=done, failed=n - done)
+
+    def _slice_starts(self, n: int, inst: int) -> list[int]:
+        """Where the :attr:`step_keys` slices of ``n`` keys of instance index ``inst``
+        begin, in the order its policy commits and touches (tail first: the last slice
+        first; each kernel call runs its own slice in that order too)."""
+        starts = list(range(0, n, self.step_keys))
+        g = int(self.table.t.i_group[inst])
+        pname = next((sp.eviction.policy for gi, sp in self._groups.values() if gi == g),
+                     DEFAULT_POLICY)
+        if get_policy(pname).tail_first:
+            starts.reverse()
+        return starts
 
     def pending_sessions(self) -> int:
         """Write sessions not yet finished."""
@@ -821,9 +981,11 @@ class CacheManager:
         now = self.clock.now_ns()
         if now < self._next_deadline_ns:  # no session can be due (the reclaimer runs at
             return []                     # every write at interval 0: keep it O(1))
-        late = [sid for sid, s in self._sessions.items() if s.deadline_ns <= now]
+        late = [sid for sid, s in self._sessions.items()
+                if s.deadline_ns <= now and s.phase == "open"]
         self._next_deadline_ns = min((s.deadline_ns for sid, s in self._sessions.items()
-                                      if s.deadline_ns > now), default=_NEVER)
+                                      if s.deadline_ns > now and s.phase == "open"),
+                                     default=_NEVER)
         out = []
         for sid in late:
             ses = self._sessions[sid]
@@ -973,15 +1135,34 @@ class CacheManager:
 
     # ================================================================ removal
     def remove(
-        self, instance_id: str, keys: Sequence[int] | np.ndarray, *, mask: np.ndarray | None = None
+        self, instance_id: str, keys: Sequence[int] | np.ndarray, *,
+        mask: np.ndarray | None = None, pause: Pause | None = None,
     ) -> int:
-        """Delete the keys' blocks (masked keys are kept); returns the number removed."""
+        """Delete the keys' blocks (masked keys are kept); returns the number removed.
+
+        Over :attr:`step_keys` keys, in slices with ``pause`` between two.
+
+        Raises:
+            InstanceNotFound: the instance is unknown (or was removed during a ``pause``).
+        """
         ii, _ = self._need_instance(instance_id)
+        entry = self._instances[instance_id]
         k = _keys(keys)
         m, has = _mask(mask, k.shape[0])
-        self.events.reserve(k.shape[0] + 4)
-        return int(self.kernels.remove_keys(self.table.t, self.events.arrays, ii, k, m, has,
-                                 self.clock.now_ns()))
+        now = self.clock.now_ns()
+        step = self.step_keys
+        n = 0
+        for a in range(0, max(1, k.shape[0]), step):
+            if a and pause is not None:
+                pause()
+                if self._instances.get(instance_id) is not entry:
+                    raise InstanceNotFound(f"instance {instance_id!r} was removed during "
+                                           "the removal")
+            b = min(k.shape[0], a + step)
+            self.events.reserve(b - a + 4)
+            n += int(self.kernels.remove_keys(self.table.t, self.events.arrays, ii, k[a:b],
+                                              m[a:b] if has else m, has, now))
+        return n
 
     def trim(
         self,
@@ -989,14 +1170,35 @@ class CacheManager:
         *,
         begin_ns: int | None = None,
         end_ns: int | None = None,
+        pause: Pause | None = None,
     ) -> int:
-        """Remove blocks (of one instance, or all) written in ``[begin_ns, end_ns)``."""
+        """Remove blocks (of one instance, or all) written in ``[begin_ns, end_ns)``.
+
+        With ``pause``, the table is scanned in slices of rows (those in use when the
+        trim began), ``pause`` between two.
+
+        Raises:
+            InstanceNotFound: the instance is unknown (or was removed during a ``pause``).
+        """
         ii = -1 if instance_id is None else self._need_instance(instance_id)[0]
+        entry = None if instance_id is None else self._instances[instance_id]
         lo = np.iinfo(np.int64).min if begin_ns is None else int(begin_ns)
         hi = np.iinfo(np.int64).max if end_ns is None else int(end_ns)
-        self.events.reserve(int(self.table.t.meta[M_HWM]) + 4)
-        return int(self.kernels.trim(self.table.t, self.events.arrays, ii, lo, hi,
-                                     self.clock.now_ns()))
+        now = self.clock.now_ns()
+        hwm = int(self.table.t.meta[M_HWM])
+        step = hwm if pause is None else max(1, self.step_keys * 8)
+        n = 0
+        for r0 in range(0, max(1, hwm), max(1, step)):
+            if r0 and pause is not None:
+                pause()
+                if instance_id is not None and self._instances.get(instance_id) is not entry:
+                    raise InstanceNotFound(f"instance {instance_id!r} was removed during "
+                                           "the trim")
+            r1 = min(hwm, r0 + step)
+            self.events.reserve(r1 - r0 + 4)
+            n += int(self.kernels.trim(self.table.t, self.events.arrays, ii, lo, hi, now, r0,
+                                       r1))
+        return n
 
     # ================================================================ reclaim
     def reclaim(self, group: str | None = None) -> int:
@@ -1322,7 +1524,8 @@ class CacheManager:
     def count_new(self, instance_id: str, keys: Sequence[int] | np.ndarray) -> int:
         """How many blocks ``start_write(instance_id, keys)`` would allocate now."""
         ii, _ = self._need_instance(instance_id)
-        return int(self.kernels.count_new_keys(self.table.t, ii, _keys(keys)))
+        k = _keys(keys)
+        return int(self.kernels.mark_fresh(self.table.t, ii, k, first_occurrence(k)))
 
     def evict_blocks(self, group: str, count: int, *, writer: str | None = None) -> int:
         """Evict ``count`` blocks of a group in its eviction order and mode (fewer when
@@ -1752,7 +1955,7 @@ class CacheManager:
 
     def sessions(self) -> list[SessionInfo]:
         """Pending write sessions (for persistence and admin views)."""
-        return [self._info(sid) for sid in self._sessions]
+        return [self._info(sid) for sid, s in self._sessions.items() if s.phase == "open"]
 
     def restore_session(
         self,

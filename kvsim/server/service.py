@@ -120,7 +120,14 @@ DEFAULT_QUOTA_BYTES = 30 * 10**9
 DEFAULT_WRITE_TIMEOUT_S = 30
 DEFAULT_PROBE_S = 5.0
 
-_LOC_CACHE_MAX = 1 << 16  # cached location dicts per instance and storage
+_LOC_CACHE_MAX = 1 << 16
+# a long call's pause between two steps (see Service._pause): poll every _PAUSE_POLL_S,
+# take the lock back once no call has waited for _PAUSE_IDLE_S, or after _PAUSE_MAX_S
+_PAUSE_POLL_S = 0.0001
+_PAUSE_IDLE_S = 0.0005
+_PAUSE_MAX_S = 0.004
+# a key list longer than this is converted to an array before the lock, in slices of it
+_PREPARSE_KEYS = 4096  # cached location dicts per instance and storage
 _READ_LOG_FOLD = 256  # reads whose hit rows are logged before folding into the bitmap
 # upper bounds (seconds) of the call-latency histogram's buckets (Prometheus ``le``)
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
@@ -291,6 +298,16 @@ class Service:
         self.endpoints: dict[str, Any] = dict(endpoints or {})
         self.started_ns = self.clock.now_ns()
         self._lock = threading.Lock()
+        # calls blocked on _lock (counted under _waiting_lock): a long call's steps let
+        # them in (see _pause)
+        self._waiting = 0
+        self._waiting_lock = threading.Lock()
+        self._stats_lock = threading.Lock()  # the call counters and latency histogram
+        #: pauses of long calls between two steps / those that let waiting calls in
+        self.lock_pauses = 0
+        self.lock_yields = 0
+        #: run (without the service lock) at each pause of a long call (tests)
+        self.on_pause: Callable[[], None] | None = None
         self._store_lock = threading.Lock()  # orders store writes (taken under _lock)
         self._store_queue: list[StoreBatch] = []  # batches not yet written, oldest first
         self._rid_prefix = uuid.uuid4().hex[:12]
@@ -416,7 +433,10 @@ class Service:
                                 f"{self.elector.lease.holder() or 'none yet'}")
             batch = None
             failed: BaseException | None = None
-            with self._lock:
+            if api == "meta":
+                body = _preparse(body, self.limits.max_keys_per_request)
+            self._acquire()
+            try:
                 self._encoder = location_encoder or (json_fragment if json_fragments
                                                      else None)
                 try:
@@ -433,6 +453,8 @@ class Service:
                         # go on meanwhile), in call order (the store lock is taken before
                         # the service lock is let go), and before the reply
                         self._store_lock.acquire()
+            finally:
+                self._lock.release()
             if batch is not None:
                 try:
                     self._apply_in_order(batch)
@@ -457,7 +479,7 @@ class Service:
         dt = time.perf_counter() - t0
         known = self._apis.get(api, {})
         ck = (api, method if method in known else "<unknown>", code)
-        with self._lock:  # gRPC serves from a thread pool
+        with self._stats_lock:  # gRPC serves from a thread pool
             self.calls[ck] = self.calls.get(ck, 0) + 1
             lat = self.latency.get(ck[:2])
             if lat is None:
@@ -470,6 +492,49 @@ class Service:
         if code == "OK":
             reply.update(out)
         return reply
+
+    def _acquire(self) -> None:
+        """Take the service lock, counted as waiting while it is held by another call
+        (what makes a long call's :meth:`_pause` let it in)."""
+        if self._lock.acquire(blocking=False):
+            return
+        with self._waiting_lock:
+            self._waiting += 1
+        try:
+            self._lock.acquire()
+        finally:
+            with self._waiting_lock:
+                self._waiting -= 1
+
+    def _pause(self) -> None:
+        """Between two steps of a long call (the core's ``pause`` hook; under the lock):
+        when calls wait for the lock, release it until none has waited for
+        ``_PAUSE_IDLE_S`` (at most ``_PAUSE_MAX_S``: a step holds it for a few ms, so the
+        long call keeps about half of it under a stream of short calls), then take it
+        back. The call's per-call state (the location encoder) is kept."""
+        self.lock_pauses += 1
+        hook = self.on_pause
+        if not self._waiting and hook is None:
+            return
+        self.lock_yields += 1
+        enc = self._encoder
+        self._lock.release()
+        try:
+            if hook is not None:
+                hook()
+            t0 = idle = time.perf_counter()
+            while True:
+                time.sleep(_PAUSE_POLL_S)
+                now = time.perf_counter()
+                if self._waiting:
+                    idle = now
+                elif now - idle >= _PAUSE_IDLE_S:
+                    break  # nobody has waited for a while: the queue is through
+                if now - t0 >= _PAUSE_MAX_S:
+                    break
+        finally:
+            self._acquire()
+            self._encoder = enc
 
     def check_admin(self, credential: str | None, peer: str | None = None) -> str | None:
         """The role of ``credential`` (None: missing, wrong, or refused because
@@ -1498,6 +1563,8 @@ class Service:
     # ================================================================ meta: reads
     def _keys(self, body: dict[str, Any], spec: InstanceSpec) -> np.ndarray:
         keys = body.get("block_keys")
+        if isinstance(keys, np.ndarray):  # converted before the lock (_preparse)
+            return keys
         if keys:
             return _int64_list(keys, "block_keys")
         tokens = body.get("token_ids")
@@ -1562,6 +1629,34 @@ class Service:
             out.append({"type": typ, "spec_size": len(specs),
                         "location_specs": [{"name": n, "uri": head + suf} for n, suf in specs]})
         return out
+
+    def _locations_json(self, rec: _Instance, iid: str, keys: np.ndarray,
+                        st: StorageSpec) -> Any:
+        """:meth:`_locations` of ``keys`` on storage ``st`` as one pre-encoded JSON array
+        (an ``orjson.Fragment``: the same bytes ``orjson.dumps`` gives for the dicts),
+        from one template: no dict per key, and the GIL is let go between slices of
+        ``_PREPARSE_KEYS`` (a 100k-key reply would otherwise hold it for a second)."""
+        n = keys.shape[0]
+        if n == 0:
+            return orjson.Fragment(b"[]")
+        # a template: the location of a random key, split where its 16 hex digits are
+        k0 = secrets.randbits(63)
+        while any(f"{k0:016x}" in x for x in (st.uri, st.name, iid, *rec.spec_names)):
+            k0 = secrets.randbits(63)  # pragma: no cover - 63 random bits
+        parts = orjson.dumps(self._locations(rec, iid, [k0], [st], None)[0]).split(
+            f"{k0:016x}".encode())
+        hexes = np.frombuffer(np.ascontiguousarray(keys, dtype=np.int64).astype(">i8")
+                              .tobytes().hex().encode(), dtype="S16").tolist()
+        out: list[bytes] = []
+        step = _PREPARSE_KEYS
+        if len(parts) == 2:  # one location spec: one join per slice
+            sep = parts[1] + b"," + parts[0]
+            for a in range(0, n, step):
+                out.append(parts[0] + sep.join(hexes[a:a + step]) + parts[1])
+        else:
+            for a in range(0, n, step):
+                out.append(b",".join(h.join(parts) for h in hexes[a:a + step]))
+        return orjson.Fragment(b"[" + b",".join(out) + b"]")
 
     def _storages_of_rows(self, rows: np.ndarray) -> list[StorageSpec | None]:
         at = self.mgr.storage.at
@@ -1710,8 +1805,10 @@ class Service:
         token = new_session_token()
         # every cache rule (usable storages, max_key_count, placement within the type
         # quotas and storage capacities, the group quota) is the core's
-        ws = self.mgr.start_write(iid, keys, timeout_s=float(timeout or DEFAULT_WRITE_TIMEOUT_S),
-                                  tag=token)
+        mgr = self.mgr
+        ws = mgr.start_write(iid, keys, timeout_s=float(timeout or DEFAULT_WRITE_TIMEOUT_S),
+                             tag=token, pause=self._pause)
+        self._same_manager(mgr)
         st = self.mgr.storage.at(ws.slot)
         if self.store is not None:
             self._batch.open_session(SessionRecord(
@@ -1728,6 +1825,11 @@ class Service:
         if gnames:
             locs = [self._location(rec, iid, int(keys[j]), st, None, rec.spec_groups[gnames[j]])
                     for j in new_pos]
+        elif self._encoder is json_fragment and st is not None:
+            # the HTTP reply's JSON, built after the lock is released in slices (the GIL
+            # is let go between two): it depends only on values taken here
+            new_arr = keys[ws.is_new]
+            locs = _Later(lambda: self._locations_json(rec, iid, new_arr, st))
         else:
             # built after the lock is released: they depend only on values taken here
             new_keys = keys[ws.is_new].tolist()
@@ -1735,7 +1837,7 @@ class Service:
                                                   None))
         self._emit("StartWriteCache", iid, trace_id=_trace_id(body),
                    write_session_id=token, block_keys=keys, new_blocks=len(new_pos),
-                   block_mask=(~ws.is_new).tolist())
+                   block_mask=~ws.is_new)
         return {"write_session_id": token, "block_mask": mask_out, "locations": locs}
 
     def _finish_write(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -1759,12 +1861,19 @@ class Service:
         assert ok is not None
         # commits, refreshes the keys the write found held, and (reclaim interval 0)
         # runs the reclaimer
-        fin = self.mgr.finish_write(ses.session_id, ok, instance_id=iid)
+        mgr = self.mgr
+        fin = mgr.finish_write(ses.session_id, ok, instance_id=iid, pause=self._pause)
+        self._same_manager(mgr)
         held = fin.held_keys
         if self.store is not None and held.shape[0]:
-            d = self.mgr.block_records(iid, held)
-            self._batch.put_blocks(iid, d.key, t_write=d.t_write, t_access=d.t_access,
-                                   access_count=d.access_count, loc=d.loc)
+            step = mgr.step_keys
+            for a in range(0, held.shape[0], step):
+                if a:
+                    self._pause()
+                    self._same_manager(mgr)
+                d = mgr.block_records(iid, held[a:a + step])
+                self._batch.put_blocks(iid, d.key, t_write=d.t_write, t_access=d.t_access,
+                                       access_count=d.access_count, loc=d.loc)
         if self.store is not None:
             self._batch.close_session(ses.session_id)
         if self.advisor is not None:
@@ -1778,7 +1887,9 @@ class Service:
 
     def _remove_cache(self, body: dict[str, Any]) -> dict[str, Any]:
         iid, _, _, keys, mask = self._read_args(body)
-        self.mgr.remove(iid, keys, mask=mask)
+        mgr = self.mgr
+        mgr.remove(iid, keys, mask=mask, pause=self._pause)
+        self._same_manager(mgr)
         return {}
 
     def _trim_cache(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -1793,10 +1904,18 @@ class Service:
             if end <= begin:
                 raise W.WireError(f"end_timestamp: must be > begin_timestamp ({begin}), "
                                   f"got {end}")
-            self.mgr.trim(iid, begin_ns=begin * 10**9, end_ns=min(end, 2**62 // 10**9) * 10**9)
+            self.mgr.trim(iid, begin_ns=begin * 10**9, end_ns=min(end, 2**62 // 10**9) * 10**9,
+                          pause=self._pause)
         else:
-            self.mgr.trim(iid)
+            self.mgr.trim(iid, pause=self._pause)
         return {}
+
+    def _same_manager(self, mgr: CacheManager) -> None:
+        """After a long call's pauses: the state it changed is still the service's (a
+        ``loadConfigSnapshot`` or a new leader's reload in between replaces it)."""
+        if self.mgr is not mgr:
+            raise NotFound("the state was replaced (loadConfigSnapshot or a leader change) "
+                           "while this call ran; its changes are gone")
 
 
 class NotLeader(KVSimError):
@@ -1882,6 +2001,33 @@ def probe_directory(root: str | os.PathLike[str]) -> str | None:
 def _trace_id(body: dict[str, Any]) -> str:
     t = body.get("trace_id")
     return t if isinstance(t, str) else ""
+
+
+def _preparse(body: dict[str, Any], cap: int) -> dict[str, Any]:
+    """``body`` with a long ``block_keys`` list (over ``_PREPARSE_KEYS``, at most
+    ``cap``) already an int64 array: converted before the call takes the service lock,
+    in slices (the GIL is let go between two, so the event loop keeps serving). A list
+    with anything but int64 values is left as it is (the call names the bad field).
+
+    Example:
+        >>> _preparse({"block_keys": list(range(5000))}, 10**6)["block_keys"][-2:]
+        array([4998, 4999])
+        >>> _preparse({"block_keys": [1, "2"] * 3000}, 10**6)["block_keys"][:2]
+        [1, '2']
+    """
+    v = body.get("block_keys")
+    if not isinstance(v, list) or not _PREPARSE_KEYS < len(v) <= cap:
+        return body
+    parts = []
+    for a in range(0, len(v), _PREPARSE_KEYS):
+        part = v[a:a + _PREPARSE_KEYS]
+        if not set(map(type, part)) <= {int}:
+            return body
+        try:
+            parts.append(np.array(part, dtype=np.int64))
+        except OverflowError:
+            return body
+    return body | {"block_keys": np.concatenate(parts)}
 
 
 def _int64_list(v: Any, field: str) -> np.ndarray:
