@@ -320,3 +320,21 @@ def test_pool_zero_time_reproduces_the_golden_figures(mooncake_path, capacity: i
     r = simulate(t, cfg)
     assert int(r.hit_blocks.sum()) == hit_blocks
     assert sorted(r.load_balance()["requests"].values()) == [3007, 3008, 3008, 3008]
+
+
+def test_storage_rules_it_would_ignore_are_refused(tmp_path) -> None:
+    """at_end writes have no storages (the contract's write); two_phase writes go through
+    the core's start/finish_write but nothing replays a health schedule."""
+    t = Trace.from_lists(ts_ns=[0, 1], keys=[[1, 2], [1, 2]], block_size=16)
+    base = {"storages": [{"name": "s", "type": "memory", "uri": "mem://s",
+                          "capacity_bytes": 10**6}],
+            "instance_groups": [{"name": "default", "quota": {"blocks": 8},
+                                 "storage_candidates": ["s"]}]}
+    with pytest.raises(ConfigError, match=r"storages\[0\]\.capacity_bytes: simulate .*at_end"):
+        simulate(t, KVSimConfig.from_dict(base))
+    two = base | {"timing": {"write": "two_phase"}}
+    assert simulate(t, KVSimConfig.from_dict(two)).hit_blocks.tolist() == [0, 2]
+    down = two | {"reclaim": {"storage_health": [{"storage": "s", "at_ms": 0,
+                                                  "healthy": False}]}}
+    with pytest.raises(ConfigError, match=r"reclaim\.storage_health: .*--flow client"):
+        simulate(t, KVSimConfig.from_dict(down))

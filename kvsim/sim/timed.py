@@ -366,6 +366,17 @@ class _Sim:
         self.trace = trace
         self.config = config
         tm = config.timing
+        if not config.tiers.levels:
+            # at_end writes run the contract's write (no storages); two_phase writes go
+            # through the core's start/finish_write (placement, storage and key limits)
+            # but nothing replays the health schedule: refuse what would be ignored
+            ignored = [f for f in config.storage_rules()
+                       if tm.write == "at_end" or f == "reclaim.storage_health"]
+            if ignored:
+                raise ConfigError(
+                    f"{config.source}: {', '.join(ignored)}: simulate (timing.write "
+                    f"{tm.write}) would ignore {'it' if len(ignored) == 1 else 'them'}; "
+                    "`kvsim replay --flow client` honours every storage rule")
         self.names = _instance_names(trace, config)
         bs = config.replay.block_size or trace.block_size
         self.bs = trace.block_size
@@ -782,7 +793,10 @@ def simulate(
         The per-request outcomes as a :class:`TimedResult`.
 
     Raises:
-        ConfigError: an unsupported trace (block masks, read- or write-only rows) or config.
+        ConfigError: an unsupported trace (block masks, read- or write-only rows) or config
+            (a storage rule it would ignore: every one of
+            :meth:`~kvsim.config.KVSimConfig.storage_rules` with ``timing.write``
+            ``at_end``, ``reclaim.storage_health`` with ``two_phase``).
     """
     if engine not in ENGINES:
         raise ConfigError(f"simulate: engine must be one of {', '.join(ENGINES)}, got {engine!r}")
