@@ -369,6 +369,8 @@ def test_config_file_carries_type_quotas_and_max_key_count(tmp_path: Path,
         kv.replay(tr, config=cfg)
     r = replay(tr, cfg, flow="client")
     assert r.summary()["block_hit_rate"] > 0.5
+    run = kv.replay(tr, config=cfg, flow="client")
+    assert float(run.summary["block_hit_rate"][0]) == r.summary()["block_hit_rate"]
 
 
 # ---------------------------------------------------------------- health probes
