@@ -210,6 +210,7 @@ def replay(
     jobs: int | None = None,
     window_s: float | None = None,
     progress: Callable[[int, int], None] | None = None,
+    flow: str = "combined",
     **trace_opts: Any,
 ) -> ReplayRun:
     """Replay a trace through one cache, a capacity sweep, or configs.
@@ -234,6 +235,9 @@ def replay(
             1 = in-process).
         window_s: time-series window in seconds (default: the trace span / 200).
         progress: ``progress(done_requests, total_requests)`` over all runs.
+        flow: ``combined`` (the replay contract's request; refuses a config with a
+            storage rule) or ``client`` (the server's calls, every storage rule; in
+            this process), as ``kvsim replay --flow``.
         **trace_opts: :func:`load_trace` keywords (``fmt``, ``block_size``, ``tail``,
             ``chain``, ``strict``, ``instance``, ``limit``) when ``trace`` is a path.
 
@@ -286,7 +290,7 @@ def replay(
         )
         config_labels = [None] * len(configs)
     run_labels: list[str | None] = list(labels) if labels is not None else config_labels
-    sweep = run_sweep(t, configs, labels=run_labels, jobs=jobs, progress=progress)
+    sweep = run_sweep(t, configs, labels=run_labels, jobs=jobs, progress=progress, flow=flow)
     return ReplayRun(trace=t, results=sweep.results, ideal=sweep.ideal, source=source,
                      window_s=window_s)
 

@@ -496,13 +496,10 @@ def _run_client_flow(trace: Trace, configs: list[KVSimConfig],
     """Replay every config in the client flow, in this process (a Python loop per
     request: no worker pool), with the ideal cache's figures."""
     from kvsim._startup import prepare_numba
-    from kvsim.sim.replay import ideal, replay
-    from kvsim.sim.sweep import SweepResult
+    from kvsim.sim.sweep import run_sweep
 
     prepare_numba()
-    results = [replay(trace, c, label=lb, flow="client")
-               for c, lb in zip(configs, labels, strict=True)]
-    return SweepResult(results=results, ideal=ideal(trace), jobs=1)
+    return run_sweep(trace, configs, labels=labels, flow="client")
 
 
 def _print_tables(trace: Trace, path: Path, results: Sequence[Any],

@@ -229,3 +229,19 @@ def test_two_workers_share_a_journal(two_groups, tmp_path: Path) -> None:
     assert sorted(x.number for x in o.study.trials) == list(range(6))
     assert {x.user_attrs.get("worker") for x in o.study.trials} == {0, 1}
     assert (tmp_path / "j" / "study.journal").is_file()
+
+
+def test_combined_flow_refuses_storage_rules_before_the_study(two_groups,
+                                                              tmp_path: Path) -> None:
+    """A base config with a storage rule the combined flow would ignore is refused before
+    any trial or file (naming the field, pointing at the client flow)."""
+    from kvsim.config import ConfigError
+
+    t, cfg = two_groups
+    d = cfg.to_dict()
+    d["instance_groups"][0]["max_key_count"] = 500
+    base = KVSimConfig.from_dict(d)
+    spec = TuneSpec(budget=BUDGET, trials=2, seed=0, policies=("lru",))
+    with pytest.raises(ConfigError, match=r"instance_groups\[0\]\.max_key_count: .*--flow client"):
+        run_study(spec, t, base, tmp_path / "study")
+    assert not (tmp_path / "study").exists()

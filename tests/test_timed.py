@@ -320,3 +320,72 @@ def test_pool_zero_time_reproduces_the_golden_figures(mooncake_path, capacity: i
     r = simulate(t, cfg)
     assert int(r.hit_blocks.sum()) == hit_blocks
     assert sorted(r.load_balance()["requests"].values()) == [3007, 3008, 3008, 3008]
+
+
+def test_at_end_refuses_the_storage_rules_it_would_ignore() -> None:
+    """at_end writes have no storages (the contract's write): a storage rule is refused;
+    two_phase runs the core's client flow and honours it."""
+    t = Trace.from_lists(ts_ns=[0, 1], keys=[[1, 2], [1, 2]], block_size=16)
+    base = {"storages": [{"name": "s", "type": "memory", "uri": "mem://s",
+                          "capacity_bytes": 10**6}],
+            "instance_groups": [{"name": "default", "quota": {"blocks": 8},
+                                 "storage_candidates": ["s"]}]}
+    with pytest.raises(ConfigError, match=r"storages\[0\]\.capacity_bytes: simulate .*at_end"):
+        simulate(t, KVSimConfig.from_dict(base))
+    two = base | {"timing": {"write": "two_phase"}}
+    assert simulate(t, KVSimConfig.from_dict(two)).hit_blocks.tolist() == [0, 2]
+    down = two | {"reclaim": {"storage_health": [{"storage": "s", "at_ms": 0,
+                                                  "healthy": False}]}}
+    r = simulate(t, KVSimConfig.from_dict(down))
+    assert r.hit_blocks.tolist() == [0, 0] and r.counters["write_failed_blocks"] == 4
+
+
+CLIENT_TRACE = generate_trace(GenSpec(seed=11, requests=600, instances=4, block_size=16))
+
+
+def _client_config(policy: str, used: float, interval: int, limit: str) -> KVSimConfig:
+    groups = []
+    for g in ("a", "b"):
+        grp: dict = {"name": g, "quota": {"blocks": 400}, "used_percentage": used,
+                     "storage_candidates": (["fast"] if limit in ("capacity", "type_quota")
+                                            else ["fast", "slow"]),
+                     "eviction": {"policy": policy, "batch_size": 7}}
+        if limit == "type_quota":
+            grp["quota"]["storage_types"] = {"memory": 150 * 1000}
+        if limit == "max_key_count":
+            grp["max_key_count"] = 300
+        if limit == "delete_delay":
+            grp["delay_before_delete_ms"] = 50
+        groups.append(grp)
+    t = CLIENT_TRACE
+    span_ms = int(t.ts_ns[-1] - t.ts_ns[0]) // 1_000_000
+    return KVSimConfig.from_dict({
+        "storages": [{"name": "fast", "type": "memory", "uri": "mem://fast",
+                      "capacity_bytes": 250 * 1000 if limit == "capacity" else 0},
+                     {"name": "slow", "type": "memory", "uri": "mem://slow"}],
+        "instance_groups": groups,
+        "instances": [{"instance_id": n, "group": "ab"[i % 2], "block_size": 16,
+                       "location_spec_infos": [{"name": "tp0", "size": 1000}]}
+                      for i, n in enumerate(t.instances)],
+        "reclaim": {"interval_ms": interval, "storage_health": (
+            [{"storage": "fast", "at_ms": span_ms // 3, "healthy": False},
+             {"storage": "fast", "at_ms": 2 * span_ms // 3, "healthy": True}]
+            if limit == "health" else [])},
+        "timing": {"write": "two_phase"}})
+
+
+@pytest.mark.parametrize(("policy", "used", "interval", "limit"), [
+    ("lru", 1.0, 0, "none"), ("sieve", 0.8, 0, "none"), ("s3fifo", 0.8, 100, "none"),
+    ("lru", 1.0, 100, "capacity"), ("lfu", 0.8, 100, "type_quota"),
+    ("lru", 0.9, 0, "max_key_count"), ("slru", 1.0, 100, "delete_delay"),
+    ("lru", 1.0, 100, "health")])
+def test_zero_time_two_phase_equals_replay_client_flow(policy: str, used: float,
+                                                       interval: int, limit: str) -> None:
+    """two_phase on the config's groups is the core's client flow: with zero latencies
+    and infinite throughput, request for request what ``replay --flow client`` gives,
+    every storage rule, the reclaimer cadence and the health schedule included."""
+    cfg = _client_config(policy, used, interval, limit)
+    want = replay(CLIENT_TRACE, cfg, flow="client")
+    got = simulate(CLIENT_TRACE, cfg)
+    assert got.hit_blocks.tolist() == want.hit_blocks.tolist()
+    assert int(want.hit_blocks.sum()) > 0

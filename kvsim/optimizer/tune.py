@@ -440,7 +440,9 @@ def run_study(spec: TuneSpec, trace: Trace, base: KVSimConfig, out_dir: Path, *,
     import multiprocessing as mp
 
     from kvsim.optimizer.split import exact_split
+    from kvsim.sim.replay import check_flow
 
+    check_flow(base, spec.flow)  # before any trial (or file) is made
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -377,6 +377,24 @@ def table_rows(config: KVSimConfig, max_len: int, n_keys: int | None = None) -> 
     return max(rows, 16) + 16
 
 
+def check_flow(config: KVSimConfig, flow: str) -> None:
+    """Refuse a config whose storage rules ``flow`` would ignore: the ``combined`` flow
+    (the replay contract's request) has no storages.
+
+    Raises:
+        ConfigError: naming the fields (:meth:`~kvsim.config.KVSimConfig.storage_rules`)
+            and pointing at the client flow.
+    """
+    ignored = config.storage_rules() if flow == "combined" else []
+    if ignored:
+        raise ConfigError(
+            f"{config.source}: {', '.join(ignored)}: the combined flow (the replay "
+            "contract's request, which has no storages) would ignore "
+            f"{'this storage rule' if len(ignored) == 1 else 'these storage rules'}; "
+            "replay with --flow client (flow='client': the server's calls, every "
+            "storage rule)")
+
+
 class Replayer:
     """The replay loop: one manager fed a whole trace, or a trace's chunks in time order
     (:func:`replay`, :func:`kvsim.sim.chunked.replay_chunks`).
@@ -409,14 +427,7 @@ class Replayer:
                  flow: str = "combined") -> None:
         if flow not in FLOWS:
             raise ValueError(f"flow must be one of {FLOWS}, got {flow!r}")
-        ignored = config.storage_rules() if flow == "combined" else []
-        if ignored:
-            raise ConfigError(
-                f"{config.source}: {', '.join(ignored)}: the combined flow (the replay "
-                "contract's request, which has no storages) would ignore "
-                f"{'this storage rule' if len(ignored) == 1 else 'these storage rules'}; "
-                "replay with --flow client (flow='client': the server's calls, every "
-                "storage rule)")
+        check_flow(config, flow)
         self.config = config
         self.flow = flow
         self.mgr, idx, self.group_of = build_manager(first, config, rows=rows)

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kvsim.config import KVSimConfig
-from kvsim.sim.replay import ReplayResult, ideal, replay
+from kvsim.sim.replay import FLOWS, ReplayResult, ideal, replay
 from kvsim.trace.model import Trace
 
 __all__ = [
@@ -275,6 +275,7 @@ def run_sweep(
     jobs: int | None = None,
     progress: ProgressFn | None = None,
     with_ideal: bool = True,
+    flow: str = "combined",
 ) -> SweepResult:
     """Replay ``trace`` under every config; results in input order.
 
@@ -288,6 +289,8 @@ def run_sweep(
             over all runs (the ideal counts as one more run).
         with_ideal: also compute :func:`~kvsim.sim.replay.ideal` (taken from a run
             whose config is the ideal cache when there is one, else one more task).
+        flow: ``combined`` or ``client`` (see :func:`~kvsim.sim.replay.replay`; the
+            client flow, a Python loop per request, runs in this process).
 
     Returns:
         A :class:`SweepResult`.
@@ -295,15 +298,23 @@ def run_sweep(
     labels = list(labels) if labels is not None else [None] * len(configs)
     if len(labels) != len(configs):
         raise ValueError(f"{len(labels)} labels for {len(configs)} configs")
-    # the ideal is read off an equivalent run when possible; otherwise it is one task
-    need_ideal = with_ideal and not any(is_ideal_cache(c) for c in configs)
+    if flow not in FLOWS:
+        raise ValueError(f"flow must be one of {FLOWS}, got {flow!r}")
+    combined = flow == "combined"
+    # the ideal (the contract's) is read off an equivalent combined run when possible;
+    # otherwise it is one task
+    need_ideal = with_ideal and not (combined and any(is_ideal_cache(c) for c in configs))
     tasks: list[tuple[KVSimConfig | None, str | None]] = list(zip(configs, labels, strict=True))
     if need_ideal:
         tasks.append((None, None))
     n = trace.n_requests
     total = n * len(tasks)
-    jobs = (default_jobs(len(tasks), trace.n_keys * len(tasks)) if jobs is None
-            else max(1, min(jobs, len(tasks))))
+    if not combined:
+        jobs = 1
+    elif jobs is None:
+        jobs = default_jobs(len(tasks), trace.n_keys * len(tasks))
+    else:
+        jobs = max(1, min(jobs, len(tasks)))
 
     outs: list[dict[str, Any]] = []
     if jobs == 1:
@@ -316,7 +327,8 @@ def run_sweep(
                     if progress is not None:
                         progress(base + done, total)
 
-                outs.append(_strip(replay(trace, cfg, label=label, progress=report)))
+                outs.append(_strip(replay(trace, cfg, label=label, progress=report,
+                                          flow=flow)))
             done_before += n
             if progress is not None:
                 progress(done_before, total)

@@ -12,10 +12,14 @@ virtual time. Each request goes through:
    per instance (requests queue);
 4. **write** of its blocks when prefill ends, so concurrent requests never see each
    other's blocks early: ``at_end`` writes every key then evicts to capacity exactly
-   as the replay contract does; ``two_phase`` reserves WRITING blocks at the read
-   (``start_write``) and commits them at prefill end (``finish_write``), with write
-   timeouts, the reclaimer cadence and ``delay_before_delete_ms`` on the virtual
-   clock, as the server runs them;
+   as the replay contract does (no storages: a config with a storage rule is refused);
+   ``two_phase`` on the config's own groups is the core's client flow, as the server
+   runs it: the read refreshes its hits and misses blocks on unusable storages,
+   ``start_write`` reserves WRITING blocks at the read and ``finish_write`` commits them
+   at prefill end, with write timeouts, every storage rule, the core's reclaimer on
+   ``reclaim.interval_ms`` of the virtual clock and the ``reclaim.storage_health``
+   schedule (with zero times it equals ``replay --flow client``); with ``tiers:`` each
+   tier's manager runs the reclaimer every ``reclaim_interval_ms``;
 5. **decode** at ``decode_ms_per_token`` per output token; with
    ``session_outputs`` the previous turn's output blocks (the next turn's keys that
    cover prompt + output) are written at decode end.
@@ -52,7 +56,7 @@ from kvsim.config import ConfigError, KVSimConfig, TierSpec
 from kvsim.core.clock import ManualClock
 from kvsim.core.errors import NotFound, QuotaExceeded
 from kvsim.core.events import EV_EVICTED
-from kvsim.core.manager import CacheManager
+from kvsim.core.manager import QUERY_BATCH, QUERY_PREFIX, CacheManager, TickReport
 from kvsim.core.spec import EvictionSpec, GroupSpec, InstanceSpec
 from kvsim.sim import _timed_kernels as TK
 from kvsim.trace.model import KIND_REQUEST, Trace
@@ -293,14 +297,17 @@ def _rows_for(trace: Trace, cap: int) -> int:
     return max(rows, 16) + 16
 
 
-def _base_tier(trace: Trace, config: KVSimConfig, names: list[str], bs: int) -> _Tier:
-    """The config's own groups and instances as one tier (no ``tiers:`` section)."""
+def _base_tier(trace: Trace, config: KVSimConfig, names: list[str], bs: int, *,
+               interval_ms: int = 0) -> _Tier:
+    """The config's own groups and instances as one tier (no ``tiers:`` section), on a
+    manual clock at the trace's first time with the reclaim cadence ``interval_ms``."""
     if not config.groups:  # no cache configured: one unbounded group
         config = KVSimConfig.single_cache()
     caps = [g.quota_units() for g in config.groups]
     bounded = all(c > 0 for c in caps) and all(g.unit == "blocks" for g in config.groups)
-    mgr = CacheManager(ManualClock(), rows=_rows_for(trace, sum(caps) if bounded else 0),
-                       event_level=0)
+    mgr = CacheManager(ManualClock(int(trace.ts_ns[0]) if trace.n_requests else 0),
+                       rows=_rows_for(trace, sum(caps) if bounded else 0), event_level=0,
+                       reclaim_interval_ms=interval_ms)
     for st in config.storages:
         mgr.add_storage(st)
     for g in config.groups:
@@ -366,14 +373,35 @@ class _Sim:
         self.trace = trace
         self.config = config
         tm = config.timing
+        if not config.tiers.levels and tm.write == "at_end":
+            # at_end writes run the contract's write (no storages): refuse what would be
+            # ignored; two_phase runs the core's client flow, every storage rule
+            ignored = config.storage_rules()
+            if ignored:
+                raise ConfigError(
+                    f"{config.source}: {', '.join(ignored)}: simulate (timing.write "
+                    f"{tm.write}) would ignore {'it' if len(ignored) == 1 else 'them'}; "
+                    "`kvsim replay --flow client` honours every storage rule")
         self.names = _instance_names(trace, config)
         bs = config.replay.block_size or trace.block_size
         self.bs = trace.block_size
         levels = config.tiers.levels
+        # two_phase on the config's own groups: the core's client flow (the read, then
+        # start_write; finish_write at prefill end), the core's reclaimer on its cadence
+        # (advance_to at every event) and the storage health schedule, as
+        # `replay --flow client` and the server run them
+        self.client = tm.write == "two_phase" and not levels
+        cadence = float(config.reclaim.interval_ms or tm.reclaim_interval_ms)
         if levels:
             self.tiers = [_spec_tier(trace, s, self.names, bs) for s in levels]
         else:
-            self.tiers = [_base_tier(trace, config, self.names, bs)]
+            self.tiers = [_base_tier(trace, config, self.names, bs,
+                                     interval_ms=round(cadence) if self.client else 0)]
+        t0 = int(trace.ts_ns[0]) if trace.n_requests else 0
+        self.health = ([(t0 + h.at_ms * 1_000_000, h.storage, h.healthy)
+                        for h in config.reclaim.storage_health] if self.client else [])
+        self._h = 0
+        self.query = QUERY_BATCH if config.replay.match == "batch" else QUERY_PREFIX
         self.policy = config.tiers.write_policy if len(self.tiers) > 1 else "through"
         if self.policy == "back":
             for tier in self.tiers[:-1]:
@@ -392,12 +420,14 @@ class _Sim:
         delays = any(g.delay_before_delete_ms > 0 for g in config.groups) and not levels
         # the one cadence is the top-level reclaim.interval_ms; timing.reclaim_interval_ms
         # (older configs) applies when it is not set
-        cadence = float(config.reclaim.interval_ms or tm.reclaim_interval_ms)
         interval = cadence
         if interval == 0 and delays:
             interval = 1000.0  # DELETING blocks are freed by the reclaimer only
         self.tick_ns = round(interval * 1e6)
         self.evict_each_write = cadence == 0
+        if self.client:  # the core runs the reclaimer (finish_write at 0, advance_to)
+            self.tick_ns = 0
+            self.evict_each_write = False
         self.decode_ns_per_tok = tm.decode_ms_per_token * 1e6
         self.nxt = _next_in_session(trace) if tm.session_outputs else None
         # outputs
@@ -552,6 +582,32 @@ class _Sim:
                 pick = np.ascontiguousarray(keys[acc > self.config.tiers.selective_min_reuse])
                 row[last] += self._write(last, s, pick, now)
 
+    # -------------------------------------------------------------- the client flow
+    def advance(self, now: int) -> None:
+        """The client flow's clock: the scheduled health changes due by ``now``, then
+        the core's reclaimer at its due times up to ``now``
+        (:meth:`~kvsim.core.manager.CacheManager.advance_to`)."""
+        mgr = self.tiers[0].mgr
+        while self._h < len(self.health) and self.health[self._h][0] <= now:
+            at, storage, ok = self.health[self._h]
+            if mgr.reclaim_interval_ms:
+                self._ticked(mgr.advance_to(at))
+            mgr.set_storage_health(storage, ok, "scheduled outage (reclaim.storage_health)")
+            self._h += 1
+        self._ticked(mgr.advance_to(now))
+
+    def _ticked(self, reports: list[TickReport]) -> None:
+        self.counters["expired_sessions"] += sum(len(r.expired) for r in reports)
+
+    def client_read(self, s: int, keys: np.ndarray) -> int:
+        """The client flow's read (``getCacheLocation``): hits refreshed, blocks on an
+        unusable storage missed."""
+        tier = self.tiers[0]
+        st = tier.mgr.storage
+        m = tier.mgr.match(tier.names[s], keys, query=self.query,
+                           slot_ok=None if st.all_ok else st.ok_mask)
+        return int(m.hit_blocks)
+
     # -------------------------------------------------------------- two-phase writes
     def start_sessions(self, q: int, s: int, keys: np.ndarray) -> None:
         out = []
@@ -581,6 +637,10 @@ class _Sim:
                 continue
             row[k] += res.committed
             self.counters["write_failed_blocks"] += res.failed
+            if self.client:  # finish_write refreshed the held keys (and ticked at 0)
+                if res.tick is not None:
+                    self._ticked([res.tick])
+                continue
             tier.mgr.match(tier.names[s], keys)  # refresh the hit prefix
             if self.evict_each_write:
                 tier.mgr.reclaim()
@@ -700,13 +760,19 @@ class _Sim:
             while 0 <= tick <= now:
                 self.reclaim_tick(tick)
                 tick += self.tick_ns
-            if two_phase:
+            if self.client:
+                self.advance(now)
+            elif two_phase:
                 for c in clocks:
                     c.set(now)  # type: ignore[attr-defined]
             a, b = off[q], off[q + 1]
             keys = allkeys[a:b]
             if kind == ARRIVE:
                 s, h, counts = self.route(q, keys, now)
+                if self.client:  # the read on the chosen instance, as a client makes it
+                    h = self.client_read(s, keys)
+                    counts[:] = 0
+                    counts[0] = h
                 route_s[q] = s
                 self.hit[q] = h
                 self.tier_hits[q, : self.n_tiers] = counts[: self.n_tiers]
@@ -782,7 +848,10 @@ def simulate(
         The per-request outcomes as a :class:`TimedResult`.
 
     Raises:
-        ConfigError: an unsupported trace (block masks, read- or write-only rows) or config.
+        ConfigError: an unsupported trace (block masks, read- or write-only rows) or config
+            (a storage rule it would ignore: every one of
+            :meth:`~kvsim.config.KVSimConfig.storage_rules` with ``timing.write``
+            ``at_end``, ``reclaim.storage_health`` with ``two_phase``).
     """
     if engine not in ENGINES:
         raise ConfigError(f"simulate: engine must be one of {', '.join(ENGINES)}, got {engine!r}")

@@ -356,14 +356,21 @@ def test_config_file_carries_type_quotas_and_max_key_count(tmp_path: Path,
                                           {"storage_type": "ST_MOONCAKE", "capacity": 2048}]
     assert w["cache_config"]["meta_indexer_config"] == {"max_key_count": 50}
     s.close()
-    # replay carries them without enforcing them (a replayed block has no storage)
+    # the client flow enforces them; the contract's combined flow (no storages) refuses
+    # the config, naming the fields
     import kvsim.api as kv
+    from kvsim.sim.replay import replay
     from kvsim.trace.model import Trace
 
     tr = Trace.from_lists(ts_ns=list(range(20)), keys=[[1, 2, 3, i] for i in range(20)],
                           block_size=16, instance=["i0"] * 20)
-    run = kv.replay(tr, config=cfg)
-    assert run.summary.height == 1 and float(run.summary["block_hit_rate"][0]) > 0.5
+    with pytest.raises(ConfigError, match=r"instance_groups\[0\]\.quota\.storage_types, "
+                                          r"instance_groups\[0\]\.max_key_count: .*--flow client"):
+        kv.replay(tr, config=cfg)
+    r = replay(tr, cfg, flow="client")
+    assert r.summary()["block_hit_rate"] > 0.5
+    run = kv.replay(tr, config=cfg, flow="client")
+    assert float(run.summary["block_hit_rate"][0]) == r.summary()["block_hit_rate"]
 
 
 # ---------------------------------------------------------------- health probes
