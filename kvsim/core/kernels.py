@@ -865,7 +865,7 @@ def replay_requests(
                         _bump(t, r)
                         t.t_access[r] = stamp(t, now)
                     continue
-                write_serving(t, ev, i, keys[j : j + 1], now, tmp_rows, tmp_new)
+                write_serving(t, ev, i, keys[j : j + 1], now, tmp_rows, tmp_new, 0)
                 evict_to(t, ev, g, i, t.g_cap[g], now, delete_now)
         else:
             if k != KIND_WRITE:

@@ -143,6 +143,19 @@ def _set_pos(words: np.ndarray, fenb: np.ndarray, p: int, on: bool) -> None:
 
 
 @numba.njit(cache=True)
+def _pend(fen: np.ndarray, pb: int, pv: int, b: int, dv: int) -> tuple[int, int]:
+    """Add ``dv`` to block ``b``'s pending count; a change of block flushes the pending
+    ``(pb, pv)`` into the Fenwick tree. A commit touches runs of consecutive positions
+    (new ones at the top, old ones where the chain was last committed): one tree update
+    per 64-position block instead of one per key."""
+    if b != pb:
+        if pv != 0:
+            _fen_add(fen, pb + 1, pv)
+        return b, dv
+    return pb, pv + dv
+
+
+@numba.njit(cache=True)
 def _count_le(words: np.ndarray, fenb: np.ndarray, p: int) -> int:
     """Marked positions ``<= p``: whole blocks from the (small) Fenwick tree, then bits."""
     b = p >> 6
@@ -290,6 +303,9 @@ def _facts_step(
         nf0 = 0
         nf1 = 0
         sc_ = 0
+        qb = -1  # the block whose Fenwick prefix sum qs (qs1: class 1) is cached
+        qs = 0
+        qs1 = 0
         if 2 * (n_ids + m) > hcap:  # grow and rehash (never inside a request: see hs)
             ncap = 2 * hcap
             while 2 * (n_ids + m) > ncap:
@@ -309,40 +325,74 @@ def _facts_step(
             h = np.int64(_mix(keys[j], inst) & np.uint64(hcap - 1))
             hs[j - a] = h
             prefetch(tab, 2 * h)
+        # ids first (without promotion, which must interleave with the distances), with
+        # each id's last position prefetched: the distance loop then finds it cached
+        pre = not promote
+        if pre:
+            for j in range(a, b):
+                k = keys[j]
+                h = hs[j - a]
+                while True:
+                    meta = tab[2 * h + 1]
+                    if meta == 0 or (tab[2 * h] == k and (meta >> 32) == inst):
+                        break
+                    h = (h + 1) & (hcap - 1)
+                if meta == 0:
+                    d = n_ids
+                    tab[2 * h] = k
+                    tab[2 * h + 1] = (inst << 32) | (d + 1)
+                    n_ids += 1
+                    if n_ids > last.shape[0]:
+                        nl = np.zeros(2 * last.shape[0], dtype=np.int64)
+                        nl[: last.shape[0]] = last
+                        last = nl
+                        nc = np.zeros(2 * idcls.shape[0], dtype=np.int8)
+                        nc[: idcls.shape[0]] = idcls
+                        idcls = nc
+                    if weighted:
+                        idcls[d] = cls[j]
+                else:
+                    d = (meta & 0xFFFFFFFF) - 1
+                ids[j - a] = d
+                prefetch(last, d)
         for j in range(a, b):
-            k = keys[j]
-            h = hs[j - a]
-            while True:
-                meta = tab[2 * h + 1]
-                if meta == 0 or (tab[2 * h] == k and (meta >> 32) == inst):
-                    break
-                h = (h + 1) & (hcap - 1)
-            if meta == 0:
-                d = n_ids
-                tab[2 * h] = k
-                tab[2 * h + 1] = (inst << 32) | (d + 1)
-                n_ids += 1
-                if n_ids > last.shape[0]:
-                    nl = np.zeros(2 * last.shape[0], dtype=np.int64)
-                    nl[: last.shape[0]] = last
-                    last = nl
-                    nc = np.zeros(2 * idcls.shape[0], dtype=np.int8)
-                    nc[: idcls.shape[0]] = idcls
-                    idcls = nc
-                if weighted:
-                    idcls[d] = cls[j]
+            if pre:
+                d = ids[j - a]
             else:
-                d = (meta & 0xFFFFFFFF) - 1
-                if promote and idcls[d] == 1 and cls[j] == 0:
-                    # a sampled key promoted to class 0 (heavy): counts once from now on
-                    idcls[d] = 0
-                    pp = last[d]
-                    if pp > 0:
-                        _set_pos(words1, fenb1, pp, False)
-                        live1 -= 1
-                        _set_pos(words, fenb, pp, True)
-                        live += 1
-            ids[j - a] = d
+                k = keys[j]
+                h = hs[j - a]
+                while True:
+                    meta = tab[2 * h + 1]
+                    if meta == 0 or (tab[2 * h] == k and (meta >> 32) == inst):
+                        break
+                    h = (h + 1) & (hcap - 1)
+                if meta == 0:
+                    d = n_ids
+                    tab[2 * h] = k
+                    tab[2 * h + 1] = (inst << 32) | (d + 1)
+                    n_ids += 1
+                    if n_ids > last.shape[0]:
+                        nl = np.zeros(2 * last.shape[0], dtype=np.int64)
+                        nl[: last.shape[0]] = last
+                        last = nl
+                        nc = np.zeros(2 * idcls.shape[0], dtype=np.int8)
+                        nc[: idcls.shape[0]] = idcls
+                        idcls = nc
+                    if weighted:
+                        idcls[d] = cls[j]
+                else:
+                    d = (meta & 0xFFFFFFFF) - 1
+                    if promote and idcls[d] == 1 and cls[j] == 0:
+                        # a sampled key promoted to class 0 (heavy): counts once from now on
+                        idcls[d] = 0
+                        pp = last[d]
+                        if pp > 0:
+                            _set_pos(words1, fenb1, pp, False)
+                            live1 -= 1
+                            _set_pos(words, fenb, pp, True)
+                            live += 1
+                            qb = -1  # the cached block sum is stale
+                ids[j - a] = d
             if not rd:
                 continue
             kc = idcls[d] if weighted else 0
@@ -363,9 +413,16 @@ def _facts_step(
             if p == 0:
                 stopped = True
                 continue
-            dist = live - _count_le(words, fenb, p) + 1
+            pb = p >> 6
+            if pb != qb:  # the Fenwick sum of the blocks below p's (cached per block)
+                qb = pb
+                qs = _fen_sum(fenb, pb)
+                if weighted:
+                    qs1 = _fen_sum(fenb1, pb)
+            pm = (np.uint64(2) << np.uint64(p & 63)) - np.uint64(1)
+            dist = live - (qs + _popcount(words[pb] & pm)) + 1
             if weighted:
-                dist += int(np.ceil((live1 - _count_le(words1, fenb1, p)) * inv_rate))
+                dist += int(np.ceil((live1 - (qs1 + _popcount(words1[pb] & pm))) * inv_rate))
             if dist > cur:
                 cur = dist
             if ln > 0 and kc != sc_:  # a class change closes the segment
@@ -395,25 +452,48 @@ def _facts_step(
         seg_off[q + 1] = ns
         if not commit[q]:
             continue
-        # ---- commit: touch every key tail first (the first key ends most recent)
+        # ---- commit: touch every key tail first (the first key ends most recent); the
+        # bitmaps change at once, the block counts through _pend (flushed at the end)
+        cb0 = -1
+        cv0 = 0
+        sb0 = -1
+        sv0 = 0
+        cb1 = -1
+        cv1 = 0
+        sb1 = -1
+        sv1 = 0
         for jj in range(m - 1, -1, -1):
             d = ids[jj]
             p = last[d]
+            nb = nxt >> 6
+            nbit = np.uint64(1) << np.uint64(nxt & 63)
             if weighted and idcls[d] == 1:
                 if p > 0:
-                    _set_pos(words1, fenb1, p, False)
+                    words1[p >> 6] &= ~(np.uint64(1) << np.uint64(p & 63))
+                    cb1, cv1 = _pend(fenb1, cb1, cv1, p >> 6, -1)
                 else:
                     live1 += 1
-                _set_pos(words1, fenb1, nxt, True)
+                words1[nb] |= nbit
+                sb1, sv1 = _pend(fenb1, sb1, sv1, nb, 1)
             else:
                 if p > 0:
-                    _set_pos(words, fenb, p, False)
+                    words[p >> 6] &= ~(np.uint64(1) << np.uint64(p & 63))
+                    cb0, cv0 = _pend(fenb, cb0, cv0, p >> 6, -1)
                 else:
                     live += 1
-                _set_pos(words, fenb, nxt, True)
+                words[nb] |= nbit
+                sb0, sv0 = _pend(fenb, sb0, sv0, nb, 1)
             who[nxt] = d
             last[d] = nxt
             nxt += 1
+        if cv0 != 0:
+            _fen_add(fenb, cb0 + 1, cv0)
+        if sv0 != 0:
+            _fen_add(fenb, sb0 + 1, sv0)
+        if cv1 != 0:
+            _fen_add(fenb1, cb1 + 1, cv1)
+        if sv1 != 0:
+            _fen_add(fenb1, sb1 + 1, sv1)
     sc[0] = hcap
     sc[1] = n_ids
     sc[2] = npos
@@ -1002,6 +1082,43 @@ def _sample_kernel(offsets: np.ndarray, keys: np.ndarray, limit: np.uint64, seed
     return kept
 
 
+@numba.njit(cache=True)
+def _sample_compact(offsets: np.ndarray, keys: np.ndarray, mask: np.ndarray, has_mask: bool,
+                    limit: np.uint64, seed: np.uint64, full_depth: int, heavy_tab: np.ndarray,
+                    heavy_used: np.ndarray, out_offsets: np.ndarray, out_keys: np.ndarray,
+                    out_mask: np.ndarray, out_cls: np.ndarray) -> int:
+    """:func:`_sample_kernel`'s choice, written out compacted in the same pass: the kept
+    keys, their masks and classes and the rows' new offsets; returns the number kept."""
+    hmask = np.uint64(heavy_tab.shape[0] - 1)
+    any_heavy = False
+    for i in range(heavy_used.shape[0]):
+        if heavy_used[i]:
+            any_heavy = True
+            break
+    kept = 0
+    out_offsets[0] = 0
+    for q in range(offsets.shape[0] - 1):
+        for j in range(offsets[q], offsets[q + 1]):
+            k = keys[j]
+            z = _splitmix(np.uint64(k) ^ seed)
+            full = j - offsets[q] < full_depth
+            if not full and any_heavy:
+                slot = z & hmask
+                while heavy_used[slot]:
+                    if heavy_tab[slot] == k:
+                        full = True
+                        break
+                    slot = (slot + np.uint64(1)) & hmask
+            if full or z < limit:
+                out_keys[kept] = k
+                out_cls[kept] = 0 if full else 1
+                if has_mask:
+                    out_mask[kept] = mask[j]
+                kept += 1
+        out_offsets[q + 1] = kept
+    return kept
+
+
 def heavy_keys(trace: Trace, *, seed: int = 0, min_share: float = 1e-4,
                request_frac: float = 0.01, min_requests: int = 2000) -> np.ndarray:
     """Keys that carry at least ``min_share`` of all block reads, estimated from a
@@ -1065,13 +1182,16 @@ def sample_csr(offsets: np.ndarray, keys: np.ndarray, mask: np.ndarray | None, r
     smix = _seed_mix(seed)
     _heavy_table(heavy, smix, tab, used)
     n_keys = keys.shape[0]
-    keep = np.empty(n_keys, dtype=np.bool_)
-    cls_all = np.empty(n_keys, dtype=np.int8)
-    _sample_kernel(offsets, keys, _limit(rate), smix, full_depth, tab, used, keep, cls_all)
-    csum = np.concatenate(([0], np.cumsum(keep, dtype=np.int64)))
-    new_offsets = csum[offsets]
-    new_mask = mask[keep] if mask is not None else None
-    return new_offsets, keys[keep], new_mask, cls_all[keep]
+    new_offsets = np.empty(offsets.shape[0], dtype=np.int64)
+    out_keys = np.empty(n_keys, dtype=np.int64)
+    out_cls = np.empty(n_keys, dtype=np.int8)
+    has_mask = mask is not None
+    m_in = mask if mask is not None else np.zeros(0, dtype=np.bool_)
+    out_mask = np.empty(n_keys if has_mask else 0, dtype=np.bool_)
+    kept = _sample_compact(offsets, keys, m_in, has_mask, _limit(rate), smix, full_depth, tab,
+                           used, new_offsets, out_keys, out_mask, out_cls)
+    return (new_offsets, out_keys[:kept].copy(), out_mask[:kept].copy() if has_mask else None,
+            out_cls[:kept].copy())
 
 
 def exact_curve(trace: Trace, capacities: Sequence[int] | np.ndarray) -> pl.DataFrame:

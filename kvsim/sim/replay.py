@@ -35,7 +35,7 @@ ProgressFn = Callable[[int, int], None]
 StepFn = Callable[[int, int, int, int], None]
 
 CHUNK_KEYS = 1 << 20
-UNBOUNDED_ROWS = 1 << 16  # first block rows of an unbounded cache (doubles as it fills)
+UNBOUNDED_ROWS = 1 << 20  # first block rows of an unbounded cache (doubles as it fills)
 
 
 @dataclass(frozen=True)
