@@ -1685,7 +1685,7 @@ class CacheManager:
         if n == 0:
             return 0
         gspec = self._groups[ispec.group][1]
-        order = np.argsort(ta, kind="stable")
+        order = access_order(ta)
         gi = self._groups[ispec.group][0]
         quota = int(self.table.t.g_quota[gi])
         room = quota - int(self.table.t.g_used[gi])
@@ -1802,6 +1802,25 @@ class CacheManager:
     def drain_events(self) -> list[Event]:
         """Recorded events since the last drain."""
         return self.events.drain()
+
+
+def access_order(ta: np.ndarray) -> np.ndarray:
+    """The stable ascending order of int64 ``ta`` (``np.argsort(ta, kind="stable")``),
+    by the core's radix sort (:func:`kvsim.core.kernels.radix_argsort`) for large
+    arrays.
+
+    Example:
+        >>> access_order(np.array([30, 10, 20, 10])).tolist()
+        [1, 3, 2, 0]
+    """
+    a = np.ascontiguousarray(ta, dtype=np.int64)
+    n = a.shape[0]
+    if n < 4096:
+        return np.argsort(a, kind="stable")
+    out = np.empty(n, np.int64)
+    K.radix_argsort(a, out, np.empty(n, np.int64), np.empty(n, np.uint64),
+                    np.empty(n, np.uint64), np.empty(K.RADIX_BUCKETS, np.int64))
+    return out
 
 
 def first_occurrence(keys: np.ndarray) -> np.ndarray:
