@@ -775,9 +775,9 @@ def radix_argsort(vals: np.ndarray, out: np.ndarray, tmp: np.ndarray, key_a: np.
             counts[d] = total
             total += c
         for j in range(n):
-            d = np.int64((src_k[j] >> sh) & mask)
-            q = counts[d]
-            counts[d] = q + 1
+            b = np.int64((src_k[j] >> sh) & mask)
+            q = counts[b]
+            counts[b] = q + 1
             dst_k[q] = src_k[j]
             dst_i[q] = src_i[j]
         src_k, dst_k = dst_k, src_k

@@ -1685,12 +1685,18 @@ class CacheManager:
         if n == 0:
             return 0
         gspec = self._groups[ispec.group][1]
-        order = access_order(ta)
+        in_order = n < 2 or bool(np.all(ta[1:] >= ta[:-1]))
+        order = np.arange(n, dtype=np.int64) if in_order else access_order(ta)
         gi = self._groups[ispec.group][0]
         quota = int(self.table.t.g_quota[gi])
         room = quota - int(self.table.t.g_used[gi])
         if bulk and (quota <= 0 or n * int(self.table.t.i_cost[ii]) <= room):
             self.table.ensure_rows(n)
+            if not in_order and n > _RESTORE_CHUNK:
+                # one gather per column into access order, so the kernel reads them in
+                # sequence (measured: 5 random reads per block cost it ~2x)
+                k, tw, ta, acc, lc = (a[order] for a in (k, tw, ta, acc, lc))
+                order = np.arange(n, dtype=np.int64)
             chunk = min(_RESTORE_CHUNK, n)
             return int(self.kernels.restore_serving(
                 self.table.t, ii, k, tw, ta, acc, lc, order, chunk,
