@@ -62,11 +62,18 @@ def build(data: Path, url: str, blocks: int, tail: int) -> dict[str, Any]:
     store = open_store(url, data)
     chunk = 1_000_000
     t = time.time_ns()
+    # as a server's state: keys are hashes, so a snapshot (sorted by key) holds the
+    # access times in no order; reads have raised some above their write times
+    rng = np.random.default_rng(18)
+    keys_all = rng.permutation(blocks).astype(np.int64) * 7919 + 1
+    ta_all = t + rng.permutation(blocks).astype(np.int64) * 1000
     for a in range(0, blocks, chunk):
-        keys = np.arange(a, min(blocks, a + chunk), dtype=np.int64) * 7919 + 1
+        keys = keys_all[a:a + chunk]
         b = StoreBatch()
-        tw = np.full(keys.shape[0], t, np.int64) + np.arange(keys.shape[0])
-        b.put_blocks("bench", keys, t_write=tw, t_access=tw, loc=np.ones_like(keys))
+        ta = ta_all[a:a + chunk]
+        tw = ta - rng.integers(0, 10**9, ta.shape[0])
+        b.put_blocks("bench", keys, t_write=tw, t_access=ta, loc=np.ones_like(keys),
+                     access_count=rng.integers(1, 5, ta.shape[0]))
         store.apply(b)
     snap = getattr(store, "snapshot", None)
     if snap is not None:
@@ -80,7 +87,7 @@ def build(data: Path, url: str, blocks: int, tail: int) -> dict[str, Any]:
                                       "is_new": np.ones(64, bool)}))
         store.apply(b)
         b = StoreBatch()
-        tw = np.full(64, t + i, np.int64)
+        tw = np.full(64, t + blocks * 1000 + i * 1000, np.int64)
         b.put_blocks("bench", keys, t_write=tw, t_access=tw, loc=np.ones_like(keys))
         b.close_session(i + 1)
         store.apply(b)

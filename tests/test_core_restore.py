@@ -182,7 +182,9 @@ def test_bulk_restore_equals_chunked_path(policy, pre, rows, chunk, evict, after
             kw = dict(t_write=tw, t_access=ta, access_count=acc, loc=loc)
             got = [sides[0].restore_blocks(inst, k, bulk=False, **kw),
                    sides[1].restore_blocks(inst, k, **kw)]
-            with mock.patch.object(sides[2].kernels, "restore_serving", twin.py_func):
+            # the twin: the kernel's body under the interpreter (prefetch hints off)
+            with mock.patch.object(sides[2].kernels, "restore_serving", twin.py_func), \
+                    mock.patch.object(sides[2].kernels, "prefetch", lambda a, j: None):
                 got.append(sides[2].restore_blocks(inst, k, **kw))
             assert got[0] == got[1] == got[2]
     _tables_equal(sides[0], sides[1])
@@ -224,3 +226,26 @@ def test_reserve_rows_grows_once() -> None:
     assert m.row_capacity == rows  # no growth while restoring
     m.reserve_rows(10)
     assert m.row_capacity == rows
+
+
+@settings(max_examples=examples(60), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(vals=st.lists(st.integers(-(2**63), 2**63 - 1), max_size=300)
+       | st.lists(st.integers(0, 50), max_size=300)
+       | st.lists(st.integers(10**18, 10**18 + 2**40), min_size=4096, max_size=5000),
+       twin=st.booleans())
+def test_radix_order_is_the_stable_argsort(vals, twin) -> None:
+    """The core's radix sort of access times (and its plain-Python twin, the kernel's
+    body under the interpreter) gives numpy's stable argsort, ties in input order."""
+    from kvsim.core import kernels as K
+    from kvsim.core.manager import access_order
+
+    a = np.array(vals, dtype=np.int64)
+    n = a.shape[0]
+    out = np.empty(n, np.int64)
+    fn = K.radix_argsort.py_func if twin and n <= 400 else K.radix_argsort
+    fn(a, out, np.empty(n, np.int64), np.empty(n, np.uint64), np.empty(n, np.uint64),
+       np.empty(K.RADIX_BUCKETS, np.int64))
+    want = np.argsort(a, kind="stable")
+    np.testing.assert_array_equal(out, want)
+    np.testing.assert_array_equal(access_order(a), want)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kvsim.core._jit import inline_kernel, kernel
+from kvsim.core._jit import inline_kernel, kernel, prefetch
 from kvsim.core.events import (
     EV_EVICTED,
     EV_READ,
@@ -46,6 +46,7 @@ from kvsim.core.table import (
     free_row,
     lookup,
     prefetch_keys,
+    prefetch_slot,
     queue_free,
     stamp,
 )
@@ -660,6 +661,17 @@ def restore_serving(
     for c0 in range(0, n, chunk):
         c1 = min(n, c0 + chunk)
         m = c1 - c0
+        # the chunk's entries sit anywhere in the columns (they are in access order):
+        # start every miss first, then the index slots of their keys
+        for p in range(c0, c1):
+            j = order[p]
+            prefetch(keys, j)
+            prefetch(tw, j)
+            prefetch(ta, j)
+            prefetch(acc, j)
+            prefetch(loc, j)
+        for p in range(c0, c1):
+            prefetch_slot(t, i, keys[order[p]])
         now = ta[order[c1 - 1]]
         prev = -1
         for pp in range(m):  # allocate, as start_write does
@@ -711,6 +723,71 @@ def restore_serving(
         if not first and v > t.meta[M_STAMP]:
             t.meta[M_STAMP] = v
     return done
+
+
+_RADIX_BITS = 11
+RADIX_BUCKETS = 1 << _RADIX_BITS
+
+
+@kernel
+def radix_argsort(vals: np.ndarray, out: np.ndarray, tmp: np.ndarray, key_a: np.ndarray,
+                  key_b: np.ndarray, counts: np.ndarray) -> None:
+    """``out`` = the stable ascending order of int64 ``vals`` (what
+    ``np.argsort(vals, kind="stable")`` returns), by an LSD radix sort on 11-bit digits
+    that skips the digits on which every value agrees (access times of one state span
+    a few dozen bits). A restart orders millions of access times; numpy's stable
+    argsort is a comparison sort (~4x slower here).
+
+    Scratch (no allocation in kernels): ``tmp`` int64 and ``key_a``/``key_b`` uint64 of
+    ``len(vals)``, ``counts`` int64 of :data:`RADIX_BUCKETS`.
+    """
+    n = vals.shape[0]
+    sign = np.uint64(1) << np.uint64(63)
+    if n == 0:
+        return
+    u0 = np.uint64(vals[0]) ^ sign
+    diff = np.uint64(0)
+    ordered = True
+    for j in range(n):
+        u = np.uint64(vals[j]) ^ sign
+        key_a[j] = u
+        diff |= u ^ u0
+        out[j] = j
+        if j > 0 and vals[j] < vals[j - 1]:
+            ordered = False
+    if ordered:
+        return
+    mask = np.uint64(RADIX_BUCKETS - 1)
+    src_k, dst_k = key_a, key_b
+    src_i, dst_i = out, tmp
+    in_out = True
+    shift = 0
+    while shift < 64:
+        sh = np.uint64(shift)
+        shift += _RADIX_BITS
+        if ((diff >> sh) & mask) == 0:
+            continue  # every value has the same digit here
+        for d in range(RADIX_BUCKETS):
+            counts[d] = 0
+        for j in range(n):
+            counts[np.int64((src_k[j] >> sh) & mask)] += 1
+        total = 0
+        for d in range(RADIX_BUCKETS):
+            c = counts[d]
+            counts[d] = total
+            total += c
+        for j in range(n):
+            b = np.int64((src_k[j] >> sh) & mask)
+            q = counts[b]
+            counts[b] = q + 1
+            dst_k[q] = src_k[j]
+            dst_i[q] = src_i[j]
+        src_k, dst_k = dst_k, src_k
+        src_i, dst_i = dst_i, src_i
+        in_out = not in_out
+    if not in_out:
+        for j in range(n):
+            out[j] = src_i[j]
 
 
 # ---------------------------------------------------------------- removal

@@ -448,6 +448,12 @@ def prefetch_keys(t: Tables, inst: int, keys: np.ndarray, a: int, b: int) -> Non
             prefetch(t.hot, np.int64(e & _LOW32))
 
 
+@inline_kernel
+def prefetch_slot(t: Tables, inst: int, key: int) -> None:
+    """Start loading the home index slot of ``(inst, key)`` (a lookup or insert soon)."""
+    prefetch(t.slots, _home(_hash(inst, key), np.uint64(t.meta[M_SLOTS])))
+
+
 @kernel
 def lookup(t: Tables, inst: int, key: int) -> int:
     """Row of ``(inst, key)`` or -1."""

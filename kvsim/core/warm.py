@@ -20,7 +20,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from kvsim.core.clock import ManualClock
-from kvsim.core.manager import QUERY_BATCH, QUERY_PREFIX, QUERY_SW, CacheManager
+from kvsim.core.manager import QUERY_BATCH, QUERY_PREFIX, QUERY_SW, CacheManager, access_order
 from kvsim.core.spec import EVICTION_MODES, EvictionSpec, GroupSpec, InstanceSpec, StorageSpec
 from kvsim.core.table import STORAGE_SLOTS
 
@@ -85,6 +85,9 @@ def warm_up(policies: Iterable[str] = ("lru",), *, modes: Iterable[str] | None =
         mgr.remove(iid, np.arange(0, 4, dtype=np.int64))
         mgr.trim(iid, begin_ns=0, end_ns=clock.now_ns() // 2)
         mgr.trim(iid)
+        k = np.arange(200, 203, dtype=np.int64)  # a restart's bulk restore
+        mgr.restore_blocks(iid, k, t_write=k, t_access=k, access_count=k, loc=k % 2)
+        access_order(np.arange(5000, 0, -1))  # its radix sort of access times
         mgr.remove_instance(iid)
         mgr.remove_group(name)
     mgr.drain_events()

@@ -148,7 +148,11 @@ class _State:
     """The state being rebuilt from a snapshot and segments."""
 
     records: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-    sessions: dict[int, SessionRecord] = field(default_factory=dict)
+    # a session opened in a segment stays (instance, keys view, deadline, loc, raw extra
+    # JSON) until the scan ends: most are closed a few records later, so their extras
+    # are never parsed (:meth:`session_records` builds the survivors)
+    sessions: dict[int, SessionRecord | tuple[str, np.ndarray, int, int, bytes]] = field(
+        default_factory=dict)
     # per instance: chronological chunks (kind, keys, tw, ta, acc, loc); tw/loc None for
     # deletes, tw None for touches
     chunks: dict[str, list[tuple[int, np.ndarray, Any, Any, Any, Any]]] = field(
@@ -188,12 +192,11 @@ class _State:
                 sid, deadline, loc, k = struct.unpack_from("<qqqI", mv, p)
                 p += 28
                 inst, p = s_at(p)
-                keys = np.frombuffer(mv, _I64, k, p).copy()
+                keys = np.frombuffer(mv, _I64, k, p)
                 p += 8 * k
                 (ln,) = struct.unpack_from("<I", mv, p)
-                extra = orjson.loads(bytes(mv[p + 4:p + 4 + ln]))
+                self.sessions[sid] = (inst, keys, deadline, loc, payload[p + 4:p + 4 + ln])
                 p += 4 + ln
-                self.sessions[sid] = SessionRecord(sid, inst, keys, deadline, loc, extra)
             elif op == _REC:
                 name, p = s_at(p)
                 (ln,) = struct.unpack_from("<I", mv, p)
@@ -202,7 +205,9 @@ class _State:
             elif op == _DROP_INST:
                 inst, p = s_at(p)
                 self.chunks.pop(inst, None)
-                for sid in [x for x, s in self.sessions.items() if s.instance_id == inst]:
+                for sid in [x for x, s in self.sessions.items()
+                            if (s.instance_id if isinstance(s, SessionRecord) else s[0])
+                            == inst]:
                     del self.sessions[sid]
             elif op == _REPLACE:
                 self.records.clear()
@@ -211,6 +216,17 @@ class _State:
                 self.sessions.clear()
             else:
                 raise StoreError(f"journal: unknown op {op} at byte {p - 1} of a record")
+
+    def session_records(self) -> list[SessionRecord]:
+        """The open sessions, by id (extras parsed now)."""
+        out = []
+        for sid in sorted(self.sessions):
+            s = self.sessions[sid]
+            if not isinstance(s, SessionRecord):
+                inst, keys, deadline, loc, raw = s
+                s = SessionRecord(sid, inst, keys.copy(), deadline, loc, orjson.loads(raw))
+            out.append(s)
+        return out
 
     def blocks(self) -> Iterator[BlockRecords]:
         for inst, chunks in self.chunks.items():
@@ -249,7 +265,8 @@ def resolve(inst: str, chunks: list[_Chunk]) -> BlockRecords | None:
             head: _Chunk = (_K_PUT, bk_[named], btw[named], bta[named], bacc[named],
                             bloc[named])
             part = resolve(inst, [head, *chunks[1:]])
-            cols = [a[keep] for a in (bk_, btw, bta, bacc, bloc)]
+            whole = not bool(named.any())  # the tail names no snapshot key: no copy
+            cols = [a if whole else a[keep] for a in (bk_, btw, bta, bacc, bloc)]
             if part is not None:
                 cols = [np.concatenate([c, x]) for c, x in zip(cols, (
                     part.keys, part.t_write, part.t_access, part.access_count, part.loc),
@@ -540,7 +557,7 @@ class JournalStore:
             "version": 1, "records": st.records,
             "sessions": [{"sid": s.session_id, "inst": s.instance_id, "keys": s.keys,
                           "deadline": s.deadline_ns, "loc": s.loc, "extra": s.extra}
-                         for s in st.sessions.values()],
+                         for s in st.session_records()],
             "instances": [[b.instance_id, int(b.keys.shape[0])] for b in blocks],
         }, option=orjson.OPT_SERIALIZE_NUMPY)
         final = self.path / f"snapshot-{upto:08d}.kvs"
@@ -632,7 +649,7 @@ class JournalStore:
         """Every unfinished session (ends the start-up scan)."""
         st = self._cached if self._cached is not None else self._scan()
         self._cached = None
-        return sorted(st.sessions.values(), key=lambda s: s.session_id)
+        return st.session_records()
 
     def clear(self) -> None:
         """Forget everything."""

@@ -69,3 +69,16 @@ def test_service_shrank() -> None:
     """The storage rules left ``service.py`` (2,190 lines before they moved)."""
     n = len((SERVER / "service.py").read_text().splitlines())
     assert n < 2000, n
+
+
+def test_server_never_reaches_into_the_block_table() -> None:
+    """Not even the table object: ``mgr.table.rows`` / ``ensure_rows`` became the public
+    ``CacheManager.row_capacity`` / ``reserve_rows`` (issue 18)."""
+    bad = []
+    for path in sorted(SERVER.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr == "table":
+                chain = _chain(node)
+                if len(chain) >= 2 and chain[-2] in {"mgr", "manager"}:
+                    bad.append(f"{path.name}:{node.lineno}: {'.'.join(chain)}")
+    assert not bad, "use CacheManager's public calls:\n" + "\n".join(bad)
