@@ -496,6 +496,26 @@ class Service:
             reply.update(out)
         return reply
 
+    def long_call(self, method: str, raw: bytes) -> bool:
+        """Whether the meta call ``method`` with JSON body ``raw`` may run in steps (more
+        than ``step_keys`` keys, the finish of such a session, a trim): a transport
+        answering on an event loop then runs it on a worker thread (see
+        :func:`kvsim.server.http.offload`). A hint read without the lock."""
+        step = self.mgr.step_keys
+        if method == "trimCache":
+            return True
+        if method == "finishWriteCache":
+            try:
+                token = orjson.loads(raw).get("write_session_id")
+            except (orjson.JSONDecodeError, AttributeError):
+                return False
+            try:
+                ses = self.mgr.find_session(str(token)) if token is not None else None
+            except (KeyError, RuntimeError):  # pragma: no cover - changed meanwhile
+                return True
+            return ses is not None and ses.keys.shape[0] > step
+        return raw.count(b",") > step
+
     def _acquire(self) -> None:
         """Take the service lock, counted as waiting while it is held by another call
         (what makes a long call's :meth:`_pause` let it in)."""
