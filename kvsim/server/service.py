@@ -1895,11 +1895,15 @@ class Service:
         held = fin.held_keys
         if self.store is not None and held.shape[0]:
             step = mgr.step_keys
+            dumps = []
             for a in range(0, held.shape[0], step):
                 if a:
                     self._pause()
                     self._same_manager(mgr)
-                d = mgr.block_records(iid, held[a:a + step])
+                dumps.append(mgr.block_records(iid, held[a:a + step]))
+            # into the batch only now: a call in a pause takes the batch so far, and the
+            # blocks go to the store in one record with the session's close
+            for d in dumps:
                 self._batch.put_blocks(iid, d.key, t_write=d.t_write, t_access=d.t_access,
                                        access_count=d.access_count, loc=d.loc)
         if self.store is not None:
