@@ -1895,15 +1895,15 @@ class Service:
         held = fin.held_keys
         if self.store is not None and held.shape[0]:
             step = mgr.step_keys
-            dumps = []
             for a in range(0, held.shape[0], step):
                 if a:
                     self._pause()
                     self._same_manager(mgr)
-                dumps.append(mgr.block_records(iid, held[a:a + step]))
-            # into the batch only now: a call in a pause takes the batch so far, and the
-            # blocks go to the store in one record with the session's close
-            for d in dumps:
+                # into the batch at once: a call in the next pause takes the batch so
+                # far, so a removal made there reaches the store after these puts (never
+                # a removed block put back). A crash in between leaves the session open
+                # in the store beside the blocks it committed (restored as held)
+                d = mgr.block_records(iid, held[a:a + step])
                 self._batch.put_blocks(iid, d.key, t_write=d.t_write, t_access=d.t_access,
                                        access_count=d.access_count, loc=d.loc)
         if self.store is not None:
