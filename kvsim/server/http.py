@@ -309,7 +309,7 @@ def offload(app: KVSimApp, method: str, raw: bytes) -> bool:
         return False
     if len(raw) > OFFLOAD_BYTES:
         return True
-    return app.service.long_call(method, raw)
+    return app.service.long_call(method, raw)  # see kvsim.server.bigcalls
 
 
 def _handle_safely(app: KVSimApp, args: tuple[Any, ...]) -> tuple[int, bytes]:
