@@ -92,7 +92,7 @@ class StepLock:
                 now = time.perf_counter()
                 if self.waiting:
                     idle = now
-                elif now - idle >= PAUSE_IDLE_S or now - t0 >= PAUSE_MAX_S:
+                if now - idle >= PAUSE_IDLE_S or now - t0 >= PAUSE_MAX_S:
                     break
         finally:
             self.acquire()
