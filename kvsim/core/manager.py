@@ -765,15 +765,16 @@ class CacheManager:
                     f"group {gspec.name!r}: writing {int(np.count_nonzero(isnew))} blocks would "
                     f"pass its quota of {gspec.quota_units()}"
                 )
-        else:
+            new_rows = rows[isnew].copy()
+            if new_rows.shape[0]:
+                self.set_loc(new_rows, slot)
+        else:  # placed slice by slice
             self._next_tmp -= 1  # the write's key in _sessions until it is one
             n_new = self._start_in_steps(self._next_tmp, ii, instance_id, k, rows, isnew, now,
                                          deadline, slot, tag, pause)
+            new_rows = rows[isnew].copy()
         sid = self._next_sid
         self._next_sid += 1
-        new_rows = rows[isnew].copy()
-        if new_rows.shape[0]:
-            self.set_loc(new_rows, slot)
         self._sessions[sid] = _Session(ii, new_rows, k[isnew].copy(), deadline, k.copy(),
                                        isnew.copy(), slot, tag)
         self._next_deadline_ns = min(self._next_deadline_ns, deadline)
@@ -846,6 +847,9 @@ class CacheManager:
                         f"group {gspec.name!r}: writing {n_fresh} blocks would pass its quota "
                         f"of {gspec.quota_units()} (blocks written meanwhile took the room)")
                 ses.rows[a:b] = np.where(isnew[a:b], rows[a:b], -1)
+                placed = rows[a:b][isnew[a:b]]
+                if placed.shape[0]:
+                    self.set_loc(placed, slot)
                 n_new += got
             return n_new
         except BaseException:

@@ -123,7 +123,8 @@ def process(svc: Service) -> int:
 
 # ---------------------------------------------------------------- admin calls
 def admin_calls(svc: Service) -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
-    """The advisor's admin calls, bound to ``svc`` (they run under its lock)."""
+    """The advisor's admin calls, bound to ``svc`` (they run under its lock, but for
+    ``getCapacityAdvice``'s ``bound: belady`` pass)."""
     return {"getCapacityAdvice": lambda body: capacity_advice(svc, body),
             "getCapacityPlan": lambda body: capacity_plan(svc, body)}
 
@@ -164,15 +165,26 @@ def capacity_advice(svc: Service, body: dict[str, Any]) -> dict[str, Any]:
     }
     out["evictions"] = dict(sorted(svc.mgr.evicted_by_trigger.items()))
     if (W.get_str(body, "bound") or "") == "belady":
-        _belady_headroom(svc, out)
+        from kvsim.server.service import _Later
+
+        # the registry is read here, under the service lock; the pass over the event
+        # log runs after the lock is released (other calls go on meanwhile)
+        group_of = {s.instance_id: s.group for s in svc.mgr.instances()}
+
+        def with_belady() -> dict[str, Any]:
+            _belady_headroom(svc, out, group_of)
+            return out
+
+        return {"advice": _Later(with_belady)}
     return {"advice": out}
 
 
-#: ``bound: belady`` reads at most this much event log (it runs under the service lock).
+#: ``bound: belady`` reads at most this much event log (an on-demand pass, run after
+#: the service lock is released).
 BELADY_MAX_LOG_BYTES = 64 << 20
 
 
-def _belady_headroom(svc: Service, out: dict[str, Any]) -> None:
+def _belady_headroom(svc: Service, out: dict[str, Any], group_of: dict[str, str]) -> None:
     """``belady`` per group: the offline optimum (:func:`kvsim.optimizer.bounds.belady`)
     of the group's calls in the server's event log (reads peek, writes commit, as the
     advisor's curves) at its 1x capacity, and its headroom over the server's own hits
@@ -195,7 +207,6 @@ def _belady_headroom(svc: Service, out: dict[str, Any]) -> None:
 
     svc.events.flush()
     trace = read_trace(path, "kvcm-events")
-    group_of = {s.instance_id: s.group for s in svc.mgr.instances()}
     for g in out["groups"]:
         insts = [k for k, name in enumerate(trace.instances) if group_of.get(name) == g["name"]]
         rows = np.flatnonzero(np.isin(trace.instance, insts))

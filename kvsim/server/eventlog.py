@@ -35,11 +35,19 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 
 from kvsim.trace.logfiles import rotated_parts
 
 _OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
+#: an event with a numpy array longer than this is encoded when it is written, not when
+#: it is queued (a 100k-key write's event is queued under the service lock)
+LAZY_ITEMS = 4096
+
+
+def _line(x: bytes | dict[str, Any]) -> bytes:
+    return x if isinstance(x, bytes) else orjson.dumps(x, option=_OPTS)
 
 
 class EventLog:
@@ -59,7 +67,7 @@ class EventLog:
         self._f = self._open()
         self._size = self._f.tell()
         self.rotations = 0
-        self._buf: list[bytes] = []
+        self._buf: list[bytes | dict[str, Any]] = []
         self._max = max_buffered
         self._lock = threading.Lock()  # guards _buf: held only to append or swap it
         self._write_lock = threading.Lock()  # one writer at a time: lines stay in order
@@ -67,8 +75,12 @@ class EventLog:
 
     def append(self, event: dict[str, Any]) -> None:
         """Queue one event (flushes when the buffer is full); values may be numpy arrays
-        (written as JSON lists)."""
-        line = orjson.dumps(event, option=_OPTS)
+        (written as JSON lists; one longer than :data:`LAZY_ITEMS` is encoded by the
+        flush, so it must not change after this)."""
+        line: bytes | dict[str, Any] = event
+        if not any(isinstance(v, np.ndarray) and v.size > LAZY_ITEMS
+                   for v in event.values()):
+            line = orjson.dumps(event, option=_OPTS)
         with self._lock:
             self._buf.append(line)
             full = len(self._buf) >= self._max
@@ -85,7 +97,7 @@ class EventLog:
             with self._lock:
                 buf, self._buf = self._buf, []
             if buf and not self._f.closed:
-                data = b"".join(buf)
+                data = b"".join(map(_line, buf))
                 self._f.write(data)
                 self._f.flush()
                 self.written += len(buf)
@@ -115,7 +127,7 @@ class EventLog:
                 buf, self._buf = self._buf, []
             if not self._f.closed:
                 if buf:
-                    self._f.write(b"".join(buf))
+                    self._f.write(b"".join(map(_line, buf)))
                     self.written += len(buf)
                 self._f.close()
 

@@ -299,6 +299,19 @@ _REASONS = {200: b"OK", 400: b"Bad Request", 408: b"Request Timeout",
 OFFLOAD_BYTES = 256 << 10
 
 
+def offload(app: KVSimApp, method: str, raw: bytes) -> bool:
+    """Whether a meta call is answered on a worker thread rather than inline on the
+    event loop: a body over :data:`OFFLOAD_BYTES`, or a call the service says may be
+    long (:meth:`~kvsim.server.service.Service.long_call`: many keys, the finish of a
+    big write session, a trim), which runs in steps that let other calls in; inline it
+    would hold the loop that serves them."""
+    if app.big_pool is None:
+        return False
+    if len(raw) > OFFLOAD_BYTES:
+        return True
+    return app.service.long_call(method, raw)  # see kvsim.server.bigcalls
+
+
 def _handle_safely(app: KVSimApp, args: tuple[Any, ...]) -> tuple[int, bytes]:
     try:
         return app.handle(*args)
@@ -438,7 +451,7 @@ def fast_protocol(app: KVSimApp, *, inline: bool = True) -> type[Any] | None:
             self._kvsim_fast = False
             args = (self.url[5:].decode("latin-1"), b"".join(self._kvsim_body), self.headers,
                     self.client, self._kvsim_t0)
-            if len(args[1]) > OFFLOAD_BYTES and app.big_pool is not None:
+            if offload(app, args[0], args[1]):
                 # a large call (say 100k keys) runs on a worker thread: the loop keeps
                 # answering the small ones meanwhile. Reading pauses until it is answered;
                 # a request pipelined behind it is not served (the connection closes).

@@ -103,6 +103,7 @@ from kvsim.core.spec import (
 from kvsim.server import capacity
 from kvsim.server import wire as W
 from kvsim.server.auth import Account, Accounts, AuthGuard
+from kvsim.server.bigcalls import STEP_KEYS, StepLock, locations_json, long_call, preparse
 from kvsim.server.clock import MonotonicClock
 from kvsim.server.debug import Faults
 from kvsim.server.eventlog import EventLog, open_event_log
@@ -120,14 +121,7 @@ DEFAULT_QUOTA_BYTES = 30 * 10**9
 DEFAULT_WRITE_TIMEOUT_S = 30
 DEFAULT_PROBE_S = 5.0
 
-_LOC_CACHE_MAX = 1 << 16
-# a long call's pause between two steps (see Service._pause): poll every _PAUSE_POLL_S,
-# take the lock back once no call has waited for _PAUSE_IDLE_S, or after _PAUSE_MAX_S
-_PAUSE_POLL_S = 0.0001
-_PAUSE_IDLE_S = 0.0005
-_PAUSE_MAX_S = 0.004
-# a key list longer than this is converted to an array before the lock, in slices of it
-_PREPARSE_KEYS = 4096  # cached location dicts per instance and storage
+_LOC_CACHE_MAX = 1 << 16  # cached location dicts per instance and storage
 _READ_LOG_FOLD = 256  # reads whose hit rows are logged before folding into the bitmap
 # upper bounds (seconds) of the call-latency histogram's buckets (Prometheus ``le``)
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
@@ -297,11 +291,7 @@ class Service:
         self.faults = Faults()
         self.endpoints: dict[str, Any] = dict(endpoints or {})
         self.started_ns = self.clock.now_ns()
-        self._lock = threading.Lock()
-        # calls blocked on _lock (counted under _waiting_lock): a long call's steps let
-        # them in (see _pause)
-        self._waiting = 0
-        self._waiting_lock = threading.Lock()
+        self._lock = StepLock()  # a long call's steps let waiting calls in (_pause)
         self._stats_lock = threading.Lock()  # the call counters and latency histogram
         #: pauses of long calls between two steps / those that let waiting calls in
         self.lock_pauses = 0
@@ -434,8 +424,8 @@ class Service:
             batch = None
             failed: BaseException | None = None
             if api == "meta":
-                body = _preparse(body, self.limits.max_keys_per_request)
-            self._acquire()
+                body = preparse(body, self.limits.max_keys_per_request)
+            self._lock.acquire()
             try:
                 self._encoder = location_encoder or (json_fragment if json_fragments
                                                      else None)
@@ -493,47 +483,18 @@ class Service:
             reply.update(out)
         return reply
 
-    def _acquire(self) -> None:
-        """Take the service lock, counted as waiting while it is held by another call
-        (what makes a long call's :meth:`_pause` let it in)."""
-        if self._lock.acquire(blocking=False):
-            return
-        with self._waiting_lock:
-            self._waiting += 1
-        try:
-            self._lock.acquire()
-        finally:
-            with self._waiting_lock:
-                self._waiting -= 1
+    def long_call(self, method: str, raw: bytes) -> bool:
+        """Whether a meta call may run in steps (:func:`bigcalls.long_call`)."""
+        return long_call(self, method, raw)
 
     def _pause(self) -> None:
         """Between two steps of a long call (the core's ``pause`` hook; under the lock):
-        when calls wait for the lock, release it until none has waited for
-        ``_PAUSE_IDLE_S`` (at most ``_PAUSE_MAX_S``: a step holds it for a few ms, so the
-        long call keeps about half of it under a stream of short calls), then take it
-        back. The call's per-call state (the location encoder) is kept."""
+        let waiting calls in (:meth:`StepLock.pause`, running :attr:`on_pause`), keeping
+        this call's location encoder."""
         self.lock_pauses += 1
-        hook = self.on_pause
-        if not self._waiting and hook is None:
-            return
-        self.lock_yields += 1
         enc = self._encoder
-        self._lock.release()
-        try:
-            if hook is not None:
-                hook()
-            t0 = idle = time.perf_counter()
-            while True:
-                time.sleep(_PAUSE_POLL_S)
-                now = time.perf_counter()
-                if self._waiting:
-                    idle = now
-                elif now - idle >= _PAUSE_IDLE_S:
-                    break  # nobody has waited for a while: the queue is through
-                if now - t0 >= _PAUSE_MAX_S:
-                    break
-        finally:
-            self._acquire()
+        if self._lock.pause(self.on_pause):
+            self.lock_yields += 1
             self._encoder = enc
 
     def check_admin(self, credential: str | None, peer: str | None = None) -> str | None:
@@ -747,6 +708,7 @@ class Service:
                                 event_level=2 if self.store is not None else 0,
                                 slot_counts=True,
                                 reclaim_interval_ms=self._config.reclaim.interval_ms)
+        self.mgr.step_keys = STEP_KEYS  # a long call pauses between ~1 ms steps
         self._storage_cfg: dict[str, dict[str, Any]] = {}
         self._loc_gen = getattr(self, "_loc_gen", 0) + 1  # drops cached locations
         self._group_cfg: dict[str, dict[str, Any]] = {}
@@ -838,12 +800,13 @@ class Service:
             gone = (c["kind"] == EV_EVICTED) | (c["kind"] == EV_REMOVED)
             if gone.any():
                 inst, keys = c["instance"][gone], c["key"][gone]
-                for i in np.unique(inst):
+                one = inst.shape[0] and inst.min() == inst.max()  # one instance: no sort
+                for i in (inst[:1] if one else np.unique(inst)):
                     try:
                         name = self.mgr.instance_name(int(i))
                     except IndexError:  # pragma: no cover - defensive
                         continue
-                    b.delete_blocks(name, keys[inst == i])
+                    b.delete_blocks(name, keys if one else keys[inst == i])
         if self._registry_dirty:
             # the registry is small and changes rarely: its journal is one snapshot
             snap = self.snapshot()
@@ -1632,31 +1595,10 @@ class Service:
 
     def _locations_json(self, rec: _Instance, iid: str, keys: np.ndarray,
                         st: StorageSpec) -> Any:
-        """:meth:`_locations` of ``keys`` on storage ``st`` as one pre-encoded JSON array
-        (an ``orjson.Fragment``: the same bytes ``orjson.dumps`` gives for the dicts),
-        from one template: no dict per key, and the GIL is let go between slices of
-        ``_PREPARSE_KEYS`` (a 100k-key reply would otherwise hold it for a second)."""
-        n = keys.shape[0]
-        if n == 0:
-            return orjson.Fragment(b"[]")
-        # a template: the location of a random key, split where its 16 hex digits are
-        k0 = secrets.randbits(63)
-        while any(f"{k0:016x}" in x for x in (st.uri, st.name, iid, *rec.spec_names)):
-            k0 = secrets.randbits(63)  # pragma: no cover - 63 random bits
-        parts = orjson.dumps(self._locations(rec, iid, [k0], [st], None)[0]).split(
-            f"{k0:016x}".encode())
-        hexes = np.frombuffer(np.ascontiguousarray(keys, dtype=np.int64).astype(">i8")
-                              .tobytes().hex().encode(), dtype="S16").tolist()
-        out: list[bytes] = []
-        step = _PREPARSE_KEYS
-        if len(parts) == 2:  # one location spec: one join per slice
-            sep = parts[1] + b"," + parts[0]
-            for a in range(0, n, step):
-                out.append(parts[0] + sep.join(hexes[a:a + step]) + parts[1])
-        else:
-            for a in range(0, n, step):
-                out.append(b",".join(h.join(parts) for h in hexes[a:a + step]))
-        return orjson.Fragment(b"[" + b",".join(out) + b"]")
+        """:meth:`_locations` of ``keys`` on ``st`` as one pre-encoded JSON array
+        (:func:`bigcalls.locations_json`: byte-identical, no dict per key)."""
+        return locations_json(lambda k: self._locations(rec, iid, [k], [st], None)[0], keys,
+                              (st.uri, st.name, iid, *rec.spec_names))
 
     def _storages_of_rows(self, rows: np.ndarray) -> list[StorageSpec | None]:
         at = self.mgr.storage.at
@@ -1820,11 +1762,10 @@ class Service:
             mask_out: dict[str, Any] = {"offset": n_held}
         else:
             mask_out = {"bool_masks": {"values": held.tolist()}}
-        new_pos = np.flatnonzero(ws.is_new).tolist()
         locs: Any
         if gnames:
             locs = [self._location(rec, iid, int(keys[j]), st, None, rec.spec_groups[gnames[j]])
-                    for j in new_pos]
+                    for j in np.flatnonzero(ws.is_new).tolist()]
         elif self._encoder is json_fragment and st is not None:
             # the HTTP reply's JSON, built after the lock is released in slices (the GIL
             # is let go between two): it depends only on values taken here
@@ -1836,7 +1777,8 @@ class Service:
             locs = _Later(lambda: self._locations(rec, iid, new_keys, [st] * len(new_keys),
                                                   None))
         self._emit("StartWriteCache", iid, trace_id=_trace_id(body),
-                   write_session_id=token, block_keys=keys, new_blocks=len(new_pos),
+                   write_session_id=token, block_keys=keys,
+                   new_blocks=int(ws.new_keys.shape[0]),
                    block_mask=~ws.is_new)
         return {"write_session_id": token, "block_mask": mask_out, "locations": locs}
 
@@ -1871,6 +1813,10 @@ class Service:
                 if a:
                     self._pause()
                     self._same_manager(mgr)
+                # into the batch at once: a call in the next pause takes the batch so
+                # far, so a removal made there reaches the store after these puts (never
+                # a removed block put back). A crash in between leaves the session open
+                # in the store beside the blocks it committed (restored as held)
                 d = mgr.block_records(iid, held[a:a + step])
                 self._batch.put_blocks(iid, d.key, t_write=d.t_write, t_access=d.t_access,
                                        access_count=d.access_count, loc=d.loc)
@@ -2001,33 +1947,6 @@ def probe_directory(root: str | os.PathLike[str]) -> str | None:
 def _trace_id(body: dict[str, Any]) -> str:
     t = body.get("trace_id")
     return t if isinstance(t, str) else ""
-
-
-def _preparse(body: dict[str, Any], cap: int) -> dict[str, Any]:
-    """``body`` with a long ``block_keys`` list (over ``_PREPARSE_KEYS``, at most
-    ``cap``) already an int64 array: converted before the call takes the service lock,
-    in slices (the GIL is let go between two, so the event loop keeps serving). A list
-    with anything but int64 values is left as it is (the call names the bad field).
-
-    Example:
-        >>> _preparse({"block_keys": list(range(5000))}, 10**6)["block_keys"][-2:]
-        array([4998, 4999])
-        >>> _preparse({"block_keys": [1, "2"] * 3000}, 10**6)["block_keys"][:2]
-        [1, '2']
-    """
-    v = body.get("block_keys")
-    if not isinstance(v, list) or not _PREPARSE_KEYS < len(v) <= cap:
-        return body
-    parts = []
-    for a in range(0, len(v), _PREPARSE_KEYS):
-        part = v[a:a + _PREPARSE_KEYS]
-        if not set(map(type, part)) <= {int}:
-            return body
-        try:
-            parts.append(np.array(part, dtype=np.int64))
-        except OverflowError:
-            return body
-    return body | {"block_keys": np.concatenate(parts)}
 
 
 def _int64_list(v: Any, field: str) -> np.ndarray:

@@ -1,0 +1,184 @@
+"""Big calls beside small ones: the service lock that a long call lets go between its
+steps, and the parts of a 100k-key call done outside that lock.
+
+A ``startWriteCache`` (its ``finishWriteCache``, a ``removeCache``, a ``trimCache``) of
+more than :data:`STEP_KEYS` keys runs the core's kernels in slices
+(:attr:`kvsim.core.manager.CacheManager.step_keys`) and calls the service's pause
+between two (:meth:`StepLock.pause`): when calls wait for the lock, it is released until
+they are through, so a 1-key read is answered in the middle of the big call. Its key
+list is converted before the lock (:func:`preparse`) and its HTTP reply is built from a
+template after it (:func:`locations_json`), both in slices that let the GIL go.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import orjson
+
+if TYPE_CHECKING:
+    from kvsim.server.service import Service
+
+#: keys per step of a long call (the core's ``step_keys``): one step holds the service
+#: lock for ~1 ms on a loaded 2-CPU machine (8192 keys: ~4 ms)
+STEP_KEYS = 2048
+#: a key list longer than this is converted before the lock, in slices of this many
+PREPARSE_KEYS = 4096
+# a pause polls every PAUSE_POLL_S and takes the lock back once no call has waited for
+# PAUSE_IDLE_S, or after PAUSE_MAX_S (the long call keeps about half of the lock under a
+# stream of short calls)
+PAUSE_POLL_S = 0.0001
+PAUSE_IDLE_S = 0.0005
+PAUSE_MAX_S = 0.004
+
+
+class StepLock:
+    """A mutex that counts the threads blocked on it, so the holder of a long call can
+    let them in between two steps (:meth:`pause`).
+
+    Example:
+        >>> lk = StepLock()
+        >>> with lk:
+        ...     lk.pause(None), lk.waiting
+        (False, 0)
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count_lock = threading.Lock()
+        self.waiting = 0  # threads blocked in acquire()
+
+    def acquire(self) -> None:
+        """Take the lock (counted as waiting while another thread holds it)."""
+        if self._lock.acquire(blocking=False):
+            return
+        with self._count_lock:
+            self.waiting += 1
+        try:
+            self._lock.acquire()
+        finally:
+            with self._count_lock:
+                self.waiting -= 1
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def __enter__(self) -> StepLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def pause(self, hook: Callable[[], None] | None) -> bool:
+        """Between two steps of the holder's long call: when threads wait (or ``hook``
+        is given), release the lock, run ``hook``, wait until none has waited for
+        :data:`PAUSE_IDLE_S` (at most :data:`PAUSE_MAX_S`), take it back. Returns
+        whether the lock was let go."""
+        if not self.waiting and hook is None:
+            return False
+        self._lock.release()
+        try:
+            if hook is not None:
+                hook()
+            t0 = idle = time.perf_counter()
+            while True:
+                time.sleep(PAUSE_POLL_S)
+                now = time.perf_counter()
+                if self.waiting:
+                    idle = now
+                if now - idle >= PAUSE_IDLE_S or now - t0 >= PAUSE_MAX_S:
+                    break
+        finally:
+            self.acquire()
+        return True
+
+
+def long_call(svc: Service, method: str, raw: bytes) -> bool:
+    """Whether the meta call ``method`` with JSON body ``raw`` may run in steps (more
+    than ``step_keys`` keys, the finish of such a session, a trim): a transport
+    answering on an event loop then runs it on a worker thread (see
+    :func:`kvsim.server.http.offload`). A hint read without the service lock."""
+    step = svc.mgr.step_keys
+    if method == "trimCache":
+        return True
+    if method == "finishWriteCache":
+        try:
+            token = orjson.loads(raw).get("write_session_id")
+            ses = svc.mgr.find_session(str(token)) if token is not None else None
+        except (orjson.JSONDecodeError, AttributeError):
+            return False
+        except (KeyError, RuntimeError):  # pragma: no cover - changed meanwhile
+            return True
+        return ses is not None and ses.keys.shape[0] > step
+    return raw.count(b",") > step
+
+
+def preparse(body: dict[str, Any], cap: int) -> dict[str, Any]:
+    """``body`` with a long ``block_keys`` list (over :data:`PREPARSE_KEYS`, at most
+    ``cap``) already an int64 array: converted before the call takes the service lock,
+    in slices (the GIL is let go between two, so the event loop keeps serving). A list
+    with anything but int64 values is left as it is (the call names the bad field).
+
+    Example:
+        >>> preparse({"block_keys": list(range(5000))}, 10**6)["block_keys"][-2:]
+        array([4998, 4999])
+        >>> preparse({"block_keys": [1, "2"] * 3000}, 10**6)["block_keys"][:2]
+        [1, '2']
+    """
+    v = body.get("block_keys")
+    if not isinstance(v, list) or not PREPARSE_KEYS < len(v) <= cap:
+        return body
+    parts = []
+    for a in range(0, len(v), PREPARSE_KEYS):
+        part = v[a:a + PREPARSE_KEYS]
+        if not set(map(type, part)) <= {int}:
+            return body
+        try:
+            parts.append(np.array(part, dtype=np.int64))
+        except OverflowError:
+            return body
+    return body | {"block_keys": np.concatenate(parts)}
+
+
+def locations_json(location: Callable[[int], dict[str, Any]], keys: np.ndarray,
+                   avoid: tuple[str, ...]) -> Any:
+    """The locations of ``keys`` (``location(key)`` gives one, its URIs holding the key
+    as 16 hex digits) as one pre-encoded JSON array (an ``orjson.Fragment``: the bytes
+    ``orjson.dumps`` gives for the dicts), built from the location of one random key
+    used as a template (no dict per key; the GIL is let go between slices of
+    :data:`PREPARSE_KEYS`). ``avoid``: the strings a template key's hex must not be in.
+
+    Example:
+        >>> def loc(k: int) -> dict[str, Any]:
+        ...     return {"type": "ST_NFS", "uri": f"file://x/{k & (2**64 - 1):016x}.tp0"}
+        >>> ks = np.array([1, -1], dtype=np.int64)
+        >>> orjson.dumps(locations_json(loc, ks, ())) == orjson.dumps([loc(1), loc(-1)])
+        True
+    """
+    n = keys.shape[0]
+    if n == 0:
+        return orjson.Fragment(b"[]")
+    k0 = secrets.randbits(63)
+    while any(f"{k0:016x}" in x for x in avoid):
+        k0 = secrets.randbits(63)  # pragma: no cover - 63 random bits
+    parts = orjson.dumps(location(k0)).split(f"{k0:016x}".encode())
+    hexes = np.frombuffer(np.ascontiguousarray(keys, dtype=np.int64).astype(">i8")
+                          .tobytes().hex().encode(), dtype="S16").tolist()
+    out: list[bytes] = []
+    step = PREPARSE_KEYS
+    if len(parts) == 2:  # one location spec: one join per slice
+        sep = parts[1] + b"," + parts[0]
+        for a in range(0, n, step):
+            out.append(parts[0] + sep.join(hexes[a:a + step]) + parts[1])
+    else:
+        for a in range(0, n, step):
+            out.append(b",".join(h.join(parts) for h in hexes[a:a + step]))
+    out[0] = b"[" + out[0]
+    out[-1] += b"]"
+    return orjson.Fragment(b",".join(out))
