@@ -3,8 +3,8 @@
 Accuracy: a generated trace driven over HTTP through a live server (read -> startWriteCache
 -> finishWriteCache per request); the advisor's curve since start at sample rate 1 equals
 ``kvsim curve`` of the server's own event log (``--read-rows peek``) to the block, and at
-rate 0.01 its mean absolute error is under 0.01. The figures go to
-``reports/advisor_accuracy.json``.
+rate 0.01 its mean absolute error is under 0.01. With ``KVSIM_WRITE_REPORTS=1`` the figures
+go to ``reports/advisor_accuracy.json`` (a plain test run leaves the checkout untouched).
 """
 
 from __future__ import annotations
@@ -143,6 +143,10 @@ def test_advisor_equals_kvsim_curve_and_sample_is_close(trace: Trace, tmp_path: 
             "max_abs_error": float(np.abs(est - truth).max()),
             "advisor_process_seconds": sampled["process_seconds"]},
     }
+    if os.environ.get("KVSIM_WRITE_REPORTS") != "1":
+        print(json.dumps(report["sampled"]))
+        assert mae < 0.01, report["sampled"]
+        return
     REPORT.parent.mkdir(parents=True, exist_ok=True)
     tmp = REPORT.with_suffix(".tmp")
     tmp.write_text(json.dumps(report, indent=1) + "\n")
