@@ -197,6 +197,40 @@ def _new_state(max_len: int, weighted: bool) -> tuple[
 
 
 @numba.njit(cache=True)
+def _resolve_id(tab: np.ndarray, hcap: int, h: int, k: Any, inst: Any, n_ids: int,
+                last: np.ndarray, idcls: np.ndarray, weighted: bool, cj: int,
+                ) -> tuple[int, bool, int, np.ndarray, np.ndarray]:
+    """The dense id of key ``k`` of instance ``inst``, probing from slot ``h`` of the
+    open-addressing table ``tab``; a new key gets the next id (``last`` and ``idcls``
+    grown when full, its class ``cj`` noted when ``weighted``).
+
+    Returns:
+        ``(id, found, n_ids, last, idcls)``: ``found`` is False for a new key.
+    """
+    while True:
+        meta = tab[2 * h + 1]
+        if meta == 0 or (tab[2 * h] == k and (meta >> 32) == inst):
+            break
+        h = (h + 1) & (hcap - 1)
+    if meta != 0:
+        return (meta & 0xFFFFFFFF) - 1, True, n_ids, last, idcls
+    d = n_ids
+    tab[2 * h] = k
+    tab[2 * h + 1] = (inst << 32) | (d + 1)
+    n_ids += 1
+    if n_ids > last.shape[0]:
+        nl = np.zeros(2 * last.shape[0], dtype=np.int64)
+        nl[: last.shape[0]] = last
+        last = nl
+        nc = np.zeros(2 * idcls.shape[0], dtype=np.int8)
+        nc[: idcls.shape[0]] = idcls
+        idcls = nc
+    if weighted:
+        idcls[d] = cj
+    return d, False, n_ids, last, idcls
+
+
+@numba.njit(cache=True)
 def _facts_step(
     state: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
                  np.ndarray, np.ndarray, np.ndarray],
@@ -330,68 +364,28 @@ def _facts_step(
         pre = not promote
         if pre:
             for j in range(a, b):
-                k = keys[j]
-                h = hs[j - a]
-                while True:
-                    meta = tab[2 * h + 1]
-                    if meta == 0 or (tab[2 * h] == k and (meta >> 32) == inst):
-                        break
-                    h = (h + 1) & (hcap - 1)
-                if meta == 0:
-                    d = n_ids
-                    tab[2 * h] = k
-                    tab[2 * h + 1] = (inst << 32) | (d + 1)
-                    n_ids += 1
-                    if n_ids > last.shape[0]:
-                        nl = np.zeros(2 * last.shape[0], dtype=np.int64)
-                        nl[: last.shape[0]] = last
-                        last = nl
-                        nc = np.zeros(2 * idcls.shape[0], dtype=np.int8)
-                        nc[: idcls.shape[0]] = idcls
-                        idcls = nc
-                    if weighted:
-                        idcls[d] = cls[j]
-                else:
-                    d = (meta & 0xFFFFFFFF) - 1
+                d, _, n_ids, last, idcls = _resolve_id(
+                    tab, hcap, hs[j - a], keys[j], inst, n_ids, last, idcls, weighted,
+                    cls[j] if weighted else 0)
                 ids[j - a] = d
                 prefetch(last, d)
         for j in range(a, b):
             if pre:
                 d = ids[j - a]
             else:
-                k = keys[j]
-                h = hs[j - a]
-                while True:
-                    meta = tab[2 * h + 1]
-                    if meta == 0 or (tab[2 * h] == k and (meta >> 32) == inst):
-                        break
-                    h = (h + 1) & (hcap - 1)
-                if meta == 0:
-                    d = n_ids
-                    tab[2 * h] = k
-                    tab[2 * h + 1] = (inst << 32) | (d + 1)
-                    n_ids += 1
-                    if n_ids > last.shape[0]:
-                        nl = np.zeros(2 * last.shape[0], dtype=np.int64)
-                        nl[: last.shape[0]] = last
-                        last = nl
-                        nc = np.zeros(2 * idcls.shape[0], dtype=np.int8)
-                        nc[: idcls.shape[0]] = idcls
-                        idcls = nc
-                    if weighted:
-                        idcls[d] = cls[j]
-                else:
-                    d = (meta & 0xFFFFFFFF) - 1
-                    if promote and idcls[d] == 1 and cls[j] == 0:
-                        # a sampled key promoted to class 0 (heavy): counts once from now on
-                        idcls[d] = 0
-                        pp = last[d]
-                        if pp > 0:
-                            _set_pos(words1, fenb1, pp, False)
-                            live1 -= 1
-                            _set_pos(words, fenb, pp, True)
-                            live += 1
-                            qb = -1  # the cached block sum is stale
+                d, found, n_ids, last, idcls = _resolve_id(
+                    tab, hcap, hs[j - a], keys[j], inst, n_ids, last, idcls, weighted,
+                    cls[j] if weighted else 0)
+                if found and promote and idcls[d] == 1 and cls[j] == 0:
+                    # a sampled key promoted to class 0 (heavy): counts once from now on
+                    idcls[d] = 0
+                    pp = last[d]
+                    if pp > 0:
+                        _set_pos(words1, fenb1, pp, False)
+                        live1 -= 1
+                        _set_pos(words, fenb, pp, True)
+                        live += 1
+                        qb = -1  # the cached block sum is stale
                 ids[j - a] = d
             if not rd:
                 continue
