@@ -320,9 +320,6 @@ def start_server(
         advisor_sample_rate=(advisor_sample_rate if advisor_sample_rate is not None
                              else (opts.advisor_sample_rate if opts is not None else 0.01)),
     )
-    if elector is not None:
-        elector.on_change = _on_leader_change(service, store, elector)
-        elector.start()
     handle = ServerHandle(service=service, host=host, http_port=0, admin_http_port=0)
     # load the core's compiled kernels now, not inside the first clients' calls
     from kvsim.compile_notice import CompileWatch
@@ -338,6 +335,10 @@ def start_server(
             warm_advisor(service.advisor.sample_rate)
     log.info("core kernels loaded in %.2f s", secs)
     tune_gc()
+    if elector is not None:  # after the warm-up: a compile holding the GIL past the
+        # lease's ttl cannot make the first renewal late (it renews an unclaimed lease)
+        elector.on_change = _on_leader_change(service, store, elector)
+        elector.start()
     try:
         msock = _bind(host, http_port)
         asock = _bind(host, admin_http_port)

@@ -72,6 +72,10 @@ class Lease(Protocol):
         ...
 
 
+#: the file lease's record size (JSON padded with spaces, written in one ``pwrite``)
+_RECORD_BYTES = 4096
+
+
 class FileLease:
     """A lease recorded in a local file, with an expiry (see the module docstring).
 
@@ -111,7 +115,7 @@ class FileLease:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 return None
-            raw = os.pread(fd, 4096, 0)
+            raw = os.pread(fd, _RECORD_BYTES, 0)
             try:
                 rec = json.loads(raw) if raw.strip() else {}
                 if not isinstance(rec, dict):
@@ -120,9 +124,13 @@ class FileLease:
                 rec = {}
             out = fn(rec, int(time.time() * 1000))
             if out is not None:
+                # one pwrite of a fixed-size, space-padded record, never a truncate
+                # first: a holder killed mid-write leaves the old record or the new one,
+                # not an empty file that would restart the epochs at 1
                 data = json.dumps(out).encode()
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, data, 0)
+                if len(data) > _RECORD_BYTES:
+                    raise ValueError(f"lease record over {_RECORD_BYTES} bytes")
+                os.pwrite(fd, data.ljust(_RECORD_BYTES), 0)
                 os.fsync(fd)
                 rec = out
             return rec
@@ -152,15 +160,20 @@ class FileLease:
         if self.epoch == 0:
             return False
 
+        # The record still naming this owner and epoch means nobody took the lease
+        # since (a taker writes its own owner and the next epoch under the same flock),
+        # so a late renewal - this process stalled past the ttl, say in a long kernel
+        # compile holding the GIL - extends it rather than dropping a lease no one else
+        # holds. The service refused calls meanwhile (``is_leader`` is monotonic-bounded).
         def extend(rec: dict[str, Any], now: int) -> dict[str, Any] | None:
-            if self._mine(rec) and int(rec.get("expires_ms", 0)) > now:
+            if self._mine(rec):
                 return rec | {"expires_ms": now + self.ttl_ms, "info": self.info}
             return None
 
         rec = self._update(extend)
         if rec is None:  # the lock is busy this instant: still ours until it expires
             return True
-        if self._mine(rec) and int(rec.get("expires_ms", 0)) > int(time.time() * 1000):
+        if self._mine(rec):
             return True
         self.epoch = 0
         return False

@@ -56,6 +56,38 @@ def test_file_lease_freed_by_sigkill(tmp_path: Path) -> None:
     me.release()
 
 
+def test_file_lease_late_renewal_of_an_unclaimed_lease(tmp_path: Path) -> None:
+    """A holder that stalled past its ttl (a long compile holding the GIL) keeps a lease
+    nobody took meanwhile; one another node took is lost for good."""
+    p = tmp_path / "leader.lock"
+    a, b = FileLease(p, ttl_ms=100, owner="a"), FileLease(p, ttl_ms=100, owner="b")
+    assert a.try_acquire()
+    time.sleep(0.25)  # expired, unclaimed
+    assert a.renew() and a.holder() == "a" and a.epoch == 1
+    assert not b.try_acquire()  # the renewal made it current again
+    time.sleep(0.25)
+    assert b.try_acquire() and b.epoch == 2  # claimed after expiry: a's renewal fails
+    assert not a.renew() and b.holder() == "b"
+
+
+def test_file_lease_record_is_written_whole(tmp_path: Path, monkeypatch) -> None:
+    """The record is one fixed-size pwrite, never truncate-then-write (a holder killed
+    between the two left an empty file, and the next taker restarted the epochs at 1,
+    below the store's fence)."""
+    p = tmp_path / "leader.lock"
+    a = FileLease(p, owner="a")
+
+    def no_truncate(*_a: object) -> None:
+        raise AssertionError("the lease record must not be truncated")
+
+    monkeypatch.setattr(os, "ftruncate", no_truncate)
+    assert a.try_acquire() and a.renew()
+    assert p.stat().st_size == 4096
+    a.release()
+    b = FileLease(p, owner="b")
+    assert b.try_acquire() and b.epoch == 2
+
+
 def test_redis_lease(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url.split("?")[0])
     key = "lease:" + redis_url.rsplit("=", 1)[1]
