@@ -1037,13 +1037,24 @@ def _heavy_table(heavy: np.ndarray, smix: np.uint64, tab: np.ndarray, used: np.n
 
 
 @numba.njit(cache=True)
+def _is_heavy(k: Any, z: np.uint64, heavy_tab: np.ndarray, heavy_used: np.ndarray) -> bool:
+    """Whether key ``k`` (hash ``z``) is in the open-addressing heavy-key set."""
+    hmask = np.uint64(heavy_tab.shape[0] - 1)
+    slot = z & hmask
+    while heavy_used[slot]:
+        if heavy_tab[slot] == k:
+            return True
+        slot = (slot + np.uint64(1)) & hmask
+    return False
+
+
+@numba.njit(cache=True)
 def _sample_kernel(offsets: np.ndarray, keys: np.ndarray, limit: np.uint64, seed: np.uint64,
                    full_depth: int, heavy_tab: np.ndarray, heavy_used: np.ndarray,
                    keep: np.ndarray, cls: np.ndarray) -> int:
     """Per key: keep it (class 0: shallower than ``full_depth`` or heavy; class 1: hash
     below ``limit``); returns the number kept. ``heavy_tab`` is an open-addressing set
     (power-of-two size; ``heavy_used`` marks its slots)."""
-    hmask = np.uint64(heavy_tab.shape[0] - 1)
     any_heavy = False
     for i in range(heavy_used.shape[0]):
         if heavy_used[i]:
@@ -1054,14 +1065,8 @@ def _sample_kernel(offsets: np.ndarray, keys: np.ndarray, limit: np.uint64, seed
         for j in range(offsets[q], offsets[q + 1]):
             k = keys[j]
             z = _splitmix(np.uint64(k) ^ seed)
-            full = j - offsets[q] < full_depth
-            if not full and any_heavy:
-                slot = z & hmask
-                while heavy_used[slot]:
-                    if heavy_tab[slot] == k:
-                        full = True
-                        break
-                    slot = (slot + np.uint64(1)) & hmask
+            full = j - offsets[q] < full_depth or (
+                any_heavy and _is_heavy(k, z, heavy_tab, heavy_used))
             if full:
                 keep[j] = True
                 cls[j] = 0
@@ -1083,7 +1088,6 @@ def _sample_compact(offsets: np.ndarray, keys: np.ndarray, mask: np.ndarray, has
                     out_mask: np.ndarray, out_cls: np.ndarray) -> int:
     """:func:`_sample_kernel`'s choice, written out compacted in the same pass: the kept
     keys, their masks and classes and the rows' new offsets; returns the number kept."""
-    hmask = np.uint64(heavy_tab.shape[0] - 1)
     any_heavy = False
     for i in range(heavy_used.shape[0]):
         if heavy_used[i]:
@@ -1095,14 +1099,8 @@ def _sample_compact(offsets: np.ndarray, keys: np.ndarray, mask: np.ndarray, has
         for j in range(offsets[q], offsets[q + 1]):
             k = keys[j]
             z = _splitmix(np.uint64(k) ^ seed)
-            full = j - offsets[q] < full_depth
-            if not full and any_heavy:
-                slot = z & hmask
-                while heavy_used[slot]:
-                    if heavy_tab[slot] == k:
-                        full = True
-                        break
-                    slot = (slot + np.uint64(1)) & hmask
+            full = j - offsets[q] < full_depth or (
+                any_heavy and _is_heavy(k, z, heavy_tab, heavy_used))
             if full or z < limit:
                 out_keys[kept] = k
                 out_cls[kept] = 0 if full else 1
