@@ -274,12 +274,14 @@ def compile_seconds(ctx: click.Context | None = None) -> float:
               show_default=True,
               help="belady: also the offline optimum's hits per group at its block "
                    "capacity, and its headroom over each run (one extra pass per capacity).")
-@click.option("--flow", type=click.Choice(["combined", "client"]), default="combined",
+@click.option("--flow", type=click.Choice(["auto", "combined", "client"]), default="auto",
               show_default=True,
               help="combined: the replay contract's read+write request (the batch kernel); "
                    "client: per request the calls a client of `kvsim serve` makes (read, "
                    "startWriteCache, finishWriteCache), every server rule applied: what the "
-                   "live server answers, request by request.")
+                   "live server answers, request by request. auto: client when --config "
+                   "sets a storage rule (which the combined flow has no place for, e.g. a "
+                   "KVCM optimizer config's storage capacities), else combined.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON document on stdout instead of tables.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
@@ -360,6 +362,8 @@ def replay_cmd(
 
             param_values = parse_params(policy, params)
         tail = tail or "drop"
+        if block_size is None and config is not None:
+            block_size = _kvcm_block_size(trace, fmt, config)
 
         t, fmt = _read_trace(trace, fmt, err=err, block_size=block_size, tail=tail, chain=chain,
                              strict=strict, instance=instance, limit=limit)
@@ -386,6 +390,13 @@ def replay_cmd(
         if capacity_bytes is not None:
             labels = [f"{policy}@{b:,}B" for b in capacity_bytes]
 
+        if flow == "auto":
+            rules = config.storage_rules() if config is not None else []
+            flow = "client" if rules else "combined"
+            if rules:
+                err.print(f"flow: client ({config_path} sets {', '.join(rules)}: storage "
+                          f"rules the combined flow has no place for; --flow combined "
+                          f"refuses them)")
         if flow == "client":
             sweep = _run_client_flow(t, configs, labels)
         else:
@@ -439,6 +450,17 @@ def _misses(results: Sequence[Any], bound: str) -> list[dict[str, Any]]:
         return int(belady(trace, [capacity], jobs=1)[0]["hit_blocks"])
 
     return replay_misses(results, optimum=optimum)
+
+
+def _kvcm_block_size(path: Path, fmt: str, config: KVSimConfig) -> int | None:
+    """Tokens per key of a KVCM trace (its rows carry none) from the config's instances,
+    as KVCM's optimizer takes it: when they all agree; else the reader's default."""
+    from kvsim.trace.readers import detect_format
+
+    if fmt == "auto":
+        fmt = detect_format(path)
+    sizes = {i.block_size for i in config.instances}
+    return sizes.pop() if fmt in ("kvcm", "kvcm-events") and len(sizes) == 1 else None
 
 
 def _read_trace(path: Path, fmt: str, *, err: Console, limit: int | None,

@@ -98,6 +98,9 @@ WRITE_POLICIES = ("through", "back", "selective")
 TIER_SCOPES = ("local", "pool")
 ROUTING_POLICIES = ("trace", "round_robin", "prefix", "load", "least_loaded", "random")
 MAX_TIERS = 3
+#: the largest quota or capacity a config takes (bytes or blocks): sums of a few stay
+#: inside int64 in the core's arithmetic
+MAX_CONFIG_BYTES = 1 << 62
 
 
 @dataclass(frozen=True)
@@ -546,7 +549,8 @@ class _Reader:
         return StorageSpec(
             name=self.text(d, "name", path),
             type=self.choice(d, "type", path, "file", list(STORAGE_TYPES)),
-            capacity_bytes=self.num(d, "capacity_bytes", path, 0, integer=True, low=0),
+            capacity_bytes=self.num(d, "capacity_bytes", path, 0, integer=True, low=0,
+                                    high=MAX_CONFIG_BYTES),
             available=bool(d.get("available", True)),
             uri=self.text(d, "uri", path, ""),
         )
@@ -557,8 +561,10 @@ class _Reader:
                              "user_data", "version", "max_key_count"})
         quota = d.get("quota") or {}
         self.known(quota, f"{path}.quota", {"blocks", "bytes", "storage_types"})
-        blocks = self.num(quota, "blocks", f"{path}.quota", 0, integer=True, low=0)
-        nbytes = self.num(quota, "bytes", f"{path}.quota", 0, integer=True, low=0)
+        blocks = self.num(quota, "blocks", f"{path}.quota", 0, integer=True, low=0,
+                          high=MAX_CONFIG_BYTES)
+        nbytes = self.num(quota, "bytes", f"{path}.quota", 0, integer=True, low=0,
+                          high=MAX_CONFIG_BYTES)
         if blocks and nbytes:
             raise self.fail(f"{path}.quota", "give blocks or bytes, not both")
         per_type = quota.get("storage_types") or {}
@@ -572,7 +578,7 @@ class _Reader:
                 raise self.fail(f"{tp}.{stype}", f"unknown storage type (one of "
                                 f"{', '.join(STORAGE_TYPES)})")
             type_quotas.append((stype, int(self.num(per_type, stype, tp, 0, integer=True,
-                                                    low=1))))
+                                                    low=1, high=MAX_CONFIG_BYTES))))
         ev = d.get("eviction") or {}
         self.known(ev, f"{path}.eviction", {"policy", "params", "mode", "batch_size"})
         policy = self.choice(ev, "policy", f"{path}.eviction", "lru", sorted(POLICIES))

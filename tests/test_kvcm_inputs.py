@@ -143,15 +143,83 @@ def test_cli_config_import_export_and_replay_with_kvcm_config(tmp_path: Path) ->
         {"instance_id": "a", "timestamp_us": 1 + i, "keys": [1, 2], "block_mask": [],
          "total_keys": [1, 2, 3 + i], "input_len": 8} for i in range(4)])
     # its storages have capacities: the client flow honours them (the combined flow,
-    # which has no storages, refuses the config)
-    r = CliRunner().invoke(main, ["replay", str(tr), "--config", str(src), "--json"])
-    assert r.exit_code != 0 and "capacity_bytes" in r.output and "--flow client" in r.output
+    # which has no storages, refuses the config); by default replay picks the client flow
     r = CliRunner().invoke(main, ["replay", str(tr), "--config", str(src), "--json",
-                                  "--flow", "client"])
-    assert r.exit_code == 0, r.output
-    out = json.loads(r.stdout[r.stdout.index("{"):])
-    assert out["results"][0]["hit_blocks"] == 6  # turns 2..4 hit keys 1 and 2
+                                  "--flow", "combined"])
+    assert r.exit_code != 0 and "capacity_bytes" in r.output and "--flow client" in r.output
+    for flow in (["--flow", "client"], []):
+        r = CliRunner().invoke(main, ["replay", str(tr), "--config", str(src), "--json", *flow])
+        assert r.exit_code == 0, r.output
+        assert ("flow: client" in r.stderr) == (not flow)
+        out = json.loads(r.stdout[r.stdout.index("{"):])
+        assert out["results"][0]["hit_blocks"] == 6  # turns 2..4 hit keys 1 and 2
+        # tokens per key from the config's instance (4), not the reader's default (16)
+        assert out["trace"]["block_size"] == 4
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"instance_groups": [{"group_name": "g"}]}))
     with pytest.raises(ConfigError, match=r"bad\.json.*quota_capacity"):
         KVSimConfig.load(bad)
+
+
+def test_upstream_current_schema_config_unlimited_and_huge_capacities() -> None:
+    """KVCM's current optimizer config: ``-1`` is unlimited, ``ttl_config`` nests the TTL,
+    and its own test config gives storages 1e10 GiB (past int64 bytes): unlimited."""
+    g = {"group_name": "g", "quota_capacity": -1, "used_percentage": 1.0,
+         "ttl_config": {"default_block_ttl_seconds": 3600, "refresh_on_read": True},
+         "tier_flows": [{"from_tier": "p", "to_tier": "h", "write_mode": "write_through"}],
+         "storages": [{"unique_name": "p", "storage_type": "pace", "capacity": 1e10},
+                      {"unique_name": "h", "storage_type": "hf3fs", "capacity": -1}],
+         "instances": [{"instance_id": "i", "block_size": 16, "bytes_per_token": 8,
+                        "eviction_policy_type": "ttl",
+                        "eviction_policy_params": {"fallback_on_pressure": False}}]}
+    data = {"eviction_params": {"eviction_mode": 1, "eviction_batch_size_per_instance": 100},
+            "trace_replay": {"mode": "read_write", "write_delay_ns": 1},
+            "instance_groups": [g]}
+    d, notes = import_kvcm(data)
+    cfg = KVSimConfig.from_dict(d)
+    assert cfg.groups[0].quota_bytes == 0  # unlimited
+    assert [s.capacity_bytes for s in cfg.storages] == [0, 0]
+    assert cfg.groups[0].eviction.params == {"ttl_s": 3600.0}
+    assert any("storages[0].capacity: 1e+10 GiB" in n for n in notes)
+    assert any("fallback_on_pressure" in n for n in notes)
+    assert any(n.startswith("trace_replay") for n in notes)
+    assert not any("ttl_config" in n for n in notes)  # used by the ttl policy
+    back = export_kvcm(cfg.to_dict())["instance_groups"][0]
+    assert back["quota_capacity"] == -1 and [s["capacity"] for s in back["storages"]] == [-1, -1]
+    assert back["ttl_config"]["default_block_ttl_seconds"] == 3600
+    # an lru instance: its sampled LRU is named as a difference
+    g["instances"][0] |= {"eviction_policy_type": "lru",
+                          "eviction_policy_params": {"sample_rate": 0.1}}
+    _, notes = import_kvcm(data)
+    assert any("sample_rate 0.1" in n for n in notes) and any("ttl_config" in n for n in notes)
+
+
+def test_config_bounds_quota_and_capacity_below_int64() -> None:
+    big = {"storages": [{"name": "s", "capacity_bytes": 1 << 63}],
+           "instance_groups": [{"name": "g"}]}
+    with pytest.raises(ConfigError, match=r"storages\[0\]\.capacity_bytes"):
+        KVSimConfig.from_dict(big)
+    with pytest.raises(ConfigError, match=r"quota\.bytes"):
+        KVSimConfig.from_dict({"instance_groups": [{"name": "g", "quota": {"bytes": 1 << 63}}]})
+
+
+def test_upstream_standard_rows_write_fields_ignored_empty_get(tmp_path: Path) -> None:
+    """KVCM's standard loader: a write row's read fields are ignored whatever they hold
+    (its own test sends ``"input_len": "ignored"``); a get with no keys counts its
+    tokens; ``ttl_us`` / ``location_spec_names`` are accepted."""
+    tr = _jsonl(tmp_path / "std.jsonl", [
+        {"type": "get", "instance_id": "a", "trace_id": "r", "timestamp_ns": 1000, "keys": [],
+         "input_len": 128, "query_type": "prefix_match", "block_mask": []},
+        {"type": "write", "instance_id": "a", "trace_id": "w", "timestamp_ns": 1001,
+         "keys": [1, 2], "input_len": "ignored", "block_mask": "x", "ttl_us": -1},
+        {"type": "request", "instance_id": "a", "timestamp_ns": 2000, "keys": [1, 2, 3],
+         "input_len": 50, "query_type": "prefix_match", "block_mask": [], "sw_size": 0,
+         "location_spec_names": [], "ttl_us": 0},
+    ])
+    t = read_trace(tr, "kvcm")
+    assert _rows(t) == [(KIND_READ, 1, []), (KIND_WRITE, 1, [1, 2]), (0, 2, [1, 2, 3])]
+    assert t.input_len.tolist() == [128, 32, 50]
+    r = CliRunner().invoke(main, ["replay", str(tr), "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout[r.stdout.index("{"):])["results"][0]
+    assert res["hit_blocks"] == 2 and res["hit_tokens"] == 32

@@ -3,8 +3,9 @@ from kvsim's config schema: ``kvsim config import`` / ``kvsim config export``.
 
 KVCM's optimizer config: ``trace_file_path``, ``output_result_path``,
 ``eviction_params{eviction_mode, eviction_batch_size_per_instance}`` and
-``instance_groups[{group_name, quota_capacity (GiB), used_percentage, storages[{unique_name,
-storage_type, band_width_mbps, capacity (GiB)}], instances[{instance_id, block_size,
+``instance_groups[{group_name, quota_capacity (GiB, -1 unlimited), used_percentage,
+ttl_config, storages[{unique_name, storage_type, band_width_mbps, capacity (GiB, -1
+unlimited)}], instances[{instance_id, block_size,
 bytes_per_token, eviction_policy_type, eviction_policy_params}]}]``. kvsim's: a group per
 instance group (quota in bytes, eviction policy, mode and batch size), a storage per
 storage (``capacity_bytes``), an instance per instance with one location spec of
@@ -32,6 +33,7 @@ from typing import Any
 __all__ = ["KvcmConfigError", "export_kvcm", "import_kvcm", "is_kvcm_config"]
 
 GIB = 1 << 30
+MAX_BYTES = 1 << 62
 _MODES = {1: "group_rough", 2: "instance_rough", 3: "instance_precise"}
 _MODE_NUM = {v: k for k, v in _MODES.items()}
 _POLICIES = ("lru", "random_lru", "leaf_aware_lru", "ttl")
@@ -60,6 +62,22 @@ def _num(d: dict[str, Any], name: str, where: str, default: float | None = None,
     if isinstance(v, bool) or not isinstance(v, int | float) or v < low:
         raise KvcmConfigError(f"{where}.{name}: expected a number >= {low}, got {v!r}")
     return float(v)
+
+
+def _gib_bytes(d: dict[str, Any], name: str, where: str, notes: list[str],
+               default: float | None = None) -> int:
+    """A KVCM capacity in GiB as bytes, 0 for unlimited: KVCM reads a negative value
+    (``-1``) as unlimited; a value past kvsim's byte bound (2**62, e.g. the
+    ``1e10`` GiB of KVCM's own test config) can never bind and is unlimited too."""
+    v = d.get(name, default)
+    if isinstance(v, int | float) and not isinstance(v, bool) and v < 0:
+        return 0
+    gib = _num(d, name, where, default)
+    if gib * GIB >= MAX_BYTES:
+        notes.append(f"{where}.{name}: {gib:g} GiB is past kvsim's bound of 2**62 bytes: "
+                     f"unlimited")
+        return 0
+    return int(gib * GIB)
 
 
 def _str(d: dict[str, Any], name: str, where: str, default: str | None = None) -> str:
@@ -95,6 +113,10 @@ def import_kvcm(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         raise KvcmConfigError(f"eviction_params.eviction_mode: {mode_n} is not 0..3")
     mode = _MODES.get(mode_n, "group_precise")
     batch = int(_num(ep, "eviction_batch_size_per_instance", "eviction_params", 100, low=1))
+    if isinstance(data.get("trace_replay"), dict):
+        notes.append("trace_replay: kvsim's request row reads, then writes at the same "
+                     "time (KVCM's write_delay_ns is not modelled; mode is read from the "
+                     "rows' type)")
     for k in ("trace_file_path", "output_result_path"):
         if data.get(k):
             notes.append(f"{k} ({data[k]}) is not part of kvsim's config: pass the trace "
@@ -112,8 +134,10 @@ def import_kvcm(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
             up = 1.0
         if up <= 0:
             raise KvcmConfigError(f"{w}.used_percentage: must be > 0, got {up}")
+        ttl_used = any(isinstance(i, dict) and i.get("eviction_policy_type") == "ttl"
+                       for i in g.get("instances") or [])
         for k in _IGNORED_GROUP:
-            if g.get(k):
+            if g.get(k) and not (ttl_used and k == "ttl_config"):
                 notes.append(f"{w}.{k}: not modelled by kvsim (ignored)")
         cands = []
         for si, s in enumerate(_list(g, "storages", w)):
@@ -124,7 +148,7 @@ def import_kvcm(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
                                       f"{', '.join(_TYPES)}")
             sname = _str(s, "unique_name", sw)
             storages.append({"name": sname, "type": _TYPES[stype],
-                             "capacity_bytes": int(_num(s, "capacity", sw, 0) * GIB)})
+                             "capacity_bytes": _gib_bytes(s, "capacity", sw, notes, 0)})
             cands.append(sname)
             if s.get("band_width_mbps"):
                 notes.append(f"{sw}.band_width_mbps: kvsim replay has no bandwidth (see "
@@ -141,8 +165,19 @@ def import_kvcm(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
                 raise KvcmConfigError(f"{iw}.eviction_policy_params: expected an object")
             this = {"sample_rate": pp["sample_rate"]} if (
                 p == "random_lru" and "sample_rate" in pp) else {}
-            if p == "ttl" and g.get("default_block_ttl_seconds"):
-                this = {"ttl_s": _num(g, "default_block_ttl_seconds", w)}
+            if p == "ttl":
+                tc = g.get("ttl_config")
+                src, sw_ = (tc, f"{w}.ttl_config") if isinstance(tc, dict) else (g, w)
+                if src.get("default_block_ttl_seconds"):
+                    this = {"ttl_s": _num(src, "default_block_ttl_seconds", sw_)}
+                if pp.get("fallback_on_pressure") is False:
+                    notes.append(f"{iw}.eviction_policy_params.fallback_on_pressure: "
+                                 f"false (pure TTL) is not modelled: kvsim's ttl falls "
+                                 f"back to LRU under pressure")
+            elif p in ("lru", "leaf_aware_lru") and isinstance(
+                    pp.get("sample_rate"), int | float) and pp["sample_rate"] < 1:
+                notes.append(f"{iw}.eviction_policy_params.sample_rate "
+                             f"{pp['sample_rate']}: kvsim's {p} is exact (KVCM samples)")
             if policy and (p, this) != (policy, params):
                 raise KvcmConfigError(f"{iw}.eviction_policy_type: {p} differs from the "
                                       f"group's first instance ({policy}); kvsim evicts per "
@@ -154,13 +189,18 @@ def import_kvcm(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
                               "block_size": bs,
                               "location_spec_infos": [{"name": "default",
                                                        "size": max(1, bs * bpt)}]})
-        groups.append({"name": name, "quota": {"bytes": int(_num(g, "quota_capacity", w) * GIB)},
+        groups.append({"name": name, "quota": {"bytes": _gib_bytes(g, "quota_capacity", w, notes)},
                        "used_percentage": up, "storage_candidates": cands,
                        "eviction": {"policy": policy or "lru", "params": params, "mode": mode,
                                     "batch_size": batch}})
     if not groups:
         raise KvcmConfigError("instance_groups: at least one group is needed")
     return {"storages": storages, "instance_groups": groups, "instances": instances}, notes
+
+
+def _gib(n_bytes: Any) -> float:
+    """kvsim bytes as KVCM GiB; 0 (kvsim's unlimited) is KVCM's -1."""
+    return int(n_bytes) / GIB if int(n_bytes) > 0 else -1.0
 
 
 def export_kvcm(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -207,17 +247,19 @@ def export_kvcm(cfg: dict[str, Any]) -> dict[str, Any]:
                           "eviction_policy_params": {k: v for k, v in params.items()
                                                      if k == "sample_rate"}})
         og: dict[str, Any] = {
-            "group_name": g["name"], "quota_capacity": int(q.get("bytes", 0)) / GIB,
+            "group_name": g["name"], "quota_capacity": _gib(q.get("bytes", 0)),
             "used_percentage": g.get("used_percentage", 1.0),
             "hierarchical_eviction_enabled": False,
             "storages": [{"unique_name": n, "storage_type": st_by_name.get(n, {}).get(
                               "type", "file"),
                           "band_width_mbps": 0,
-                          "capacity": int(st_by_name.get(n, {}).get("capacity_bytes", 0)) / GIB}
+                          "capacity": _gib(st_by_name.get(n, {}).get("capacity_bytes", 0))}
                          for n in g.get("storage_candidates") or []],
             "instances": insts}
-        if pol == "ttl" and "ttl_s" in params:
-            og["default_block_ttl_seconds"] = int(params["ttl_s"])
+        ttl_s = int(params["ttl_s"]) if pol == "ttl" and "ttl_s" in params else 0
+        if ttl_s:
+            og["default_block_ttl_seconds"] = ttl_s  # KVCM's older loader
+        og["ttl_config"] = {"default_block_ttl_seconds": ttl_s, "refresh_on_read": True}
         out_groups.append(og)
     return {"eviction_params": {"eviction_mode": _MODE_NUM[mode],
                                 "eviction_batch_size_per_instance": int(batches.pop())},

@@ -662,7 +662,9 @@ def read_kvcm(
     (KVCM's dialog-turn rows: the keys after the turn; a row without ``type`` that has
     them reads ``keys`` and then writes ``total_keys``; a count is ignored)
     and ``type`` (``"get"`` -> read, ``"write"`` -> write, ``"request"`` or absent ->
-    combined request).
+    combined request). As KVCM's own loader, a write row's read-only fields
+    (``input_len``, ``query_type``, ``block_mask``, ...) are ignored, whatever they hold;
+    ``ttl_us`` and ``location_spec_names`` are accepted and not modelled.
 
     Args:
         path: the JSONL file.
@@ -728,6 +730,20 @@ def read_kvcm(
                 raise _missing(p, lineno, ts_field)
             raise _field_error(p, lineno, ts_field, "an integer", t)
         ts.append(t * scale)
+        k = get(obj, "type", "request")
+        kcode = _KIND_NAMES.get(k.lower()) if type(k) is str else None
+        if kcode is None:
+            raise _field_error(p, lineno, "type", '"request", "get" or "write"', k)
+        if kcode == KIND_WRITE:
+            # KVCM's loader reads only type, instance, time, keys and ttl_us of a write
+            # row: its read fields (input_len, query_type, block_mask, ...) are ignored
+            il.append(n_keys * bs)
+            ol.append(0)
+            sw.append(0)
+            qt.append(QT_PREFIX)
+            kind.append(kcode)
+            moff.append(0)
+            continue
         il.append(get(obj, "input_len", n_keys * bs))
         ol.append(get(obj, "output_len", 0))
         sw.append(get(obj, "sw_size", 0))
@@ -738,10 +754,6 @@ def read_kvcm(
             raise _field_error(
                 p, lineno, "query_type", "prefix_match, batch_get, sw_match or 0..2", q
             ) from None
-        k = get(obj, "type", "request")
-        kcode = _KIND_NAMES.get(k.lower()) if type(k) is str else None
-        if kcode is None:
-            raise _field_error(p, lineno, "type", '"request", "get" or "write"', k)
         tk = get(obj, "total_keys")
         if tk is not None and type(tk) is not list and type(tk) is not int:
             raise _field_error(p, lineno, "total_keys", "a list of keys (or a count)", tk)
