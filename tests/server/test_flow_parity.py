@@ -202,13 +202,15 @@ def test_combined_flow_refuses_the_storage_rules_it_would_ignore(tmp_path: Path,
     trace_path = tmp_path / "t.parquet"
     write_trace(TRACE, trace_path)
     out = CliRunner().invoke(main, ["replay", str(trace_path), "--config", str(cfg_path),
-                                    "--no-out"])
+                                    "--no-out", "--flow", "combined"])
     assert out.exit_code != 0 and "--flow client" in out.output, out.output
-    ok = CliRunner().invoke(main, ["replay", str(trace_path), "--config", str(cfg_path),
-                                   "--no-out", "--flow", "client", "--json"])
-    assert ok.exit_code == 0, ok.output
-    doc = json.loads(ok.stdout[ok.stdout.index("{"):])
-    assert doc["results"][0]["hit_blocks"] == int(r.hit_blocks.sum())
+    for flow in (["--flow", "client"], []):  # the default (auto) picks the client flow
+        ok = CliRunner().invoke(main, ["replay", str(trace_path), "--config", str(cfg_path),
+                                       "--no-out", "--json", *flow])
+        assert ok.exit_code == 0, ok.output
+        assert ("flow: client" in ok.stderr) == (not flow)
+        doc = json.loads(ok.stdout[ok.stdout.index("{"):])
+        assert doc["results"][0]["hit_blocks"] == int(r.hit_blocks.sum())
 
 
 # ------------------------------------------------------------------------ over HTTP
