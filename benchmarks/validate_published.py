@@ -290,10 +290,13 @@ def markdown(doc: dict[str, Any]) -> str:
     lines += [
         "",
         "On the Mooncake stream every same-named policy is equal. On a generated Zipf stream "
-        "(`tests/test_reference_libcachesim.py`) `lfu` differs at small capacities because "
-        "the contract inserts before it evicts (the newcomer can be the victim), and "
-        "libCacheSim's `Sieve` differs from the NSDI'24 algorithm (which kvsim equals) at 50 "
-        "and 400 blocks; both are asserted there.",
+        "(`tests/test_reference_libcachesim.py`) `lfu` and `sieve` differ at small "
+        "capacities for one reason: the replay contract inserts a request's new block "
+        "before it evicts, libCacheSim evicts first. With `lfu` the newcomer, the unique "
+        "least frequent block, can be the victim; with `sieve` the unvisited newcomer is "
+        "already at the head when the hand reaches it. Two linked-list transcriptions of "
+        "NSDI'24 Algorithm 1 settle it: evicting first equals libCacheSim access for "
+        "access, inserting first equals kvsim access for access (asserted there).",
         "",
         "`slru` differs by design: kvsim's is the classic two-segment SLRU (probation + "
         "a protected segment of 80%), libCacheSim's SLRU four equal LRU segments filled "
