@@ -267,6 +267,19 @@ def _bump(t: Tables, r: int) -> None:
         t.acc[r] += 1
 
 
+@inline_kernel
+def _writing_row(t: Tables, i: int, key: int, r: int, now: int) -> int:
+    """A WRITING row for ``key`` of instance ``i``: ``r`` (its DELETING row, found by the
+    caller) brought back as a fresh write, or a new row when ``r`` < 0."""
+    if r >= 0:
+        t.state[r] = WRITING
+        t.t_write[r] = now
+        t.t_access[r] = stamp(t, now)
+        t.acc[r] = 1
+        return r
+    return alloc_row(t, i, key, WRITING, now)
+
+
 @kernel
 def touch_rows(t: Tables, rows: np.ndarray, n: int, now: int) -> None:
     """Refresh the recency of SERVING ``rows[:n]`` in the policy's commit order."""
@@ -569,14 +582,7 @@ def start_write(
             rows[j] = r
             prev = r
             continue
-        r = lookup(t, i, keys[j])
-        if r >= 0:  # resurrect a DELETING row
-            t.state[r] = WRITING
-            t.t_write[r] = now
-            t.t_access[r] = stamp(t, now)
-            t.acc[r] = 1
-        else:
-            r = alloc_row(t, i, keys[j], WRITING, now)
+        r = _writing_row(t, i, keys[j], lookup(t, i, keys[j]), now)
         rows[j] = r
         t.i_pending[i] += 1
         slot_add(t, r, 1, 0)
@@ -682,13 +688,7 @@ def restore_serving(
                 rows[p - c0] = -1
                 prev = r
                 continue
-            if r >= 0:  # resurrect a DELETING row
-                t.state[r] = WRITING
-                t.t_write[r] = now
-                t.t_access[r] = stamp(t, now)
-                t.acc[r] = 1
-            else:
-                r = alloc_row(t, i, keys[j], WRITING, now)
+            r = _writing_row(t, i, keys[j], r, now)
             rows[p - c0] = r
             t.loc[r] = loc[j]
             slot_add(t, r, 1, 0)

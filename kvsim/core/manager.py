@@ -1370,6 +1370,32 @@ class CacheManager:
         return out
 
     # ================================================================ request flows
+    def client_read(
+        self,
+        instance_id: str,
+        keys: Sequence[int] | np.ndarray,
+        *,
+        query: str = QUERY_PREFIX,
+        mask: np.ndarray | None = None,
+        sw_size: int = 0,
+        touch: bool = True,
+    ) -> MatchResult:
+        """A client's read (``getCacheLocation``; a peek with ``touch=False``): :meth:`match`
+        where a block on an unusable storage is a miss under every query rule.
+
+        Example:
+            >>> from kvsim.core.clock import ManualClock
+            >>> m = CacheManager(ManualClock())
+            >>> m.create_group(GroupSpec("g"))
+            >>> _ = m.register_instance(InstanceSpec("i", "g"))
+            >>> _ = m.client_request("i", [1, 2])
+            >>> m.client_read("i", [1, 2, 3]).hit_blocks
+            2
+        """
+        st = self.storage
+        return self.match(instance_id, keys, query=query, mask=mask, sw_size=sw_size,
+                          touch=touch, slot_ok=None if st.all_ok else st.ok_mask)
+
     def client_request(
         self,
         instance_id: str,
@@ -1403,8 +1429,7 @@ class CacheManager:
         k = _keys(keys)
         hit = ihit = iread = 0
         if read:
-            m = self.match(instance_id, k, query=query, mask=mask,
-                           slot_ok=None if self.storage.all_ok else self.storage.ok_mask)
+            m = self.client_read(instance_id, k, query=query, mask=mask)
             hit = m.hit_blocks
             if mask is not None:
                 iread = ihit = int(np.count_nonzero(mask))

@@ -1640,11 +1640,6 @@ class Service:
                 out[j] = cache[kl[j]] = loc if enc is None else enc(loc)
         return out
 
-    def _slot_filter(self) -> np.ndarray | None:
-        """The per-slot usability mask reads filter with (None: every storage usable)."""
-        reg = self.mgr.storage
-        return None if reg.all_ok else reg.ok_mask
-
     def _read_args(self, body: dict[str, Any]
                    ) -> tuple[str, InstanceSpec, _Instance, np.ndarray, np.ndarray | None]:
         iid, spec, rec = self._need_instance(body)
@@ -1671,8 +1666,7 @@ class Service:
         qt, query, sw = self._query(body)
         names = W.get_str_list(body, "location_spec_names")
         only = set(names) if names else None
-        res = self.mgr.match(iid, keys, query=query, mask=mask, sw_size=sw,
-                             slot_ok=self._slot_filter())
+        res = self.mgr.client_read(iid, keys, query=query, mask=mask, sw_size=sw)
         rows = res.rows
         if query == QUERY_PREFIX:
             if mask is None:  # the common read: the hits are the first hit_blocks keys
@@ -1695,8 +1689,7 @@ class Service:
     def _get_cache_location_len(self, body: dict[str, Any]) -> dict[str, Any]:
         iid, _, _, keys, mask = self._read_args(body)
         _, query, sw = self._query(body)
-        res = self.mgr.match(iid, keys, query=query, mask=mask, sw_size=sw, touch=False,
-                             slot_ok=self._slot_filter())
+        res = self.mgr.client_read(iid, keys, query=query, mask=mask, sw_size=sw, touch=False)
         return {"cache_location_len": int(np.count_nonzero(res.rows >= 0))}
 
     def _get_cache_meta(self, body: dict[str, Any]) -> dict[str, Any]:

@@ -603,10 +603,7 @@ class _Sim:
         """The client flow's read (``getCacheLocation``): hits refreshed, blocks on an
         unusable storage missed."""
         tier = self.tiers[0]
-        st = tier.mgr.storage
-        m = tier.mgr.match(tier.names[s], keys, query=self.query,
-                           slot_ok=None if st.all_ok else st.ok_mask)
-        return int(m.hit_blocks)
+        return int(tier.mgr.client_read(tier.names[s], keys, query=self.query).hit_blocks)
 
     # -------------------------------------------------------------- two-phase writes
     def start_sessions(self, q: int, s: int, keys: np.ndarray) -> None:
