@@ -801,11 +801,9 @@ class Service:
             inst, keys = a.inst[gone], a.key[gone]  # copies: the buffer is reused
             ev.clear()
             if gone.shape[0]:
-                i0 = int(inst[0])
-                if (inst == i0).all():  # one instance (the common case): no sort
-                    groups: Any = ((i0, keys),)
-                else:
-                    groups = ((int(i), keys[inst == i]) for i in np.unique(inst))
+                i0 = int(inst[0])  # one instance (the common case): no sort
+                groups: Any = (((i0, keys),) if (inst == i0).all() else
+                               ((int(i), keys[inst == i]) for i in np.unique(inst)))
                 for i, k in groups:
                     try:
                         name = self.mgr.instance_name(i)
@@ -1881,10 +1879,7 @@ _FOLLOWER_CALLS = frozenset({"checkHealth", "getManagerClusterInfo", "getMetrics
                              "updateLogger"})
 # calls whose events are written to the event log before the reply
 _DURABLE_EVENTS = frozenset({"startWriteCache", "finishWriteCache"})
-#: by event kind: the block left the cache (its store record is deleted); one look-up
-#: per event instead of two comparisons and an or (numpy calls cost microseconds here)
-_GONE_KINDS = np.zeros(256, dtype=bool)
-_GONE_KINDS[[EV_EVICTED, EV_REMOVED]] = True
+_GONE_KINDS = np.isin(np.arange(256), [EV_EVICTED, EV_REMOVED])  # by kind: block left
 
 
 class _IOError(KVSimError):
