@@ -676,6 +676,18 @@ def _ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "mixed_p99_over_read_p99": round(mixed["p99_ms"] / read["p99_ms"], 3),
         "mixed_calls_per_s": mixed["ops_per_s"],
     }
+    # the same capacity ratios from the server's own CPU per operation: what one core
+    # of the server can serve, whether or not the client (or another job) held the
+    # wall-clock rate back (rates are client-bound when the server's CPU share is < 1)
+    def cpu(row: dict[str, Any]) -> float:
+        return max(1e-9, float(row["server_cpu_us_per_op"]))
+
+    r["by_server_cpu"] = {
+        "reads_over_noop": round(cpu(noop) / cpu(read), 3),
+        "grpc_over_http_reads": round(cpu(read) / cpu(grpc_), 3),
+        "durable_pairs_over_reads": round(cpu(read) / cpu(pair), 3),
+        "server_cpu_share": {k: row["server_cpu_share"] for k, row in (
+            ("noop", noop), ("reads", read), ("grpc_reads", grpc_), ("pairs", pair))}}
     r["met"] = {"reads_over_noop_ge_0.5": r["reads_over_noop"] >= 0.5,
                 "grpc_over_http_ge_0.75": r["grpc_over_http_reads"] >= 0.75,
                 "pairs_over_reads_ge_0.5": r["durable_pairs_over_reads"] >= 0.5,
@@ -714,8 +726,10 @@ def _main_rows(args: argparse.Namespace, env: dict[str, str], pin: bool, seconds
 
         # the open-loop point runs before the writes (they evict the 64 read keys); the
         # mixed point's reads keep them recent
-        ops = () if args.only_hostile else ("noop", "getCacheLocation", "open",
-                                            "grpc_getCacheLocation", "mixed", "write_pair")
+        ops: tuple[str, ...] = () if args.only_hostile else (
+            "noop", "getCacheLocation", "open", "grpc_getCacheLocation", "mixed", "write_pair")
+        if args.ratios_only:  # the rows of the four ratios, at 32 clients only
+            ops = tuple(o for o in ops if o != "open")
         for op in ops:
             if op == "open":
                 slo = asyncio.run(_open_point(port, "getCacheLocation", 32, args.rate,
@@ -727,7 +741,7 @@ def _main_rows(args: argparse.Namespace, env: dict[str, str], pin: bool, seconds
                       f"{slo['max_ms']:7.3f} ms  client late p99 "
                       f"{slo['client_late_p99_ms']:.3f} ms  {extra(slo)}", flush=True)
                 continue
-            for conc in ((32,) if op == "mixed" else (1, 32)):
+            for conc in ((32,) if op == "mixed" or args.ratios_only else (1, 32)):
                 _MIXED.clear()
                 res = asyncio.run(_point(port, op, conc, seconds, args.client, counter,
                                          proc.pid, gport))
@@ -782,6 +796,60 @@ def _main_rows(args: argparse.Namespace, env: dict[str, str], pin: bool, seconds
     return out
 
 
+def _ratios_only(args: argparse.Namespace, env: dict[str, str], modes: list[bool],
+                 seconds: float, load0: tuple[float, float, float]) -> None:
+    """``--ratios-only``: the four ratios' rows on ``--repeat`` fresh servers per mode,
+    each run's ratios and, per ratio, the min / median / max of the runs."""
+    args.only_hostile = False
+    runs = []
+    for i in range(max(1, args.repeat)):
+        for pin in modes:
+            la = os.getloadavg()[0]
+            r = _main_rows(args, env, pin, seconds, 0.0, hostile=False)
+            r["loadavg_1m_before"] = round(la, 2)
+            runs.append(r)
+            ra = r["ratios"]
+            bc = ra["by_server_cpu"]
+            print(f"run {i + 1} [{'pinned' if pin else 'unpinned'}] load {la:.2f}: reads/no-op "
+                  f"{ra['reads_over_noop']}, gRPC/HTTP {ra['grpc_over_http_reads']}, pairs/"
+                  f"reads {ra['durable_pairs_over_reads']}, mixed p99/read p99 "
+                  f"{ra['mixed_p99_over_read_p99']}; by server CPU/op: reads/no-op "
+                  f"{bc['reads_over_noop']}, gRPC/HTTP {bc['grpc_over_http_reads']}, "
+                  f"pairs/reads {bc['durable_pairs_over_reads']}", flush=True)
+    keys = ("reads_over_noop", "grpc_over_http_reads", "durable_pairs_over_reads",
+            "mixed_p99_over_read_p99")
+    spread: dict[str, Any] = {}
+    for pin in modes:
+        mine = [r["ratios"] for r in runs if r["pinned"] == pin]
+        spread["pinned" if pin else "unpinned"] = {
+            k: {"min": min(x[k] for x in mine), "median": float(np.median([x[k] for x in mine])),
+                "max": max(x[k] for x in mine)} for k in keys}
+        spread["pinned" if pin else "unpinned"]["by_server_cpu"] = {
+            k: {"min": min(x["by_server_cpu"][k] for x in mine),
+                "median": float(np.median([x["by_server_cpu"][k] for x in mine])),
+                "max": max(x["by_server_cpu"][k] for x in mine)} for k in keys[:3]}
+    load1 = os.getloadavg()
+    for mode, sp in spread.items():
+        print(f"ratios [{mode}] min/median/max of {len(runs) // len(modes)} runs: " + "; ".join(
+            f"{k} {v['min']}/{v['median']:.3f}/{v['max']}" for k, v in sp.items()
+            if k != "by_server_cpu"), flush=True)
+        print(f"ratios [{mode}] by server CPU/op, min/median/max: " + "; ".join(
+            f"{k} {v['min']}/{v['median']:.3f}/{v['max']}"
+            for k, v in sp["by_server_cpu"].items()), flush=True)
+    out = args.out.with_name(args.out.stem + "_ratios.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
+        "benchmark": "bench_server --ratios-only", "client": args.client,
+        "seconds_per_point": seconds,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "loadavg_before": [round(x, 2) for x in load0],
+                    "loadavg_after": [round(x, 2) for x in load1]},
+        "runs": [{k: v for k, v in r.items() if k not in ("big", "flood", "slo")}
+                 for r in runs],
+        "spread": spread}, indent=2) + "\n")
+    print(f"load avg {load0[0]:.2f} -> {load1[0]:.2f} on {os.cpu_count()} CPUs; wrote {out}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=5.0, help="per closed-loop point")
@@ -808,6 +876,12 @@ def main() -> None:
                     help="blocks of the restart point (0 = skip)")
     ap.add_argument("--no-stores", dest="stores", action="store_false",
                     help="skip the side-by-side state stores point")
+    ap.add_argument("--ratios-only", action="store_true",
+                    help="only the rows of issue 18's four ratios (no-op, reads, gRPC reads, "
+                         "mixed, write pairs; 32 clients), on --repeat fresh servers: prints "
+                         "each run's ratios and their spread, writes *_ratios.json")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="with --ratios-only: runs (each on a fresh server) per pin mode")
     ap.add_argument("--out", type=Path, default=ROOT / "reports" / "bench_server.json")
     args = ap.parse_args()
     args.only_hostile = args.only_hostile or args.only_big_write
@@ -816,6 +890,9 @@ def main() -> None:
     env = os.environ | {"PYTHONPATH": str(ROOT), "KVSIM_ADMIN_PASSWORD": "bench"}
     load0 = os.getloadavg()
     modes = {"both": [True, False], "pinned": [True], "unpinned": [False]}[args.pin]
+    if args.ratios_only:
+        _ratios_only(args, env, modes, seconds, load0)
+        return
     runs = [_main_rows(args, env, pin, seconds, open_seconds, hostile=(i == 0))
             for i, pin in enumerate(modes)]
     first = runs[0]

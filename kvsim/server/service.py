@@ -794,28 +794,33 @@ class Service:
             return None
         b = self._batch
         ev = self.mgr.events
-        if len(ev):
-            c = ev.columns()
+        a = ev.arrays  # the recorded columns, read in place (one pass, then cleared)
+        n = int(a.meta[0])
+        if n:
+            gone = _GONE_KINDS[a.kind[:n]].nonzero()[0]  # evicted or removed blocks
+            inst, keys = a.inst[gone], a.key[gone]  # copies: the buffer is reused
             ev.clear()
-            gone = (c["kind"] == EV_EVICTED) | (c["kind"] == EV_REMOVED)
-            if gone.any():
-                inst, keys = c["instance"][gone], c["key"][gone]
-                one = inst.shape[0] and inst.min() == inst.max()  # one instance: no sort
-                for i in (inst[:1] if one else np.unique(inst)):
+            if gone.shape[0]:
+                i0 = int(inst[0])  # one instance (the common case): no sort
+                groups: Any = (((i0, keys),) if (inst == i0).all() else
+                               ((int(i), keys[inst == i]) for i in np.unique(inst)))
+                for i, k in groups:
                     try:
-                        name = self.mgr.instance_name(int(i))
+                        name = self.mgr.instance_name(i)
                     except IndexError:  # pragma: no cover - defensive
                         continue
-                    b.delete_blocks(name, keys if one else keys[inst == i])
+                    b.delete_blocks(name, k)
         if self._registry_dirty:
             # the registry is small and changes rarely: its journal is one snapshot
             snap = self.snapshot()
             snap["storage_slots"] = [st.name if st is not None else None
                                      for st in self.mgr.storage.slot_specs()]
             b.set_registry("snapshot", snap)
-        self._batch = StoreBatch()
         self._registry_dirty = False
-        return b if b else None
+        if not b:  # nothing to write (a read): the empty batch stays for the next call
+            return None
+        self._batch = StoreBatch()
+        return b
 
     def _load_store(self) -> bool:
         """Rebuild registry, blocks and sessions from the store; False when it is empty."""
@@ -1867,6 +1872,7 @@ _FOLLOWER_CALLS = frozenset({"checkHealth", "getManagerClusterInfo", "getMetrics
                              "updateLogger"})
 # calls whose events are written to the event log before the reply
 _DURABLE_EVENTS = frozenset({"startWriteCache", "finishWriteCache"})
+_GONE_KINDS = np.isin(np.arange(256), [EV_EVICTED, EV_REMOVED])  # by kind: block left
 
 
 class _IOError(KVSimError):

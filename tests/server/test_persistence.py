@@ -330,3 +330,50 @@ def test_read_recency_survives_restart(state_url: str, tmp_path: Path) -> None:
     after = meta(svc, [1, 2, 3, 4])
     assert after == before
     svc.close()
+
+
+def test_one_call_evicting_two_instances_is_saved(state_url: str, tmp_path: Path) -> None:
+    """A write whose eviction takes blocks of two instances (a group-wide ranking) and a
+    removal are saved per instance: after a restart each instance holds exactly what it
+    held before (the store's deletes are grouped by instance in one batch)."""
+    from kvsim.config import KVSimConfig
+
+    clock = ManualClock(1_700_000_000 * 10**9)
+    cfg = KVSimConfig.from_dict({
+        "storages": [{"name": "nfs_01", "type": "file", "uri": str(tmp_path / "nfs")}],
+        "instance_groups": [{"name": "default", "storage_candidates": ["nfs_01"],
+                             "quota": {"blocks": 12}, "used_percentage": 1.0,
+                             "eviction": {"policy": "lru", "mode": "group_precise"}}]})
+
+    def service() -> Service:
+        return Service(cfg, data_dir=tmp_path, clock=clock, admin_password=PW,
+                       store=open_store(state_url, tmp_path), event_log=False)
+
+    s = service()
+
+    def call(api: str, method: str, body: dict[str, Any]) -> dict[str, Any]:
+        return s.call(api, method, body, credential=CRED if api == "admin" else None)
+
+    def write(iid: str, keys: list[int]) -> None:
+        clock.advance(10**6)
+        w = _ok(call("meta", "startWriteCache", {"instance_id": iid, "block_keys": keys}))
+        _ok(call("meta", "finishWriteCache", {"instance_id": iid,
+                                              "write_session_id": w["write_session_id"],
+                                              "success_blocks": {"offset": len(w["locations"])}}))
+
+    _register(call, "a")
+    _register(call, "b")
+    write("a", [1, 2, 3, 4])  # oldest
+    write("b", [11, 12, 13, 14])
+    write("a", [5, 6, 7, 8])
+    before = {i: s.mgr.cached_keys(i).tolist() for i in "ab"}
+    write("b", [21, 22, 23, 24, 25, 26, 27, 28, 29, 30])  # evicts a's 1-4, then b's 11-14
+    after = {i: sorted(s.mgr.cached_keys(i).tolist()) for i in "ab"}
+    assert not set(before["a"]) <= set(after["a"]) and not set(before["b"]) <= set(after["b"])
+    _ok(call("meta", "removeCache", {"instance_id": "a", "block_keys": [5]}))
+    after["a"].remove(5)
+    s.close()
+    s = service()
+    assert {i: sorted(s.mgr.cached_keys(i).tolist()) for i in "ab"} == after
+    assert [u.serving_blocks for u in s.mgr.usage()] == [sum(map(len, after.values()))]
+    s.close()
