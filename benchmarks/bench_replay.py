@@ -13,8 +13,9 @@ generator, then measures on this machine:
   warm (second run) wall time.
 
 * a Bailian-schema trace (``--file-keys`` block reads, default 13.5M) written as
-  JSONL and as parquet: ``kvsim replay`` end to end at 3 capacities (and parquet at
-  1), wall, CPU and peak RSS; the JSONL parse alone with orjson and with polars.
+  JSONL and as parquet: ``kvsim replay`` end to end at 3 capacities (and at 1), wall,
+  CPU and peak RSS, the JSONL read in blocks (the default) and whole (``--chunk-mb 0``,
+  the baseline); the JSONL parse alone with orjson and with polars.
 
 Prints a table and writes ``reports/bench_replay.json``. Targets (issue 17): ratio
 >= 3.0, cold start < 15 s, warm start < 2 s, <= 32 bytes per cached block, JSONL at 3
@@ -119,7 +120,13 @@ def bench_files(trace: object, caps: list[int], work: Path) -> dict[str, object]
     caps_s = ",".join(str(c) for c in caps)
     res: dict[str, object] = {"jsonl_mb": jl.stat().st_size / 2**20, "capacities": caps}
     kv = [sys.executable, "-m", "kvsim", "replay", "--no-out"]
+    # read in 4 MiB blocks (the default past 64 MiB) and, the baseline, whole
     res["jsonl_3caps"] = measure([*kv, str(jl), "--capacity-blocks", caps_s])
+    res["jsonl_3caps_whole"] = measure([*kv, str(jl), "--capacity-blocks", caps_s,
+                                        "--chunk-mb", "0"])
+    res["jsonl_1cap"] = measure([*kv, str(jl), "--capacity-blocks", str(caps[0])])
+    res["jsonl_1cap_whole"] = measure([*kv, str(jl), "--capacity-blocks", str(caps[0]),
+                                       "--chunk-mb", "0"])
     res["parquet_3caps"] = measure([*kv, str(pqf), "--capacity-blocks", caps_s])
     res["parquet_1cap"] = measure([*kv, str(pqf), "--capacity-blocks", str(caps[0])])
     t0 = time.perf_counter()
@@ -239,6 +246,11 @@ def main() -> None:
         print(f"file trace: {files['block_reads']:,} block reads, {files['requests']:,} "
               f"requests, JSONL {files['jsonl_mb']:.0f} MB, capacities {files['capacities']}")
         for k, label, target in (("jsonl_3caps", "JSONL, 3 capacities", "<= 1.5 s, 300 MB"),
+                                 ("jsonl_3caps_whole", "JSONL, 3 capacities, whole read",
+                                  "baseline"),
+                                 ("jsonl_1cap", "JSONL, 1 capacity", ""),
+                                 ("jsonl_1cap_whole", "JSONL, 1 capacity, whole read",
+                                  "baseline"),
                                  ("parquet_3caps", "parquet, 3 capacities", "<= 1 s"),
                                  ("parquet_1cap", "parquet, 1 capacity", "<= 0.5 s")):
             m = files[k]

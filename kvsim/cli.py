@@ -21,6 +21,7 @@ from __future__ import annotations
 import atexit
 import gc
 import importlib
+import itertools
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -282,6 +283,18 @@ def compile_seconds(ctx: click.Context | None = None) -> float:
                    "live server answers, request by request. auto: client when --config "
                    "sets a storage rule (which the combined flow has no place for, e.g. a "
                    "KVCM optimizer config's storage capacities), else combined.")
+@click.option("--chunk-mb", type=click.FloatRange(min=0), default=None, metavar="MB",
+              help="Read a JSONL trace (mooncake, bailian, kvcm) this many MiB at a time, "
+                   "every capacity fed from one pass, so memory does not grow with the "
+                   "file (default: for files over 64 MiB, 4 MiB blocks; 0 = read the "
+                   "whole file first, which --jobs and --bound belady need).")
+@click.option("--study-storage", default=None, metavar="URL",
+              help="Share the sweep's runs with other processes (other machines) running "
+                   "the same command: an Optuna RDB storage (sqlite:///sweep.db, "
+                   "postgresql://u@host/db); each process claims runs not yet taken, then "
+                   "prints the whole sweep gathered from the study.")
+@click.option("--study-name", default="kvsim-replay", show_default=True,
+              help="The shared sweep's study (one name per sweep).")
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON document on stdout instead of tables.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
@@ -301,7 +314,8 @@ def replay_cmd(
     capacity_bytes: list[int] | None, block_bytes: int | None, policy: str,
     params: tuple[str, ...], mode: str | None, batch_size: int | None,
     used_percentage: float | None, match: str | None, jobs: int | None, bound: str,
-    flow: str, as_json: bool, out_dir: Path, no_out: bool, timeseries_format: str,
+    flow: str, chunk_mb: float | None, study_storage: str | None, study_name: str,
+    as_json: bool, out_dir: Path, no_out: bool, timeseries_format: str,
     window: float | None,
 ) -> None:  # fmt: skip
     """Replay TRACE (default: the shipped sample) through a KV cache and report hit rates.
@@ -364,9 +378,19 @@ def replay_cmd(
         tail = tail or "drop"
         if block_size is None and config is not None:
             block_size = _kvcm_block_size(trace, fmt, config)
-
-        t, fmt = _read_trace(trace, fmt, err=err, block_size=block_size, tail=tail, chain=chain,
-                             strict=strict, instance=instance, limit=limit)
+        opts: dict[str, Any] = {"block_size": block_size, "tail": tail, "chain": chain,
+                                "strict": strict, "instance": instance}
+        stream_bytes = _stream_bytes(trace, fmt, chunk_mb, jobs=jobs, bound=bound,
+                                     by_bytes=capacity_bytes is not None,
+                                     study=study_storage is not None)
+        chunks = None
+        if stream_bytes:  # the first chunk gives the block size; the rest stream in
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                chunks, t, fmt = _open_stream(trace, fmt, opts, stream_bytes, limit=limit)
+            _show_warnings(err, caught)
+        else:
+            t, fmt = _read_trace(trace, fmt, err=err, limit=limit, **opts)
         gc.enable()  # off since start-up (see ``main``)
 
         from kvsim.sim.sweep import single_cache_configs, tokens_to_blocks
@@ -397,9 +421,19 @@ def replay_cmd(
                 err.print(f"flow: client ({config_path} sets {', '.join(rules)}: storage "
                           f"rules the combined flow has no place for; --flow combined "
                           f"refuses them)")
-        if flow == "client":
+        sweep: Any = None
+        if chunks is not None:
+            sweep = _run_stream(chunks, configs, labels, flow=flow, err=err)
+            if sweep is None:  # blocks out of time order: the whole file, sorted
+                t, fmt = _read_trace(trace, fmt, err=err, limit=limit, **opts)
+            else:
+                t = sweep.results[0].trace
+        if study_storage is not None:
+            sweep = _run_shared(t, configs, labels, storage=study_storage, name=study_name,
+                                flow=flow, err=err)
+        if sweep is None and flow == "client":
             sweep = _run_client_flow(t, configs, labels)
-        else:
+        elif sweep is None:
             sweep = _run(t, configs, labels, jobs=jobs, err=err,
                          show_progress=err.is_terminal)
 
@@ -407,7 +441,7 @@ def replay_cmd(
 
         info = report.trace_record(t, path=str(trace), fmt=fmt,
                                    limit=limit)
-        misses = _misses(sweep.results, bound)
+        misses = _misses(sweep.results, bound, ideal=getattr(sweep, "ideal_hits", None))
         doc = report.build_document(info, sweep.results, sweep.ideal, misses=misses)
         compiled = compile_seconds(ctx)
         doc["compile_s"] = round(compiled, 3)  # kernel compile, apart from each elapsed_s
@@ -438,12 +472,13 @@ def replay_cmd(
                       highlight=False, style="dim")
 
 
-def _misses(results: Sequence[Any], bound: str) -> list[dict[str, Any]]:
+def _misses(results: Sequence[Any], bound: str,
+            ideal: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Misses by reason per result; with ``bound == "belady"`` the optimum's headroom."""
     from kvsim.sim.misses import replay_misses
 
     if bound != "belady":
-        return replay_misses(results)
+        return replay_misses(results, ideal_hits=ideal)
     from kvsim.optimizer.bounds import belady
 
     def optimum(trace: Trace, capacity: int) -> int:
@@ -461,6 +496,112 @@ def _kvcm_block_size(path: Path, fmt: str, config: KVSimConfig) -> int | None:
         fmt = detect_format(path)
     sizes = {i.block_size for i in config.instances}
     return sizes.pop() if fmt in ("kvcm", "kvcm-events") and len(sizes) == 1 else None
+
+
+#: ``kvsim replay`` reads a JSONL trace in blocks past this size (``--chunk-mb``).
+STREAM_FILE_BYTES = 64 << 20
+STREAM_BLOCK_BYTES = 4 << 20
+
+
+def _stream_bytes(path: Path, fmt: str, chunk_mb: float | None, *, jobs: int | None,
+                  bound: str, by_bytes: bool, study: bool = False) -> int:
+    """Bytes per block of a streamed replay, or 0 to read the whole trace first.
+
+    Raises:
+        click.UsageError: ``--chunk-mb`` with an option that needs the whole trace.
+    """
+    from kvsim.trace.readers import BLOCK_FORMATS, detect_format
+
+    if chunk_mb == 0:
+        return 0
+    if fmt == "auto":
+        fmt = detect_format(path)
+    whole = ("--bound belady" if bound == "belady" else "--capacity-bytes" if by_bytes
+             else "--study-storage" if study
+             else f"--jobs {jobs}" if jobs is not None and jobs > 1 else None)
+    if chunk_mb is not None:
+        if fmt not in BLOCK_FORMATS:
+            raise click.UsageError(f"--chunk-mb reads {', '.join(BLOCK_FORMATS)} JSONL "
+                                   f"traces; {path} is {fmt}")
+        if whole:
+            raise click.UsageError(f"--chunk-mb cannot be combined with {whole} (it needs "
+                                   "the whole trace)")
+        return max(1, int(chunk_mb * (1 << 20)))
+    try:
+        big = path.stat().st_size > STREAM_FILE_BYTES
+    except OSError:
+        return 0
+    return STREAM_BLOCK_BYTES if big and fmt in BLOCK_FORMATS and not whole else 0
+
+
+def _open_stream(path: Path, fmt: str, opts: dict[str, Any], block_bytes: int, *,
+                 limit: int | None) -> tuple[Iterator[Trace], Trace, str]:
+    """The chunks of a JSONL trace (cut at ``limit`` requests), and the first one."""
+    from kvsim.trace.readers import detect_format, iter_jsonl_chunks
+
+    if fmt == "auto":
+        fmt = detect_format(path)
+    it = iter_jsonl_chunks(path, fmt, block_bytes=block_bytes, **opts)
+
+    def cut() -> Iterator[Trace]:
+        left = limit
+        for tr in it:
+            if left is not None and tr.n_requests >= left:
+                yield tr.head(left)
+                return
+            if left is not None:
+                left -= tr.n_requests
+            yield tr
+
+    chunks = cut()
+    first = next(chunks)
+    return itertools.chain([first], chunks), first, fmt
+
+
+def _run_stream(chunks: Iterator[Trace], configs: list[KVSimConfig],
+                labels: list[str | None], *, flow: str, err: Console) -> Any:
+    """Every config fed from one pass over ``chunks`` (:func:`kvsim.sim.chunked.
+    sweep_chunks`); None when a block starts before the previous one ended (the caller
+    reads the whole file, which sorts it)."""
+    from kvsim._startup import prepare_numba
+    from kvsim.sim.chunked import sweep_chunks
+    from kvsim.trace.readers import ChunkOrderError
+
+    prepare_numba()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            with err.status("replaying in blocks", spinner="dots"):
+                out = sweep_chunks(chunks, configs, labels=labels, flow=flow)
+        except ChunkOrderError as e:
+            err.print(f"note: {e}; reading the whole file", highlight=False, soft_wrap=True)
+            return None
+    _show_warnings(err, caught)
+    return out
+
+
+def _run_shared(trace: Trace, configs: list[KVSimConfig], labels: list[str | None], *,
+                storage: str, name: str, flow: str, err: Console) -> Any:
+    """The sweep's runs shared through an Optuna study
+    (:func:`kvsim.optimizer.shared_sweep.run_shared_sweep`); a line on stderr per run
+    this process claims."""
+    from kvsim._startup import prepare_numba
+    from kvsim.optimizer.shared_sweep import run_shared_sweep
+    from kvsim.optimizer.tune import redact_url
+
+    prepare_numba()
+
+    def note(i: int, label: str) -> None:
+        err.print(f"study {name}: running {label} (run {i})", highlight=False, style="dim")
+
+    try:
+        out = run_shared_sweep(trace, configs, labels=labels, storage=storage,
+                               study_name=name, flow=flow, on_run=note)
+    except (ValueError, RuntimeError) as e:
+        raise click.ClickException(str(e)) from None
+    err.print(f"study {name} in {redact_url(storage)}: ran {len(out.ran)} of {out.runs} "
+              "runs here, the rest came from the study", highlight=False, style="dim")
+    return out
 
 
 def _read_trace(path: Path, fmt: str, *, err: Console, limit: int | None,

@@ -103,3 +103,145 @@ def test_unreadable_parquet_names_the_file(tmp_path: Path) -> None:
     bad.write_bytes(b"not parquet")
     with pytest.raises(TraceError, match=r"bad\.parquet: cannot read parquet"):
         next(iter_parquet_chunks(bad))
+
+
+# ---------------------------------------------------------------------- JSONL in blocks
+JSONL_FORMATS = ("mooncake", "bailian", "kvcm")
+
+
+@pytest.fixture(scope="module")
+def jsonl_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The shipped sample (3,000 requests) written in each JSONL format the replay reads
+    in blocks."""
+    from kvsim.trace.writers import write_trace
+
+    d = tmp_path_factory.mktemp("jsonl")
+    t = read_trace(sample_trace_path())
+    out = {}
+    for fmt in JSONL_FORMATS:
+        out[fmt] = d / f"sample.{fmt}.jsonl"
+        write_trace(t, out[fmt], fmt=fmt)
+    return out
+
+
+@pytest.mark.parametrize("fmt", JSONL_FORMATS)
+def test_jsonl_blocks_replay_equals_whole_trace(jsonl_files: dict[str, Path], fmt: str) -> None:
+    """Blocks of 3,000 bytes (records straddle every block end; the first chunk holds
+    the chain check's 1,000 records) replay to the whole file's integers, a sweep with
+    its ideal and misses too."""
+    from kvsim.sim.chunked import sweep_chunks
+    from kvsim.sim.misses import replay_misses
+    from kvsim.sim.sweep import run_sweep, single_cache_configs
+    from kvsim.trace.readers import iter_jsonl_chunks
+
+    p = jsonl_files[fmt]
+    whole = read_trace(p, fmt)
+    lens = [len(x) for x in p.read_bytes().split(b"\n")]
+    assert min(lens) < 3000 < sum(lens[:3])  # lines shorter than a block, blocks cut lines
+    chunks = list(iter_jsonl_chunks(p, fmt, block_bytes=3000))
+    assert len(chunks) > 100
+    assert sum(c.n_requests for c in chunks) == whole.n_requests
+    if fmt != "kvcm":
+        assert chunks[0].n_requests >= 1000  # the chaining decided as the whole file's
+    assert np.concatenate([c.keys for c in chunks]).tolist() == whole.keys.tolist()
+    cfg = KVSimConfig.single_cache(capacity_blocks=5_000)
+    ref = replay(whole, cfg)
+    got = replay_chunks(iter_jsonl_chunks(p, fmt, block_bytes=3000), cfg)
+    for f in FIELDS:
+        assert getattr(got, f).tolist() == getattr(ref, f).tolist(), f
+    assert got.hit_tokens == ref.summary()["hit_tokens"] > 0
+    # a sweep fed from one pass: every run, the ideal and the misses as run_sweep's
+    configs = single_cache_configs([2_000, 20_000, 0], instances=whole.instances,
+                                   instance_block_size=whole.block_size)
+    plain = run_sweep(whole, configs, jobs=1)
+    streamed = sweep_chunks(iter_jsonl_chunks(p, fmt, block_bytes=3000), configs)
+    assert streamed.ideal == plain.ideal
+    for a, b in zip(plain.results, streamed.results, strict=True):
+        for f in FIELDS:
+            assert getattr(a, f).tolist() == getattr(b, f).tolist(), f
+        sa, sb = a.summary(), b.summary()
+        sa.pop("elapsed_s", None), sb.pop("elapsed_s", None)
+        assert sa == sb
+    assert replay_misses(plain.results) == replay_misses(streamed.results,
+                                                         ideal_hits=streamed.ideal_hits)
+
+
+@pytest.mark.parametrize("fmt", JSONL_FORMATS)
+def test_jsonl_block_errors_name_the_line(jsonl_files: dict[str, Path], tmp_path: Path,
+                                          fmt: str) -> None:
+    """A bad line far into the file (many blocks in) is named by its line number, with
+    the message of the whole-file read."""
+    from kvsim.trace.readers import iter_jsonl_chunks
+
+    lines = jsonl_files[fmt].read_bytes().split(b"\n")
+    bad_json = list(lines)
+    bad_json[2216] = bad_json[2216][:-7]  # line 2217 cut short
+    bad_field = list(lines)
+    key = b'"keys"' if fmt == "kvcm" else b'"hash_ids"'
+    bad_field[2499] = bad_field[2499].replace(key + b":[", key + b':["x",', 1)
+    for name, content, expect in (("json", bad_json, ":2217: invalid JSON"),
+                                  ("field", bad_field, ":2500: field ")):
+        p = tmp_path / f"{name}.jsonl"
+        p.write_bytes(b"\n".join(content))
+        with pytest.raises(TraceError) as whole_err:
+            read_trace(p, fmt)
+        with pytest.raises(TraceError) as block_err:
+            list(iter_jsonl_chunks(p, fmt, block_bytes=3000))
+        assert expect in str(whole_err.value)
+        assert str(block_err.value) == str(whole_err.value)
+
+
+def test_jsonl_blocks_out_of_order_are_refused_and_the_cli_reads_the_whole_file(
+        tmp_path: Path) -> None:
+    """A block starting before the previous block's end cannot be sorted in blocks: the
+    reader says so, and ``kvsim replay`` falls back to the whole file (sorted)."""
+    import json
+
+    import orjson
+    from click.testing import CliRunner
+
+    from kvsim.cli import main
+    from kvsim.trace.readers import ChunkOrderError, TraceWarning, iter_jsonl_chunks
+
+    p = tmp_path / "late.jsonl"
+    rows = [{"timestamp": t, "input_length": 1024, "output_length": 1, "hash_ids": [t, t + 1]}
+            for t in [*range(10, 1500), 5]]
+    p.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    with pytest.raises(ChunkOrderError, match=r"late\.jsonl:\d+: the block from this line"
+                       ), pytest.warns(TraceWarning, match="sorted stably"):
+        list(iter_jsonl_chunks(p, "mooncake", block_bytes=4096))  # its block is sorted
+    docs = []
+    for mb in ("0.004", "0"):
+        r = CliRunner().invoke(main, ["replay", str(p), "--capacity-blocks", "100", "--json",
+                                      "--chunk-mb", mb], catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+        assert ("reading the whole file" in r.stderr) == (mb != "0")
+        docs.append(r.stdout)
+    strip = [[{k: v for k, v in res.items() if k != "elapsed_s"}
+              for res in json.loads(d)["results"]] for d in docs]
+    assert strip[0] == strip[1]
+
+
+@pytest.mark.parametrize("fmt", JSONL_FORMATS)
+def test_cli_replay_in_blocks_equals_whole_read(jsonl_files: dict[str, Path], fmt: str) -> None:
+    """``kvsim replay --chunk-mb`` (tiny blocks) prints the whole read's document: results,
+    ideal, misses, trace record."""
+    import json
+
+    from click.testing import CliRunner
+
+    from kvsim.cli import main
+
+    docs = []
+    for mb in ("0.01", "0"):
+        r = CliRunner().invoke(main, ["replay", str(jsonl_files[fmt]), "--format", fmt,
+                                      "--capacity-blocks", "2000,20000", "--json",
+                                      "--chunk-mb", mb], catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+        d = json.loads(r.stdout)
+        d.pop("compile_s")
+        for res in d["results"]:
+            res.pop("elapsed_s")
+        docs.append(d)
+    assert docs[0] == docs[1]
+    assert docs[0]["results"][0]["misses"]["total"] > 0

@@ -102,3 +102,19 @@ def test_two_workers_share_one_study(postgres_url: str, tmp_path: Path) -> None:
     r = export_study(postgres_url, tmp_path / "x", study_name="shared")
     assert r["trial"] == o.best.number
     assert KVSimConfig.load(tmp_path / "x" / "config.yaml").groups[0].quota_blocks > 0
+
+
+def test_two_processes_share_one_replay_sweep(postgres_url: str) -> None:
+    """``kvsim replay --study-storage postgresql://...``: two processes claim the sweep's
+    runs (each once, the claim row-locked) and both print the plain sweep's integers."""
+    import json
+
+    from test_shared_sweep import check_study, comparable, plain_sweep, shared
+
+    ref = plain_sweep()
+    pairs = shared(postgres_url, "replay-sweep", 2)
+    for p, _ in pairs:
+        assert p.returncode == 0, p.stderr
+        assert comparable(json.loads(p.stdout)) == ref
+    workers = check_study(postgres_url, "replay-sweep", 5)
+    assert {int(w.rsplit(":", 1)[1]) for w in workers} <= {pid for _, pid in pairs}

@@ -37,14 +37,16 @@ import numpy as np
 
 from kvsim.trace.model import KIND_READ, KIND_WRITE, Trace
 
-__all__ = ["MISS_REASONS", "breakdown", "ideal_hit_blocks", "per_group", "replay_misses"]
+__all__ = ["MISS_REASONS", "StreamIdeal", "breakdown", "ideal_hit_blocks", "per_group",
+           "replay_misses"]
 
 #: The classes, in the order the server's advisor reports them.
 MISS_REASONS = ("compulsory", "capacity", "unusable", "session_failed")
 
 
 def ideal_hit_blocks(trace: Trace, *, match: str = "prefix",
-                     by_instance: bool = True) -> np.ndarray:
+                     by_instance: bool = True, prior: np.ndarray | None = None,
+                     seen: list[np.ndarray] | None = None) -> np.ndarray:
     """int64[n]: per request, the blocks an unbounded cache would have hit.
 
     Args:
@@ -54,6 +56,11 @@ def ideal_hit_blocks(trace: Trace, *, match: str = "prefix",
         by_instance: keys are namespaced by instance (kvsim's block table keys blocks
             by instance and key, as the replay does); ``False``: one key space for the
             whole trace (a pool shared by every instance).
+        prior: bool[n_keys]: keys cached before the trace's first request (the trace is
+            one chunk of a longer one: :class:`StreamIdeal`).
+        seen: one key space only (one instance, or ``by_instance=False``): ``[written]``,
+            the sorted distinct keys written before the trace (another way to give
+            ``prior``); replaced by the keys written up to the trace's end.
 
     Raises:
         ValueError: an unknown ``match``.
@@ -72,8 +79,11 @@ def ideal_hit_blocks(trace: Trace, *, match: str = "prefix",
     req = np.repeat(np.arange(n, dtype=np.int64), counts)
     pos_rank = rank[req]
     keys = trace.keys.astype(np.int64)
-    _, ids = np.unique(keys, return_inverse=True)
+    uniq, ids = np.unique(keys, return_inverse=True)
     ids = ids.reshape(-1).astype(np.int64)
+    if seen is not None:
+        before = _member(uniq, seen[0])  # sorted queries: a cache-friendly search
+        prior = before[ids] if prior is None else prior | before[ids]
     if by_instance and len(trace.instances) > 1:
         ids = ids * len(trace.instances) + trace.instance.astype(np.int64)[req]
         _, ids = np.unique(ids, return_inverse=True)
@@ -82,6 +92,12 @@ def ideal_hit_blocks(trace: Trace, *, match: str = "prefix",
     first_write = np.full(int(ids.max()) + 1, np.iinfo(np.int64).max, dtype=np.int64)
     np.minimum.at(first_write, ids[writes], pos_rank[writes])
     cached = first_write[ids] < pos_rank
+    if seen is not None:  # the distinct keys written so far, still sorted
+        fresh = uniq[(first_write[: uniq.shape[0]] != np.iinfo(np.int64).max) & ~before]
+        if fresh.size:
+            seen[0] = np.sort(np.concatenate([seen[0], fresh]), kind="stable")
+    if prior is not None:
+        cached |= prior
     if trace.mask is not None:
         cached |= trace.mask.astype(bool)
     if match == "prefix":
@@ -93,6 +109,81 @@ def ideal_hit_blocks(trace: Trace, *, match: str = "prefix",
         out[:] = np.bincount(req, weights=cached, minlength=n).astype(np.int64)
     out[trace.kind == KIND_WRITE] = 0
     return out
+
+
+class StreamIdeal:
+    """:func:`ideal_hit_blocks` of a trace fed chunk by chunk in time order: the keys
+    written so far are kept (sorted, 8 bytes per distinct key and key space), so the
+    hits of each chunk are those of the whole trace's pass.
+
+    Example:
+        >>> t = Trace.from_lists(ts_ns=[0, 1, 2], keys=[[1, 2], [1, 3], [1, 2]])
+        >>> s = StreamIdeal()
+        >>> [s.feed(t.head(1)).tolist(), s.feed(t.select(np.array([1, 2]))).tolist()]
+        [[0], [1, 2]]
+    """
+
+    def __init__(self, *, match: str = "prefix", by_instance: bool = True) -> None:
+        self.match = match
+        self.by_instance = by_instance
+        self.seen: dict[str, np.ndarray] = {}  # key space -> sorted keys written so far
+
+    def _space(self, trace: Trace) -> np.ndarray:
+        """The key space of each key (an index into ``trace.instances``, or 0)."""
+        if not self.by_instance:
+            return np.zeros(trace.n_keys, dtype=np.int64)
+        return np.repeat(trace.instance.astype(np.int64), trace.key_counts())
+
+    def feed(self, trace: Trace) -> np.ndarray:
+        """int64[n]: the ideal hits of ``trace``'s requests (after those fed before)."""
+        if len(trace.instances) == 1 or not self.by_instance:  # one key space
+            name = trace.instances[0] if self.by_instance else ""
+            box = [self.seen.get(name, np.zeros(0, dtype=np.int64))]
+            out = ideal_hit_blocks(trace, match=self.match, by_instance=self.by_instance,
+                                   seen=box)
+            self.seen[name] = box[0]
+            return out
+        names = trace.instances
+        space = self._space(trace)
+        keys = trace.keys.astype(np.int64, copy=False)
+        prior = np.zeros(trace.n_keys, dtype=bool)
+        for j, name in enumerate(names):
+            seen = self.seen.get(name)
+            if seen is not None and seen.size:
+                sel = space == j
+                u, inv = np.unique(keys[sel], return_inverse=True)  # sorted queries:
+                prior[sel] = _member(u, seen)[inv.reshape(-1)]  # a cache-friendly search
+        out = ideal_hit_blocks(trace, match=self.match, by_instance=self.by_instance,
+                               prior=prior)
+        writes = np.repeat(trace.kind != KIND_READ, trace.key_counts())
+        for j, name in enumerate(names):
+            new = keys[writes & (space == j)]
+            if new.size:
+                old = self.seen.get(name)
+                self.seen[name] = _sorted_unique(new if old is None
+                                                 else np.concatenate([old, new]))
+        return out
+
+
+def _sorted_unique(a: np.ndarray) -> np.ndarray:
+    """Sorted distinct values (a sort, not ``np.unique``'s hash table: much faster on
+    millions of 64-bit keys)."""
+    a = np.sort(a, kind="stable")  # two sorted runs (old + new) merge in linear time
+    if a.size < 2:
+        return a
+    keep = np.empty(a.size, dtype=bool)
+    keep[0] = True
+    np.not_equal(a[1:], a[:-1], out=keep[1:])
+    return a[keep]
+
+
+def _member(x: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
+    """bool per value of ``x``: in ``sorted_keys`` (sorted, distinct)."""
+    if not sorted_keys.size:
+        return np.zeros(x.shape[0], dtype=bool)
+    pos = np.searchsorted(sorted_keys, x)
+    pos[pos == sorted_keys.size] = 0
+    return sorted_keys[pos] == x
 
 
 def breakdown(*, read_blocks: int, hit_blocks: int, ideal_hits: int, unusable: int = 0,
@@ -127,8 +218,8 @@ def per_group(read_blocks: np.ndarray, hit_blocks: np.ndarray, ideal: np.ndarray
     return out
 
 
-def replay_misses(results: Any, *, optimum: Callable[[Trace, int], int] | None = None
-                  ) -> list[dict[str, Any]]:
+def replay_misses(results: Any, *, optimum: Callable[[Trace, int], int] | None = None,
+                  ideal_hits: dict[str, np.ndarray] | None = None) -> list[dict[str, Any]]:
     """Per :class:`~kvsim.sim.replay.ReplayResult`: its misses by reason, in total and
     per group, and with ``optimum`` the offline optimum's headroom per group.
 
@@ -144,8 +235,11 @@ def replay_misses(results: Any, *, optimum: Callable[[Trace, int], int] | None =
     run's: what a better policy could still win at this capacity) and the same as a
     block hit rate (``headroom_block_hit_rate``). Byte quotas and unbounded groups get
     none (the optimum is in blocks; unbounded, it is the ideal).
+
+    ``ideal_hits`` gives :func:`ideal_hit_blocks` per match mode already computed (a trace
+    replayed in chunks: :class:`StreamIdeal`).
     """
-    ideal_by_match: dict[str, np.ndarray] = {}
+    ideal_by_match: dict[str, np.ndarray] = dict(ideal_hits or {})
     belady_cache: dict[tuple[tuple[int, ...], int], tuple[int, Any]] = {}
     out = []
     for r in results:

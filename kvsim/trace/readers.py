@@ -30,10 +30,11 @@ Example:
 
 from __future__ import annotations
 
+import array
 import gzip
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
@@ -58,11 +59,14 @@ from kvsim.trace.model import (
 )
 
 __all__ = [
+    "BLOCK_FORMATS",
     "CHAIN_CHECK_ROWS",
     "DEFAULT_BLOCK_SIZE",
     "FORMATS",
+    "ChunkOrderError",
     "TraceWarning",
     "detect_format",
+    "iter_jsonl_chunks",
     "parse_query_type",
     "read_agentic",
     "read_bailian",
@@ -258,34 +262,96 @@ def _iter_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     Blank lines between records are skipped with one warning naming their count and the
     first one (blank lines at the end of the file are not worth a word).
     """
-    loads = orjson.loads
     try:
         f = _open(path)
     except OSError as e:
         raise TraceError(f"{path}: cannot read: {e.strerror or e}") from None
-    blank_first = blank_count = 0  # blank lines seen since the last record
-    mid_first = mid_count = 0  # blank lines followed by a record
+    lines = _Lines(path)
     with f:
-        for lineno, line in enumerate(f, 1):
+        yield from lines.objects(1, f)
+    if lines.mid_count:
+        warnings.warn(lines.blank_message(), stacklevel=2)
+
+
+class _Lines:
+    """The objects of JSONL lines given in one piece or block by block (line numbers go
+    on from block to block), and the blank lines between records over all of them."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.blank_first = self.blank_count = 0  # blank lines seen since the last record
+        self.mid_first = self.mid_count = 0  # blank lines followed by a record
+
+    def objects(self, first: int, lines: Iterable[bytes]
+                ) -> Iterator[tuple[int, dict[str, Any]]]:
+        """(line number, object) of each non-blank line; ``first`` is the first's."""
+        loads, path = orjson.loads, self.path
+        for lineno, line in enumerate(lines, first):
             try:
                 obj = loads(line)
             except orjson.JSONDecodeError as e:
                 if not line.strip():
-                    blank_first = blank_first or lineno
-                    blank_count += 1
+                    self.blank_first = self.blank_first or lineno
+                    self.blank_count += 1
                     continue
-                raise TraceError(f"{path}:{lineno}: invalid JSON {_json_where(line, e)}"
+                raise TraceError(f"{path}:{lineno}: invalid JSON {_line_error(line, e)}"
                                  ) from None
-            if blank_count:
-                mid_first = mid_first or blank_first
-                mid_count += blank_count
-                blank_first = blank_count = 0
+            if self.blank_count:
+                self.mid_first = self.mid_first or self.blank_first
+                self.mid_count += self.blank_count
+                self.blank_first = self.blank_count = 0
             if type(obj) is not dict:
                 raise TraceError(f"{path}:{lineno}: expected a JSON object, got {_show(obj)}")
             yield lineno, obj
-    if mid_count:
-        warnings.warn(f"{path}: skipped {mid_count:,} blank line(s) between records "
-                      f"(the first at line {mid_first})", stacklevel=2)
+
+    def blank_message(self) -> str:
+        return (f"{self.path}: skipped {self.mid_count:,} blank line(s) between records "
+                f"(the first at line {self.mid_first})")
+
+
+def _line_blocks(path: Path, block_bytes: int) -> Iterator[tuple[int, list[bytes]]]:
+    """(first line number, lines without their newline) of about ``block_bytes`` bytes
+    of the file at a time, cut at line ends (a line longer than a block is read whole).
+    """
+    try:
+        f = _open(path)
+    except OSError as e:
+        raise TraceError(f"{path}: cannot read: {e.strerror or e}") from None
+    lineno, rest = 1, b""
+    with f:
+        while True:
+            try:
+                buf = f.read(block_bytes)
+            except (OSError, EOFError) as e:
+                raise TraceError(f"{path}: cannot read (after line {lineno - 1}): {e}"
+                                 ) from None
+            if not buf:
+                break
+            data = rest + buf if rest else buf
+            cut = data.rfind(b"\n") + 1
+            if cut == 0:  # no line end yet
+                rest = data
+                continue
+            lines = data[:cut].split(b"\n")
+            lines.pop()  # the empty piece after the last line end
+            rest = data[cut:]
+            del data, buf
+            yield lineno, lines
+            lineno += len(lines)
+    if rest:
+        yield lineno, [rest]
+
+
+def _line_error(line: bytes, e: Any) -> str:
+    """:func:`_json_where` of a line as a file gives it (a line cut from a block has no
+    newline: the error is the one of the line with it)."""
+    if not line.endswith(b"\n"):
+        line += b"\n"
+        try:
+            orjson.loads(line)
+        except orjson.JSONDecodeError as e2:
+            return _json_where(line, e2)
+    return _json_where(line, e)
 
 
 def _json_where(line: str | bytes, e: Any) -> str:
@@ -341,6 +407,10 @@ class _Rows:
         self._flat = []
 
     def _to_int64(self, flat: list[Any], base: int) -> np.ndarray:
+        try:  # ints only (bools are ints to both): C longs without numpy's type inference
+            return np.frombuffer(array.array("q", flat), dtype=np.int64)
+        except (TypeError, OverflowError):
+            pass  # ids past int64, or not ints at all: find out below
         arr = np.array(flat)
         if arr.dtype.kind == "i":
             return arr.astype(np.int64, copy=False)
@@ -392,6 +462,132 @@ def _time_ns(values: list[Any], lines: list[int], path: Path, field: str, scale:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+# ---------------------------------------------------------------------- JSONL in blocks
+#: The JSONL formats :func:`iter_jsonl_chunks` reads block by block.
+BLOCK_FORMATS = ("mooncake", "bailian", "kvcm")
+DEFAULT_BLOCK_BYTES = 4 << 20
+
+
+class ChunkOrderError(TraceError):
+    """A block of a JSONL trace starts before the previous block's last request: the
+    whole-file reader would sort the file; a reader of blocks cannot."""
+
+
+def iter_jsonl_chunks(
+    path: PathLike,
+    fmt: str = "auto",
+    *,
+    block_bytes: int = DEFAULT_BLOCK_BYTES,
+    block_size: int | None = None,
+    tail: Tail = "drop",
+    chain: Chain = "auto",
+    strict: bool = False,
+    instance: str | None = None,
+) -> Iterator[Trace]:
+    """A JSONL trace read ``block_bytes`` of the file at a time: one trace per block
+    (cut at line ends), parsed with orjson as :func:`read_trace` parses the whole file.
+
+    Memory is one block's text and objects and its keys, whatever the file's size.
+    Replayed one after the other (:func:`kvsim.sim.chunked.replay_chunks`), the chunks
+    give the integers of the whole file's trace: the chaining of ``chain="auto"`` is
+    decided on the first :data:`CHAIN_CHECK_ROWS` records (the first chunk holds them
+    all), the requests of a block are sorted by time as the whole file's would be, and
+    errors name the file and line (line numbers go on across blocks). What a chunk does
+    not have: a Bailian chat whose parent is in an earlier block is its own session
+    root; mooncake closed-loop sessions carry over.
+
+    Args:
+        path: a ``.jsonl`` or ``.jsonl.gz`` file.
+        fmt: ``"auto"`` or one of :data:`BLOCK_FORMATS`.
+        block_bytes: bytes of the file per chunk (a line longer than this is one chunk).
+        block_size, tail, chain, strict, instance: as in :func:`read_trace`.
+
+    Raises:
+        TraceError: as :func:`read_trace`; :class:`ChunkOrderError` when a block starts
+            before the previous block's last request (read the whole file to sort it).
+    """
+    p = Path(path)
+    if tail not in ("drop", "keep"):
+        raise ValueError(f"tail must be 'drop' or 'keep', got {tail!r}")
+    if chain not in ("auto", "on", "off"):
+        raise ValueError(f"chain must be 'auto', 'on' or 'off', got {chain!r}")
+    if block_bytes <= 0:
+        raise ValueError(f"block_bytes must be positive, got {block_bytes}")
+    if fmt == "auto":
+        fmt = detect_format(p)
+    if fmt not in BLOCK_FORMATS:
+        raise TraceError(f"{p}: a {fmt} trace is not read in blocks (formats: "
+                         f"{', '.join(BLOCK_FORMATS)})")
+    bs = _block_size(block_size, fmt)
+    lines = _Lines(p)
+    sessions = _Sessions(p)
+    decide = chain == "auto" and fmt != "kvcm"  # kvcm keys are block keys: auto = off
+    held: list[tuple[int, list[bytes]]] = []  # blocks kept until they hold the check's rows
+    held_rows = 0
+    last_ts: int | None = None
+    names: dict[str, None] = {}
+    found = False
+
+    def records(ls: list[bytes]) -> int:
+        return sum(1 for x in ls if x and not x.isspace())
+
+    def parse(blocks: list[tuple[int, list[bytes]]]) -> Trace:
+        nonlocal decide, chain
+        objs = (o for first, ls in blocks for o in lines.objects(first, ls))
+        out: list[bool] = []
+        if fmt == "mooncake":
+            sessions.next_block()
+            tr = _parse_mooncake(p, objs, bs=bs, tail=tail, chain=chain, strict=strict,
+                                 instance=instance, sessions=sessions, chain_out=out)
+        elif fmt == "bailian":
+            tr = _parse_bailian(p, objs, bs=bs, tail=tail, chain=chain, strict=strict,
+                                instance=instance, chain_out=out)
+        else:
+            tr = _parse_kvcm(p, objs, bs=bs, chain=chain, strict=strict)
+        if decide:  # the first chunk decided for the whole file
+            chain = "on" if out and out[0] else "off"
+            decide = False
+        return tr
+
+    def emit(blocks: list[tuple[int, list[bytes]]]) -> Iterator[Trace]:
+        nonlocal last_ts, found
+        tr = parse(blocks)
+        if last_ts is not None and int(tr.ts_ns[0]) < last_ts:
+            raise ChunkOrderError(
+                f"{p}:{blocks[0][0]}: the block from this line starts at "
+                f"{int(tr.ts_ns[0])} ns, before the previous block's last request "
+                f"({last_ts} ns); read the whole file to sort it")
+        last_ts = int(tr.ts_ns[-1])
+        if instance is not None and fmt == "kvcm":
+            names.update(dict.fromkeys(tr.instances))
+            if instance not in tr.instances:
+                return
+            tr = _only_instance(tr, instance)
+        found = True
+        yield tr
+
+    for first, ls in _line_blocks(p, block_bytes):
+        n = records(ls)
+        if not n:
+            list(lines.objects(first, ls))  # blank lines only: counted, nothing to parse
+            continue
+        held.append((first, ls))
+        held_rows += n
+        if decide and held_rows < CHAIN_CHECK_ROWS:
+            continue
+        yield from emit(held)
+        held, held_rows = [], 0
+    if held:
+        yield from emit(held)
+    if not found:
+        if names:
+            raise TraceError(f"{p}: no requests of instance {instance!r} "
+                             f"(instances: {', '.join(names)})")
+        raise TraceError(f"{p}: empty trace (no records)")
+    if lines.mid_count:
+        warnings.warn(lines.blank_message(), stacklevel=2)
+
+
 # ---------------------------------------------------------------------- Mooncake
 def read_mooncake(
     path: PathLike,
@@ -420,14 +616,22 @@ def read_mooncake(
         TraceError: malformed or empty file.
     """
     p = Path(path)
-    bs = _block_size(block_size, "mooncake")
+    return _parse_mooncake(p, _iter_objects(p), bs=_block_size(block_size, "mooncake"),
+                           tail=tail, chain=chain, strict=strict, instance=instance,
+                           sessions=_Sessions(p))
+
+
+def _parse_mooncake(p: Path, objects: Iterable[tuple[int, dict[str, Any]]], *, bs: int,
+                    tail: Tail, chain: Chain, strict: bool, instance: str | None,
+                    sessions: _Sessions, chain_out: list[bool] | None = None) -> Trace:
+    """:func:`read_mooncake` of ``objects`` (a whole file, or one block of it: the
+    sessions' state carries over from the blocks before)."""
     ts: list[Any] = []
     il: list[Any] = []
     ol: list[Any] = []
     rows = _Rows(p, "hash_ids")
-    sessions = _Sessions(p)
     get = dict.get
-    for lineno, obj in _iter_objects(p):
+    for lineno, obj in objects:
         if "hash_ids" not in obj:
             raise _missing(p, lineno, "hash_ids")
         if "output_length" not in obj:
@@ -448,12 +652,13 @@ def read_mooncake(
         if sessions.delays:  # closed-loop times are derived: their order is not the file's
             warnings.simplefilter("ignore", TraceWarning)
         return _mooncake_finish(p, rows, ts, il, ol, lines, bs, tail, chain, strict,
-                                instance, sessions)
+                                instance, sessions, chain_out)
 
 
 def _mooncake_finish(p: Path, rows: _Rows, ts: list[Any], il: list[Any], ol: list[Any],
                      lines: list[int], bs: int, tail: Tail, chain: Chain, strict: bool,
-                     instance: str | None, sessions: _Sessions) -> Trace:
+                     instance: str | None, sessions: _Sessions,
+                     chain_out: list[bool] | None = None) -> Trace:
     return _finish(
         p,
         rows,
@@ -468,6 +673,7 @@ def _mooncake_finish(p: Path, rows: _Rows, ts: list[Any], il: list[Any], ol: lis
         instance_name=instance or "default",
         session=sessions.codes() if sessions.any else None,
         turn=sessions.turns() if sessions.any else None,
+        chain_out=chain_out,
     )
 
 
@@ -515,6 +721,12 @@ class _Sessions:
         self.last[c] = t if type(t) in (int, float) else 0.0
         return t
 
+    def next_block(self) -> None:
+        """Forget the rows so far (a new block of the file follows); the sessions' codes,
+        turns and times carry over."""
+        self.rows = []
+        self.turn = []
+
     def codes(self) -> np.ndarray:
         n_named = len(self.code)
         out = np.asarray(self.rows, dtype=np.int64)
@@ -558,7 +770,15 @@ def read_bailian(
         TraceError: malformed or empty file.
     """
     p = Path(path)
-    bs = _block_size(block_size, "bailian")
+    return _parse_bailian(p, _iter_objects(p), bs=_block_size(block_size, "bailian"),
+                          tail=tail, chain=chain, strict=strict, instance=instance)
+
+
+def _parse_bailian(p: Path, objects: Iterable[tuple[int, dict[str, Any]]], *, bs: int,
+                   tail: Tail, chain: Chain, strict: bool, instance: str | None,
+                   chain_out: list[bool] | None = None) -> Trace:
+    """:func:`read_bailian` of ``objects`` (a whole file or one block of it; in a block,
+    a chat whose parent is in an earlier block is its own session root)."""
     chat: list[Any] = []
     parent: list[Any] = []
     ts: list[Any] = []
@@ -568,7 +788,7 @@ def read_bailian(
     tcode: list[int] = []
     tnames: dict[str, int] = {}
     rows = _Rows(p, "hash_ids")
-    for lineno, obj in _iter_objects(p):
+    for lineno, obj in objects:
         try:
             c, pa_, t = obj["chat_id"], obj["parent_chat_id"], obj["timestamp"]
             a, b, ty, tu, h = (
@@ -613,6 +833,7 @@ def read_bailian(
         turn=turns.astype(np.int32),
         type_code=np.asarray(tcode, dtype=np.int16),
         type_names=tuple(tnames),
+        chain_out=chain_out,
     )
 
 
@@ -680,7 +901,15 @@ def read_kvcm(
         TraceError: malformed or empty file, or no request of ``instance``.
     """
     p = Path(path)
-    bs = _block_size(block_size, "kvcm")
+    trace = _parse_kvcm(p, _iter_objects(p), bs=_block_size(block_size, "kvcm"), chain=chain,
+                        strict=strict)
+    return _only_instance(trace, instance)
+
+
+def _parse_kvcm(p: Path, objects: Iterable[tuple[int, dict[str, Any]]], *, bs: int,
+                chain: Chain, strict: bool) -> Trace:
+    """:func:`read_kvcm` of ``objects`` (a whole file or one block of it), every
+    instance."""
     inst_codes: list[int] = []
     inst_names: dict[str, int] = {}
     ts: list[int] = []
@@ -710,7 +939,7 @@ def read_kvcm(
         kind.append(KIND_WRITE)
         moff.append(0)
 
-    for lineno, obj in _iter_objects(p):
+    for lineno, obj in objects:
         if pending is not None:
             add_write_row()
             pending = None
@@ -804,7 +1033,7 @@ def read_kvcm(
     if sw_arr.size and sw_arr.max() > np.iinfo(np.int32).max:
         i = int(np.argmax(sw_arr))
         raise _field_error(p, lines[i], "sw_size", "a 32-bit integer", sw[i])
-    trace = _finish(
+    return _finish(
         p,
         rows,
         ts_ns=ts_ns,
@@ -823,7 +1052,6 @@ def read_kvcm(
         mask=mask,
         offsets=offsets,
     )
-    return _only_instance(trace, instance)
 
 
 _EVENT_QT = {"QT_UNSPECIFIED": QT_PREFIX, "QT_PREFIX_MATCH": QT_PREFIX, "QT_BATCH_GET": QT_BATCH,
@@ -1235,8 +1463,10 @@ def _finish(
     turn: np.ndarray | None = None,
     type_code: np.ndarray | None = None,
     type_names: tuple[str, ...] = (),
+    chain_out: list[bool] | None = None,
 ) -> Trace:
-    """Assemble a Trace: tail drop, chaining, then the stable time sort."""
+    """Assemble a Trace: tail drop, chaining, then the stable time sort (``chain_out``
+    gets whether the ids were chained)."""
     n = len(rows.lens)
     if n == 0:
         raise TraceError(f"{p}: empty trace (no records)")
@@ -1250,14 +1480,17 @@ def _finish(
             keys = keys[sel]
             mask = None if mask is None else mask[sel]
             offsets = _csr_offsets(keep)
-    if chain == "on" or (
+    chained = chain == "on" or (
         chain == "auto"
         and check_chain
         and not is_prefix_chained(
             keys[: offsets[min(n, CHAIN_CHECK_ROWS)]], offsets[: min(n, CHAIN_CHECK_ROWS) + 1]
         )
-    ):
+    )
+    if chained:
         keys = chain_ids(keys, offsets)
+    if chain_out is not None:
+        chain_out.append(bool(chained))
     if instance_codes is None or instances is None:
         instance_codes = np.zeros(n, dtype=np.int32)
         instances = (instance_name,)
