@@ -159,16 +159,6 @@ def _decode(text: str, trace: Trace, config: KVSimConfig) -> Any:
                         **arrays)
 
 
-def _label(config: KVSimConfig, label: str | None, flow: str) -> str:
-    """The run's label, or the replay's default (``policy@capacity``)."""
-    if label is not None:
-        return label
-    g0 = config.groups[0]
-    cap = g0.capacity_units()
-    return f"{g0.eviction.policy}@{cap if cap else 'inf'}" + (
-        f" ({flow} flow)" if flow != "combined" else "")
-
-
 def _join(st: Any, name: str, identity: str, labels: list[str], wait_s: float) -> int:
     """Create the study and enqueue its runs, or load it and check its identity.
     Returns the study id."""
@@ -229,7 +219,7 @@ def run_shared_sweep(trace: Trace, configs: Sequence[KVSimConfig], *,
     import optuna
     from optuna.trial import TrialState
 
-    from kvsim.sim.replay import ideal, replay
+    from kvsim.sim.replay import default_label, ideal, replay
     from kvsim.sim.sweep import is_ideal_cache
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -237,7 +227,7 @@ def run_shared_sweep(trace: Trace, configs: Sequence[KVSimConfig], *,
     need_ideal = with_ideal and not (flow == "combined"
                                      and any(is_ideal_cache(c) for c in configs))
     runs = run_indices(len(configs), ideal=need_ideal)
-    names = [_label(configs[i], labels[i], flow) if i < len(configs) else "ideal"
+    names = [(labels[i] or default_label(configs[i], flow)) if i < len(configs) else "ideal"
              for i in runs]
     st = open_rdb(storage)
     sid = _join(st, study_name, sweep_identity(trace, configs, labels, flow), names, wait_s)

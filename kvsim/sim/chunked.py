@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from kvsim.config import KVSimConfig
 from kvsim.sim.misses import StreamIdeal
-from kvsim.sim.replay import Replayer, ReplayResult, table_rows
+from kvsim.sim.replay import Replayer, ReplayResult, default_label, table_rows
 from kvsim.trace.model import Trace, TraceError
 from kvsim.trace.readers import iter_jsonl_chunks, parquet_table_trace
 
@@ -254,11 +254,7 @@ def sweep_chunks(chunks: Iterable[Trace], configs: Sequence[KVSimConfig], *,
     for cfg, label, run, o in zip(configs, labels, runs, outs, strict=True):
         cat = [np.concatenate(x) for x in o]
         if label is None:
-            g0 = cfg.groups[0]
-            cap = g0.capacity_units()
-            label = f"{g0.eviction.policy}@{cap if cap else 'inf'}"
-            if flow != "combined":
-                label += f" ({flow} flow)"
+            label = default_label(cfg, flow)
         results.append(ReplayResult(
             label=label, trace=trace, config=cfg, group_of_instance=_groups(cfg, trace),
             hit_blocks=cat[0], internal_hits=cat[1], internal_reads=cat[2],

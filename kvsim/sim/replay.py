@@ -528,6 +528,20 @@ class Replayer:
         return outs
 
 
+def default_label(config: KVSimConfig, flow: str = "combined") -> str:
+    """A run's label when none is given: ``policy@capacity`` of its first group
+    (``inf`` when unbounded), and the flow when it is not the combined one.
+
+    Example:
+        >>> default_label(KVSimConfig.single_cache(capacity_blocks=8), "client")
+        'lru@8 (client flow)'
+    """
+    g0 = config.groups[0]
+    cap = g0.capacity_units()
+    label = f"{g0.eviction.policy}@{cap if cap else 'inf'}"
+    return label if flow == "combined" else f"{label} ({flow} flow)"
+
+
 def replay(
     trace: Trace,
     config: KVSimConfig,
@@ -583,11 +597,7 @@ def replay(
 
     outs = run.feed(trace, cuts=step_ends, on_piece=piece_done)
     if label is None:
-        g0 = config.groups[0]
-        cap = g0.capacity_units()
-        label = f"{g0.eviction.policy}@{cap if cap else 'inf'}"
-        if flow != "combined":
-            label += f" ({flow} flow)"
+        label = default_label(config, flow)
     return ReplayResult(
         label=label,
         trace=trace,
