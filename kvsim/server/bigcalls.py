@@ -21,7 +21,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import orjson
 
+from kvsim.server.store import SessionRecord, StoreBatch
+
 if TYPE_CHECKING:
+    from kvsim.core.manager import SessionInfo
     from kvsim.server.service import Service
 
 #: keys per step of a long call (the core's ``step_keys``): one step holds the service
@@ -35,6 +38,8 @@ PREPARSE_KEYS = 4096
 PAUSE_POLL_S = 0.0001
 PAUSE_IDLE_S = 0.0005
 PAUSE_MAX_S = 0.004
+#: a pause with no call waiting still lets the lock and the GIL go for this long (0: no)
+PAUSE_YIELD_S = 0.0
 
 
 class StepLock:
@@ -81,6 +86,17 @@ class StepLock:
         :data:`PAUSE_IDLE_S` (at most :data:`PAUSE_MAX_S`), take it back. Returns
         whether the lock was let go."""
         if not self.waiting and hook is None:
+            if PAUSE_YIELD_S > 0:
+                # no call waits for the lock, but a thread may wait for the GIL (the
+                # event loop with a read that has not reached the lock yet): let both
+                # go for a moment, so it runs now rather than after the interpreter's
+                # switch interval (5 ms; the server may have one CPU); a call that takes
+                # the lock meanwhile is answered, the long call goes on after it
+                self._lock.release()
+                try:
+                    time.sleep(PAUSE_YIELD_S)
+                finally:
+                    self.acquire()
             return False
         self._lock.release()
         try:
@@ -182,3 +198,66 @@ def locations_json(location: Callable[[int], dict[str, Any]], keys: np.ndarray,
     out[0] = b"[" + out[0]
     out[-1] += b"]"
     return orjson.Fragment(b",".join(out))
+
+
+def save_finish(svc: Service, ses: SessionInfo, ok: np.ndarray, held: np.ndarray) -> None:
+    """Queue a finish's blocks (``held``: the request's keys held now; ``ok``: per key
+    of ``ses.keys``, committed) and the end of its session for the store, in slices of
+    ``step_keys`` with a pause between two.
+
+    The slices so far wait in a carry (``Service._carries``, see :func:`take_carries`)
+    that a call in a pause writes before its own changes, only when it has some (a
+    removal made there reaches the store after these puts: no removed block is put
+    back; a read writes nothing). The carry holds, beside its blocks, the session record
+    rewritten as what is still pending (the request's rest; ``done``: the new keys made
+    final so far), so a crash leaves the store exact: a restart re-opens only the rest,
+    and a retried finish (with the start's mask) commits it
+    (:meth:`kvsim.core.manager.CacheManager.restore_session`).
+    """
+    mgr, iid, sid = svc.mgr, ses.instance_id, ses.session_id
+    step = mgr.step_keys
+    carries = svc._carries
+    carries[sid] = StoreBatch()
+    try:
+        if held.shape[0] > step:
+            keep = ~ses.is_new
+            keep[np.flatnonzero(ses.is_new)[ok]] = True
+            pos = np.flatnonzero(keep)  # request index of each held key
+            new_before = np.cumsum(ses.is_new)  # new keys up to each request index
+        for a in range(0, held.shape[0], step):
+            if a:
+                svc._pause()
+                svc._same_manager(mgr)
+            b = min(held.shape[0], a + step)
+            d = mgr.block_records(iid, held[a:b])
+            c = carries[sid]  # a call in the pause may have written the last one
+            c.put_blocks(iid, d.key, t_write=d.t_write, t_access=d.t_access,
+                         access_count=d.access_count, loc=d.loc)
+            if b < held.shape[0]:  # what a restart re-opens if the rest never comes
+                p = int(pos[b - 1]) + 1
+                q = int(new_before[p - 1])
+                c.opened[:] = [SessionRecord(
+                    sid, iid, ses.keys[q:], ses.deadline_ns, ses.slot,
+                    {"keys": ses.request_keys[p:], "is_new": ses.is_new[p:],
+                     "token": ses.tag, "done": ses.done + q})]
+    except BaseException:
+        carries.pop(sid, None)  # the state was replaced or the instance removed
+        raise
+    c = carries[sid]
+    c.opened.clear()
+    c.close_session(sid)  # written first by this call's own _collect
+
+
+def take_carries(carries: dict[int, StoreBatch], own: bool) -> list[StoreBatch]:
+    """The carries (:func:`save_finish`) a call writes before its own batch: all of them
+    when it has changes of its own (``own``), else only those of finished sessions;
+    ``carries`` keeps fresh ones for the finishes still running."""
+    out = []
+    for sid, c in list(carries.items()):
+        if c and (own or c.closed):
+            out.append(c)
+            if c.closed:
+                del carries[sid]
+            else:
+                carries[sid] = StoreBatch()
+    return out
