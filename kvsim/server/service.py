@@ -505,7 +505,7 @@ class Service:
         enc = self._encoder
         if self._lock.pause(self.on_pause):
             self.lock_yields += 1
-            self._encoder = enc
+        self._encoder = enc  # a call let in meanwhile set its own
 
     def check_admin(self, credential: str | None, peer: str | None = None) -> str | None:
         """The role of ``credential`` (None: missing, wrong, or refused because
