@@ -301,6 +301,20 @@ def save_finish(svc: Service, ses: SessionInfo, ok: np.ndarray, held: np.ndarray
     c.close_session(sid)  # written first by this call's own _collect
 
 
+_READS = frozenset({"getCacheLocation", "getCacheLocationLen", "getCacheMeta"})
+#: events a read leaves in the core's buffer before it collects them after all
+READ_EVENTS_MAX = 1 << 16
+
+
+def read_saves_nothing(svc: Service, method: str) -> bool:
+    """Whether the call ``method`` that just ran (under the service lock) can skip
+    collecting the store's changes: a read changes nothing to save, and the per-block
+    events of a long call it ran in the pause of (a removal's deletes) are left to that
+    call or the next writer, up to :data:`READ_EVENTS_MAX` events."""
+    return (method in _READS and not svc._batch
+            and len(svc.mgr.events) < READ_EVENTS_MAX)
+
+
 def take_carries(carries: dict[int, StoreBatch], own: bool) -> list[StoreBatch]:
     """The carries (:func:`save_finish`) a call writes before its own batch: all of them
     when it has changes of its own (``own``), else only those of finished sessions;

@@ -109,6 +109,7 @@ from kvsim.server.bigcalls import (
     locations_json,
     long_call,
     preparse,
+    read_saves_nothing,
     save_finish,
     take_carries,
 )
@@ -447,7 +448,7 @@ class Service:
                     failed = e
                 finally:
                     self._encoder = None
-                    batch = self._collect()
+                    batch = None if read_saves_nothing(self, method) else self._collect()
                     if batch is not None:
                         # the store is written after the service lock is released (reads
                         # go on meanwhile), in call order (the store lock is taken before
@@ -503,8 +504,7 @@ class Service:
         this call's location encoder."""
         self.lock_pauses += 1
         enc = self._encoder
-        if self._lock.pause(self.on_pause):
-            self.lock_yields += 1
+        self.lock_yields += self._lock.pause(self.on_pause)
         self._encoder = enc  # a call let in meanwhile set its own
 
     def check_admin(self, credential: str | None, peer: str | None = None) -> str | None:
@@ -1879,8 +1879,7 @@ class NotLeader(KVSimError):
 _FOLLOWER_CALLS = frozenset({"checkHealth", "getManagerClusterInfo", "getMetrics",
                              "getLeaderElectorConfig", "updateLeaderElectorConfig",
                              "updateLogger"})
-# calls whose events are written to the event log before the reply
-_DURABLE_EVENTS = frozenset({"startWriteCache", "finishWriteCache"})
+_DURABLE_EVENTS = frozenset({"startWriteCache", "finishWriteCache"})  # logged before replies
 
 
 class _IOError(KVSimError):
