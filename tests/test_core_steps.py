@@ -158,3 +158,28 @@ def test_a_session_being_finished_is_not_found_again() -> None:
 
     m.finish_write(w.session_id, np.ones(20, dtype=bool), pause=finish_again)
     assert again and all(x is None for x in again)
+
+
+def test_a_restored_session_with_done_keys_takes_the_starts_mask() -> None:
+    """A session re-opened after a finish interrupted by a restart (``done`` = the start's
+    new keys already final) takes a mask of the start's length, its first ``done``
+    entries ignored, or one per key still open; any other length is refused."""
+    for full in (True, False):
+        m = CacheManager(ManualClock(1_000), event_level=2)
+        m.create_group(GroupSpec("g", quota_blocks=100))
+        m.register_instance(InstanceSpec("i0", "g"))
+        keys = np.arange(10, 20, dtype=np.int64)
+        m.restore_blocks("i0", keys[:3], t_write=np.zeros(3, np.int64),
+                         t_access=np.zeros(3, np.int64))  # the saved part
+        m.restore_session("i0", keys[3:], session_id=7, deadline_ns=10**12,
+                          request_keys=keys[3:], is_new=np.ones(7, bool), tag="t", done=3)
+        ses = m.find_session("t")
+        assert ses is not None and ses.done == 3 and ses.keys.tolist() == keys[3:].tolist()
+        with pytest.raises(Exception, match="10 new blocks"):
+            m.finish_write(7, np.ones(9, bool))
+        ok = np.array([False] * 3 + [True, False] * 3 + [True])  # the start's 10
+        fin = m.finish_write(7, ok if full else ok[3:])
+        assert (fin.committed, fin.failed) == (4, 3)
+        held = m.match("i0", keys, query="batch", touch=False).rows >= 0
+        assert held.tolist() == [True] * 3 + ok[3:].tolist()  # the saved part stays
+        assert m.usage()[0].pending_blocks == 0 and m.usage()[0].serving_blocks == 7

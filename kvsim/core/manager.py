@@ -134,6 +134,10 @@ class SessionInfo:
         is_new: bool per ``request_keys``: written by this session.
         slot: the storage slot of its blocks.
         tag: the caller's name for it ("" none).
+        done: new keys of the session's start that a finish interrupted by a restart
+            had already made final (committed and saved, or dropped): they precede
+            ``keys``; a finish gives a mask of ``done + len(keys)`` entries (the start's
+            count) and the first ``done`` are ignored (:meth:`CacheManager.restore_session`).
     """
 
     session_id: int
@@ -144,6 +148,7 @@ class SessionInfo:
     is_new: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
     slot: int = 0
     tag: str = ""
+    done: int = 0
 
 
 @dataclass(frozen=True)
@@ -233,6 +238,7 @@ class _Session:
     # "open"; "starting" / "finishing": a start or finish made in steps is under way
     # (not found, never expired; a removed instance's cleanup still drops its rows)
     phase: str = "open"
+    done: int = 0  # new keys an interrupted finish made final before a restart
 
 
 @dataclass(frozen=True)
@@ -873,7 +879,7 @@ class CacheManager:
     def _info(self, sid: int) -> SessionInfo:
         s = self._sessions[sid]
         return SessionInfo(sid, self._inst_names[s.inst], s.keys, s.deadline_ns,
-                           s.request_keys, s.is_new, s.slot, s.tag)
+                           s.request_keys, s.is_new, s.slot, s.tag, s.done)
 
     def finish_write(
         self, session_id: int, success: Sequence[bool] | np.ndarray, *,
@@ -886,7 +892,8 @@ class CacheManager:
 
         Args:
             session_id: the session.
-            success: bool per new key.
+            success: bool per new key (a restored session with ``done`` keys: per new
+                key of its start, the first ``done`` ignored; see :class:`SessionInfo`).
             instance_id: when given, the session must be this instance's (else it is
                 reported as unknown: an id reveals nothing to a non-owner).
             pause: run between two steps of a session of more than :attr:`step_keys`
@@ -902,10 +909,12 @@ class CacheManager:
                 instance_id is not None and self._inst_names[ses.inst] != instance_id):
             raise NotFound(f"write session {session_id} is unknown, finished or expired")
         ok = np.asarray(success, dtype=bool)
+        if ses.done and ok.ndim == 1 and ok.shape[0] == ses.done + ses.keys.shape[0]:
+            ok = ok[ses.done:]  # the start's count: its first done keys are final
         if ok.shape != ses.keys.shape:
             raise InvalidArgument(
                 f"success_blocks has {ok.shape[0] if ok.ndim else 0} entries; the session "
-                f"wrote {ses.keys.shape[0]} new blocks"
+                f"wrote {ses.done + ses.keys.shape[0]} new blocks"
             )
         info = self._info(sid)
         iid = info.instance_id
@@ -2003,12 +2012,16 @@ class CacheManager:
         request_keys: Sequence[int] | np.ndarray | None = None,
         is_new: Sequence[bool] | np.ndarray | None = None,
         tag: str = "",
+        done: int = 0,
     ) -> WriteStart:
         """Re-open a persisted write session: its keys become WRITING again under the
         same id and deadline (a past deadline expires at the next ``expire_sessions``).
 
         ``request_keys``/``is_new`` (the start request's keys and which were new) are
         kept when they agree with ``keys``; otherwise the request is ``keys``, all new.
+        ``done``: the start's new keys before ``keys`` that a finish interrupted by the
+        restart made final (see :class:`SessionInfo`): a finish then takes a mask of
+        the start's count, ignoring those.
 
         Raises:
             DuplicateEntity: the session id (or tag) is in use.
@@ -2037,7 +2050,7 @@ class CacheManager:
                 or not np.array_equal(rk[rn], new_keys)):
             rk, rn = new_keys.copy(), np.ones(new_keys.shape[0], dtype=bool)
         self._sessions[sid] = _Session(ii, rows[isnew].copy(), new_keys, int(deadline_ns),
-                                       rk, rn, int(loc), tag)
+                                       rk, rn, int(loc), tag, done=max(0, int(done)))
         self._next_deadline_ns = min(self._next_deadline_ns, int(deadline_ns))
         if tag:
             self._tags[tag] = sid

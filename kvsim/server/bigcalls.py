@@ -12,6 +12,7 @@ template after it (:func:`locations_json`), both in slices that let the GIL go.
 
 from __future__ import annotations
 
+import re
 import secrets
 import threading
 import time
@@ -21,7 +22,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import orjson
 
+from kvsim.server.store import SessionRecord, StoreBatch
+
 if TYPE_CHECKING:
+    from kvsim.core.manager import SessionInfo
     from kvsim.server.service import Service
 
 #: keys per step of a long call (the core's ``step_keys``): one step holds the service
@@ -35,6 +39,9 @@ PREPARSE_KEYS = 4096
 PAUSE_POLL_S = 0.0001
 PAUSE_IDLE_S = 0.0005
 PAUSE_MAX_S = 0.004
+#: a pause with no call waiting still lets the lock and the GIL go for this long (0: a
+#: bare yield, which lets a thread waiting for the GIL in; negative: none)
+PAUSE_YIELD_S = 0.0
 
 
 class StepLock:
@@ -81,6 +88,17 @@ class StepLock:
         :data:`PAUSE_IDLE_S` (at most :data:`PAUSE_MAX_S`), take it back. Returns
         whether the lock was let go."""
         if not self.waiting and hook is None:
+            if PAUSE_YIELD_S >= 0:
+                # no call waits for the lock, but a thread may wait for the GIL (the
+                # event loop with a read that has not reached the lock yet): let both
+                # go for a moment, so it runs now rather than after the interpreter's
+                # switch interval (5 ms; the server may have one CPU); a call that takes
+                # the lock meanwhile is answered, the long call goes on after it
+                self._lock.release()
+                try:
+                    time.sleep(PAUSE_YIELD_S)
+                finally:
+                    self.acquire()
             return False
         self._lock.release()
         try:
@@ -146,6 +164,57 @@ def preparse(body: dict[str, Any], cap: int) -> dict[str, Any]:
     return body | {"block_keys": np.concatenate(parts)}
 
 
+_KEYS_AT = re.compile(rb'"block_keys"\s*:\s*\[')
+#: bytes of a long key list parsed per slice by :func:`loads` (~5k keys)
+PARSE_BYTES = 64 << 10
+
+
+def loads(raw: bytes, cap: int) -> Any:
+    """``orjson.loads(raw)``, except that a long ``block_keys`` list of plain integers
+    (over :data:`PREPARSE_KEYS`, at most ``cap``) is parsed in slices of
+    :data:`PARSE_BYTES` straight into an int64 array (as :func:`preparse` gives it): a
+    100k-key body is not one 5-12 ms C call holding the GIL, and the event loop keeps
+    serving between two slices. Anything else is left to ``orjson.loads`` (which names
+    the error of a malformed body).
+
+    Example:
+        >>> raw = orjson.dumps({"instance_id": "i", "block_keys": list(range(10**9, 10**9 + 9000))})
+        >>> b = loads(raw, 10**6)
+        >>> b["instance_id"], b["block_keys"][-1:]
+        ('i', array([1000008999]))
+        >>> loads(b'{"block_keys": [1, 2.5]}', 10**6)
+        {'block_keys': [1, 2.5]}
+    """
+    m = _KEYS_AT.search(raw) if len(raw) > PARSE_BYTES else None
+    end = raw.find(b"]", m.end()) if m is not None else -1
+    if m is None or end < 0 or raw.count(b'"block_keys"') != 1:
+        return orjson.loads(raw)
+    inner = raw[m.end():end]
+    if inner.translate(None, b"0123456789-, \t\r\n"):
+        return orjson.loads(raw)  # not a list of integers
+    try:
+        body = orjson.loads(raw[:m.end()] + raw[end:])  # the body, its key list empty
+        if not isinstance(body, dict) or body.get("block_keys") != []:
+            return orjson.loads(raw)  # the list was not the body's own field
+        parts = []
+        p, n = 0, len(inner)
+        while p < n:
+            q = inner.find(b",", p + PARSE_BYTES)
+            q = n if q < 0 else q
+            part = orjson.loads(b"[" + inner[p:q] + b"]")
+            if not set(map(type, part)) <= {int}:
+                return orjson.loads(raw)  # pragma: no cover - digits are integers
+            parts.append(np.array(part, dtype=np.int64))
+            p = q + 1
+    except (orjson.JSONDecodeError, OverflowError):
+        return orjson.loads(raw)
+    keys = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    if not PREPARSE_KEYS < keys.shape[0] <= cap:
+        return orjson.loads(raw)
+    body["block_keys"] = keys
+    return body
+
+
 def locations_json(location: Callable[[int], dict[str, Any]], keys: np.ndarray,
                    avoid: tuple[str, ...]) -> Any:
     """The locations of ``keys`` (``location(key)`` gives one, its URIs holding the key
@@ -182,3 +251,80 @@ def locations_json(location: Callable[[int], dict[str, Any]], keys: np.ndarray,
     out[0] = b"[" + out[0]
     out[-1] += b"]"
     return orjson.Fragment(b",".join(out))
+
+
+def save_finish(svc: Service, ses: SessionInfo, ok: np.ndarray, held: np.ndarray) -> None:
+    """Queue a finish's blocks (``held``: the request's keys held now; ``ok``: per key
+    of ``ses.keys``, committed) and the end of its session for the store, in slices of
+    ``step_keys`` with a pause between two.
+
+    The slices so far wait in a carry (``Service._carries``, see :func:`take_carries`)
+    that a call in a pause writes before its own changes, only when it has some (a
+    removal made there reaches the store after these puts: no removed block is put
+    back; a read writes nothing). The carry holds, beside its blocks, the session record
+    rewritten as what is still pending (the request's rest; ``done``: the new keys made
+    final so far), so a crash leaves the store exact: a restart re-opens only the rest,
+    and a retried finish (with the start's mask) commits it
+    (:meth:`kvsim.core.manager.CacheManager.restore_session`).
+    """
+    mgr, iid, sid = svc.mgr, ses.instance_id, ses.session_id
+    step = mgr.step_keys
+    carries = svc._carries
+    carries[sid] = StoreBatch()
+    try:
+        if held.shape[0] > step:
+            keep = ~ses.is_new
+            keep[np.flatnonzero(ses.is_new)[ok]] = True
+            pos = np.flatnonzero(keep)  # request index of each held key
+            new_before = np.cumsum(ses.is_new)  # new keys up to each request index
+        for a in range(0, held.shape[0], step):
+            if a:
+                svc._pause()
+                svc._same_manager(mgr)
+            b = min(held.shape[0], a + step)
+            d = mgr.block_records(iid, held[a:b])
+            c = carries[sid]  # a call in the pause may have written the last one
+            c.put_blocks(iid, d.key, t_write=d.t_write, t_access=d.t_access,
+                         access_count=d.access_count, loc=d.loc)
+            if b < held.shape[0]:  # what a restart re-opens if the rest never comes
+                p = int(pos[b - 1]) + 1
+                q = int(new_before[p - 1])
+                c.opened[:] = [SessionRecord(
+                    sid, iid, ses.keys[q:], ses.deadline_ns, ses.slot,
+                    {"keys": ses.request_keys[p:], "is_new": ses.is_new[p:],
+                     "token": ses.tag, "done": ses.done + q})]
+    except BaseException:
+        carries.pop(sid, None)  # the state was replaced or the instance removed
+        raise
+    c = carries[sid]
+    c.opened.clear()
+    c.close_session(sid)  # written first by this call's own _collect
+
+
+_READS = frozenset({"getCacheLocation", "getCacheLocationLen", "getCacheMeta"})
+#: events a read leaves in the core's buffer before it collects them after all
+READ_EVENTS_MAX = 1 << 16
+
+
+def read_saves_nothing(svc: Service, method: str) -> bool:
+    """Whether the call ``method`` that just ran (under the service lock) can skip
+    collecting the store's changes: a read changes nothing to save, and the per-block
+    events of a long call it ran in the pause of (a removal's deletes) are left to that
+    call or the next writer, up to :data:`READ_EVENTS_MAX` events."""
+    return (method in _READS and not svc._batch
+            and len(svc.mgr.events) < READ_EVENTS_MAX)
+
+
+def take_carries(carries: dict[int, StoreBatch], own: bool) -> list[StoreBatch]:
+    """The carries (:func:`save_finish`) a call writes before its own batch: all of them
+    when it has changes of its own (``own``), else only those of finished sessions;
+    ``carries`` keeps fresh ones for the finishes still running."""
+    out = []
+    for sid, c in list(carries.items()):
+        if c and (own or c.closed):
+            out.append(c)
+            if c.closed:
+                del carries[sid]
+            else:
+                carries[sid] = StoreBatch()
+    return out

@@ -41,6 +41,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from kvsim.server import bigcalls
 from kvsim.server.auth import decode_basic
 from kvsim.server.kvcm_compat import reply_defaults
 from kvsim.server.service import Service
@@ -121,7 +122,9 @@ class KVSimApp:
             reply: dict[str, Any] = {"header": _NOOP_HEADER}
         else:
             try:
-                body = orjson.loads(raw) if raw.strip() else {}
+                body = (bigcalls.loads(raw, self.service.limits.max_keys_per_request)
+                        if api == "meta" and len(raw) > OFFLOAD_BYTES
+                        else orjson.loads(raw) if raw.strip() else {})
             except orjson.JSONDecodeError as e:
                 status = 400
                 reply = {"header": {"status": {"code": "INVALID_ARGUMENT",

@@ -103,7 +103,16 @@ from kvsim.core.spec import (
 from kvsim.server import capacity
 from kvsim.server import wire as W
 from kvsim.server.auth import Account, Accounts, AuthGuard
-from kvsim.server.bigcalls import STEP_KEYS, StepLock, locations_json, long_call, preparse
+from kvsim.server.bigcalls import (
+    STEP_KEYS,
+    StepLock,
+    locations_json,
+    long_call,
+    preparse,
+    read_saves_nothing,
+    save_finish,
+    take_carries,
+)
 from kvsim.server.clock import MonotonicClock
 from kvsim.server.debug import Faults
 from kvsim.server.eventlog import EventLog, open_event_log
@@ -300,6 +309,8 @@ class Service:
         self.on_pause: Callable[[], None] | None = None
         self._store_lock = threading.Lock()  # orders store writes (taken under _lock)
         self._store_queue: list[StoreBatch] = []  # batches not yet written, oldest first
+        #: per session: the blocks of a finish in steps not yet written (save_finish)
+        self._carries: dict[int, StoreBatch] = {}
         self._rid_prefix = uuid.uuid4().hex[:12]
         self._rid = itertools.count(1)
         max_log = event_log_max_bytes if event_log_max_bytes is not None else (
@@ -437,7 +448,7 @@ class Service:
                     failed = e
                 finally:
                     self._encoder = None
-                    batch = self._collect()
+                    batch = None if read_saves_nothing(self, method) else self._collect()
                     if batch is not None:
                         # the store is written after the service lock is released (reads
                         # go on meanwhile), in call order (the store lock is taken before
@@ -493,9 +504,8 @@ class Service:
         this call's location encoder."""
         self.lock_pauses += 1
         enc = self._encoder
-        if self._lock.pause(self.on_pause):
-            self.lock_yields += 1
-            self._encoder = enc
+        self.lock_yields += self._lock.pause(self.on_pause)
+        self._encoder = enc  # a call let in meanwhile set its own
 
     def check_admin(self, credential: str | None, peer: str | None = None) -> str | None:
         """The role of ``credential`` (None: missing, wrong, or refused because
@@ -757,15 +767,16 @@ class Service:
         if wait is not None:
             wait()
 
-    def _apply_in_order(self, b: StoreBatch) -> None:
-        """Apply ``b`` after every batch that failed before it (under ``_store_lock``).
+    def _apply_in_order(self, bs: list[StoreBatch]) -> None:
+        """Apply ``bs`` in order after every batch that failed before them (under
+        ``_store_lock``).
 
         Raises:
-            _IOError: the store failed; ``b`` (and any older ones) stay queued.
+            _IOError: the store failed; ``bs`` (and any older ones) stay queued.
         """
         assert self.store is not None
         q = self._store_queue
-        q.append(b)
+        q.extend(bs)
         while q:
             if self.elector is not None and not self.elector.is_leader:
                 # fencing: the lease lapsed (say this process was paused) since the batch
@@ -782,15 +793,18 @@ class Service:
                                f"{e}") from None
             q.pop(0)
 
-    def _collect(self) -> StoreBatch | None:
-        """Take this call's changes as one batch (under the service lock); None when
-        there is nothing to write (or this node is a follower: it never writes)."""
+    def _collect(self) -> list[StoreBatch] | None:
+        """Take this call's changes as batches to write in order (under the service
+        lock): the carries of long finishes first (:func:`bigcalls.save_finish`; only with
+        changes of its own, or a finish's last), then its own batch. None when there is
+        nothing to write (or this node is a follower: it never writes)."""
         if self.store is None:
             return None
         if self.elector is not None and not self.elector.is_leader:
             self.mgr.events.clear()  # a follower never writes the shared state
             self._batch = StoreBatch()
             self._registry_dirty = False
+            self._carries.clear()
             return None
         b = self._batch
         ev = self.mgr.events
@@ -817,10 +831,11 @@ class Service:
                                      for st in self.mgr.storage.slot_specs()]
             b.set_registry("snapshot", snap)
         self._registry_dirty = False
-        if not b:  # nothing to write (a read): the empty batch stays for the next call
-            return None
-        self._batch = StoreBatch()
-        return b
+        out = take_carries(self._carries, bool(b))
+        if b:  # (a read has nothing: its empty batch stays for the next call)
+            self._batch = StoreBatch()
+            out.append(b)
+        return out or None
 
     def _load_store(self) -> bool:
         """Rebuild registry, blocks and sessions from the store; False when it is empty."""
@@ -858,7 +873,7 @@ class Service:
                                             dtype=np.int64),
                     is_new=np.asarray(ses.extra.get("is_new", [True] * len(ses.keys)),
                                       dtype=bool),
-                    tag=token)
+                    tag=token, done=int(ses.extra.get("done", 0)))
             self.mgr.events.clear()  # restoring is not a change to save
         finally:
             self._restoring = False
@@ -873,6 +888,7 @@ class Service:
         with self._lock:
             self._reset_registry()
             self._batch = StoreBatch()
+            self._carries.clear()
             self._registry_dirty = False
             if not self._load_store():
                 self._load_config(self._config)
@@ -1392,6 +1408,7 @@ class Service:
             if self.store is not None:
                 self._batch = StoreBatch()
                 self._batch.drop_everything()
+                self._carries.clear()
         except BaseException:
             (self.mgr, self._storage_cfg, self._group_cfg, self._inst, self.accounts) = saved
             raise
@@ -1794,7 +1811,7 @@ class Service:
             # instance's: a session id reveals nothing to a non-owner
             raise NotFound(f"write_session_id: session {token[:40]!r} of instance {iid!r} is "
                            "unknown, finished or expired")
-        n_new = int(ses.keys.shape[0])
+        n_new = ses.done + int(ses.keys.shape[0])  # as the start answered (see done)
         if body.get("success_blocks") is None:
             raise W.WireError("success_blocks: required ({\"offset\": n} or bool masks)")
         ok = _mask(body, "success_blocks", n_new, clamp=False)
@@ -1805,21 +1822,9 @@ class Service:
         fin = mgr.finish_write(ses.session_id, ok, instance_id=iid, pause=self._pause)
         self._same_manager(mgr)
         held = fin.held_keys
-        if self.store is not None and held.shape[0]:
-            step = mgr.step_keys
-            for a in range(0, held.shape[0], step):
-                if a:
-                    self._pause()
-                    self._same_manager(mgr)
-                # into the batch at once: a call in the next pause takes the batch so
-                # far, so a removal made there reaches the store after these puts (never
-                # a removed block put back). A crash in between leaves the session open
-                # in the store beside the blocks it committed (restored as held)
-                d = mgr.block_records(iid, held[a:a + step])
-                self._batch.put_blocks(iid, d.key, t_write=d.t_write, t_access=d.t_access,
-                                       access_count=d.access_count, loc=d.loc)
+        ok = ok[ses.done:]  # the new keys still open (see SessionInfo.done)
         if self.store is not None:
-            self._batch.close_session(ses.session_id)
+            save_finish(self, ses, ok, held)
         if self.advisor is not None:
             capacity.note_write(self, ses, held, ok)
         self._emit("FinishWriteCache", iid, trace_id=_trace_id(body),
@@ -1870,8 +1875,7 @@ class NotLeader(KVSimError):
 _FOLLOWER_CALLS = frozenset({"checkHealth", "getManagerClusterInfo", "getMetrics",
                              "getLeaderElectorConfig", "updateLeaderElectorConfig",
                              "updateLogger"})
-# calls whose events are written to the event log before the reply
-_DURABLE_EVENTS = frozenset({"startWriteCache", "finishWriteCache"})
+_DURABLE_EVENTS = frozenset({"startWriteCache", "finishWriteCache"})  # logged before replies
 _GONE_KINDS = np.isin(np.arange(256), [EV_EVICTED, EV_REMOVED])  # by kind: block left
 
 
