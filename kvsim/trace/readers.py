@@ -863,6 +863,9 @@ def session_roots(chat_ids: np.ndarray, parent_ids: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------- KVCM
+_BIG = 1 << 62  # a write row's token counts past this are malformed: ignored
+
+
 def read_kvcm(
     path: PathLike,
     *,
@@ -883,9 +886,10 @@ def read_kvcm(
     (KVCM's dialog-turn rows: the keys after the turn; a row without ``type`` that has
     them reads ``keys`` and then writes ``total_keys``; a count is ignored)
     and ``type`` (``"get"`` -> read, ``"write"`` -> write, ``"request"`` or absent ->
-    combined request). As KVCM's own loader, a write row's read-only fields
-    (``input_len``, ``query_type``, ``block_mask``, ...) are ignored, whatever they hold;
-    ``ttl_us`` and ``location_spec_names`` are accepted and not modelled.
+    combined request). A write row's read fields (``input_len``, ``query_type``,
+    ``sw_size``, ...) are kept when well formed and ignored otherwise (KVCM's own loader
+    ignores them whatever they hold); ``ttl_us`` and ``location_spec_names`` are
+    accepted and not modelled.
 
     Args:
         path: the JSONL file.
@@ -965,11 +969,18 @@ def _parse_kvcm(p: Path, objects: Iterable[tuple[int, dict[str, Any]]], *, bs: i
             raise _field_error(p, lineno, "type", '"request", "get" or "write"', k)
         if kcode == KIND_WRITE:
             # KVCM's loader reads only type, instance, time, keys and ttl_us of a write
-            # row: its read fields (input_len, query_type, block_mask, ...) are ignored
-            il.append(n_keys * bs)
-            ol.append(0)
-            sw.append(0)
-            qt.append(QT_PREFIX)
+            # row and ignores its read fields whatever they hold; kvsim keeps them when
+            # well formed (its own writer's round trip) and ignores them otherwise
+            v = obj.get("input_len")
+            il.append(v if type(v) is int and 0 <= v < _BIG else n_keys * bs)
+            v = obj.get("output_len")
+            ol.append(v if type(v) is int and 0 <= v < _BIG else 0)
+            v = obj.get("sw_size")
+            sw.append(v if type(v) is int and 0 <= v < (1 << 31) else 0)
+            try:
+                qt.append(parse_query_type(obj.get("query_type", QT_PREFIX)))
+            except (ValueError, TypeError, KeyError, AttributeError):
+                qt.append(QT_PREFIX)
             kind.append(kcode)
             moff.append(0)
             continue
