@@ -866,6 +866,22 @@ def session_roots(chat_ids: np.ndarray, parent_ids: np.ndarray) -> np.ndarray:
 _BIG = 1 << 62  # a write row's token counts past this are malformed: ignored
 
 
+def _mask_form_ok(m: Any, n_keys: int) -> bool:
+    """Whether ``block_mask`` has one of the forms :func:`read_kvcm` reads."""
+    if m is None or (type(m) is list and not m):
+        return True
+    if type(m) is dict:
+        if "offset" in m:
+            m = m["offset"]
+        elif type(m.get("bool_masks")) is dict and "values" in m["bool_masks"]:
+            m = m["bool_masks"]["values"]
+        else:
+            return False
+    if type(m) is list:
+        return len(m) == n_keys and all(type(v) is bool for v in m)
+    return type(m) is int and m >= 0
+
+
 def read_kvcm(
     path: PathLike,
     *,
@@ -981,31 +997,31 @@ def _parse_kvcm(p: Path, objects: Iterable[tuple[int, dict[str, Any]]], *, bs: i
                 qt.append(parse_query_type(obj.get("query_type", QT_PREFIX)))
             except (ValueError, TypeError, KeyError, AttributeError):
                 qt.append(QT_PREFIX)
-            kind.append(kcode)
-            moff.append(0)
-            continue
-        il.append(get(obj, "input_len", n_keys * bs))
-        ol.append(get(obj, "output_len", 0))
-        sw.append(get(obj, "sw_size", 0))
-        q = get(obj, "query_type", QT_PREFIX)
-        try:
-            qt.append(parse_query_type(q))
-        except (ValueError, TypeError):
-            raise _field_error(
-                p, lineno, "query_type", "prefix_match, batch_get, sw_match or 0..2", q
-            ) from None
-        tk = get(obj, "total_keys")
-        if tk is not None and type(tk) is not list and type(tk) is not int:
-            raise _field_error(p, lineno, "total_keys", "a list of keys (or a count)", tk)
-        if type(tk) is int:  # a count only (older traces): nothing to write
-            tk = None
-        if type(tk) is list and tk and kcode == KIND_REQUEST:
-            # KVCM's dialog-turn rows: read ``keys`` (the prompt), then write
-            # ``total_keys`` (prompt + answer): two rows at the same time
-            kcode = KIND_READ
-            pending = (lineno, tk)
+        else:
+            il.append(get(obj, "input_len", n_keys * bs))
+            ol.append(get(obj, "output_len", 0))
+            sw.append(get(obj, "sw_size", 0))
+            q = get(obj, "query_type", QT_PREFIX)
+            try:
+                qt.append(parse_query_type(q))
+            except (ValueError, TypeError):
+                raise _field_error(
+                    p, lineno, "query_type", "prefix_match, batch_get, sw_match or 0..2", q
+                ) from None
+            tk = get(obj, "total_keys")
+            if tk is not None and type(tk) is not list and type(tk) is not int:
+                raise _field_error(p, lineno, "total_keys", "a list of keys (or a count)", tk)
+            if type(tk) is int:  # a count only (older traces): nothing to write
+                tk = None
+            if type(tk) is list and tk and kcode == KIND_REQUEST:
+                # KVCM's dialog-turn rows: read ``keys`` (the prompt), then write
+                # ``total_keys`` (prompt + answer): two rows at the same time
+                kcode = KIND_READ
+                pending = (lineno, tk)
         kind.append(kcode)
         m = get(obj, "block_mask")
+        if kcode == KIND_WRITE and not _mask_form_ok(m, n_keys):
+            m = None  # a write's malformed mask: ignored, as its other read fields
         if m is None or (type(m) is list and not m):  # [] (KVCM's optimizer): no mask
             moff.append(0)
             continue
