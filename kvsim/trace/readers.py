@@ -866,17 +866,25 @@ def session_roots(chat_ids: np.ndarray, parent_ids: np.ndarray) -> np.ndarray:
 _BIG = 1 << 62  # a write row's token counts past this are malformed: ignored
 
 
+_NO_MASK_FORM = object()
+
+
+def _mask_inner(m: dict[str, Any]) -> Any:
+    """The value inside ``block_mask``'s object forms, ``{"offset": n}`` or
+    ``{"bool_masks": {"values": [...]}}``; ``_NO_MASK_FORM`` for any other object."""
+    if "offset" in m:
+        return m["offset"]
+    if type(m.get("bool_masks")) is dict and "values" in m["bool_masks"]:
+        return m["bool_masks"]["values"]
+    return _NO_MASK_FORM
+
+
 def _mask_form_ok(m: Any, n_keys: int) -> bool:
     """Whether ``block_mask`` has one of the forms :func:`read_kvcm` reads."""
     if m is None or (type(m) is list and not m):
         return True
     if type(m) is dict:
-        if "offset" in m:
-            m = m["offset"]
-        elif type(m.get("bool_masks")) is dict and "values" in m["bool_masks"]:
-            m = m["bool_masks"]["values"]
-        else:
-            return False
+        m = _mask_inner(m)
     if type(m) is list:
         return len(m) == n_keys and all(type(v) is bool for v in m)
     return type(m) is int and m >= 0
@@ -1027,14 +1035,10 @@ def _parse_kvcm(p: Path, objects: Iterable[tuple[int, dict[str, Any]]], *, bs: i
             continue
         any_mask = True
         if type(m) is dict:
-            if "offset" in m:
-                m = m["offset"]
-            elif type(m.get("bool_masks")) is dict and "values" in m["bool_masks"]:
-                m = m["bool_masks"]["values"]
-            else:
-                raise _field_error(
-                    p, lineno, "block_mask", '{"offset": n} or {"bool_masks": {"values": [...]}}', m
-                )
+            m0, m = m, _mask_inner(m)
+            if m is _NO_MASK_FORM:
+                raise _field_error(p, lineno, "block_mask",
+                                   '{"offset": n} or {"bool_masks": {"values": [...]}}', m0)
         if type(m) is list:
             if len(m) != n_keys or any(type(v) is not bool for v in m):
                 raise _field_error(p, lineno, "block_mask", f"{n_keys} booleans (one per key)", m)
