@@ -376,8 +376,12 @@ def replay_cmd(
 
             param_values = parse_params(policy, params)
         tail = tail or "drop"
+        if fmt == "auto":  # once: the block size, the stream and the reader all need it
+            from kvsim.trace.readers import detect_format
+
+            fmt = detect_format(trace)
         if block_size is None and config is not None:
-            block_size = _kvcm_block_size(trace, fmt, config)
+            block_size = _kvcm_block_size(fmt, config)
         opts: dict[str, Any] = {"block_size": block_size, "tail": tail, "chain": chain,
                                 "strict": strict, "instance": instance}
         stream_bytes = _stream_bytes(trace, fmt, chunk_mb, jobs=jobs, bound=bound,
@@ -487,13 +491,9 @@ def _misses(results: Sequence[Any], bound: str,
     return replay_misses(results, optimum=optimum)
 
 
-def _kvcm_block_size(path: Path, fmt: str, config: KVSimConfig) -> int | None:
+def _kvcm_block_size(fmt: str, config: KVSimConfig) -> int | None:
     """Tokens per key of a KVCM trace (its rows carry none) from the config's instances,
     as KVCM's optimizer takes it: when they all agree; else the reader's default."""
-    from kvsim.trace.readers import detect_format
-
-    if fmt == "auto":
-        fmt = detect_format(path)
     sizes = {i.block_size for i in config.instances}
     return sizes.pop() if fmt in ("kvcm", "kvcm-events") and len(sizes) == 1 else None
 
