@@ -147,10 +147,12 @@ def test_wrong_password_flood_is_slowed_and_a_verified_admin_is_served(tmp_path:
             time.sleep(1.5)  # the flood spends its budget and is slowed down
             t0 = time.monotonic()
             worst = 0.0
-            for _ in range(40):  # bounded: 40 admin calls while the flood runs
+            for _ in range(400):  # bounded: admin calls for ~3 s while the flood runs
                 code, took = _raw_post(admin, port, "/api/listStorage", good)
                 assert code == "OK"
                 worst = max(worst, took)
+                if time.monotonic() - t0 >= 3.0:
+                    break
                 time.sleep(0.02)
             t1 = time.monotonic()
     finally:
@@ -162,11 +164,15 @@ def test_wrong_password_flood_is_slowed_and_a_verified_admin_is_served(tmp_path:
     # every verified admin call answered, none queued behind the flood (a bound that
     # holds on a loaded 2-CPU machine; the p99 itself is benchmarks/bench_server.py's)
     assert worst < 1.0, worst
-    # the flood is answered late: 32 clients that wait for their answers get at most
-    # about 32 / delay answers a second (plus the failure budget), not thousands
+    # the flood is answered late: in a window of w seconds, each of the 32 clients that
+    # waits for its answers gets at most floor(w / delay) + 1 late answers, and the
+    # failure budget (5 a second, a burst of 5) lets a few more through at once: that is
+    # a few hundred in total, where an unthrottled flood gets thousands
+    w = t1 - t0
     during = [took for when, took in answered if t0 <= when <= t1]
     assert during and sorted(during)[len(during) // 2] >= 0.9 * H.FLOOD_REPLY_DELAY_S
-    assert len(during) / (t1 - t0) <= 32 / H.FLOOD_REPLY_DELAY_S + 5 + 10
+    bound = 32 * (int(w / H.FLOOD_REPLY_DELAY_S) + 1) + 5 * w + 5
+    assert len(during) <= bound, (len(during), w, bound)
 
 
 def test_leases_carry_the_holders_info(tmp_path: Path, redis_url: str) -> None:
