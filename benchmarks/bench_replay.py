@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -139,16 +140,27 @@ def bench_files(trace: object, caps: list[int], work: Path) -> dict[str, object]
     assert df.height == n
     # kvsim's reader (long hash_ids lists parsed by kvsim.trace.fastids) vs the same
     # reader with every line parsed by orjson alone, CPU seconds
-    from kvsim.trace.readers import _iter_objects, _parse_bailian, read_trace
+    from kvsim.trace.readers import DEFAULT_BLOCK_SIZE, _iter_objects, _parse_bailian, read_trace
 
-    t0 = time.process_time()
-    fast = read_trace(jl, "bailian")
-    t_fast = time.process_time() - t0
-    t0 = time.process_time()
-    plain = _parse_bailian(jl, _iter_objects(jl), bs=fast.block_size, tail="drop",
-                           chain="auto", strict=False, instance=None)
-    t_plain = time.process_time() - t0
-    assert np.array_equal(fast.keys, plain.keys)
+    def fast() -> Any:
+        return read_trace(jl, "bailian")
+
+    def plain() -> Any:
+        return _parse_bailian(jl, _iter_objects(jl), bs=DEFAULT_BLOCK_SIZE["bailian"],
+                              tail="drop", chain="auto", strict=False, instance=None)
+
+    t_fast = t_plain = float("inf")
+    for _ in range(3):  # alternated, best of 3 each (the order and the heap matter)
+        for fn in (fast, plain):
+            t0 = time.process_time()
+            out = fn()
+            took = time.process_time() - t0
+            if fn is fast:
+                t_fast, keys = min(t_fast, took), out.keys
+            else:
+                t_plain = min(t_plain, took)
+                assert np.array_equal(keys, out.keys)
+            del out
     res["parse_s"] = {"orjson_lines": t_orjson, "polars_ndjson": t_polars,
                       "reader_cpu": t_fast, "reader_orjson_only_cpu": t_plain}
     return res
