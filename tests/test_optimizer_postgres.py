@@ -118,3 +118,10 @@ def test_two_processes_share_one_replay_sweep(postgres_url: str) -> None:
         assert comparable(json.loads(p.stdout)) == ref
     workers = check_study(postgres_url, "replay-sweep", 5)
     assert {int(w.rsplit(":", 1)[1]) for w in workers} <= {pid for _, pid in pairs}
+
+
+def test_a_dead_process_run_is_taken_over(postgres_url: str) -> None:
+    """The shared sweep's heartbeat and re-enqueue on PostgreSQL (its clock decides)."""
+    from test_shared_sweep import dead_run_taken_over
+
+    dead_run_taken_over(postgres_url, "replay-sweep-dead")

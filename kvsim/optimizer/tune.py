@@ -341,10 +341,12 @@ def make_objective(spec: TuneSpec, trace: Trace, base: KVSimConfig, worker: int 
 
 
 # ----------------------------------------------------------------------------- storage
-def open_storage(storage: str) -> Any:
+def open_storage(storage: str, **rdb_options: Any) -> Any:
     """An Optuna storage from an RDB URL or a journal file path.
 
     ``postgresql://`` URLs use psycopg (v3) when psycopg2 is not installed.
+    ``rdb_options`` go to :class:`optuna.storages.RDBStorage` (an RDB URL only;
+    ``heartbeat_interval`` defaults to None).
     """
     import optuna
 
@@ -355,7 +357,8 @@ def open_storage(storage: str) -> Any:
                 import psycopg2  # noqa: F401
             except ImportError:
                 url = "postgresql+psycopg://" + url[len("postgresql://"):]
-        return optuna.storages.RDBStorage(url, heartbeat_interval=None)
+        return optuna.storages.RDBStorage(url, **{"heartbeat_interval": None,
+                                                  **rdb_options})
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     Path(storage).parent.mkdir(parents=True, exist_ok=True)

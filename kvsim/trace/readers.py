@@ -45,6 +45,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from kvsim.trace.fastids import MIN_LIST_BYTES, split_ids
 from kvsim.trace.hashing import MASK64, as_uint64, chain_ids, is_prefix_chained
 from kvsim.trace.model import (
     KIND_READ,
@@ -256,8 +257,10 @@ def _block_size(block_size: int | None, fmt: str) -> int:
     return block_size
 
 
-def _iter_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(1-based line number, object) for every non-blank line.
+def _iter_objects(path: Path, *, fast_ids: bool = False
+                  ) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(1-based line number, object) for every non-blank line (``fast_ids``: a long
+    ``hash_ids`` list is an int64 array, see :mod:`kvsim.trace.fastids`).
 
     Blank lines between records are skipped with one warning naming their count and the
     first one (blank lines at the end of the file are not worth a word).
@@ -266,7 +269,7 @@ def _iter_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         f = _open(path)
     except OSError as e:
         raise TraceError(f"{path}: cannot read: {e.strerror or e}") from None
-    lines = _Lines(path)
+    lines = _Lines(path, fast_ids=fast_ids)
     with f:
         yield from lines.objects(1, f)
     if lines.mid_count:
@@ -277,16 +280,34 @@ class _Lines:
     """The objects of JSONL lines given in one piece or block by block (line numbers go
     on from block to block), and the blank lines between records over all of them."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, fast_ids: bool = False) -> None:
         self.path = path
+        self.fast_ids = fast_ids  # hash_ids lists may come as int64 arrays (fastids.py)
         self.blank_first = self.blank_count = 0  # blank lines seen since the last record
         self.mid_first = self.mid_count = 0  # blank lines followed by a record
 
     def objects(self, first: int, lines: Iterable[bytes]
                 ) -> Iterator[tuple[int, dict[str, Any]]]:
-        """(line number, object) of each non-blank line; ``first`` is the first's."""
+        """(line number, object) of each non-blank line; ``first`` is the first's. With
+        ``fast_ids``, a long ``hash_ids`` list is an int64 array (the same values)."""
         loads, path = orjson.loads, self.path
+        fast = split_ids if self.fast_ids else None
         for lineno, line in enumerate(lines, first):
+            if fast is not None and len(line) > MIN_LIST_BYTES:
+                cut = fast(line)
+                if cut is not None:
+                    try:
+                        obj = loads(cut[0])
+                    except orjson.JSONDecodeError:
+                        obj = None
+                    if type(obj) is dict and obj.get("hash_ids") == []:
+                        obj["hash_ids"] = cut[1]
+                        if self.blank_count:
+                            self.mid_first = self.mid_first or self.blank_first
+                            self.mid_count += self.blank_count
+                            self.blank_first = self.blank_count = 0
+                        yield lineno, obj
+                        continue
             try:
                 obj = loads(line)
             except orjson.JSONDecodeError as e:
@@ -391,6 +412,13 @@ class _Rows:
         self._flushed = 0  # ids already in _chunks
 
     def add(self, lineno: int, ids: Any) -> None:
+        if type(ids) is np.ndarray:  # parsed to int64 already (kvsim.trace.fastids)
+            self._flush()
+            self.lines.append(lineno)
+            self.lens.append(len(ids))
+            self._chunks.append(ids)
+            self._flushed += len(ids)
+            return
         if type(ids) is not list:
             raise _field_error(self.path, lineno, self.field, "a list of integers", ids)
         self.lines.append(lineno)
@@ -411,7 +439,10 @@ class _Rows:
             return np.frombuffer(array.array("q", flat), dtype=np.int64)
         except (TypeError, OverflowError):
             pass  # ids past int64, or not ints at all: find out below
-        arr = np.array(flat)
+        try:
+            arr = np.array(flat)
+        except (ValueError, TypeError):  # a nested list, or worse: named below
+            arr = np.zeros(0, dtype=object)
         if arr.dtype.kind == "i":
             return arr.astype(np.int64, copy=False)
         if arr.dtype == np.uint64:
@@ -519,7 +550,7 @@ def iter_jsonl_chunks(
         raise TraceError(f"{p}: a {fmt} trace is not read in blocks (formats: "
                          f"{', '.join(BLOCK_FORMATS)})")
     bs = _block_size(block_size, fmt)
-    lines = _Lines(p)
+    lines = _Lines(p, fast_ids=True)
     sessions = _Sessions(p)
     decide = chain == "auto" and fmt != "kvcm"  # kvcm keys are block keys: auto = off
     held: list[tuple[int, list[bytes]]] = []  # blocks kept until they hold the check's rows
@@ -616,9 +647,9 @@ def read_mooncake(
         TraceError: malformed or empty file.
     """
     p = Path(path)
-    return _parse_mooncake(p, _iter_objects(p), bs=_block_size(block_size, "mooncake"),
-                           tail=tail, chain=chain, strict=strict, instance=instance,
-                           sessions=_Sessions(p))
+    return _parse_mooncake(p, _iter_objects(p, fast_ids=True),
+                           bs=_block_size(block_size, "mooncake"), tail=tail, chain=chain,
+                           strict=strict, instance=instance, sessions=_Sessions(p))
 
 
 def _parse_mooncake(p: Path, objects: Iterable[tuple[int, dict[str, Any]]], *, bs: int,
@@ -770,7 +801,7 @@ def read_bailian(
         TraceError: malformed or empty file.
     """
     p = Path(path)
-    return _parse_bailian(p, _iter_objects(p), bs=_block_size(block_size, "bailian"),
+    return _parse_bailian(p, _iter_objects(p, fast_ids=True), bs=_block_size(block_size, "bailian"),
                           tail=tail, chain=chain, strict=strict, instance=instance)
 
 
@@ -1783,7 +1814,7 @@ def read_agentic(
     wait: list[list[Any]] = []
     after: list[float] = []
     get = dict.get
-    for lineno, obj in _iter_objects(p):
+    for lineno, obj in _iter_objects(p, fast_ids=True):
         rid = get(obj, "request_id")
         if rid is None:
             raise _missing(p, lineno, "request_id")
