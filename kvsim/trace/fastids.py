@@ -109,4 +109,4 @@ def split_ids(line: bytes) -> tuple[bytes, np.ndarray] | None:
     n = parse_int_list(np.frombuffer(line, dtype=np.uint8), open_ + 1, close, out)
     if n < 0:
         return None
-    return line[:open_ + 1] + line[close:], out[:n] if n < out.shape[0] else out
+    return line[:open_ + 1] + line[close:], out[:n]  # n == commas + 1, but for []

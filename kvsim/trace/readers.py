@@ -291,32 +291,19 @@ class _Lines:
         """(line number, object) of each non-blank line; ``first`` is the first's. With
         ``fast_ids``, a long ``hash_ids`` list is an int64 array (the same values)."""
         loads, path = orjson.loads, self.path
-        fast = split_ids if self.fast_ids else None
+        fast = self.fast_ids
         for lineno, line in enumerate(lines, first):
-            if fast is not None and len(line) > MIN_LIST_BYTES:
-                cut = fast(line)
-                if cut is not None:
-                    try:
-                        obj = loads(cut[0])
-                    except orjson.JSONDecodeError:
-                        obj = None
-                    if type(obj) is dict and obj.get("hash_ids") == []:
-                        obj["hash_ids"] = cut[1]
-                        if self.blank_count:
-                            self.mid_first = self.mid_first or self.blank_first
-                            self.mid_count += self.blank_count
-                            self.blank_first = self.blank_count = 0
-                        yield lineno, obj
+            obj = _fast_object(line) if fast and len(line) > MIN_LIST_BYTES else None
+            if obj is None:
+                try:
+                    obj = loads(line)
+                except orjson.JSONDecodeError as e:
+                    if not line.strip():
+                        self.blank_first = self.blank_first or lineno
+                        self.blank_count += 1
                         continue
-            try:
-                obj = loads(line)
-            except orjson.JSONDecodeError as e:
-                if not line.strip():
-                    self.blank_first = self.blank_first or lineno
-                    self.blank_count += 1
-                    continue
-                raise TraceError(f"{path}:{lineno}: invalid JSON {_line_error(line, e)}"
-                                 ) from None
+                    raise TraceError(f"{path}:{lineno}: invalid JSON {_line_error(line, e)}"
+                                     ) from None
             if self.blank_count:
                 self.mid_first = self.mid_first or self.blank_first
                 self.mid_count += self.blank_count
@@ -328,6 +315,23 @@ class _Lines:
     def blank_message(self) -> str:
         return (f"{self.path}: skipped {self.mid_count:,} blank line(s) between records "
                 f"(the first at line {self.mid_first})")
+
+
+def _fast_object(line: bytes) -> dict[str, Any] | None:
+    """The line's object with its ``hash_ids`` list parsed by
+    :func:`kvsim.trace.fastids.split_ids`, or None for the plain path (the fast path is
+    not sure of the line, or the key it cut was not the object's own)."""
+    cut = split_ids(line)
+    if cut is None:
+        return None
+    try:
+        obj = orjson.loads(cut[0])
+    except orjson.JSONDecodeError:
+        return None
+    if type(obj) is not dict or obj.get("hash_ids") != []:
+        return None
+    obj["hash_ids"] = cut[1]
+    return obj
 
 
 def _line_blocks(path: Path, block_bytes: int) -> Iterator[tuple[int, list[bytes]]]:
